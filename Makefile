@@ -1,0 +1,33 @@
+# Thin wrapper: every target calls Python modules of the `dahp` package.
+# On first use it creates .venv and installs the pinned dependencies of pyproject.toml.
+
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: book ground-truth test bench clean clean-cache
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+## The main job. Until the book lands it runs the ground-truth pipeline of the embedded settings.
+book: ground-truth
+
+ground-truth: $(STAMP)
+	$(PY) -m dahp ground-truth --setting mnist_lr
+	$(PY) -m dahp ground-truth --setting mnist_mlp
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	@set -e; for script in bench/*.py; do echo "== $$script"; $(PY) $$script; done
+
+clean-cache:
+	rm -rf data/cache
+
+clean: clean-cache
+	rm -rf $(VENV) build lib/*.egg-info .pytest_cache

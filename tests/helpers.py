@@ -1,0 +1,30 @@
+"""Small, fast variants of the embedded settings for tests."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from dahp.config import TrainingRecipe
+from dahp.settings import Setting, get_setting
+
+
+def quick(name: str, **recipe: float) -> Setting:
+    """The embedded setting ``name`` with a short recipe (same data, same model)."""
+    base = get_setting(name)
+    fields = {"epochs": 2, "batch_size": 64, "lr": 0.05, **recipe}
+    return dataclasses.replace(base, recipe=TrainingRecipe(**fields))
+
+
+class TinyBatchNormNet(nn.Module):
+    """A model with buffers, which the vmap path cannot train: exercises the sequential fallback."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(784, 10)
+        self.norm = nn.BatchNorm1d(10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.linear(x.view(x.shape[0], -1)))
