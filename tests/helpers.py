@@ -28,3 +28,20 @@ class TinyBatchNormNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.linear(x.view(x.shape[0], -1)))
+
+
+def _every_tenth_training_point(root):
+    from dahp.settings import SplitData, load_mnist_embedded
+
+    full = load_mnist_embedded(root)
+    return SplitData(full.x_train[::10], full.y_train[::10], full.x_val, full.y_val, full.x_test, full.y_test)
+
+
+def small(name: str, **recipe: float) -> Setting:
+    """:func:`quick` on 400 training points (every tenth, all classes): for comparisons with dattri."""
+    return dataclasses.replace(quick(name, **recipe), load=_every_tenth_training_point)
+
+
+def as_float64(state: dict) -> dict:
+    """A copy of a state dict in float64."""
+    return {k: v.double() for k, v in state.items()}

@@ -105,7 +105,7 @@ class Setting:
         """The fixed split (loaded once per process and data directory)."""
         root = data_dir() if root is None else root
         self.check_data(root)
-        return _load_cached(self.name, str(root))
+        return _load_cached(self.load, str(root))
 
     def init_model(self, seed: int) -> nn.Module:
         """A new model whose initial weights are determined by ``seed``."""
@@ -264,8 +264,8 @@ def get_setting(name: str) -> Setting:
 
 
 @functools.lru_cache(maxsize=8)
-def _load_cached(name: str, root: str) -> SplitData:
-    return _SETTINGS[name].load(Path(root))
+def _load_cached(load: Callable[[Path], SplitData], root: str) -> SplitData:
+    return load(Path(root))
 
 
 register(Setting(

@@ -24,7 +24,9 @@ def correct_class_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
         Shape ``(batch,)``.
     """
     correct = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-    others = logits.masked_fill(F.one_hot(labels, logits.shape[-1]).bool(), float("-inf"))
+    # a comparison mask rather than F.one_hot, which cannot run under vmap
+    is_correct = labels.unsqueeze(-1) == torch.arange(logits.shape[-1], device=logits.device)
+    others = logits.masked_fill(is_correct, float("-inf"))
     return correct - torch.logsumexp(others, dim=-1)
 
 

@@ -1,0 +1,428 @@
+"""The attributors of the study and every hyperparameter the paper varies (spec: "Attributors").
+
+Each attributor has a frozen record of its hyperparameters whose field defaults are the paper's
+defaults (Appendix A.1); :data:`ATTRIBUTORS` is the registry. ``regularization`` is λ everywhere,
+on the scale of that attributor (see :attr:`AttributorInfo.regularization_scale`).
+
+Scores are ``(n_train, n_queries)`` with one sign convention: positive means that including the
+training point raises the query's margin. The inverse-curvature attributors with a closed form
+(IFFIM, TRAK, IF explicit) are computed spectrally (:mod:`dahp.spectral`) so a λ grid costs one
+factorization; the iterative ones (IF CG, IF LiSSA) and LoGra run dattri's own attributor, which
+has no λ-free part to reuse; TracIn and its variants have no λ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Iterable, Iterator
+from typing import Any, Protocol
+
+import torch
+
+from dahp import dattri_bridge
+from dahp.cache import Cache, default_cache
+from dahp.config import InvalidParameterError
+from dahp.features import check_proj_dim, gradient_features, one_minus_correct_probability
+from dahp.settings import Setting
+from dahp.spectral import (
+    Eigendecomposition,
+    SpectralFactors,
+    check_regularization,
+    curvature_eigendecomposition,
+    eigendecompose,
+    factors,
+)
+from dahp.training import Checkpoints, check_epoch, train_full
+
+#: Largest parameter count for which the exact Hessian (IF explicit) is formed.
+MAX_EXPLICIT_HESSIAN_PARAMS = 20_000
+
+
+# --------------------------------------------------------------------------------------------
+# Hyperparameter records (defaults: the paper's Appendix A.1)
+
+
+def _check_epoch_field(value: int | None) -> None:
+    if value is not None and not (isinstance(value, int) and value >= 1):
+        raise InvalidParameterError("training_epoch", value, "None (the last epoch) or an integer >= 1")
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if not (isinstance(value, int) and value >= 1):
+        raise InvalidParameterError(name, value, "an integer >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class IFFIMParams:
+    """Influence function with the empirical Fisher ``F = GᵀG/n`` of the training loss."""
+
+    regularization: float = 1e-5  #: λ added to F (mean-loss scale; default borrowed from IF explicit)
+    proj_dim: int | None = None  #: random projection of the gradients (None: full gradients)
+    training_epoch: int | None = None  #: checkpoint attributed (None: the last epoch)
+    proj_seed: int = 0  #: seed of the projection
+
+    def __post_init__(self) -> None:
+        check_regularization(self.regularization)
+        _check_epoch_field(self.training_epoch)
+        if self.proj_dim is not None:
+            _check_positive_int("proj_dim", self.proj_dim)
+
+
+@dataclasses.dataclass(frozen=True)
+class TRAKParams:
+    """TRAK: projected margin gradients of an ensemble of independently trained models."""
+
+    regularization: float = 0.0  #: λ added to ΦᵀΦ (sum over training points, gradients / sqrt(#params))
+    proj_dim: int = 512  #: projection dimension
+    training_epoch: int | None = None  #: checkpoint attributed in every member (None: the last)
+    ensemble_size: int = 10  #: independently trained models averaged (TRAK-10)
+    proj_seed: int = 0  #: seed of the projection (member k uses ensemble_id k)
+
+    def __post_init__(self) -> None:
+        check_regularization(self.regularization)
+        _check_epoch_field(self.training_epoch)
+        _check_positive_int("proj_dim", self.proj_dim)
+        _check_positive_int("ensemble_size", self.ensemble_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class IFExplicitParams:
+    """Influence function with the exact Hessian of the mean training loss."""
+
+    regularization: float = 1e-5  #: λ added to the Hessian of the mean loss
+    training_epoch: int | None = None  #: checkpoint attributed (None: the last epoch)
+
+    def __post_init__(self) -> None:
+        check_regularization(self.regularization)
+        _check_epoch_field(self.training_epoch)
+
+
+@dataclasses.dataclass(frozen=True)
+class IFCGParams:
+    """Influence function, inverse-Hessian-vector products by conjugate gradients (dattri)."""
+
+    regularization: float = 1e-2  #: λ added to the Hessian of the mean loss
+    max_iteration: int = 10  #: CG iterations
+    training_epoch: int | None = None  #: checkpoint attributed (None: the last epoch)
+
+    def __post_init__(self) -> None:
+        check_regularization(self.regularization)
+        _check_positive_int("max_iteration", self.max_iteration)
+        _check_epoch_field(self.training_epoch)
+
+
+@dataclasses.dataclass(frozen=True)
+class IFLiSSAParams:
+    """Influence function, inverse-Hessian-vector products by the LiSSA recursion (dattri)."""
+
+    regularization: float = 1e-3  #: LiSSA damping (dattri's ``damping``)
+    scaling: float = 5.0  #: LiSSA scaling
+    recursion_depth: int = 1000  #: LiSSA recursion depth
+    batch_size: int = 50  #: training points per LiSSA step
+    training_epoch: int | None = None  #: checkpoint attributed (None: the last epoch)
+
+    def __post_init__(self) -> None:
+        check_regularization(self.regularization)
+        if not self.scaling > 0:
+            raise InvalidParameterError("scaling", self.scaling, "a number > 0")
+        _check_positive_int("recursion_depth", self.recursion_depth)
+        _check_positive_int("batch_size", self.batch_size)
+        _check_epoch_field(self.training_epoch)
+
+
+CHECKPOINT_SELECTION = re.compile(r"^(last|every)(\d+)$")
+
+
+@dataclasses.dataclass(frozen=True)
+class TracInParams:
+    """TracInCP: gradient dot products summed over checkpoints, weighted by the learning rate."""
+
+    proj_dim: int | None = None  #: random projection of the gradients (None: full gradients)
+    normalization: bool = False  #: unit-normalise the gradients (cosine instead of dot product)
+    checkpoint_selection: str = "last10"  #: ``lastK`` (the last K epochs) or ``everyK`` (every K-th epoch)
+    proj_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.proj_dim is not None:
+            _check_positive_int("proj_dim", self.proj_dim)
+        match = CHECKPOINT_SELECTION.match(str(self.checkpoint_selection))
+        if not match or int(match.group(2)) < 1:
+            raise InvalidParameterError(
+                "checkpoint_selection", self.checkpoint_selection, "'lastK' or 'everyK' with K >= 1, e.g. 'last10'"
+            )
+
+    def epochs(self, trained: int) -> list[int]:
+        """The checkpoint epochs this selection uses, out of ``trained``."""
+        mode, k = CHECKPOINT_SELECTION.match(self.checkpoint_selection).groups()
+        k = int(k)
+        if mode == "last":
+            return list(range(max(1, trained - k + 1), trained + 1))
+        return list(range(k, trained + 1, k)) or [trained]
+
+
+@dataclasses.dataclass(frozen=True)
+class GradDotParams(TracInParams):
+    """Grad-Dot: the gradient dot product at the final checkpoint only."""
+
+    checkpoint_selection: str = "last1"
+
+
+@dataclasses.dataclass(frozen=True)
+class GradCosParams(TracInParams):
+    """Grad-Cos: the gradient cosine at the final checkpoint only."""
+
+    normalization: bool = True
+    checkpoint_selection: str = "last1"
+
+
+@dataclasses.dataclass(frozen=True)
+class LoGraParams:
+    """LoGra: per-layer factorised projection with a damped empirical-Fisher inverse (dattri)."""
+
+    regularization: float = 1e-3  #: relative damping: λ × trace / d per block
+    proj_dim: int = 4096  #: projected dimension per layer (a perfect square)
+    training_epoch: int | None = None  #: checkpoint attributed (None: the last epoch)
+
+    def __post_init__(self) -> None:
+        check_regularization(self.regularization)
+        _check_positive_int("proj_dim", self.proj_dim)
+        if math.isqrt(self.proj_dim) ** 2 != self.proj_dim:
+            raise InvalidParameterError("proj_dim", self.proj_dim, "a perfect square (LoGra projects each side to its root)")
+        _check_epoch_field(self.training_epoch)
+
+
+@dataclasses.dataclass(frozen=True)
+class AttributorInfo:
+    """Registry entry of one attributor."""
+
+    name: str
+    label: str  #: name in tables and figures
+    params: type  #: its hyperparameter record
+    spectral: bool  #: λ grids are swept from one factorization
+    regularization_scale: str  #: what λ means for this attributor ("" if it has no λ)
+
+
+ATTRIBUTORS: dict[str, AttributorInfo] = {a.name: a for a in [
+    AttributorInfo("iffim", "IFFIM", IFFIMParams, True, "added to the empirical Fisher of the mean training loss"),
+    AttributorInfo("trak", "TRAK", TRAKParams, True,
+                   "added to ΦᵀΦ summed over training points, gradients scaled by 1/sqrt(#parameters) (dattri)"),
+    AttributorInfo("if_explicit", "IF (explicit)", IFExplicitParams, True, "added to the Hessian of the mean training loss"),
+    AttributorInfo("if_cg", "IF (CG)", IFCGParams, False, "added to the Hessian of the mean training loss"),
+    AttributorInfo("if_lissa", "IF (LiSSA)", IFLiSSAParams, False, "LiSSA damping of the mean-loss Hessian"),
+    AttributorInfo("tracin", "TracInCP", TracInParams, False, ""),
+    AttributorInfo("grad_dot", "Grad-Dot", GradDotParams, False, ""),
+    AttributorInfo("grad_cos", "Grad-Cos", GradCosParams, False, ""),
+    AttributorInfo("logra", "LoGra", LoGraParams, False, "relative damping: λ × trace / d of each layer's block"),
+]}
+
+
+def get_attributor(name: str) -> AttributorInfo:
+    """The registry entry called ``name``."""
+    if name not in ATTRIBUTORS:
+        raise InvalidParameterError("attributor", name, list(ATTRIBUTORS))
+    return ATTRIBUTORS[name]
+
+
+def hyperparameter_names(attributor: str) -> list[str]:
+    """Names of the hyperparameters of ``attributor``."""
+    return [f.name for f in dataclasses.fields(get_attributor(attributor).params)]
+
+
+def make_params(attributor: str, **values: Any) -> Any:
+    """The hyperparameter record of ``attributor`` with ``values`` over the defaults (checked)."""
+    info = get_attributor(attributor)
+    valid = hyperparameter_names(attributor)
+    for name in values:
+        if name not in valid:
+            raise InvalidParameterError(f"hyperparameter of {attributor}", name, valid)
+    return info.params(**values)
+
+
+def check_params(setting: Setting, params: Any) -> None:
+    """Checks that need the setting (epoch range, projection size), before any compute."""
+    epoch = getattr(params, "training_epoch", None)
+    if epoch is not None:
+        check_epoch(setting, epoch)
+    if isinstance(params, (IFFIMParams, TRAKParams, TracInParams)):
+        check_proj_dim(setting, params.proj_dim)
+    if isinstance(params, IFExplicitParams) and setting.n_params() > MAX_EXPLICIT_HESSIAN_PARAMS:
+        raise InvalidParameterError(
+            "attributor", "if_explicit",
+            f"settings with at most {MAX_EXPLICIT_HESSIAN_PARAMS} parameters ({setting.name} has "
+            f"{setting.n_params()}; the exact Hessian would not fit); use if_cg or if_lissa",
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Scorers: scores at any λ of one attributor configuration
+
+
+class Scorer(Protocol):
+    """Scores of one attributor configuration at any λ."""
+
+    def scores(self, regularization: float) -> torch.Tensor:
+        """``(n_train, n_queries)`` scores at λ."""
+
+    def sweep(self, regularizations: Iterable[float]) -> Iterator[tuple[float, torch.Tensor]]:
+        """``(λ, scores)`` for each λ."""
+
+
+@dataclasses.dataclass
+class SpectralScorer:
+    """Average over ensemble members of spectral factors, times optional per-training-point weights."""
+
+    members: list[SpectralFactors]
+    train_weights: torch.Tensor | None = None  #: ``(n_train,)`` (TRAK's mean ``1 - p_i``)
+
+    def scores(self, regularization: float) -> torch.Tensor:
+        total = sum(member.scores(regularization) for member in self.members) / len(self.members)
+        if self.train_weights is not None:
+            total = total * self.train_weights.double().unsqueeze(1)
+        return total
+
+    def sweep(self, regularizations: Iterable[float]) -> Iterator[tuple[float, torch.Tensor]]:
+        for lam in regularizations:
+            yield lam, self.scores(lam)
+
+
+@dataclasses.dataclass
+class RerunScorer:
+    """Runs the attributor afresh at each λ (attributors with no closed form in λ)."""
+
+    setting: Setting
+    attributor: str
+    params: Any
+    split: str
+
+    def scores(self, regularization: float) -> torch.Tensor:
+        params = dataclasses.replace(self.params, regularization=regularization) \
+            if hasattr(self.params, "regularization") else self.params
+        return dattri_bridge.run(self.setting, self.attributor, params, self.split)
+
+    def sweep(self, regularizations: Iterable[float]) -> Iterator[tuple[float, torch.Tensor]]:
+        for lam in regularizations:
+            yield lam, self.scores(lam)
+
+
+def checkpoint_spec(setting: Setting, seed: int, epoch: int) -> dict:
+    """What determines a full-data checkpoint (for the feature cache keys)."""
+    return {**setting.spec(), "model_seed": seed, "epoch": epoch}
+
+
+def _epoch(setting: Setting, params: Any) -> int:
+    return params.training_epoch or setting.recipe.epochs
+
+
+def scorer(
+    setting: Setting, attributor: str, params: Any, split: str = "test", cache: Cache | None = None,
+    progress: bool = True,
+) -> Scorer:
+    """A scorer for ``attributor`` with ``params`` (λ is taken per call), after validating everything."""
+    info = get_attributor(attributor)
+    if not isinstance(params, info.params):
+        raise InvalidParameterError("params", type(params).__name__, f"a {info.params.__name__}")
+    check_params(setting, params)
+    cache = default_cache() if cache is None else cache
+    if attributor == "iffim":
+        return _iffim(setting, params, split, cache, progress)
+    if attributor == "trak":
+        return _trak(setting, params, split, cache, progress)
+    if attributor == "if_explicit":
+        return _if_explicit(setting, params, split, cache, progress)
+    return RerunScorer(setting, attributor, params, split)
+
+
+def attribute(setting: Setting, attributor: str, split: str = "test", **hyperparameters: Any) -> torch.Tensor:
+    """``(n_train, n_queries)`` scores of ``attributor`` with ``hyperparameters`` over its defaults."""
+    params = make_params(attributor, **hyperparameters)
+    lam = getattr(params, "regularization", 0.0)
+    return scorer(setting, attributor, params, split).scores(lam)
+
+
+def _iffim(setting: Setting, params: IFFIMParams, split: str, cache: Cache, progress: bool) -> SpectralScorer:
+    epoch = _epoch(setting, params)
+    state = train_full(setting, 0, cache, progress).state(epoch)
+    spec = checkpoint_spec(setting, 0, epoch)
+    kw = dict(proj_dims=(params.proj_dim,), seed=params.proj_seed, cache=cache, progress=progress)
+    train = gradient_features(setting, state, spec, "train", "loss", **kw)[params.proj_dim]
+    queries = gradient_features(setting, state, spec, split, "target", **kw)[params.proj_dim]
+    eig = _cached_eigendecomposition(cache, {**spec, "kind": "loss", "proj_dim": params.proj_dim,
+                                             "proj_seed": params.proj_seed}, train, 1.0 / len(train))
+    return SpectralScorer([factors(eig, train, queries, sign=-1.0)])
+
+
+def _cached_eigendecomposition(cache: Cache, spec: dict, train: torch.Tensor, scale: float) -> Eigendecomposition:
+    """The float64 eigendecomposition of a feature Gram matrix, cached beside the features."""
+    payload = cache.get_or_compute("eigh", {**spec, "scale": scale}, lambda: dataclasses.asdict(eigendecompose(train, scale)))
+    return Eigendecomposition(**payload)
+
+
+def trak_members(setting: Setting, ensemble_size: int, cache: Cache, progress: bool) -> list[Checkpoints]:
+    """The independently trained full-data models of a TRAK ensemble (seeds 0..size-1)."""
+    return [train_full(setting, seed, cache, progress) for seed in range(ensemble_size)]
+
+
+def _trak(setting: Setting, params: TRAKParams, split: str, cache: Cache, progress: bool) -> SpectralScorer:
+    epoch = _epoch(setting, params)
+    members = trak_members(setting, params.ensemble_size, cache, progress)
+    states = [checkpoints.state(epoch) for checkpoints in members]
+    specs = [checkpoint_spec(setting, k, epoch) for k in range(len(states))]
+    return trak_scorer(setting, states, specs, params, split, cache, progress)
+
+
+def trak_scorer(
+    setting: Setting, states: list[dict[str, torch.Tensor]], specs: list[dict], params: TRAKParams, split: str,
+    cache: Cache | None = None, progress: bool = False,
+) -> SpectralScorer:
+    """TRAK over given ensemble members (``states``, described by ``specs`` for the cache).
+
+    Member ``k`` is projected with dattri's ``ensemble_id = k``; scores are averaged over members
+    and multiplied by the members' mean ``1 - p_i``, as dattri's ``TRAKAttributor`` does.
+    """
+    cache = default_cache() if cache is None else cache
+    members, weights = [], []
+    for k, (state, spec) in enumerate(zip(states, specs)):
+        kw = dict(proj_dims=(params.proj_dim,), seed=params.proj_seed, ensemble_id=k, cache=cache, progress=progress)
+        train = gradient_features(setting, state, spec, "train", "trak", **kw)[params.proj_dim]
+        queries = gradient_features(setting, state, spec, split, "trak", **kw)[params.proj_dim]
+        eig = _cached_eigendecomposition(cache, {**spec, "kind": "trak", "proj_dim": params.proj_dim,
+                                                 "proj_seed": params.proj_seed, "ensemble_id": k}, train, 1.0)
+        members.append(factors(eig, train, queries, sign=1.0))
+        weights.append(one_minus_correct_probability(setting, state))
+    return SpectralScorer(members, torch.stack(weights).mean(0))
+
+
+def mean_loss_hessian(setting: Setting, state: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Exact ``(d, d)`` Hessian of the mean training loss at ``state``, in float64."""
+    from torch.func import functional_call, hessian
+
+    from dahp.features import parameter_names
+
+    data = setting.data()
+    model = setting.make_model().eval().double()
+    names = parameter_names(setting)
+    shapes = [state[n].shape for n in names]
+    sizes = [state[n].numel() for n in names]
+    flat = torch.cat([state[n].double().reshape(-1) for n in names])
+    x, y = data.x_train.double(), data.y_train
+
+    def loss(theta: torch.Tensor) -> torch.Tensor:
+        parts = dict(zip(names, (t.reshape(s) for t, s in zip(torch.split(theta, sizes), shapes))))
+        return setting.loss(functional_call(model, parts, (x,)), y)
+
+    return hessian(loss)(flat)
+
+
+def _if_explicit(setting: Setting, params: IFExplicitParams, split: str, cache: Cache, progress: bool) -> SpectralScorer:
+    epoch = _epoch(setting, params)
+    state = {k: v.double() for k, v in train_full(setting, 0, cache, progress).state(epoch).items()}
+    spec = {**checkpoint_spec(setting, 0, epoch), "dtype": "float64"}
+    payload = cache.get_or_compute(
+        "hessian_eigh", spec, lambda: dataclasses.asdict(curvature_eigendecomposition(mean_loss_hessian(setting, state)))
+    )
+    kw = dict(proj_dims=(None,), cache=cache, progress=progress)
+    train = gradient_features(setting, state, spec, "train", "loss", **kw)[None]
+    queries = gradient_features(setting, state, spec, split, "target", **kw)[None]
+    return SpectralScorer([factors(Eigendecomposition(**payload), train, queries, sign=-1.0)])

@@ -1,0 +1,172 @@
+"""dattri's own attributors on our settings: the tasks, loaders and λ mapping in one place.
+
+Used to run the attributors with no closed form in λ (IF CG, IF LiSSA, LoGra, TracIn and its
+variants), and by the tests to check our spectral scores against dattri at the same λ.
+Scores are returned in this package's sign convention (positive: including the training point
+raises the query's margin); dattri's influence functions return the opposite sign.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch.func import functional_call
+from torch.utils.data import DataLoader, TensorDataset
+
+from dahp.settings import Setting
+from dahp.targets import correct_class_probability
+
+QUERY_BATCH = 500
+
+
+def _reshape(setting: Setting, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    sample_shape = setting.data().x_train.shape[1:]
+    return x.reshape(-1, *sample_shape), y.reshape(-1)
+
+
+def task(setting: Setting, states: list[dict[str, torch.Tensor]], train_fn: str = "loss"):
+    """A ``dattri.task.AttributionTask`` over ``states`` (one per checkpoint / ensemble member).
+
+    ``train_fn`` is the function whose gradients represent training points: ``"loss"`` (the mean
+    cross-entropy, for the influence functions and TracIn) or ``"target"`` (the margin, for TRAK).
+    The target of the queries is always the margin.
+    """
+    from dattri.task import AttributionTask
+
+    model = setting.make_model().to(next(iter(states[0].values())).dtype)
+
+    def loss_func(params: dict, data: tuple) -> torch.Tensor:
+        x, y = _reshape(setting, *data)
+        return setting.loss(functional_call(model, params, (x,)), y)
+
+    def target_func(params: dict, data: tuple) -> torch.Tensor:
+        x, y = _reshape(setting, *data)
+        return setting.target(functional_call(model, params, (x,)), y).sum()
+
+    return AttributionTask(
+        loss_func=loss_func if train_fn == "loss" else target_func,
+        model=model,
+        checkpoints=[copy.deepcopy(s) for s in states],
+        target_func=target_func,
+    )
+
+
+def correct_probability_func(setting: Setting, model: torch.nn.Module):
+    """TRAK's ``correct_probability_func(params, (x, y))`` for one example."""
+
+    def prob(params: dict, data: tuple) -> torch.Tensor:
+        x, y = _reshape(setting, *data)
+        return correct_class_probability(functional_call(model, params, (x,)), y)
+
+    return prob
+
+
+def loaders(setting: Setting, split: str, dtype: torch.dtype = torch.float32, train_batch: int | None = None,
+            train_index: torch.Tensor | None = None, query_index: torch.Tensor | None = None):
+    """Unshuffled ``(train_loader, query_loader)`` (optionally restricted to index subsets)."""
+    data = setting.data()
+    x_train, y_train = data.x_train.to(dtype), data.y_train
+    x_query, y_query = data.queries(split)
+    x_query = x_query.to(dtype)
+    if train_index is not None:
+        x_train, y_train = x_train[train_index], y_train[train_index]
+    if query_index is not None:
+        x_query, y_query = x_query[query_index], y_query[query_index]
+    train = DataLoader(TensorDataset(x_train, y_train), batch_size=train_batch or len(y_train), shuffle=False)
+    query = DataLoader(TensorDataset(x_query, y_query), batch_size=min(QUERY_BATCH, len(y_query)), shuffle=False)
+    return train, query
+
+
+def run(setting: Setting, attributor: str, params: Any, split: str) -> torch.Tensor:
+    """``(n_train, n_queries)`` scores of dattri's attributor for ``params`` on ``setting``."""
+    from dahp.training import train_full
+
+    checkpoints = train_full(setting, 0)
+    epoch = getattr(params, "training_epoch", None) or setting.recipe.epochs
+    if attributor in ("tracin", "grad_dot", "grad_cos"):
+        return _tracin(setting, checkpoints, params, split)
+    state = checkpoints.state(epoch)
+    if attributor == "if_cg":
+        from dattri.algorithm import IFAttributorCG
+
+        attr = IFAttributorCG(task(setting, [state]), max_iter=params.max_iteration, regularization=params.regularization)
+        return -_attribute_inner_product(attr, setting, split)
+    if attributor == "if_lissa":
+        from dattri.algorithm import IFAttributorLiSSA
+
+        attr = IFAttributorLiSSA(task(setting, [state]), batch_size=params.batch_size,
+                                 recursion_depth=params.recursion_depth, damping=params.regularization,
+                                 scaling=params.scaling)
+        return -_attribute_inner_product(attr, setting, split)
+    if attributor == "if_explicit":
+        from dattri.algorithm import IFAttributorExplicit
+
+        attr = IFAttributorExplicit(task(setting, [state]), regularization=params.regularization)
+        return -_attribute_inner_product(attr, setting, split)
+    if attributor == "logra":
+        return _logra(setting, state, params, split)
+    raise ValueError(f"dattri_bridge.run has no route for attributor {attributor!r}")
+
+
+def _attribute_inner_product(attr, setting: Setting, split: str, dtype: torch.dtype = torch.float32,
+                             query_index: torch.Tensor | None = None) -> torch.Tensor:
+    train, query = loaders(setting, split, dtype, query_index=query_index)
+    attr.cache(train)
+    return attr.attribute(train, query).detach()
+
+
+def _tracin(setting: Setting, checkpoints, params: Any, split: str) -> torch.Tensor:
+    from dattri.algorithm import TracInAttributor
+
+    epochs = params.epochs(checkpoints.epochs)
+    states = [checkpoints.state(e) for e in epochs]
+    weights = torch.full((len(states),), float(setting.recipe.lr))
+    attr = TracInAttributor(task(setting, states), weight_list=weights, normalized_grad=params.normalization,
+                            projector_kwargs=projector_kwargs(setting, params.proj_dim, params.proj_seed))
+    train, query = loaders(setting, split, train_batch=500)
+    # dattri sums lr · ∇L(z_i)·∇f(z'); a step on z_i moves f by -lr · ∇f·∇L(z_i): opposite sign.
+    return -attr.attribute(train, query).detach()
+
+
+def projector_kwargs(setting: Setting, proj_dim: int | None, proj_seed: int = 0) -> dict:
+    """A complete, fresh projector dict (dattri 0.3.0 merges partial dicts into a shared default).
+
+    ``proj_dim=None`` means no projection (dattri's identity projector).
+    """
+    if proj_dim is None:
+        return {"proj_dim": setting.n_params(), "proj_max_batch_size": 32, "proj_seed": proj_seed,
+                "device": "cpu", "proj_type": "identity"}
+    return {"proj_dim": proj_dim, "proj_max_batch_size": 32, "proj_seed": proj_seed, "device": "cpu",
+            "proj_type": "normal"}
+
+
+def run_trak(setting: Setting, states: list[dict[str, torch.Tensor]], proj_dim: int, regularization: float,
+             split: str, proj_seed: int = 0, train_index: torch.Tensor | None = None,
+             query_index: torch.Tensor | None = None) -> torch.Tensor:
+    """One ``cache`` + ``attribute`` of dattri's ``TRAKAttributor`` (the reference for our spectral TRAK)."""
+    from dattri.algorithm import TRAKAttributor
+
+    attribution_task = task(setting, states, train_fn="target")
+    attr = TRAKAttributor(attribution_task, correct_probability_func(setting, attribution_task.get_model()),
+                          projector_kwargs=projector_kwargs(setting, proj_dim, proj_seed),
+                          regularization=regularization)
+    train, query = loaders(setting, split, _dtype(states[0]), train_batch=500, train_index=train_index,
+                           query_index=query_index)
+    attr.cache(train)
+    return attr.attribute(query).detach()
+
+
+def _dtype(state: dict[str, torch.Tensor]) -> torch.dtype:
+    return next(iter(state.values())).dtype
+
+
+def _logra(setting: Setting, state: dict[str, torch.Tensor], params: Any, split: str) -> torch.Tensor:
+    from dattri.algorithm import LoGraAttributor
+
+    attr = LoGraAttributor(task(setting, [state]), damping=params.regularization, proj_dim=params.proj_dim,
+                           offload="none")
+    train, query = loaders(setting, split, train_batch=500)
+    attr.cache(train)
+    return attr.attribute(query, train).detach()

@@ -1,0 +1,218 @@
+"""Per-example gradient features, projected or not, computed once and cached (spec: "Notation").
+
+- training-loss gradients ``G`` (rows ``∇θ L(z_i, θ)``) and query-target gradients ``g`` for the
+  influence functions (IFFIM, IF explicit);
+- margin gradients of training points and queries, scaled by ``1/sqrt(#parameters)``, for TRAK
+  (dattri's convention), with the weights ``1 - p_i`` of the training points.
+
+Gradients are taken with ``torch.func`` (``vmap(grad(...))``) in eval mode, flattened in the order
+of ``model.named_parameters()`` (dattri's order). Projections use dattri's own CPU projector
+(``dattri.func.projection.random_project``, Gaussian, ``proj_seed``, one ``ensemble_id`` per
+ensemble member). That projector draws its matrix in blocks of 100 columns from seeds that do not
+depend on the projection dimension, so the unnormalised projection to ``k`` dimensions is the
+first ``k`` columns of the one to ``K > k`` (both at least 100): a sweep over projection dimensions
+projects once, at the largest, and slices (:func:`project_nested`; tested against dattri).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch.func import functional_call, grad, vmap
+from tqdm.auto import tqdm
+
+from dahp.cache import Cache, default_cache
+from dahp.config import InvalidParameterError
+from dahp.settings import Setting
+from dahp.targets import correct_class_probability
+
+#: Block width of dattri's CPU projector; nesting holds for dimensions at least this large.
+PROJECTOR_BLOCK = 100
+#: Upper bound (bytes) of one chunk of raw per-example gradients held in memory.
+GRADIENT_CHUNK_BYTES = 1 << 30
+
+TargetFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclasses.dataclass(frozen=True)
+class Projection:
+    """A random projection of gradient features (dattri's Gaussian projector on the CPU)."""
+
+    dim: int  #: projected dimension p
+    seed: int = 0  #: dattri's ``proj_seed``
+    ensemble_id: int = 0  #: dattri's ``ensemble_id`` (TRAK: the index of the ensemble member)
+
+    def as_dict(self) -> dict:
+        """Plain-dict form for cache keys."""
+        return dataclasses.asdict(self)
+
+
+def parameter_names(setting: Setting) -> list[str]:
+    """Names of the trainable parameters, in ``named_parameters()`` order (dattri's flattening)."""
+    return [name for name, p in setting.make_model().named_parameters() if p.requires_grad]
+
+
+def check_proj_dim(setting: Setting, proj_dim: int | None) -> None:
+    """A projection dimension must be a positive integer no larger than the parameter count."""
+    if proj_dim is None:
+        return
+    n_params = setting.n_params()
+    if not (isinstance(proj_dim, int) and 1 <= proj_dim <= n_params):
+        raise InvalidParameterError(
+            "proj_dim", proj_dim, f"None (no projection) or an integer in 1..{n_params} (the parameter count of {setting.name})"
+        )
+
+
+def per_example_gradients(
+    setting: Setting,
+    state: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    fn: TargetFn,
+    scale: float = 1.0,
+    progress: bool | str = False,
+    sink: Callable[[int, torch.Tensor], None] | None = None,
+) -> torch.Tensor | None:
+    """Rows ``scale * ∇θ fn(model(x_i), y_i)`` for every example, flattened (shape ``(N, d)``).
+
+    With ``sink``, chunks are handed to ``sink(start_row, chunk)`` instead of being gathered.
+    """
+    model = setting.make_model().eval()
+    names = parameter_names(setting)
+    params = {k: v for k, v in state.items() if k in names}
+    buffers = {k: v for k, v in state.items() if k not in names}
+    dtype = next(iter(params.values())).dtype
+
+    def one(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        return fn(functional_call(model, (p, buffers), (xi.unsqueeze(0),)), yi.unsqueeze(0)).sum()
+
+    per_example = vmap(grad(one), in_dims=(None, 0, 0))
+    d = sum(params[n].numel() for n in names)
+    chunk = max(1, min(len(x), GRADIENT_CHUNK_BYTES // (4 * d)))
+    out = None if sink is not None else torch.empty(len(x), d, dtype=dtype)
+    starts = range(0, len(x), chunk)
+    label = progress if isinstance(progress, str) else "per-example gradients"
+    for start in tqdm(starts, desc=label, disable=not progress or len(starts) < 2, leave=False):
+        grads = per_example(params, x[start : start + chunk].to(dtype), y[start : start + chunk])
+        rows = torch.cat([grads[n].reshape(grads[n].shape[0], -1) for n in names], dim=1)
+        if scale != 1.0:
+            rows = rows * scale
+        if sink is not None:
+            sink(start, rows)
+        else:
+            out[start : start + len(rows)] = rows
+    return out
+
+
+def project(features: torch.Tensor, projection: Projection) -> torch.Tensor:
+    """dattri's CPU random projection of ``features`` (rows) to ``projection.dim`` dimensions."""
+    from dattri.func.projection import random_project
+
+    projector = random_project(
+        features, features.shape[0], proj_dim=projection.dim, proj_max_batch_size=32,
+        proj_seed=projection.seed, proj_type="normal", device="cpu",
+    )
+    return projector(features, ensemble_id=projection.ensemble_id)
+
+
+def project_nested(features: torch.Tensor, dims: Sequence[int], seed: int = 0, ensemble_id: int = 0) -> dict[int, torch.Tensor]:
+    """Projections of ``features`` to every dimension in ``dims`` from one projection at the largest.
+
+    Equal to :func:`project` at each dimension (dattri normalises by ``sqrt(dim)``, undone and redone
+    here). Dimensions below the projector's block width are projected on their own.
+    """
+    nested = sorted({d for d in dims if d >= PROJECTOR_BLOCK})
+    out: dict[int, torch.Tensor] = {}
+    if nested:
+        top = nested[-1]
+        full = project(features, Projection(top, seed, ensemble_id))
+        for dim in nested:
+            out[dim] = full[:, :dim] * math.sqrt(top / dim) if dim != top else full
+    for dim in dims:
+        if dim not in out:
+            out[dim] = project(features, Projection(dim, seed, ensemble_id))
+    return out
+
+
+def _gradient_rows(
+    setting: Setting, state: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, fn: TargetFn,
+    scale: float, proj_dims: Sequence[int | None], seed: int, ensemble_id: int, progress: bool | str,
+) -> dict[int | None, torch.Tensor]:
+    """Gradients, unprojected (key ``None``) and/or projected to each dimension, chunk by chunk."""
+    dims = [d for d in proj_dims if d is not None]
+    parts: dict[int | None, list[torch.Tensor]] = {d: [] for d in proj_dims}
+
+    def sink(_: int, rows: torch.Tensor) -> None:
+        if None in parts:
+            parts[None].append(rows)
+        if dims:
+            for dim, projected in project_nested(rows, dims, seed, ensemble_id).items():
+                parts[dim].append(projected)
+
+    per_example_gradients(setting, state, x, y, fn, scale, progress, sink=sink)
+    return {d: torch.cat(chunks) for d, chunks in parts.items()}
+
+
+FEATURE_KINDS = ("loss", "target", "trak")
+
+
+def gradient_features(
+    setting: Setting,
+    state: dict[str, torch.Tensor],
+    state_spec: dict,
+    split: str,
+    kind: str,
+    proj_dims: Sequence[int | None] = (None,),
+    seed: int = 0,
+    ensemble_id: int = 0,
+    cache: Cache | None = None,
+    progress: bool = True,
+) -> dict[int | None, torch.Tensor]:
+    """Cached gradient features of one split, for each requested projection dimension.
+
+    Args:
+        state: the model state the gradients are taken at; ``state_spec`` says what determines it.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        kind: ``"loss"`` (training loss), ``"target"`` (the margin) or ``"trak"`` (the margin,
+            scaled by ``1/sqrt(#parameters)`` as dattri's TRAK does).
+        proj_dims: ``None`` for raw gradients and/or projection dimensions.
+
+    Returns:
+        dimension -> ``(N, p)`` float tensor.
+    """
+    if kind not in FEATURE_KINDS:
+        raise InvalidParameterError("kind", kind, FEATURE_KINDS)
+    for dim in proj_dims:
+        check_proj_dim(setting, dim)
+    cache = default_cache() if cache is None else cache
+    data = setting.data()
+    x, y = (data.x_train, data.y_train) if split == "train" else data.queries(split)
+    fn = setting.loss if kind == "loss" else setting.target
+    scale = 1.0 / math.sqrt(setting.n_params()) if kind == "trak" else 1.0
+
+    def spec(dim: int | None) -> dict:
+        projection = None if dim is None else Projection(dim, seed, ensemble_id).as_dict()
+        return {**state_spec, "split": split, "kind": kind, "projection": projection}
+
+    found = {dim: cache.load("features", spec(dim)) for dim in proj_dims}
+    missing = [dim for dim, value in found.items() if value is None]
+    if missing:
+        label = f"{kind} gradients of {setting.name} {split}" if progress else False
+        computed = _gradient_rows(setting, state, x, y, fn, scale, missing, seed, ensemble_id, label)
+        for dim, value in computed.items():
+            cache.save("features", spec(dim), value)
+            found[dim] = value
+    return found
+
+
+@torch.no_grad()
+def one_minus_correct_probability(setting: Setting, state: dict[str, torch.Tensor]) -> torch.Tensor:
+    """TRAK's weights ``1 - p_i`` of the training points under ``state``, shape ``(n_train,)``."""
+    dtype = next(iter(state.values())).dtype
+    model = setting.make_model().to(dtype).eval()
+    model.load_state_dict(state)
+    data = setting.data()
+    return 1.0 - correct_class_probability(model(data.x_train.to(dtype)), data.y_train)

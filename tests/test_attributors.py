@@ -1,0 +1,112 @@
+"""Spectral attributors agree with dattri's own attributors at every λ; bad input is refused early."""
+
+import pytest
+import torch
+
+from dahp import dattri_bridge
+from dahp.attributors import (
+    ATTRIBUTORS,
+    TRAKParams,
+    checkpoint_spec,
+    hyperparameter_names,
+    make_params,
+    scorer,
+    trak_scorer,
+)
+from dahp.config import InvalidParameterError
+from dahp.settings import get_setting
+from dahp.training import train_full
+from helpers import as_float64, small
+
+QUERIES = torch.arange(0, 500, 25)  # 20 test queries
+
+
+def relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    return ((ours.double() - theirs.double()).norm() / theirs.double().norm()).item()
+
+
+@pytest.mark.parametrize("proj_dim", [256, 1024])  # primal (p < n = 400) and dual (p > n) forms
+def test_trak_equals_dattri_at_every_lambda(cache, proj_dim):
+    setting = small("mnist_mlp", epochs=2)
+    states = [as_float64(train_full(setting, seed, cache, progress=False).state()) for seed in range(2)]
+    specs = [{**checkpoint_spec(setting, k, 2), "dtype": "float64"} for k in range(2)]
+    ours = trak_scorer(setting, states, specs, TRAKParams(proj_dim=proj_dim, ensemble_size=2), "test", cache)
+    top = max(m.eigenvalues.max().item() for m in ours.members)
+    lambdas = [1e-4 * top, top] if proj_dim > 400 else [0.0, 1e-2 * top]
+    for lam in lambdas:
+        theirs = dattri_bridge.run_trak(setting, states, proj_dim, lam, "test", query_index=QUERIES)
+        assert relative_error(ours.scores(lam)[:, QUERIES], theirs) <= 1e-4, lam
+
+
+def test_if_explicit_equals_dattri_on_mnist_lr(cache):
+    from dattri.algorithm import IFAttributorExplicit
+
+    setting = small("mnist_lr", epochs=2)
+    ours = scorer(setting, "if_explicit", make_params("if_explicit"), "test", cache, progress=False)
+    state = as_float64(train_full(setting, 0, cache, progress=False).state())
+    for lam in (1e-5, 1e-2):
+        attr = IFAttributorExplicit(dattri_bridge.task(setting, [state]), regularization=lam)
+        theirs = -dattri_bridge._attribute_inner_product(attr, setting, "test", torch.float64, QUERIES)
+        assert relative_error(ours.scores(lam)[:, QUERIES], theirs) <= 1e-4, lam
+
+
+def test_iffim_equals_a_direct_solve_with_the_empirical_fisher(cache):
+    from dahp.features import gradient_features
+
+    setting = small("mnist_lr", epochs=2)
+    ours = scorer(setting, "iffim", make_params("iffim", proj_dim=512), "test", cache, progress=False)
+    state = train_full(setting, 0, cache, progress=False).state()
+    spec = checkpoint_spec(setting, 0, 2)
+    G = gradient_features(setting, state, spec, "train", "loss", (512,), cache=cache, progress=False)[512].double()
+    g = gradient_features(setting, state, spec, "test", "target", (512,), cache=cache, progress=False)[512].double()
+    fisher = G.T @ G / len(G)
+    for lam in (1e-4, 1e-1):
+        expected = -G @ torch.linalg.solve(fisher + lam * torch.eye(512, dtype=torch.float64), g.T)
+        assert relative_error(ours.scores(lam), expected) <= 1e-8
+
+
+def test_every_attributor_has_the_papers_hyperparameters():
+    assert set(ATTRIBUTORS) == {"iffim", "trak", "if_explicit", "if_cg", "if_lissa", "tracin", "grad_dot",
+                                "grad_cos", "logra"}
+    assert make_params("trak").regularization == 0.0 and make_params("trak").proj_dim == 512
+    assert make_params("trak").ensemble_size == 10
+    assert make_params("if_explicit").regularization == 1e-5
+    cg = make_params("if_cg")
+    assert (cg.regularization, cg.max_iteration) == (1e-2, 10)
+    lissa = make_params("if_lissa")
+    assert (lissa.regularization, lissa.scaling, lissa.recursion_depth, lissa.batch_size) == (1e-3, 5.0, 1000, 50)
+    tracin = make_params("tracin")
+    assert (tracin.normalization, tracin.proj_dim, tracin.checkpoint_selection) == (False, None, "last10")
+    assert make_params("logra").regularization == 1e-3
+    assert "training_epoch" in hyperparameter_names("trak")
+    assert make_params("tracin").epochs(50) == list(range(41, 51))
+    assert make_params("tracin", checkpoint_selection="every10").epochs(50) == [10, 20, 30, 40, 50]
+
+
+def test_unknown_attributor_and_hyperparameter_list_the_valid_ones():
+    with pytest.raises(InvalidParameterError, match=r"attributor='trak2'.*'trak'"):
+        make_params("trak2")
+    with pytest.raises(InvalidParameterError, match=r"regularisation.*'regularization'"):
+        make_params("trak", regularisation=1.0)
+
+
+@pytest.mark.parametrize("attributor, values, pattern", [
+    ("trak", {"regularization": -1.0}, "regularization=-1.0"),
+    ("iffim", {"proj_dim": 0}, "proj_dim=0"),
+    ("logra", {"proj_dim": 1000}, "perfect square"),
+    ("tracin", {"checkpoint_selection": "first3"}, "checkpoint_selection"),
+])
+def test_bad_hyperparameter_values(attributor, values, pattern):
+    with pytest.raises(InvalidParameterError, match=pattern):
+        make_params(attributor, **values)
+
+
+def test_setting_dependent_checks_run_before_any_compute(monkeypatch):
+    monkeypatch.setattr("dahp.attributors.train_full", lambda *a, **k: pytest.fail("computed despite bad input"))
+    mlp = get_setting("mnist_mlp")
+    with pytest.raises(InvalidParameterError, match=r"proj_dim=200000.*109386"):
+        scorer(mlp, "trak", make_params("trak", proj_dim=200_000))
+    with pytest.raises(InvalidParameterError, match=r"epoch=51.*1\.\.50"):
+        scorer(mlp, "iffim", make_params("iffim", training_epoch=51))
+    with pytest.raises(InvalidParameterError, match="if_explicit"):
+        scorer(mlp, "if_explicit", make_params("if_explicit"))
