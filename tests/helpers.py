@@ -45,3 +45,12 @@ def small(name: str, **recipe: float) -> Setting:
 def as_float64(state: dict) -> dict:
     """A copy of a state dict in float64."""
     return {k: v.double() for k, v in state.items()}
+
+
+def registered(setting: Setting, name: str) -> str:
+    """Register ``setting`` under ``name`` (once per process) so name-based APIs can use it."""
+    from dahp.settings import _SETTINGS, register
+
+    if name not in _SETTINGS:
+        register(dataclasses.replace(setting, name=name))
+    return name

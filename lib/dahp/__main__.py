@@ -3,6 +3,7 @@
 - ``settings``      list the registered settings and whether their data is present
 - ``train``         train (or load) the full-data model of a setting and report accuracy per epoch
 - ``ground-truth``  retrain the LDS subset models of a setting (cached, resumable)
+- ``grid``          LDS over a 1-D or 2-D hyperparameter grid of one attributor, saved as CSV
 """
 
 from __future__ import annotations
@@ -59,6 +60,27 @@ def _cmd_ground_truth(args: argparse.Namespace) -> None:
           f"wall time {truth.seconds:.1f} s (cached chunks are not retrained)")
 
 
+def _cmd_grid(args: argparse.Namespace) -> None:
+    from dahp.grid import make_grid_spec, parse_assignment, parse_values, run_grid, save_table
+
+    vary = dict((name, parse_values(values)) for name, values in map(parse_assignment, args.vary))
+    fixed = {name: parse_values(values)[0] for name, values in map(parse_assignment, args.fixed)}
+    config = GroundTruthConfig(alpha=args.alpha, n_models=args.n_models, seed=args.seed)
+    spec = make_grid_spec(args.setting, args.attributor, vary, fixed, config, args.split, args.queries)
+    table = run_grid(spec, save=False)
+    path = save_table(table, spec)
+    with pd_options():
+        print(table.drop(columns=["setting", "attributor"]).to_string(index=False))
+    print(f"wrote {path}")
+
+
+def pd_options():
+    """Compact float printing for tables on the terminal."""
+    import pandas as pd
+
+    return pd.option_context("display.float_format", "{:.4g}".format, "display.width", 160)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m dahp``."""
     defaults = GroundTruthConfig()
@@ -80,6 +102,20 @@ def build_parser() -> argparse.ArgumentParser:
     truth.add_argument("--seed", type=int, default=defaults.seed)
     truth.add_argument("--models-per-chunk", type=int, default=defaults.models_per_chunk)
     truth.set_defaults(run=_cmd_ground_truth)
+
+    grid = commands.add_parser("grid", help="LDS over a hyperparameter grid of one attributor")
+    grid.add_argument("--setting", required=True)
+    grid.add_argument("--attributor", required=True)
+    grid.add_argument("--vary", action="append", required=True, metavar="NAME=VALUES",
+                      help="a hyperparameter and its values: a,b,c or logspace(lo,hi,n); give once or twice")
+    grid.add_argument("--fixed", action="append", default=[], metavar="NAME=VALUE",
+                      help="a hyperparameter held at a value other than its default")
+    grid.add_argument("--split", default="test", choices=["val", "test"])
+    grid.add_argument("--queries", type=int, default=None, help="evaluate on this many evenly spaced queries")
+    grid.add_argument("--alpha", type=float, default=defaults.alpha)
+    grid.add_argument("--n-models", type=int, default=defaults.n_models)
+    grid.add_argument("--seed", type=int, default=defaults.seed)
+    grid.set_defaults(run=_cmd_grid)
     return parser
 
 

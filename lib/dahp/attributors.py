@@ -426,3 +426,27 @@ def _if_explicit(setting: Setting, params: IFExplicitParams, split: str, cache: 
     train = gradient_features(setting, state, spec, "train", "loss", **kw)[None]
     queries = gradient_features(setting, state, spec, split, "target", **kw)[None]
     return SpectralScorer([factors(Eigendecomposition(**payload), train, queries, sign=-1.0)])
+
+
+def prefetch_features(
+    setting: Setting, attributor: str, params: Any, proj_dims: Iterable[int | None], split: str,
+    cache: Cache | None = None, progress: bool = True,
+) -> None:
+    """Cache the features of several projection dimensions at once (one projection per model)."""
+    cache = default_cache() if cache is None else cache
+    check_params(setting, params)
+    dims = tuple(proj_dims)
+    for dim in dims:
+        check_proj_dim(setting, dim)
+    epoch = _epoch(setting, params)
+    if attributor == "iffim":
+        state = train_full(setting, 0, cache, progress).state(epoch)
+        spec = checkpoint_spec(setting, 0, epoch)
+        for split_, kind in (("train", "loss"), (split, "target")):
+            gradient_features(setting, state, spec, split_, kind, dims, params.proj_seed, 0, cache, progress)
+    elif attributor == "trak":
+        for k, checkpoints in enumerate(trak_members(setting, params.ensemble_size, cache, progress)):
+            state = checkpoints.state(epoch)
+            spec = checkpoint_spec(setting, k, epoch)
+            for split_ in ("train", split):
+                gradient_features(setting, state, spec, split_, "trak", dims, params.proj_seed, k, cache, progress)

@@ -19,11 +19,13 @@ from dahp.settings import Setting
 from dahp.targets import correct_class_probability
 
 QUERY_BATCH = 500
+LISSA_QUERY_BATCH = 20
 
 
 def _reshape(setting: Setting, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     sample_shape = setting.data().x_train.shape[1:]
-    return x.reshape(-1, *sample_shape), y.reshape(-1)
+    # dattri's LiSSA collate casts labels to float; LoGra hands examples without a batch axis
+    return x.reshape(-1, *sample_shape), y.reshape(-1).long()
 
 
 def task(setting: Setting, states: list[dict[str, torch.Tensor]], train_fn: str = "loss"):
@@ -37,8 +39,11 @@ def task(setting: Setting, states: list[dict[str, torch.Tensor]], train_fn: str 
 
     model = setting.make_model().to(next(iter(states[0].values())).dtype)
 
-    def loss_func(params: dict, data: tuple) -> torch.Tensor:
+    def loss_func(params: dict, data: tuple, device: str | None = None) -> torch.Tensor:
+        # LoGra calls the unflattened loss as loss(module, batch, device); the others pass parameters
         x, y = _reshape(setting, *data)
+        if isinstance(params, torch.nn.Module):
+            return setting.loss(params(x.to(device or "cpu")), y.to(device or "cpu"))
         return setting.loss(functional_call(model, params, (x,)), y)
 
     def target_func(params: dict, data: tuple) -> torch.Tensor:
@@ -64,7 +69,8 @@ def correct_probability_func(setting: Setting, model: torch.nn.Module):
 
 
 def loaders(setting: Setting, split: str, dtype: torch.dtype = torch.float32, train_batch: int | None = None,
-            train_index: torch.Tensor | None = None, query_index: torch.Tensor | None = None):
+            train_index: torch.Tensor | None = None, query_index: torch.Tensor | None = None,
+            query_batch: int | None = None):
     """Unshuffled ``(train_loader, query_loader)`` (optionally restricted to index subsets)."""
     data = setting.data()
     x_train, y_train = data.x_train.to(dtype), data.y_train
@@ -75,7 +81,8 @@ def loaders(setting: Setting, split: str, dtype: torch.dtype = torch.float32, tr
     if query_index is not None:
         x_query, y_query = x_query[query_index], y_query[query_index]
     train = DataLoader(TensorDataset(x_train, y_train), batch_size=train_batch or len(y_train), shuffle=False)
-    query = DataLoader(TensorDataset(x_query, y_query), batch_size=min(QUERY_BATCH, len(y_query)), shuffle=False)
+    query = DataLoader(TensorDataset(x_query, y_query), batch_size=min(query_batch or QUERY_BATCH, len(y_query)),
+                       shuffle=False)
     return train, query
 
 
@@ -99,7 +106,8 @@ def run(setting: Setting, attributor: str, params: Any, split: str) -> torch.Ten
         attr = IFAttributorLiSSA(task(setting, [state]), batch_size=params.batch_size,
                                  recursion_depth=params.recursion_depth, damping=params.regularization,
                                  scaling=params.scaling)
-        return -_attribute_inner_product(attr, setting, split)
+        # LiSSA vmaps its whole recursion over the query batch: small batches bound the memory
+        return -_attribute_inner_product(attr, setting, split, query_batch=LISSA_QUERY_BATCH)
     if attributor == "if_explicit":
         from dattri.algorithm import IFAttributorExplicit
 
@@ -111,8 +119,8 @@ def run(setting: Setting, attributor: str, params: Any, split: str) -> torch.Ten
 
 
 def _attribute_inner_product(attr, setting: Setting, split: str, dtype: torch.dtype = torch.float32,
-                             query_index: torch.Tensor | None = None) -> torch.Tensor:
-    train, query = loaders(setting, split, dtype, query_index=query_index)
+                             query_index: torch.Tensor | None = None, query_batch: int | None = None) -> torch.Tensor:
+    train, query = loaders(setting, split, dtype, query_index=query_index, query_batch=query_batch)
     attr.cache(train)
     return attr.attribute(train, query).detach()
 
@@ -168,5 +176,11 @@ def _logra(setting: Setting, state: dict[str, torch.Tensor], params: Any, split:
     attr = LoGraAttributor(task(setting, [state]), damping=params.regularization, proj_dim=params.proj_dim,
                            offload="none")
     train, query = loaders(setting, split, train_batch=500)
+    # dattri 0.3.0's LoGra sets up its compressors by running the model on ``batch[0][0]``, one
+    # example without its batch axis; a singleton axis per example keeps every model's forward valid.
+    train, query = (DataLoader(TensorDataset(loader.dataset.tensors[0].unsqueeze(1), loader.dataset.tensors[1]),
+                               batch_size=loader.batch_size, shuffle=False) for loader in (train, query))
     attr.cache(train)
-    return attr.attribute(query, train).detach()
+    # dattri's LoGra differentiates the loss on both sides, so it attributes the query's loss:
+    # its positive score (the query's loss falls) already matches our sign (the margin rises).
+    return attr.attribute(train, query).detach()

@@ -1,0 +1,246 @@
+"""Sensitivity grids: LDS over a 1-D or 2-D hyperparameter grid of one attributor (Fig 1, Fig 4).
+
+The grid reuses the cached ground truth and features. Combinations that differ only in λ share
+one scorer, so a λ axis is swept from one factorization (spectral attributors) and never reruns
+the attributor; projection dimensions of one grid are projected once, at the largest (see
+:func:`dahp.features.project_nested`). Every combination is validated before anything is computed.
+
+The result is a tidy table -- setting, attributor, one column per hyperparameter varied, LDS mean,
+its standard error, the queries dropped, seconds -- saved as CSV under ``data/results/`` with the
+full configuration beside it (``.json``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import re
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from dahp import attributors as attr
+from dahp.cache import Cache, default_cache
+from dahp.config import GroundTruthConfig, InvalidParameterError
+from dahp.ground_truth import ground_truth
+from dahp.lds import lds
+from dahp.settings import Setting, data_dir, get_setting
+
+#: Other spellings accepted for hyperparameter names (the paper's words -> ours).
+ALIASES = {
+    "projection_dim": "proj_dim",
+    "projection_dimension": "proj_dim",
+    "lambda": "regularization",
+    "damping": "regularization",
+    "epoch": "training_epoch",
+    "max_iter": "max_iteration",
+    "ensemble": "ensemble_size",
+}
+
+
+def canonical_name(name: str) -> str:
+    """The hyperparameter name used in records and tables."""
+    name = name.strip().replace("-", "_")
+    return ALIASES.get(name, name)
+
+
+def results_dir() -> Path:
+    """Where tables and figures go: ``data/results`` (under ``$DAHP_DATA_DIR`` if set)."""
+    return data_dir() / "results"
+
+
+@dataclasses.dataclass(frozen=True)
+class GridSpec:
+    """One sensitivity grid: which attributor, which hyperparameters vary, everything else fixed."""
+
+    setting: str
+    attributor: str
+    vary: dict[str, tuple]  #: hyperparameter -> values (1 or 2 entries)
+    fixed: dict[str, Any] = dataclasses.field(default_factory=dict)  #: hyperparameters set away from the defaults
+    ground_truth: GroundTruthConfig = dataclasses.field(default_factory=GroundTruthConfig)
+    split: str = "test"
+    n_queries: int | None = None  #: evaluate on an evenly spaced subset of the queries (None: all)
+
+    def file_stem(self) -> str:
+        """``grid_<setting>_<attributor>_<varied names>``."""
+        return "grid_" + "_".join([self.setting, self.attributor, *self.vary])
+
+    def as_dict(self) -> dict:
+        """Plain-dict form, written beside the table."""
+        return {"setting": self.setting, "attributor": self.attributor,
+                "vary": {k: list(v) for k, v in self.vary.items()}, "fixed": self.fixed,
+                "ground_truth": self.ground_truth.as_dict(), "split": self.split, "n_queries": self.n_queries}
+
+
+def make_grid_spec(
+    setting: str, attributor: str, vary: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any] | None = None,
+    ground_truth_config: GroundTruthConfig | None = None, split: str = "test", n_queries: int | None = None,
+) -> GridSpec:
+    """A checked :class:`GridSpec` (names canonicalised, every combination constructible)."""
+    get_setting(setting)
+    attr.get_attributor(attributor)
+    vary = {canonical_name(k): tuple(v) for k, v in vary.items()}
+    fixed = {canonical_name(k): v for k, v in (fixed or {}).items()}
+    if not 1 <= len(vary) <= 2:
+        raise InvalidParameterError("vary", list(vary), "one or two hyperparameters")
+    for name, values in vary.items():
+        if not values:
+            raise InvalidParameterError(f"values of {name}", values, "at least one value")
+        if name in fixed:
+            raise InvalidParameterError("fixed", name, "hyperparameters that are not also varied")
+    if split not in ("val", "test"):
+        raise InvalidParameterError("split", split, ["val", "test"])
+    if n_queries is not None and not (isinstance(n_queries, int) and n_queries >= 2):
+        raise InvalidParameterError("n_queries", n_queries, "None (all queries) or an integer >= 2")
+    spec = GridSpec(setting, attributor, vary, fixed, ground_truth_config or GroundTruthConfig(), split, n_queries)
+    for combination in combinations(spec):
+        attr.check_params(get_setting(setting), attr.make_params(attributor, **fixed, **combination))
+    return spec
+
+
+def combinations(spec: GridSpec) -> list[dict[str, Any]]:
+    """Every combination of the varied values, in grid order."""
+    names = list(spec.vary)
+    return [dict(zip(names, values)) for values in itertools.product(*spec.vary.values())]
+
+
+def query_index(n_total: int, n_queries: int | None) -> np.ndarray:
+    """Evenly spaced query indices (all of them when ``n_queries`` is None or too large)."""
+    if n_queries is None or n_queries >= n_total:
+        return np.arange(n_total)
+    return np.unique(np.linspace(0, n_total - 1, n_queries).round().astype(int))
+
+
+def run_grid(spec: GridSpec, cache: Cache | None = None, progress: bool = True, save: bool = True) -> pd.DataFrame:
+    """LDS of every combination of ``spec``; saved under ``data/results/`` when ``save``."""
+    cache = default_cache() if cache is None else cache
+    setting = get_setting(spec.setting)
+    truth = ground_truth(setting, spec.ground_truth, cache, progress)
+    queries = query_index(truth.targets(spec.split).shape[1], spec.n_queries)
+    targets = truth.targets(spec.split)[:, queries]
+
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for combination in combinations(spec):
+        rest = tuple((k, v) for k, v in combination.items() if k != "regularization")
+        groups.setdefault(rest, []).append(combination)
+    _prefetch(setting, spec, cache, progress)
+
+    rows = []
+    bar = tqdm(total=len(combinations(spec)), desc=f"{spec.attributor} on {spec.setting}", disable=not progress)
+    for rest, members in groups.items():
+        started = time.perf_counter()
+        params = attr.make_params(spec.attributor, **spec.fixed, **dict(rest))
+        scorer = attr.scorer(setting, spec.attributor, params, spec.split, cache, progress=False)
+        setup_seconds = time.perf_counter() - started
+        for combination in members:
+            started = time.perf_counter()
+            lam = combination.get("regularization", getattr(params, "regularization", None))
+            scores = scorer.scores(lam if lam is not None else 0.0)[:, queries]
+            result = lds(scores, targets, truth.subsets)
+            rows.append({"setting": spec.setting, "attributor": spec.attributor, **combination,
+                         "lds_mean": result.mean, "lds_sem": result.sem, "n_dropped": result.n_dropped,
+                         "seconds": time.perf_counter() - started, "setup_seconds": setup_seconds})
+            setup_seconds = 0.0
+            bar.update()
+    bar.close()
+    table = pd.DataFrame(rows)
+    if save:
+        save_table(table, spec)
+    return table
+
+
+def _prefetch(setting: Setting, spec: GridSpec, cache: Cache, progress: bool) -> None:
+    """Project the features of every projection dimension of the grid in one pass per model."""
+    if "proj_dim" not in spec.vary or spec.attributor not in ("iffim", "trak"):
+        return
+    others = {k: v for k, v in spec.vary.items() if k not in ("proj_dim", "regularization")}
+    for extra in [dict(zip(others, vals)) for vals in itertools.product(*others.values())] or [{}]:
+        dims = list(spec.vary["proj_dim"])
+        params = attr.make_params(spec.attributor, **spec.fixed, **extra, proj_dim=max(d for d in dims if d))
+        attr.prefetch_features(setting, spec.attributor, params, dims, spec.split, cache, progress)
+
+
+def save_table(table: pd.DataFrame, spec: GridSpec) -> Path:
+    """Write ``<stem>.csv`` and ``<stem>.json`` (the configuration) under ``data/results/``."""
+    folder = results_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{spec.file_stem()}.csv"
+    table.to_csv(path, index=False)
+    (folder / f"{spec.file_stem()}.json").write_text(json.dumps(spec.as_dict(), indent=2, default=str) + "\n")
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing grid values from the command line
+
+_SPACE = re.compile(r"^(logspace|linspace|range)\((.*)\)$")
+
+
+def parse_scalar(text: str) -> Any:
+    """``None``, booleans, integers, floats, else the string itself."""
+    text = text.strip()
+    lowered = text.lower()
+    if lowered in ("none", "null"):
+        return None
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split on commas that are not inside parentheses."""
+    parts, depth, current = [], 0, ""
+    for char in text:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    return [*parts, current]
+
+
+def parse_values(text: str) -> list[Any]:
+    """Comma-separated items, each a scalar or ``logspace(lo,hi,n)`` (powers of ten),
+    ``linspace(lo,hi,n)`` or ``range(a,b[,step])``; e.g. ``0,logspace(-6,2,17)``."""
+    values: list[Any] = []
+    for item in _split_top_level(text.strip()):
+        values.extend(_parse_item(item.strip()))
+    return values
+
+
+def _parse_item(text: str) -> list[Any]:
+    match = _SPACE.match(text)
+    if not match:
+        return [parse_scalar(text)]
+    kind, inner = match.groups()
+    args = [parse_scalar(a) for a in inner.split(",")]
+    try:
+        if kind == "logspace":
+            lo, hi, n = args
+            return [float(v) for v in np.logspace(lo, hi, int(n))]
+        if kind == "linspace":
+            lo, hi, n = args
+            return [float(v) for v in np.linspace(lo, hi, int(n))]
+        return list(range(*[int(a) for a in args]))
+    except (TypeError, ValueError) as error:
+        raise InvalidParameterError("grid values", text, "a,b,c or logspace(lo,hi,n), linspace(lo,hi,n), range(a,b[,step])") from error
+
+
+def parse_assignment(text: str) -> tuple[str, str]:
+    """``name=values`` -> (name, values)."""
+    if "=" not in text:
+        raise InvalidParameterError("--vary/--fixed", text, "name=values, e.g. regularization=logspace(-4,2,13)")
+    name, values = text.split("=", 1)
+    return canonical_name(name), values
