@@ -8,7 +8,7 @@ gradients all computed inside the timed region):
 3. dattri once per λ, as a sweep without the spectral form would run (``--per-lambda`` calls
    timed and, when fewer than 20, extrapolated linearly -- said so in the output).
 
-    python bench/lambda_sweep.py [--setting mnist_mlp] [--proj-dim 512] [--per-lambda 3]
+    python bench/lambda_sweep.py [--setting mnist_mlp] [--proj-dim 512] [--per-lambda 20]
 
 TRAK with one model (dattri's ``TRAKAttributor``) on the chosen setting; 4,000 training points
 and 500 test queries.
@@ -35,7 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--setting", default="mnist_mlp")
     parser.add_argument("--proj-dim", type=int, default=512)
-    parser.add_argument("--per-lambda", type=int, default=3, help="dattri calls actually timed for the per-λ figure")
+    parser.add_argument("--per-lambda", type=int, default=N_LAMBDAS, help="dattri calls actually timed for the per-λ figure")
     args = parser.parse_args()
 
     setting = get_setting(args.setting)

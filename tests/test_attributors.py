@@ -110,3 +110,14 @@ def test_setting_dependent_checks_run_before_any_compute(monkeypatch):
         scorer(mlp, "iffim", make_params("iffim", training_epoch=51))
     with pytest.raises(InvalidParameterError, match="if_explicit"):
         scorer(mlp, "if_explicit", make_params("if_explicit"))
+
+
+def test_dattri_projector_settings_do_not_leak_between_instances(cache):
+    # dattri 0.3.0 merges projector kwargs into a shared module-level dict; the bridge always
+    # passes a complete fresh dict, so a sweep over dimensions does not depend on its order.
+    setting = small("mnist_mlp", epochs=1)
+    state = train_full(setting, 0, cache, progress=False).state()
+    first = dattri_bridge.run_trak(setting, [state], 128, 0.0, "test", query_index=QUERIES[:5])
+    dattri_bridge.run_trak(setting, [state], 256, 0.0, "test", query_index=QUERIES[:5])
+    again = dattri_bridge.run_trak(setting, [state], 128, 0.0, "test", query_index=QUERIES[:5])
+    torch.testing.assert_close(first, again)

@@ -18,8 +18,9 @@ from dahp.settings import (
 
 
 def test_registry_holds_the_papers_settings():
-    assert set(available_settings()) == {"mnist_lr", "mnist_mlp", "cifar2_resnet9", "wikitext2_gpt2", "maestro_mt"}
-    assert available_settings(embedded_only=True) == ["mnist_lr", "mnist_mlp"]
+    paper = [name for name in available_settings() if not name.endswith("_quick")]  # tests add *_quick
+    assert paper == ["mnist_lr", "mnist_mlp", "cifar2_resnet9", "wikitext2_gpt2", "maestro_mt"]
+    assert [n for n in available_settings(embedded_only=True) if n in paper] == ["mnist_lr", "mnist_mlp"]
 
 
 def test_unknown_setting_names_the_valid_choices():

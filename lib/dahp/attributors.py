@@ -16,8 +16,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Iterable, Iterator
-from typing import Any, Protocol
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -29,6 +29,7 @@ from dahp.settings import Setting
 from dahp.spectral import (
     Eigendecomposition,
     SpectralFactors,
+    Sweepable,
     check_regularization,
     curvature_eigendecomposition,
     eigendecompose,
@@ -259,18 +260,11 @@ def check_params(setting: Setting, params: Any) -> None:
 # Scorers: scores at any λ of one attributor configuration
 
 
-class Scorer(Protocol):
-    """Scores of one attributor configuration at any λ."""
-
-    def scores(self, regularization: float) -> torch.Tensor:
-        """``(n_train, n_queries)`` scores at λ."""
-
-    def sweep(self, regularizations: Iterable[float]) -> Iterator[tuple[float, torch.Tensor]]:
-        """``(λ, scores)`` for each λ."""
+Scorer = Sweepable  #: scores of one attributor configuration at any λ (``scores``, ``sweep``)
 
 
 @dataclasses.dataclass
-class SpectralScorer:
+class SpectralScorer(Sweepable):
     """Average over ensemble members of spectral factors, times optional per-training-point weights."""
 
     members: list[SpectralFactors]
@@ -282,28 +276,21 @@ class SpectralScorer:
             total = total * self.train_weights.double().unsqueeze(1)
         return total
 
-    def sweep(self, regularizations: Iterable[float]) -> Iterator[tuple[float, torch.Tensor]]:
-        for lam in regularizations:
-            yield lam, self.scores(lam)
-
 
 @dataclasses.dataclass
-class RerunScorer:
+class RerunScorer(Sweepable):
     """Runs the attributor afresh at each λ (attributors with no closed form in λ)."""
 
     setting: Setting
     attributor: str
     params: Any
     split: str
+    cache: Cache
 
     def scores(self, regularization: float) -> torch.Tensor:
         params = dataclasses.replace(self.params, regularization=regularization) \
             if hasattr(self.params, "regularization") else self.params
-        return dattri_bridge.run(self.setting, self.attributor, params, self.split)
-
-    def sweep(self, regularizations: Iterable[float]) -> Iterator[tuple[float, torch.Tensor]]:
-        for lam in regularizations:
-            yield lam, self.scores(lam)
+        return dattri_bridge.run(self.setting, self.attributor, params, self.split, self.cache)
 
 
 def checkpoint_spec(setting: Setting, seed: int, epoch: int) -> dict:
@@ -331,7 +318,7 @@ def scorer(
         return _trak(setting, params, split, cache, progress)
     if attributor == "if_explicit":
         return _if_explicit(setting, params, split, cache, progress)
-    return RerunScorer(setting, attributor, params, split)
+    return RerunScorer(setting, attributor, params, split, cache)
 
 
 def attribute(setting: Setting, attributor: str, split: str = "test", **hyperparameters: Any) -> torch.Tensor:

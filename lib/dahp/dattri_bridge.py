@@ -86,11 +86,11 @@ def loaders(setting: Setting, split: str, dtype: torch.dtype = torch.float32, tr
     return train, query
 
 
-def run(setting: Setting, attributor: str, params: Any, split: str) -> torch.Tensor:
+def run(setting: Setting, attributor: str, params: Any, split: str, cache=None) -> torch.Tensor:
     """``(n_train, n_queries)`` scores of dattri's attributor for ``params`` on ``setting``."""
     from dahp.training import train_full
 
-    checkpoints = train_full(setting, 0)
+    checkpoints = train_full(setting, 0, cache)
     epoch = getattr(params, "training_epoch", None) or setting.recipe.epochs
     if attributor in ("tracin", "grad_dot", "grad_cos"):
         return _tracin(setting, checkpoints, params, split)

@@ -24,8 +24,20 @@ import torch
 from dahp.config import InvalidParameterError
 
 
+class Sweepable:
+    """Anything with ``scores(λ)`` can sweep a grid of λ."""
+
+    def scores(self, regularization: float) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def sweep(self, regularizations: Iterable[float]) -> Iterator[tuple[float, torch.Tensor]]:
+        """``(λ, scores)`` for each λ, in order."""
+        for lam in regularizations:
+            yield lam, self.scores(lam)
+
+
 @dataclasses.dataclass(frozen=True)
-class SpectralFactors:
+class SpectralFactors(Sweepable):
     """``scores(λ) = sign · L diag(1/(e + λ)) R``, shapes ``(n, r)``, ``(r,)``, ``(r, q)``, float64."""
 
     left: torch.Tensor
@@ -39,11 +51,6 @@ class SpectralFactors:
         check_regularization(regularization)
         weights = 1.0 / (self.eigenvalues + regularization)
         return self.sign * (self.left @ (weights.unsqueeze(1) * self.right))
-
-    def sweep(self, regularizations: Iterable[float]) -> Iterator[tuple[float, torch.Tensor]]:
-        """``(λ, scores)`` for each λ, without refactorizing."""
-        for lam in regularizations:
-            yield lam, self.scores(lam)
 
 
 def check_regularization(regularization: float) -> None:
