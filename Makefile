@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: book ground-truth test bench clean clean-cache
+.PHONY: book ground-truth selection test bench clean clean-cache
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ book: ground-truth
 ground-truth: $(STAMP)
 	$(PY) -m dahp ground-truth --setting mnist_lr
 	$(PY) -m dahp ground-truth --setting mnist_mlp
+
+## ξ selection against every baseline -> data/results/selection.csv (tens of minutes on two cores)
+selection: $(STAMP)
+	$(PY) -m dahp selection
 
 test: $(STAMP)
 	$(PY) -m pytest

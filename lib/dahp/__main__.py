@@ -4,6 +4,7 @@
 - ``train``         train (or load) the full-data model of a setting and report accuracy per epoch
 - ``ground-truth``  retrain the LDS subset models of a setting (cached, resumable)
 - ``grid``          LDS over a 1-D or 2-D hyperparameter grid of one attributor, saved as CSV
+- ``selection``     the ξ selection against every baseline, for the rows of data/results/selection.csv
 """
 
 from __future__ import annotations
@@ -74,6 +75,29 @@ def _cmd_grid(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def _cmd_selection(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from dahp.grid import results_dir
+    from dahp.selection import SELECTION_ROWS, default_grid, selection_row
+
+    rows = []
+    for name, attributor, proj_dim in SELECTION_ROWS:
+        if args.setting and name not in args.setting:
+            continue
+        setting = get_setting(name)
+        row = selection_row(setting, attributor, default_grid(setting, attributor), proj_dim)
+        rows.append(row)
+        print(f"{name} {attributor} proj_dim={proj_dim}: selected λ={row['lambda_selected']:.3g} "
+              f"LDS {row['lds_selected']:.3f}; best λ={row['lambda_best']:.3g} LDS {row['lds_best']:.3f}; "
+              f"default LDS {row['lds_default']:.3f}; recipe λ={row['lambda_recipe']:.3g} LDS {row['lds_recipe']:.3f}",
+              flush=True)
+    path = results_dir() / "selection.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(path, index=False)
+    print(f"wrote {path}")
+
+
 def pd_options():
     """Compact float printing for tables on the terminal."""
     import pandas as pd
@@ -116,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--n-models", type=int, default=defaults.n_models)
     grid.add_argument("--seed", type=int, default=defaults.seed)
     grid.set_defaults(run=_cmd_grid)
+
+    selection = commands.add_parser("selection", help="write data/results/selection.csv")
+    selection.add_argument("--setting", action="append", default=[], help="restrict to these settings")
+    selection.set_defaults(run=_cmd_selection)
     return parser
 
 

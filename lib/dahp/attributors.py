@@ -76,7 +76,7 @@ class TRAKParams:
     """TRAK: projected margin gradients of an ensemble of independently trained models."""
 
     regularization: float = 0.0  #: λ added to ΦᵀΦ (sum over training points, gradients / sqrt(#params))
-    proj_dim: int = 512  #: projection dimension
+    proj_dim: int | None = 512  #: projection dimension (None: the full gradients, unprojected)
     training_epoch: int | None = None  #: checkpoint attributed in every member (None: the last)
     ensemble_size: int = 10  #: independently trained models averaged (TRAK-10)
     proj_seed: int = 0  #: seed of the projection (member k uses ensemble_id k)
@@ -84,7 +84,8 @@ class TRAKParams:
     def __post_init__(self) -> None:
         check_regularization(self.regularization)
         _check_epoch_field(self.training_epoch)
-        _check_positive_int("proj_dim", self.proj_dim)
+        if self.proj_dim is not None:
+            _check_positive_int("proj_dim", self.proj_dim)
         _check_positive_int("ensemble_size", self.ensemble_size)
 
 

@@ -53,6 +53,7 @@ class GroundTruth:
     margins: dict[str, torch.Tensor]  #: split -> ``(M, n_queries)`` target of each query under each model
     test_accuracy: torch.Tensor  #: ``(M,)`` accuracy of each subset model on the test queries
     seconds: float  #: wall time of this call (training only what was not cached)
+    train_seconds: float  #: wall time the retraining took when it ran (summed over chunks; NaN if unrecorded)
 
     @property
     def n_models(self) -> int:
@@ -111,10 +112,12 @@ def ground_truth(
         margins={split: torch.cat([c[split] for c in chunks]) for split in QUERY_SPLITS},
         test_accuracy=torch.cat([c["test_accuracy"] for c in chunks]),
         seconds=time.perf_counter() - started,
+        train_seconds=float(sum(c.get("train_seconds", float("nan")) for c in chunks)),
     )
 
 
 def _train_chunk(setting: Setting, config: GroundTruthConfig, start: int, stop: int, progress: bool) -> dict:
+    started = time.perf_counter()
     data = setting.data()
     models = range(start, stop)
     index_sets = torch.from_numpy(np.stack([subset_indices(data.n_train, config, j) for j in models]))
@@ -125,4 +128,5 @@ def _train_chunk(setting: Setting, config: GroundTruthConfig, start: int, stop: 
     )
     outputs = {split: evaluate_many(setting, state, *data.queries(split)) for split in QUERY_SPLITS}
     outputs["test_accuracy"] = accuracy_many(setting, state, data.x_test, data.y_test)
+    outputs["train_seconds"] = time.perf_counter() - started
     return outputs

@@ -45,6 +45,7 @@ class SpectralFactors(Sweepable):
     right: torch.Tensor
     sign: float = 1.0
     form: str = "dual"  #: ``"dual"``, ``"primal"`` or ``"curvature"`` (how it was built)
+    dimension: int = 0  #: side ``d`` of the curvature (number of features), zero eigenvalues included
 
     def scores(self, regularization: float) -> torch.Tensor:
         """``(n_train, n_queries)`` scores at one λ."""
@@ -109,9 +110,10 @@ def curvature_eigendecomposition(curvature: torch.Tensor) -> Eigendecomposition:
 def factors(eig: Eigendecomposition, train: torch.Tensor, queries: torch.Tensor, sign: float = 1.0) -> SpectralFactors:
     """Spectral factors of ``G (C + λI)⁻¹ Qᵀ`` from the eigenpairs of ``C`` (or of ``s GGᵀ``)."""
     G, Q = train.double(), queries.double()
+    d = G.shape[1]
     if eig.form == "dual":
-        return SpectralFactors(eig.vectors, eig.eigenvalues, eig.vectors.T @ (G @ Q.T), sign, "dual")
-    return SpectralFactors(G @ eig.vectors, eig.eigenvalues, eig.vectors.T @ Q.T, sign, eig.form)
+        return SpectralFactors(eig.vectors, eig.eigenvalues, eig.vectors.T @ (G @ Q.T), sign, "dual", d)
+    return SpectralFactors(G @ eig.vectors, eig.eigenvalues, eig.vectors.T @ Q.T, sign, eig.form, d)
 
 
 def factorize(

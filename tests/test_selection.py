@@ -1,0 +1,76 @@
+"""Algorithm 1, its continuous version and the zero-cost baselines, on problems with known answers."""
+
+import numpy as np
+import pytest
+import torch
+
+from dahp.config import InvalidParameterError
+from dahp.selection import (
+    mean_eigenvalue_rule,
+    mean_xi,
+    recipe_regularization,
+    select_continuous,
+    select_on_grid,
+    spectrum_quantile,
+    xi_bar_curve,
+)
+from dahp.settings import get_setting
+from dahp.spectral import factorize
+from helpers import quick
+
+
+def problem(seed=0, n=50, p=20):
+    gen = torch.Generator().manual_seed(seed)
+    scales = torch.logspace(0, -3, p, dtype=torch.float64)
+    G = torch.randn(n, p, generator=gen, dtype=torch.float64) * scales
+    Q = torch.randn(8, p, generator=gen, dtype=torch.float64) * scales
+    return factorize(G, Q, scale=1 / n)
+
+
+def test_algorithm_one_picks_the_candidate_closest_to_the_threshold():
+    grid = [1e-3, 1e-2, 1e-1, 1.0]
+    curve = [0.2, 0.45, 0.58, 0.9]
+    assert select_on_grid(curve, grid).regularization == 1e-2
+    assert select_on_grid(curve, grid, threshold=0.6).regularization == 1e-1
+    assert select_on_grid(curve, grid, threshold=0.4).regularization == 1e-2
+
+
+@pytest.mark.parametrize("threshold", [0, 1, 1.2, -0.1])
+def test_threshold_outside_open_unit_interval(threshold):
+    with pytest.raises(InvalidParameterError, match="threshold"):
+        select_on_grid([0.5], [1.0], threshold)
+
+
+def test_xi_bar_is_monotone_and_the_continuous_crossing_lies_between_grid_neighbours():
+    members = [problem(0), problem(1)]
+    grid = list(np.logspace(-6, 2, 33))
+    curve = xi_bar_curve(members, grid)
+    assert np.all(np.diff(curve) > 0)
+    crossing = select_continuous(members, 0.5)
+    assert crossing.xi_bar == pytest.approx(0.5, abs=2e-3)
+    below = max(lam for lam, v in zip(grid, curve) if v < 0.5)
+    above = min(lam for lam, v in zip(grid, curve) if v > 0.5)
+    assert below < crossing.regularization < above
+    assert mean_xi(members, crossing.regularization) == pytest.approx(crossing.xi_bar)
+
+
+def test_spectrum_baselines_on_a_known_spectrum():
+    G = torch.diag(torch.tensor([4.0, 3.0, 2.0, 1.0], dtype=torch.float64)).repeat(2, 1)  # n=8, p=4
+    f = factorize(G, torch.ones(1, 4, dtype=torch.float64), scale=1 / 8)
+    # F = GᵀG/8 = diag(16, 9, 4, 1) * 2 / 8
+    assert sorted(f.eigenvalues.tolist()) == pytest.approx([0.25, 1.0, 2.25, 4.0])
+    assert spectrum_quantile([f], 0.0) == pytest.approx(0.25)
+    assert spectrum_quantile([f], 1.0) == pytest.approx(4.0)
+    assert mean_eigenvalue_rule([f]) == pytest.approx(0.1 * 7.5 / 4)
+
+
+def test_recipe_rule_from_the_training_recipe():
+    lr = get_setting("mnist_lr")  # SGD lr 0.01, batch 32, 20 epochs on 4000 points: T = 2500
+    assert recipe_regularization(lr, "iffim") == pytest.approx(1 / (0.01 * 2500))
+    mlp = get_setting("mnist_mlp")  # lr 0.01, momentum 0.9, batch 64, 50 epochs: T = 50 * 63
+    assert recipe_regularization(mlp, "iffim") == pytest.approx(0.1 / (0.01 * 50 * 63))
+    assert recipe_regularization(mlp, "trak") == pytest.approx(0.1 / (0.01 * 50 * 63) * 4000 / 109_386)
+    longer = quick("mnist_lr", epochs=40, batch_size=32, lr=0.01)
+    assert recipe_regularization(longer, "iffim") == pytest.approx(recipe_regularization(lr, "iffim") / 2)
+    with pytest.raises(InvalidParameterError, match="attributor"):
+        recipe_regularization(lr, "tracin")
