@@ -5,6 +5,7 @@
 - ``ground-truth``  retrain the LDS subset models of a setting (cached, resumable)
 - ``grid``          LDS over a 1-D or 2-D hyperparameter grid of one attributor, saved as CSV
 - ``selection``     the ξ selection against every baseline, for the rows of data/results/selection.csv
+- ``select``        choose λ for one setting and attributor from the trained model (no retraining)
 """
 
 from __future__ import annotations
@@ -98,6 +99,40 @@ def _cmd_selection(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def _cmd_select(args: argparse.Namespace) -> None:
+    from dahp import attributors as attr
+    from dahp.selection import (
+        default_grid,
+        mean_xi,
+        recipe_regularization,
+        select_continuous,
+        select_on_grid,
+        xi_bar_curve,
+    )
+
+    setting = get_setting(args.setting)
+    values = {"proj_dim": args.projection_dim}
+    if args.ensemble_size is not None:
+        values["ensemble_size"] = args.ensemble_size
+    params = attr.make_params(args.attributor, **values)
+    if args.attributor not in ("iffim", "trak"):
+        raise InvalidParameterError("attributor", args.attributor, ["iffim", "trak"])
+    started = time.perf_counter()
+    members = attr.scorer(setting, args.attributor, params, "val").members
+    grid = default_grid(setting, args.attributor)
+    curve = xi_bar_curve(members, grid)
+    pick = select_continuous(members, args.threshold)
+    grid_pick = select_on_grid(curve, grid, args.threshold)
+    recipe = recipe_regularization(setting, args.attributor)
+    seconds = time.perf_counter() - started
+    print(f"{'λ':>12s}  ξ̄   (validation queries, {setting.name}, {args.attributor}, proj_dim={args.projection_dim})")
+    for lam, value in zip(grid, curve):
+        mark = "  <- Algorithm 1" if lam == grid_pick.regularization else ""
+        print(f"{lam:12.4g}  {value:.3f}{mark}")
+    print(f"selected λ = {pick.regularization:.4g} (ξ̄ = {pick.xi_bar:.3f}, threshold {args.threshold}); "
+          f"recipe rule λ = {recipe:.4g} (ξ̄ = {mean_xi(members, recipe):.3f}); {seconds:.1f} s")
+
+
 def pd_options():
     """Compact float printing for tables on the terminal."""
     import pandas as pd
@@ -144,6 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     selection = commands.add_parser("selection", help="write data/results/selection.csv")
     selection.add_argument("--setting", action="append", default=[], help="restrict to these settings")
     selection.set_defaults(run=_cmd_selection)
+
+    select = commands.add_parser("select", help="choose λ from the trained model by the ξ rule")
+    select.add_argument("--setting", required=True)
+    select.add_argument("--attributor", required=True, choices=["iffim", "trak"])
+    select.add_argument("--projection-dim", type=int, default=None)
+    select.add_argument("--ensemble-size", type=int, default=None)
+    select.add_argument("--threshold", type=float, default=0.5)
+    select.set_defaults(run=_cmd_select)
     return parser
 
 

@@ -128,9 +128,17 @@ def recipe_regularization(setting: Setting, attributor: str, n_params: int | Non
     recipe = setting.recipe
     n_train = setting.data().n_train
     steps = recipe.epochs * recipe.steps_per_epoch(n_train)
-    lam = (1.0 - recipe.momentum) / (recipe.lr * steps)
+    n_params = n_params if n_params is not None else setting.n_params()
+    return recipe_lambda(attributor, recipe.lr, steps, recipe.momentum, n_train, n_params)
+
+
+def recipe_lambda(attributor: str, lr: float, steps: int, momentum: float, n_train: int, n_params: int) -> float:
+    """``(1 - momentum) / (lr · steps)`` on the scale of ``attributor`` (see :func:`recipe_regularization`)."""
+    if not (lr > 0 and steps >= 1 and 0 <= momentum < 1):
+        raise InvalidParameterError("lr, steps, momentum", (lr, steps, momentum), "lr > 0, steps >= 1, momentum in [0, 1)")
+    lam = (1.0 - momentum) / (lr * steps)
     if attributor == "trak":
-        return lam * n_train / (n_params if n_params is not None else setting.n_params())
+        return lam * n_train / n_params
     if attributor in ("iffim", "if_explicit", "if_cg", "if_lissa"):
         return lam
     raise InvalidParameterError("attributor", attributor, ["iffim", "trak", "if_explicit", "if_cg", "if_lissa"])

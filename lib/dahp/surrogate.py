@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from dahp.config import InvalidParameterError
 from dahp.spectral import SpectralFactors, check_regularization
 
 
@@ -42,3 +43,65 @@ def xi_curve(factors: SpectralFactors, regularizations: list[float]) -> torch.Te
     """``(len(λ), q)`` ξ of every query at every λ of a grid (weights computed once)."""
     c = query_weights(factors)
     return torch.stack([xi(factors, lam, c) for lam in regularizations])
+
+
+def dual_view(factors: SpectralFactors) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(V, Vᵀu, κ)``: orthonormal eigenvectors of the kernel ``K`` (n × r), the queries' ``u = Gg``
+    in that basis (r × q) and the eigenvalues, from factors of either form.
+
+    In the primal form ``L = GW`` has orthogonal columns with ``‖L_k‖² = σ_k / s`` (``s`` the
+    curvature's scale, since ``GᵀG w_k = (σ_k/s) w_k``), so ``V = L / ‖L‖`` and
+    ``v_kᵀu = (Gw_k)ᵀ G g / ‖L_k‖ = ‖L_k‖ R_k``. The kernel is ``K = s GGᵀ`` with ``u = Gg``.
+    """
+    if factors.form == "dual":
+        return factors.left, factors.right, factors.eigenvalues
+    if factors.form != "primal":
+        raise InvalidParameterError("factors.form", factors.form, ["dual", "primal"])
+    norms = factors.left.norm(dim=0)
+    return factors.left / norms, norms.unsqueeze(1) * factors.right, factors.eigenvalues
+
+
+def _b_forms(factors: SpectralFactors, beta: torch.Tensor, regularization: float):
+    """``uᵀB^m u`` (m = 1..3), ``uᵀBβ``, ``uᵀB²β``, ``βᵀBβ`` per query, ``B = (K + λI)⁻¹`` on all of R^n."""
+    V, u_coef, kappa = dual_view(factors)
+    beta = beta.double()
+    b_coef = V.T @ beta  # (r, q)
+    outside = (beta**2).sum(0) - (b_coef**2).sum(0)  # β's part in the null space of K, where B = 1/λ
+    inv = (1.0 / (kappa + regularization)).unsqueeze(1)
+    uu = [((u_coef**2) * inv**m).sum(0) for m in (1, 2, 3)]
+    ub1 = (u_coef * b_coef * inv).sum(0)
+    ub2 = (u_coef * b_coef * inv**2).sum(0)
+    bb = (b_coef**2 * inv).sum(0) + outside.clamp_min(0) / regularization
+    return uu, ub1, ub2, bb
+
+
+def omega(factors: SpectralFactors, beta: torch.Tensor, regularization: float) -> torch.Tensor:
+    """ω(z', λ) = uᵀBβ / sqrt(uᵀBu · βᵀBβ) for every query; ``beta`` is ``(n, q)``. Needs λ > 0."""
+    if not regularization > 0:
+        raise InvalidParameterError("regularization", regularization, "a number > 0 (ω involves 1/λ)")
+    uu, ub1, _, bb = _b_forms(factors, beta, regularization)
+    return ub1 / torch.sqrt(uu[0] * bb)
+
+
+def population_pearson(factors: SpectralFactors, beta: torch.Tensor, regularization: float) -> torch.Tensor:
+    """``⟨Bu, β⟩ / ‖Bu‖`` per query: proportional (with a positive factor independent of λ) to the
+    Population Pearson LDS of the attribution ``Bu`` against the retraining effects ``β``."""
+    uu, ub1, _, _ = _b_forms(factors, beta, regularization)
+    return ub1 / torch.sqrt(uu[1])
+
+
+def exact_condition(factors: SpectralFactors, beta: torch.Tensor, regularization: float) -> torch.Tensor:
+    """True where the Population Pearson LDS increases with λ: (uᵀBβ)(uᵀB³u) > (uᵀB²β)(uᵀB²u)."""
+    uu, ub1, ub2, _ = _b_forms(factors, beta, regularization)
+    return ub1 * uu[2] > ub2 * uu[1]
+
+
+def beta_hat(membership: torch.Tensor, targets: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Estimated retraining effects ``β̂_i = (1/M) Σ_j (1{i∈S_j} − α)(f_j − mean f)``, shape ``(n, q)``.
+
+    Args:
+        membership: ``(M, n)`` 0/1 subset indicators.
+        targets: ``(M, q)`` query targets under each retrained model.
+    """
+    centred = targets.double() - targets.double().mean(0)
+    return (membership.double() - alpha).T @ centred / membership.shape[0]
