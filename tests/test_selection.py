@@ -74,3 +74,18 @@ def test_recipe_rule_from_the_training_recipe():
     assert recipe_regularization(longer, "iffim") == pytest.approx(recipe_regularization(lr, "iffim") / 2)
     with pytest.raises(InvalidParameterError, match="attributor"):
         recipe_regularization(lr, "tracin")
+
+
+@pytest.mark.parametrize("name, attributor, proj_dim", [("mnist_lr", "iffim", None), ("mnist_mlp", "trak", 256),
+                                                        ("mnist_mlp", "iffim", 256)])
+def test_xi_bar_monotone_on_the_embedded_settings(cache, name, attributor, proj_dim):
+    from dahp import attributors as attr
+    from dahp.selection import default_grid
+    from helpers import small
+
+    setting = small(name)
+    values = {"proj_dim": proj_dim, **({"ensemble_size": 2} if attributor == "trak" else {})}
+    members = attr.scorer(setting, attributor, attr.make_params(attributor, **values), "val", cache, progress=False).members
+    curve = xi_bar_curve(members, default_grid(setting, attributor))
+    assert np.all(np.diff(curve) >= -1e-12)
+    assert 0 <= curve[0] < curve[-1] <= 1
