@@ -1,5 +1,7 @@
 """Algorithm 1, its continuous version and the zero-cost baselines, on problems with known answers."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -89,3 +91,22 @@ def test_xi_bar_monotone_on_the_embedded_settings(cache, name, attributor, proj_
     curve = xi_bar_curve(members, default_grid(setting, attributor))
     assert np.all(np.diff(curve) >= -1e-12)
     assert 0 <= curve[0] < curve[-1] <= 1
+
+
+def test_selection_row_and_theorem_table_on_a_small_setting(cache):
+    from dahp.config import GroundTruthConfig
+    from dahp.selection import selection_row, theorem_check
+    from helpers import small
+
+    setting = small("mnist_lr")
+    truth = GroundTruthConfig(n_models=8, models_per_chunk=8)
+    grid = list(np.logspace(-5, 1, 13))
+    row = selection_row(setting, "iffim", grid, ground_truth_config=truth, cache=cache, progress=False)
+    assert row["lambda_selected"] in grid and row["lambda_best"] in grid
+    assert row["lds_best"] >= row["lds_selected"] and row["lds_best"] >= row["lds_xi0.4"]
+    assert abs(row["xi_selected"] - 0.5) <= min(abs(v - 0.5) for v in json.loads(row["xi_bar"])) + 1e-12
+    assert row["lambda_recipe"] == pytest.approx(recipe_regularization(setting, "iffim"))
+    assert row["grid_search_seconds"] > 0 and row["xi_seconds"] > 0
+    table = theorem_check(setting, "iffim", grid, ground_truth_config=truth, cache=cache, progress=False)
+    assert len(table) == 12 * 500 and set(table["premise"].unique()) <= {True, False}
+    assert table["xi"].between(0, 1).all() and table["omega"].between(-1, 1).all()
