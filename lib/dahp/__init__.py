@@ -9,6 +9,14 @@ Modules follow the concepts of the paper:
 - :mod:`dahp.cache`        -- atomic, checksummed, keyed on-disk cache
 - :mod:`dahp.ground_truth` -- retraining on random subsets (the LDS ground truth)
 - :mod:`dahp.lds`          -- the linear datamodeling score
+- :mod:`dahp.features`     -- per-example gradient features, projected with dattri's projector, cached
+- :mod:`dahp.spectral`     -- one eigendecomposition serves every λ (primal and dual forms)
+- :mod:`dahp.attributors`  -- the attributors of the study and their hyperparameters (paper defaults)
+- :mod:`dahp.dattri_bridge` -- dattri's own attributors on our settings (tasks, loaders, signs)
+- :mod:`dahp.grid`         -- sensitivity grids (Fig 1, Fig 4) as tidy tables
+- :mod:`dahp.surrogate`    -- the surrogate indicator ξ, its partner ω, the exact condition
+- :mod:`dahp.selection`    -- Algorithm 1, the zero-cost baselines, the selection table, the theorem check
+- :mod:`dahp.selector`     -- λ for any ``dattri`` ``AttributionTask`` (for practitioners)
 """
 
 from dahp.config import GroundTruthConfig, InvalidParameterError, TrainingRecipe
