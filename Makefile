@@ -10,11 +10,14 @@ STAMP  := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,book]'
 	touch $(STAMP)
 
-## The main job. Until the book lands it runs the ground-truth pipeline of the embedded settings.
-book: ground-truth
+## The main job: execute the plan's notebooks (default profile) with papermill, then build the HTML.
+PROFILE ?= default
+book: $(STAMP)
+	$(PY) -m dahp run-plan --profile $(PROFILE)
+	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 
 ground-truth: $(STAMP)
 	$(PY) -m dahp ground-truth --setting mnist_lr
@@ -34,4 +37,4 @@ clean-cache:
 	rm -rf data/cache
 
 clean: clean-cache
-	rm -rf $(VENV) build lib/*.egg-info .pytest_cache
+	rm -rf $(VENV) build _build book/executed lib/*.egg-info .pytest_cache

@@ -19,7 +19,7 @@ def test_dependencies_are_pinned_once_in_pyproject():
 def test_environment_yml_installs_the_project_instead_of_repeating_pins():
     text = (ROOT / "environment.yml").read_text()
     pip_lines = re.findall(r"^\s+- (.+)$", text.split("- pip:", 1)[1], flags=re.M)
-    assert pip_lines == ["-e .[test]"]
+    assert pip_lines == ["-e .[test,book]"]
     conda_packages = re.findall(r"^  - (\S+)$", text.split("dependencies:", 1)[1].split("- pip:", 1)[0], flags=re.M)
     assert set(conda_packages) <= {"python=3.11", "pip", "make"}
 

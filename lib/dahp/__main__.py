@@ -133,6 +133,16 @@ def _cmd_select(args: argparse.Namespace) -> None:
           f"recipe rule λ = {recipe:.4g} (ξ̄ = {mean_xi(members, recipe):.3f}); {seconds:.1f} s")
 
 
+def _cmd_run_plan(args: argparse.Namespace) -> None:
+    from dahp.plan import NotebookFailed, run_plan
+
+    try:
+        run_plan(args.profile, only=args.only or None, force=args.force)
+    except NotebookFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
 def pd_options():
     """Compact float printing for tables on the terminal."""
     import pandas as pd
@@ -187,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("--ensemble-size", type=int, default=None)
     select.add_argument("--threshold", type=float, default=0.5)
     select.set_defaults(run=_cmd_select)
+
+    plan = commands.add_parser("run-plan", help="execute the book's notebooks (notebooks/plan.yml) with papermill")
+    plan.add_argument("--profile", default="default", help="quick, default or paper")
+    plan.add_argument("--only", action="append", default=[], help="run only this page (repeatable)")
+    plan.add_argument("--force", action="store_true", help="re-execute pages that are up to date")
+    plan.set_defaults(run=_cmd_run_plan)
     return parser
 
 
