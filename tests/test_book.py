@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from dahp.config import InvalidParameterError
@@ -28,6 +29,9 @@ def test_plan_runs_in_quick_profile_and_book_builds_warning_free(book_root, tmp_
     assert run_plan("quick", out_dir=book_root / "book" / "executed") == []  # up to date: nothing re-runs
     figures = sorted(p.name for p in (tmp_path / "data" / "results").glob("*.png"))
     assert figures == ["grid_mnist_mlp_trak_proj_dim_regularization.png", "selection_mnist_lr_iffim.png"]
+    defaults = pd.read_csv(tmp_path / "data" / "results" / "table_a1_defaults.csv")
+    trak = defaults[defaults.attributor == "TRAK"].set_index("hyperparameter")["default"]
+    assert trak["regularization"] == "0.0" and trak["proj_dim"] == "512" and trak["ensemble_size"] == "10"
     build = subprocess.run([str(Path(sys.executable).parent / "jupyter-book"), "build", str(book_root), "-W", "-n",
                             "--keep-going"], capture_output=True, text=True)
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]

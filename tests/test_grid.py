@@ -99,3 +99,15 @@ def test_cli_grid_prints_table_and_path(results, capsys):
     assert "checkpoint_selection" in out and "grid_mnist_lr_quick_grad_dot_checkpoint_selection.csv" in out
     assert main(["grid", "--setting", lr_quick(), "--attributor", "trak", "--vary", "projection_dim=99999"]) == 2
     assert "proj_dim=99999" in capsys.readouterr().err
+
+
+def test_grid_mixing_full_and_projected_gradients(results):
+    from helpers import small
+
+    name = registered(small("mnist_lr"), "mnist_lr_small_quick")
+    spec = make_grid_spec(name, "iffim", {"proj_dim": [None, 128], "regularization": [1e-3, 1e-1]},
+                          ground_truth_config=TINY_TRUTH)
+    table = run_grid(spec, progress=False, save=False)
+    assert len(table) == 4 and table["proj_dim"].isna().sum() == 2
+    only_full = make_grid_spec(name, "iffim", {"proj_dim": [None]}, ground_truth_config=TINY_TRUTH)
+    assert len(run_grid(only_full, progress=False, save=False)) == 1

@@ -438,3 +438,20 @@ def prefetch_features(
             spec = checkpoint_spec(setting, k, epoch)
             for split_ in ("train", split):
                 gradient_features(setting, state, spec, split_, "trak", dims, params.proj_seed, k, cache, progress)
+
+
+def defaults_table():
+    """Table A.1 from the code: every attributor's hyperparameters and defaults (one row each)."""
+    import pandas as pd
+
+    rows = []
+    for info in ATTRIBUTORS.values():
+        for field in dataclasses.fields(info.params):
+            default = field.default
+            if field.name == "training_epoch" and default is None:
+                default = "last"
+            elif field.name == "proj_dim" and default is None:
+                default = "none (full gradients)"
+            scale = info.regularization_scale if field.name == "regularization" else ""
+            rows.append({"attributor": info.label, "hyperparameter": field.name, "default": default, "λ scale": scale})
+    return pd.DataFrame(rows)

@@ -157,12 +157,13 @@ def run_grid(spec: GridSpec, cache: Cache | None = None, progress: bool = True, 
 
 def _prefetch(setting: Setting, spec: GridSpec, cache: Cache, progress: bool) -> None:
     """Project the features of every projection dimension of the grid in one pass per model."""
-    if "proj_dim" not in spec.vary or spec.attributor not in ("iffim", "trak"):
+    projected = [d for d in spec.vary.get("proj_dim", ()) if d is not None]
+    if not projected or spec.attributor not in ("iffim", "trak"):
         return
     others = {k: v for k, v in spec.vary.items() if k not in ("proj_dim", "regularization")}
     for extra in [dict(zip(others, vals)) for vals in itertools.product(*others.values())] or [{}]:
         dims = list(spec.vary["proj_dim"])
-        params = attr.make_params(spec.attributor, **spec.fixed, **extra, proj_dim=max(d for d in dims if d))
+        params = attr.make_params(spec.attributor, **spec.fixed, **extra, proj_dim=max(projected))
         attr.prefetch_features(setting, spec.attributor, params, dims, spec.split, cache, progress)
 
 
