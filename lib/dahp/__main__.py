@@ -105,9 +105,7 @@ def _cmd_select(args: argparse.Namespace) -> None:
         default_grid,
         mean_xi,
         recipe_regularization,
-        select_continuous,
-        select_on_grid,
-        xi_bar_curve,
+        xi_selection,
     )
 
     setting = get_setting(args.setting)
@@ -120,9 +118,8 @@ def _cmd_select(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     members = attr.scorer(setting, args.attributor, params, "val").members
     grid = default_grid(setting, args.attributor)
-    curve = xi_bar_curve(members, grid)
-    pick = select_continuous(members, args.threshold)
-    grid_pick = select_on_grid(curve, grid, args.threshold)
+    rule = xi_selection(members, grid, args.threshold)
+    curve, pick, grid_pick = rule.xi_bar, rule.continuous, rule.grid_pick
     recipe = recipe_regularization(setting, args.attributor)
     seconds = time.perf_counter() - started
     print(f"{'λ':>12s}  ξ̄   (validation queries, {setting.name}, {args.attributor}, proj_dim={args.projection_dim})")

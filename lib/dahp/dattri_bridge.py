@@ -108,11 +108,6 @@ def run(setting: Setting, attributor: str, params: Any, split: str, cache=None) 
                                  scaling=params.scaling)
         # LiSSA vmaps its whole recursion over the query batch: small batches bound the memory
         return -_attribute_inner_product(attr, setting, split, query_batch=LISSA_QUERY_BATCH)
-    if attributor == "if_explicit":
-        from dattri.algorithm import IFAttributorExplicit
-
-        attr = IFAttributorExplicit(task(setting, [state]), regularization=params.regularization)
-        return -_attribute_inner_product(attr, setting, split)
     if attributor == "logra":
         return _logra(setting, state, params, split)
     raise ValueError(f"dattri_bridge.run has no route for attributor {attributor!r}")

@@ -25,7 +25,7 @@ import torch
 from dahp.config import InvalidParameterError
 from dahp.settings import Setting
 from dahp.spectral import SpectralFactors
-from dahp.surrogate import query_weights, xi
+from dahp.surrogate import xi_curve
 
 
 def check_threshold(threshold: float) -> None:
@@ -36,18 +36,13 @@ def check_threshold(threshold: float) -> None:
 
 def mean_xi(members: Sequence[SpectralFactors], regularization: float) -> float:
     """ξ̄: ξ averaged over the queries of every member (queries without spectral weight skipped)."""
-    values = torch.cat([xi(m, regularization) for m in members])
-    return float(values[~torch.isnan(values)].mean())
+    return float(xi_bar_curve(members, [regularization])[0])
 
 
 def xi_bar_curve(members: Sequence[SpectralFactors], regularizations: Sequence[float]) -> np.ndarray:
     """ξ̄ at every λ of a grid (the per-query weights are computed once per member)."""
-    weights = [query_weights(m) for m in members]
-    out = []
-    for lam in regularizations:
-        values = torch.cat([xi(m, lam, c) for m, c in zip(members, weights)])
-        out.append(float(values[~torch.isnan(values)].mean()))
-    return np.asarray(out)
+    values = torch.cat([xi_curve(m, list(regularizations)) for m in members], dim=1)  # (λ, queries)
+    return np.nanmean(values.numpy(), axis=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,10 +77,11 @@ def select_continuous(
     top = max(float(m.eigenvalues.max()) for m in members)
     lo = math.log10(low if low is not None else top * 1e-8)
     hi = math.log10(high if high is not None else top * 1e4)
-    if mean_xi(members, 10**lo) >= threshold:
-        return Selection(10**lo, mean_xi(members, 10**lo), threshold)
-    if mean_xi(members, 10**hi) <= threshold:
-        return Selection(10**hi, mean_xi(members, 10**hi), threshold)
+    at_low, at_high = mean_xi(members, 10**lo), mean_xi(members, 10**hi)
+    if at_low >= threshold:
+        return Selection(10**lo, at_low, threshold)
+    if at_high <= threshold:
+        return Selection(10**hi, at_high, threshold)
     while hi - lo > tolerance:
         mid = (lo + hi) / 2
         if mean_xi(members, 10**mid) < threshold:
@@ -96,9 +92,19 @@ def select_continuous(
     return Selection(lam, mean_xi(members, lam), threshold)
 
 
-def nonzero_spectrum(members: Sequence[SpectralFactors]) -> np.ndarray:
-    """Eigenvalues of the curvature kept by the factorization (numerically non-zero), pooled over members."""
-    return np.concatenate([m.eigenvalues[m.eigenvalues > 0].numpy() for m in members])
+@dataclasses.dataclass(frozen=True)
+class XiSelection:
+    """The ξ rule on a candidate grid and in between."""
+
+    xi_bar: np.ndarray  #: ξ̄ at every candidate
+    grid_pick: Selection  #: Algorithm 1 on the candidates
+    continuous: Selection  #: the bisection crossing
+
+
+def xi_selection(members: Sequence[SpectralFactors], candidates: Sequence[float], threshold: float = 0.5) -> XiSelection:
+    """ξ̄ over ``candidates``, Algorithm 1's pick and the continuous crossing at ``threshold``."""
+    curve = xi_bar_curve(members, candidates)
+    return XiSelection(curve, select_on_grid(curve, candidates, threshold), select_continuous(members, threshold))
 
 
 def spectrum_quantile(members: Sequence[SpectralFactors], quantile: float) -> float:
@@ -180,9 +186,9 @@ def selection_row(
 
     started = time.perf_counter()
     validation = attr.scorer(setting, attributor, params, "val", cache, progress)
-    curve = xi_bar_curve(validation.members, grid)
+    rule = xi_selection(validation.members, grid, 0.5)
+    curve, continuous = rule.xi_bar, rule.continuous
     picks = {t: select_on_grid(curve, grid, t) for t in THRESHOLDS}
-    continuous = select_continuous(validation.members, 0.5)
     xi_seconds = time.perf_counter() - started
 
     truth = ground_truth(setting, ground_truth_config, cache, progress)

@@ -23,7 +23,7 @@ import torch
 
 from dahp.config import InvalidParameterError
 from dahp.features import Projection, project
-from dahp.selection import Selection, mean_xi, recipe_lambda, select_continuous, select_on_grid, xi_bar_curve
+from dahp.selection import Selection, mean_xi, recipe_lambda, xi_selection
 from dahp.spectral import SpectralFactors, factorize
 
 SELECTABLE = ("iffim", "trak")
@@ -104,14 +104,13 @@ def select_regularization(
     members = task_factors(task, train_loader, val_loader, attributor, proj_dim, proj_seed)
     top = max(float(m.eigenvalues.max()) for m in members)
     grid = [float(v) for v in (candidates if candidates is not None else top * np.logspace(-11, 1, 33))]
-    curve = xi_bar_curve(members, grid)
-    xi_pick = select_continuous(members, threshold)
-    grid_pick = select_on_grid(curve, grid, threshold)
+    found = xi_selection(members, grid, threshold)
     recipe = recipe_xi = None
     if lr is not None and steps is not None:
         n_train = members[0].left.shape[0]
         n_params = sum(p.numel() for p in task.get_model().parameters() if p.requires_grad)
         recipe = recipe_lambda(attributor, lr, steps, momentum, n_train, n_params)
         recipe_xi = mean_xi(members, recipe)
-    chosen = xi_pick.regularization if rule == "xi" else recipe
-    return SelectorResult(attributor, chosen, rule, xi_pick, grid_pick, grid, curve, recipe, recipe_xi)
+    chosen = found.continuous.regularization if rule == "xi" else recipe
+    return SelectorResult(attributor, chosen, rule, found.continuous, found.grid_pick, grid, found.xi_bar, recipe,
+                          recipe_xi)

@@ -119,10 +119,10 @@ def train_many(
     """
     recipe = recipe or setting.recipe
     _check_index_sets(index_sets, seeds, len(y))
+    if any(True for _ in setting.make_model().buffers()):
+        return _train_many_sequentially(setting, x, y, index_sets, seeds, recipe, on_epoch_end)
     models = [setting.init_model(seed) for seed in seeds]
     base = models[0].train()
-    if any(True for _ in base.buffers()):
-        return _train_many_sequentially(setting, x, y, index_sets, seeds, recipe, on_epoch_end)
 
     params = {name: p.detach().clone() for name, p in stack_states(models).items()}
     momentum_buffers: dict[str, torch.Tensor] = {}
