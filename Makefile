@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: book ground-truth selection test bench clean clean-cache
+.PHONY: book browser ground-truth selection test bench clean clean-cache
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,14 @@ ground-truth: $(STAMP)
 selection: $(STAMP)
 	$(PY) -m dahp selection
 
-test: $(STAMP)
+## The site check opens the built book in Debian's chromium; install it when it is missing (needs root
+## and Debian's package index; without them the browser test is skipped with a message).
+browser:
+	@command -v chromium >/dev/null && test -x /usr/bin/chromedriver || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) || \
+	  echo "chromium could not be installed: the browser check of the book will be skipped"
+
+test: $(STAMP) browser
 	$(PY) -m pytest
 
 bench: $(STAMP)
@@ -37,4 +44,4 @@ clean-cache:
 	rm -rf data/cache
 
 clean: clean-cache
-	rm -rf $(VENV) build _build book/executed lib/*.egg-info .pytest_cache
+	rm -rf $(VENV) build _build book/executed lib/*.egg-info .pytest_cache test-artifacts

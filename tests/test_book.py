@@ -27,21 +27,58 @@ def test_plan_runs_in_quick_profile_and_book_builds_warning_free(book_root, tmp_
     executed = run_plan("quick", out_dir=book_root / "book" / "executed")
     assert executed == [entry.page for entry in load_plan()]
     assert run_plan("quick", out_dir=book_root / "book" / "executed") == []  # up to date: nothing re-runs
-    figures = sorted(p.name for p in (tmp_path / "data" / "results").glob("*.png"))
-    assert figures == ["grid_mnist_mlp_trak_proj_dim_regularization.png", "selection_mnist_lr_iffim.png"]
+    results = tmp_path / "data" / "results"
+    for name in EXPECTED_FIGURES:
+        assert (results / name).stat().st_size > 5000, name
+    status = pd.read_csv(results / "reproduction_status.csv")
+    assert list(status.columns[:5]) == ["claim", "artifact", "paper", "ours", "holds"]
+    assert list(status.claim) == [f"C{k}" for k in range(1, 13)]
+    assert set(status.holds) <= {"holds", "holds in part", "does not hold", "not run here"}
+    assert status.set_index("claim").holds["C2"] == "not run here"  # CIFAR-2 is not supplied in the tests
     defaults = pd.read_csv(tmp_path / "data" / "results" / "table_a1_defaults.csv")
     trak = defaults[defaults.attributor == "TRAK"].set_index("hyperparameter")["default"]
     assert trak["regularization"] == "0.0" and trak["proj_dim"] == "512" and trak["ensemble_size"] == "10"
     build = subprocess.run([str(Path(sys.executable).parent / "jupyter-book"), "build", str(book_root), "-W", "-n",
                             "--keep-going"], capture_output=True, text=True)
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    html = book_root / "_build" / "html"
     for entry in load_plan():
-        assert (book_root / "_build" / "html" / "book" / "executed" / f"{entry.page}.html").exists()
+        assert (html / "book" / "executed" / f"{entry.page}.html").exists()
+    check_in_browser(html)
+
+
+#: Figures the quick-profile plan must write (one per artifact page that draws one).
+EXPECTED_FIGURES = [
+    "grid_mnist_mlp_if_cg_regularization.png", "grid_mnist_mlp_trak_proj_dim_regularization.png",
+    "grid_mnist_mlp_if_lissa_scaling_recursion_depth.png", "fig1e_trak_training_epoch.png", "fig4_mnist_lr.png",
+    "lambda_selection_iffim.png", "lambda_selection_trak.png", "fig5_xi_bar_curves.png", "fig6_alpha_robustness.png",
+    "theorem_check_mnist_lr_iffim.png", "own_model_selection.png",
+]
+SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
+
+
+def check_in_browser(html: Path) -> None:
+    """Every page opens in headless chromium, its images load, and a screenshot is saved."""
+    from browser import browser_available, check_pages
+
+    if not browser_available():
+        pytest.skip("chromium/chromedriver not installed (make test installs them with apt-get when it can)")
+    pages = [f"book/executed/{entry.page}" for entry in load_plan()] + ["book/intro", "book/theory_xi", "book/rerun"]
+    report = check_pages(html, pages, SCREENSHOTS)
+    for page, seen in report.items():
+        assert not seen["error"] and seen["title"], (page, seen)
+        assert not seen["broken"], (page, seen["broken"])
+        assert seen["screenshot"].stat().st_size > 10_000, page
+    # notebook figures are copied to _images/ by the build; a theme logo would not be
+    with_figures = [p for p, seen in report.items() if any("_images/" in src for src in seen["images"])]
+    drawn = ["fig1a", "fig1b", "fig1d", "fig1e", "fig4", "fig2", "fig3", "fig5", "fig6", "theory", "own_model"]
+    for stem in drawn:
+        assert any(stem in p for p in with_figures), (stem, {p: s["images"] for p, s in report.items()})
 
 
 def test_a_failing_cell_names_the_notebook_and_the_cell(tmp_path, monkeypatch):
     broken = ROOT / "notebooks" / "_broken_for_test.md"
-    header = (ROOT / "notebooks" / "selection.md").read_text().split("\n---\n", 1)[0] + "\n---\n"
+    header = (ROOT / "notebooks" / "fig1b_trak_grid.md").read_text().split("\n---\n", 1)[0] + "\n---\n"
     broken.write_text(header + "\n# Broken\n\n```{code-cell} ipython3\n:tags: [parameters]\n\nprofile = 'quick'\n```\n\n"
                       "```{code-cell} ipython3\nraise ValueError('boom')\n```\n")
     try:

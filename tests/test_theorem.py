@@ -4,22 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from dahp.spectral import factorize
-from dahp.surrogate import beta_hat, exact_condition, omega, population_pearson, xi
+from dahp.surrogate import beta_hat, exact_condition, omega, planted_problem, population_pearson, xi
 
 LAMBDAS = list(np.logspace(-4, 2, 25))
 
 
 def problem(seed, n=12, p=30, q=5, form="dual"):
-    gen = torch.Generator().manual_seed(seed)
-    scales = torch.logspace(0, -2, p, dtype=torch.float64)
-    G = torch.randn(n, p, generator=gen, dtype=torch.float64) * scales
-    Q = torch.randn(q, p, generator=gen, dtype=torch.float64) * scales
-    f = factorize(G, Q, scale=1 / n, form=form)
-    # retraining effects: the influence at some "true" λ plus noise, so the LDS has a peak
-    beta = (G @ torch.linalg.solve(G.T @ G / n + 0.05 * torch.eye(p, dtype=torch.float64), Q.T)
-            + 0.3 * torch.randn(n, q, generator=gen, dtype=torch.float64))
-    return f, beta, G, Q
+    return planted_problem(seed, n, p, q, form)
 
 
 def test_omega_and_population_pearson_by_explicit_matrices():

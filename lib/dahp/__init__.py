@@ -17,6 +17,11 @@ Modules follow the concepts of the paper:
 - :mod:`dahp.surrogate`    -- the surrogate indicator ξ, its partner ω, the exact condition
 - :mod:`dahp.selection`    -- Algorithm 1, the zero-cost baselines, the selection table, the theorem check
 - :mod:`dahp.selector`     -- λ for any ``dattri`` ``AttributionTask`` (for practitioners)
+- :mod:`dahp.removal`      -- data selection by removal (the poster's table)
+- :mod:`dahp.status`       -- the reproduction status: each claim, the paper's number, ours, a verdict
+- :mod:`dahp.profiles`     -- run sizes: quick (CI), default (the book on a CPU), paper
+- :mod:`dahp.plan`         -- the book's plan: notebooks executed by papermill, skipped when unchanged
+- :mod:`dahp.plots`        -- the figures' one style and shared figure helpers
 """
 
 from dahp.config import GroundTruthConfig, InvalidParameterError, TrainingRecipe

@@ -270,12 +270,13 @@ class SpectralScorer(Sweepable):
 
     members: list[SpectralFactors]
     train_weights: torch.Tensor | None = None  #: ``(n_train,)`` (TRAK's mean ``1 - p_i``)
+    query_index: torch.Tensor | None = None  #: score only these queries (None: all)
 
     def scores(self, regularization: float) -> torch.Tensor:
         total = sum(member.scores(regularization) for member in self.members) / len(self.members)
         if self.train_weights is not None:
             total = total * self.train_weights.double().unsqueeze(1)
-        return total
+        return total if self.query_index is None else total[:, self.query_index]
 
 
 @dataclasses.dataclass
@@ -287,11 +288,12 @@ class RerunScorer(Sweepable):
     params: Any
     split: str
     cache: Cache
+    query_index: torch.Tensor | None = None  #: run on these queries only (None: all)
 
     def scores(self, regularization: float) -> torch.Tensor:
         params = dataclasses.replace(self.params, regularization=regularization) \
             if hasattr(self.params, "regularization") else self.params
-        return dattri_bridge.run(self.setting, self.attributor, params, self.split, self.cache)
+        return dattri_bridge.run(self.setting, self.attributor, params, self.split, self.cache, self.query_index)
 
 
 def checkpoint_spec(setting: Setting, seed: int, epoch: int) -> dict:
@@ -305,21 +307,22 @@ def _epoch(setting: Setting, params: Any) -> int:
 
 def scorer(
     setting: Setting, attributor: str, params: Any, split: str = "test", cache: Cache | None = None,
-    progress: bool = True,
+    progress: bool = True, query_index: torch.Tensor | None = None,
 ) -> Scorer:
-    """A scorer for ``attributor`` with ``params`` (λ is taken per call), after validating everything."""
+    """A scorer for ``attributor`` with ``params`` (λ is taken per call), after validating everything.
+
+    With ``query_index`` the scores cover those queries of ``split`` only; the attributors run
+    through dattri then attribute only those queries, which is what makes them affordable.
+    """
     info = get_attributor(attributor)
     if not isinstance(params, info.params):
         raise InvalidParameterError("params", type(params).__name__, f"a {info.params.__name__}")
     check_params(setting, params)
     cache = default_cache() if cache is None else cache
-    if attributor == "iffim":
-        return _iffim(setting, params, split, cache, progress)
-    if attributor == "trak":
-        return _trak(setting, params, split, cache, progress)
-    if attributor == "if_explicit":
-        return _if_explicit(setting, params, split, cache, progress)
-    return RerunScorer(setting, attributor, params, split, cache)
+    builders = {"iffim": _iffim, "trak": _trak, "if_explicit": _if_explicit}
+    if attributor in builders:
+        return dataclasses.replace(builders[attributor](setting, params, split, cache, progress), query_index=query_index)
+    return RerunScorer(setting, attributor, params, split, cache, query_index)
 
 
 def attribute(setting: Setting, attributor: str, split: str = "test", **hyperparameters: Any) -> torch.Tensor:

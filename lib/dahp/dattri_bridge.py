@@ -8,7 +8,9 @@ raises the query's margin); dattri's influence functions return the opposite sig
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 from typing import Any
 
 import torch
@@ -86,20 +88,28 @@ def loaders(setting: Setting, split: str, dtype: torch.dtype = torch.float32, tr
     return train, query
 
 
-def run(setting: Setting, attributor: str, params: Any, split: str, cache=None) -> torch.Tensor:
-    """``(n_train, n_queries)`` scores of dattri's attributor for ``params`` on ``setting``."""
+def run(setting: Setting, attributor: str, params: Any, split: str, cache=None,
+        query_index: torch.Tensor | None = None) -> torch.Tensor:
+    """``(n_train, n_queries)`` scores of dattri's attributor for ``params`` on ``setting``
+    (only the queries in ``query_index`` when given: the iterative attributors cost per query)."""
+    # dattri draws its own progress bars; inside notebooks and grids they only add noise
+    with contextlib.redirect_stderr(io.StringIO()):
+        return _run(setting, attributor, params, split, cache, query_index)
+
+
+def _run(setting: Setting, attributor: str, params: Any, split: str, cache, query_index: torch.Tensor | None):
     from dahp.training import train_full
 
-    checkpoints = train_full(setting, 0, cache)
+    checkpoints = train_full(setting, 0, cache, progress=False)
     epoch = getattr(params, "training_epoch", None) or setting.recipe.epochs
     if attributor in ("tracin", "grad_dot", "grad_cos"):
-        return _tracin(setting, checkpoints, params, split)
+        return _tracin(setting, checkpoints, params, split, query_index)
     state = checkpoints.state(epoch)
     if attributor == "if_cg":
         from dattri.algorithm import IFAttributorCG
 
         attr = IFAttributorCG(task(setting, [state]), max_iter=params.max_iteration, regularization=params.regularization)
-        return -_attribute_inner_product(attr, setting, split)
+        return -_attribute_inner_product(attr, setting, split, query_index=query_index)
     if attributor == "if_lissa":
         from dattri.algorithm import IFAttributorLiSSA
 
@@ -107,9 +117,9 @@ def run(setting: Setting, attributor: str, params: Any, split: str, cache=None) 
                                  recursion_depth=params.recursion_depth, damping=params.regularization,
                                  scaling=params.scaling)
         # LiSSA vmaps its whole recursion over the query batch: small batches bound the memory
-        return -_attribute_inner_product(attr, setting, split, query_batch=LISSA_QUERY_BATCH)
+        return -_attribute_inner_product(attr, setting, split, query_index=query_index, query_batch=LISSA_QUERY_BATCH)
     if attributor == "logra":
-        return _logra(setting, state, params, split)
+        return _logra(setting, state, params, split, query_index)
     raise ValueError(f"dattri_bridge.run has no route for attributor {attributor!r}")
 
 
@@ -120,7 +130,7 @@ def _attribute_inner_product(attr, setting: Setting, split: str, dtype: torch.dt
     return attr.attribute(train, query).detach()
 
 
-def _tracin(setting: Setting, checkpoints, params: Any, split: str) -> torch.Tensor:
+def _tracin(setting: Setting, checkpoints, params: Any, split: str, query_index: torch.Tensor | None) -> torch.Tensor:
     from dattri.algorithm import TracInAttributor
 
     epochs = params.epochs(checkpoints.epochs)
@@ -128,7 +138,7 @@ def _tracin(setting: Setting, checkpoints, params: Any, split: str) -> torch.Ten
     weights = torch.full((len(states),), float(setting.recipe.lr))
     attr = TracInAttributor(task(setting, states), weight_list=weights, normalized_grad=params.normalization,
                             projector_kwargs=projector_kwargs(setting, params.proj_dim, params.proj_seed))
-    train, query = loaders(setting, split, train_batch=500)
+    train, query = loaders(setting, split, train_batch=500, query_index=query_index)
     # dattri sums lr · ∇L(z_i)·∇f(z'); a step on z_i moves f by -lr · ∇f·∇L(z_i): opposite sign.
     return -attr.attribute(train, query).detach()
 
@@ -165,12 +175,13 @@ def _dtype(state: dict[str, torch.Tensor]) -> torch.dtype:
     return next(iter(state.values())).dtype
 
 
-def _logra(setting: Setting, state: dict[str, torch.Tensor], params: Any, split: str) -> torch.Tensor:
+def _logra(setting: Setting, state: dict[str, torch.Tensor], params: Any, split: str,
+           query_index: torch.Tensor | None) -> torch.Tensor:
     from dattri.algorithm import LoGraAttributor
 
     attr = LoGraAttributor(task(setting, [state]), damping=params.regularization, proj_dim=params.proj_dim,
                            offload="none")
-    train, query = loaders(setting, split, train_batch=500)
+    train, query = loaders(setting, split, train_batch=500, query_index=query_index)
     # dattri 0.3.0's LoGra sets up its compressors by running the model on ``batch[0][0]``, one
     # example without its batch axis; a singleton axis per example keeps every model's forward valid.
     train, query = (DataLoader(TensorDataset(loader.dataset.tensors[0].unsqueeze(1), loader.dataset.tensors[1]),

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch.func import functional_call, grad, vmap
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from dahp.cache import Cache, default_cache
 from dahp.config import InvalidParameterError

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+import torch
+from tqdm import tqdm
 
 from dahp import attributors as attr
 from dahp.cache import Cache, default_cache
@@ -51,8 +52,10 @@ def canonical_name(name: str) -> str:
 
 
 def results_dir() -> Path:
-    """Where tables and figures go: ``data/results`` (under ``$DAHP_DATA_DIR`` if set)."""
-    return data_dir() / "results"
+    """Where tables and figures go: ``data/results`` (under ``$DAHP_DATA_DIR`` if set), created if absent."""
+    folder = data_dir() / "results"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +127,7 @@ def run_grid(spec: GridSpec, cache: Cache | None = None, progress: bool = True, 
     truth = ground_truth(setting, spec.ground_truth, cache, progress)
     queries = query_index(truth.targets(spec.split).shape[1], spec.n_queries)
     targets = truth.targets(spec.split)[:, queries]
+    selected = None if spec.n_queries is None else torch.as_tensor(queries)
 
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for combination in combinations(spec):
@@ -136,12 +140,12 @@ def run_grid(spec: GridSpec, cache: Cache | None = None, progress: bool = True, 
     for rest, members in groups.items():
         started = time.perf_counter()
         params = attr.make_params(spec.attributor, **spec.fixed, **dict(rest))
-        scorer = attr.scorer(setting, spec.attributor, params, spec.split, cache, progress=False)
+        scorer = attr.scorer(setting, spec.attributor, params, spec.split, cache, progress=False, query_index=selected)
         setup_seconds = time.perf_counter() - started
         for combination in members:
             started = time.perf_counter()
             lam = combination.get("regularization", getattr(params, "regularization", None))
-            scores = scorer.scores(lam if lam is not None else 0.0)[:, queries]
+            scores = scorer.scores(lam if lam is not None else 0.0)
             result = lds(scores, targets, truth.subsets)
             rows.append({"setting": spec.setting, "attributor": spec.attributor, **combination,
                          "lds_mean": result.mean, "lds_sem": result.sem, "n_dropped": result.n_dropped,

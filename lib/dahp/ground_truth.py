@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from dahp.cache import Cache, default_cache
 from dahp.config import GroundTruthConfig, InvalidParameterError

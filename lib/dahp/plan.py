@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ class PlanEntry:
     notebook: str  #: file under notebooks/
     page: str  #: name of the executed notebook (and of the page) under book/executed/
     parameters: dict[str, Any]  #: papermill parameters (the profile is added by the runner)
+    title: str | None = None  #: page title, replacing the notebook's first heading (one notebook, several pages)
 
 
 def load_plan(path: Path = NOTEBOOKS / "plan.yml") -> list[PlanEntry]:
@@ -42,7 +44,7 @@ def load_plan(path: Path = NOTEBOOKS / "plan.yml") -> list[PlanEntry]:
     import yaml
 
     entries = yaml.safe_load(path.read_text()) or []
-    return [PlanEntry(e["notebook"], e["page"], dict(e.get("parameters") or {})) for e in entries]
+    return [PlanEntry(e["notebook"], e["page"], dict(e.get("parameters") or {}), e.get("title")) for e in entries]
 
 
 def _source_digest() -> str:
@@ -55,7 +57,7 @@ def _source_digest() -> str:
 def entry_key(entry: PlanEntry, parameters: dict[str, Any]) -> str:
     """Hash of everything an executed page depends on."""
     text = (NOTEBOOKS / entry.notebook).read_text()
-    payload = json.dumps({"text": text, "parameters": parameters}, sort_keys=True, default=str)
+    payload = json.dumps({"text": text, "parameters": parameters, "title": entry.title}, sort_keys=True, default=str)
     return hashlib.sha256((payload + _source_digest()).encode()).hexdigest()
 
 
@@ -74,6 +76,8 @@ def run_entry(entry: PlanEntry, profile: str, out_dir: Path = EXECUTED, force: b
     out_dir.mkdir(parents=True, exist_ok=True)
     notebook = jupytext.read(NOTEBOOKS / entry.notebook)
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    if entry.title:
+        retitle(notebook, entry.title)
     source = out_dir / f".{entry.page}.source.ipynb"
     jupytext.write(notebook, source)
     stamp.unlink(missing_ok=True)
@@ -91,6 +95,19 @@ def run_entry(entry: PlanEntry, profile: str, out_dir: Path = EXECUTED, force: b
     return True
 
 
+def retitle(notebook, title: str) -> None:
+    """Replace the first ``# heading`` of the notebook's markdown with ``# title``."""
+    for cell in notebook.cells:
+        if cell.cell_type != "markdown":
+            continue
+        lines = cell.source.split("\n")
+        for i, line in enumerate(lines):
+            if line.startswith("# "):
+                lines[i] = f"# {title}"
+                cell.source = "\n".join(lines)
+                return
+
+
 def run_plan(profile: str, out_dir: Path = EXECUTED, only: list[str] | None = None, force: bool = False) -> list[str]:
     """Execute every page of the plan (or those named in ``only``); returns the pages executed."""
     get_profile(profile)
@@ -104,8 +121,9 @@ def run_plan(profile: str, out_dir: Path = EXECUTED, only: list[str] | None = No
         if only and entry.page not in only:
             continue
         print(f"[{profile}] {entry.page}: ", end="", flush=True)
+        started = time.perf_counter()
         ran = run_entry(entry, profile, out_dir, force)
-        print("executed" if ran else "up to date", flush=True)
+        print(f"executed in {time.perf_counter() - started:.1f} s" if ran else "up to date", flush=True)
         if ran:
             executed.append(entry.page)
     return executed

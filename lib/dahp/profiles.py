@@ -19,18 +19,47 @@ class Profile:
     name: str
     n_models: int  #: retrained models of the LDS ground truth (M)
     trak_ensemble: int  #: TRAK ensemble size
-    proj_dims: tuple[int, ...]  #: projection dimensions of the Fig 1b grid
-    n_lambdas: int  #: points of each λ grid (log-spaced)
-    n_queries: int | None  #: test queries evaluated (None: all 500)
+    proj_dims: tuple[int, ...]  #: projection dimensions of the 2-D grids (Fig 1b, TracIn in Fig 4)
+    n_lambdas: int  #: points of each λ grid of the closed-form attributors (log-spaced)
+    n_queries: int | None  #: test queries of the closed-form attributors (None: all 500)
+    rerun_queries: int  #: test queries of the attributors dattri reruns per setting (CG, LiSSA, TracIn, LoGra)
+    rerun_lambdas: int  #: points of the λ grid of an attributor dattri reruns per λ
+    lissa_scalings: tuple[float, ...]  #: LiSSA scaling values (Fig 1d)
+    lissa_depths: tuple[int, ...]  #: LiSSA recursion depths (Fig 1d)
+    epochs: tuple[int, ...]  #: training epochs attributed (Fig 1e, Fig 4); the last epoch is always added
+    cg_iterations: tuple[int, ...]  #: CG max-iteration values (Fig 4)
+    hessian_epochs: tuple[int, ...]  #: earlier epochs at which IF explicit factorizes the exact Hessian (Fig 4)
+    removal_seeds: int  #: retraining seeds per cell of the removal table
 
 
 PROFILES = {
-    "quick": Profile("quick", n_models=6, trak_ensemble=2, proj_dims=(128, 256), n_lambdas=5, n_queries=100),
-    "default": Profile("default", n_models=50, trak_ensemble=10, proj_dims=(256, 512, 1024, 2048, 4096),
-                       n_lambdas=17, n_queries=None),
+    "quick": Profile("quick", n_models=6, trak_ensemble=2, proj_dims=(128, 256), n_lambdas=5, n_queries=100,
+                     rerun_queries=4, rerun_lambdas=2, lissa_scalings=(5.0, 25.0), lissa_depths=(5, 10),
+                     epochs=(1,), cg_iterations=(2, 10), hessian_epochs=(), removal_seeds=2),
+    "default": Profile("default", n_models=50, trak_ensemble=5, proj_dims=(256, 512, 1024, 2048), n_lambdas=17,
+                       n_queries=None, rerun_queries=20, rerun_lambdas=5, lissa_scalings=(1.0, 5.0, 25.0),
+                       lissa_depths=(25, 50, 100), epochs=(1, 3, 10), cg_iterations=(2, 5, 10, 20), hessian_epochs=(1,),
+                       removal_seeds=5),
     "paper": Profile("paper", n_models=50, trak_ensemble=10, proj_dims=(256, 512, 1024, 2048, 4096, 8192),
-                     n_lambdas=33, n_queries=None),
+                     n_lambdas=33, n_queries=None, rerun_queries=500, rerun_lambdas=9,
+                     lissa_scalings=(1.0, 5.0, 25.0, 125.0), lissa_depths=(100, 300, 1000),
+                     epochs=(1, 2, 5, 10, 20, 30, 40), cg_iterations=(2, 5, 10, 20, 50),
+                     hessian_epochs=(1, 5, 10), removal_seeds=5),
 }
+
+
+def epochs_to_attribute(profile: Profile, trained_epochs: int) -> list[int]:
+    """The profile's epochs that exist for a model trained ``trained_epochs`` epochs, plus the last."""
+    return sorted({e for e in profile.epochs if e < trained_epochs} | {trained_epochs})
+
+
+def profiles_table():
+    """Every profile's sizes, one column per profile (the book's "Rerun it" chapter shows it)."""
+    import pandas as pd
+
+    rows = {p.name: {f.name: getattr(p, f.name) for f in dataclasses.fields(p) if f.name != "name"}
+            for p in PROFILES.values()}
+    return pd.DataFrame(rows)
 
 
 def get_profile(name: str) -> Profile:

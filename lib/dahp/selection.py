@@ -232,13 +232,16 @@ SELECTION_ROWS = [
 ]
 
 
-def default_grid(setting: Setting, attributor: str) -> list[float]:
-    """The candidate λ of the selection table: 33 values, 4 per decade, over 8 decades on each scale.
+def default_grid(setting: Setting, attributor: str, n_points: int = 33) -> list[float]:
+    """The candidate λ of the selection table: ``n_points`` log-spaced values over 8 decades
+    (33: four per decade) on each attributor's scale.
 
     IFFIM: 1e-6 .. 1e2 (mean-loss scale, as in the spec's check). TRAK: the same span shifted by
     ``n / #parameters``, the factor between the two scales (see :func:`recipe_regularization`).
     """
-    grid = np.logspace(-6, 2, 33)
+    if not (isinstance(n_points, int) and n_points >= 2):
+        raise InvalidParameterError("n_points", n_points, "an integer >= 2")
+    grid = np.logspace(-6, 2, n_points)
     if attributor == "trak":
         grid = grid * setting.data().n_train / setting.n_params()
     return [float(v) for v in grid]
@@ -287,3 +290,45 @@ def theorem_check(setting: Setting, attributor: str, regularizations: Sequence[f
                          "premise": bool(xi_values[q] < omega_values[q]), "lds": per_query[i, q],
                          "lds_next": per_query[i + 1, q], "lds_rises": bool(per_query[i + 1, q] > per_query[i, q])})
     return pd.DataFrame(rows)
+
+
+def selection_table(
+    cases: Sequence[tuple[str, int | None]], attributor: str, n_points: int, ensemble_size: int | None = None,
+    ground_truth_config=None, cache=None, progress: bool = False,
+):
+    """:func:`selection_row` for each ``(setting, proj_dim)`` case (Fig 2, Fig 3, Fig 5, Fig 6).
+
+    A case whose data is not supplied gets a row with only its ``status`` (the message saying what
+    to put where) instead of stopping the others; computed rows have ``status`` ``"ok"``.
+    """
+    import pandas as pd
+
+    from dahp.settings import MissingDataError, get_setting
+
+    settings = [get_setting(name) for name, _ in cases]  # unknown names fail before any compute
+    rows = []
+    for setting, (_, proj_dim) in zip(settings, cases):
+        try:
+            setting.check_data()
+        except MissingDataError as missing:
+            rows.append({"setting": setting.name, "attributor": attributor, "proj_dim": proj_dim,
+                         "status": str(missing).splitlines()[0]})
+            continue
+        grid = default_grid(setting, attributor, n_points)
+        row = selection_row(setting, attributor, grid, proj_dim, ensemble_size, ground_truth_config, cache, progress)
+        rows.append({**row, "status": "ok"})
+    table = pd.DataFrame(rows)
+    table["proj_dim"] = table["proj_dim"].astype("Int64")
+    return table
+
+
+def case_label(setting: str, proj_dim) -> str:
+    """``mnist_mlp, p=512`` / ``mnist_lr, full gradients``."""
+    return f"{setting}, " + ("full gradients" if proj_dim is None or pd_isna(proj_dim) else f"p={int(proj_dim)}")
+
+
+def pd_isna(value) -> bool:
+    """True for None, NaN and pandas' NA."""
+    import pandas as pd
+
+    return value is None or bool(pd.isna(value))

@@ -101,6 +101,15 @@ class Setting:
                 f"Missing:\n{listed}\n{self.data_instructions}"
             )
 
+    def missing_data_message(self, root: Path | None = None) -> str | None:
+        """The :class:`MissingDataError` message when data is missing, else None (for notebooks
+        that report a missing setting and go on)."""
+        try:
+            self.check_data(root)
+        except MissingDataError as missing:
+            return str(missing)
+        return None
+
     def data(self, root: Path | None = None) -> SplitData:
         """The fixed split (loaded once per process and data directory)."""
         root = data_dir() if root is None else root

@@ -105,3 +105,36 @@ def beta_hat(membership: torch.Tensor, targets: torch.Tensor, alpha: float) -> t
     """
     centred = targets.double() - targets.double().mean(0)
     return (membership.double() - alpha).T @ centred / membership.shape[0]
+
+
+def planted_problem(seed: int, n: int = 12, p: int = 30, q: int = 5, form: str = "dual", true_regularization: float = 0.05,
+                    noise: float = 0.3):
+    """A small problem where every quantity of the theory is exact: ``(factors, beta, G, Q)``.
+
+    Training features ``G`` (n, p) and query features ``Q`` (q, p) with a decaying spectrum; the
+    retraining effects ``beta`` are the influence at ``true_regularization`` plus Gaussian noise,
+    so the Population Pearson LDS peaks at a finite λ. Used by the tests and the theory page.
+    """
+    from dahp.spectral import factorize
+
+    gen = torch.Generator().manual_seed(seed)
+    scales = torch.logspace(0, -2, p, dtype=torch.float64)
+    G = torch.randn(n, p, generator=gen, dtype=torch.float64) * scales
+    Q = torch.randn(q, p, generator=gen, dtype=torch.float64) * scales
+    f = factorize(G, Q, scale=1 / n, form=form)
+    curvature = G.T @ G / n + true_regularization * torch.eye(p, dtype=torch.float64)
+    beta = G @ torch.linalg.solve(curvature, Q.T) + noise * torch.randn(n, q, generator=gen, dtype=torch.float64)
+    return f, beta, G, Q
+
+
+def theorem_rows(factors: SpectralFactors, beta: torch.Tensor, regularizations: list[float]) -> list[dict]:
+    """Per (λ, query): ξ, ω, whether ξ < ω (the premise of Theorem 4.3) and whether the Population
+    Pearson LDS rises with λ there (the exact condition, i.e. the sign of its derivative)."""
+    rows = []
+    for lam in regularizations:
+        xi_values, omega_values = xi(factors, lam), omega(factors, beta, lam)
+        rises = exact_condition(factors, beta, lam)
+        for k in range(len(xi_values)):
+            rows.append({"regularization": lam, "query": k, "xi": float(xi_values[k]), "omega": float(omega_values[k]),
+                         "premise": bool(xi_values[k] < omega_values[k]), "lds_rises": bool(rises[k])})
+    return rows

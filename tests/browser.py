@@ -1,0 +1,81 @@
+"""Open the built book in a real headless browser (Debian's chromium via chromedriver).
+
+Serves ``_build/html`` over HTTP on a free local port, opens each page, waits for it to load,
+checks that the page rendered (a title, no server error) and that every image on it finished
+loading with a non-zero size, and saves a full-page screenshot. Nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.server
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+def browser_available() -> bool:
+    """True when chromium and chromedriver are installed."""
+    return bool(shutil.which("chromium") or Path(CHROMIUM).exists()) and Path(CHROMEDRIVER).exists()
+
+
+@contextlib.contextmanager
+def serve(folder: Path) -> Iterator[str]:
+    """Serve ``folder`` on 127.0.0.1 at a free port; yields the base URL."""
+    handler = functools.partial(QuietHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # noqa: D102 - keep test output clean
+        pass
+
+
+def check_pages(html: Path, pages: list[str], screenshots: Path) -> dict[str, dict]:
+    """Open every page (path relative to ``html``, without ``.html``); returns per page its title,
+    the number of images, the images that failed to load, and the screenshot file."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-extensions", "--window-size=1280,1000"):
+        options.add_argument(flag)
+    screenshots.mkdir(parents=True, exist_ok=True)
+    report = {}
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        driver.set_page_load_timeout(60)
+        with serve(html) as base:
+            for page in pages:
+                driver.get(f"{base}/{page}.html")
+                driver.execute_async_script(
+                    "const done = arguments[arguments.length - 1];"
+                    "Promise.all(Array.from(document.images).map(i => i.complete ? null :"
+                    " new Promise(r => { i.onload = i.onerror = r; }))).then(() => done());")
+                images = driver.execute_script(
+                    "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0]);")
+                shot = screenshots / f"{page.replace('/', '__')}.png"
+                height = driver.execute_script("return document.body.scrollHeight")
+                driver.set_window_size(1280, min(max(int(height), 800), 12000))
+                driver.save_screenshot(str(shot))
+                driver.set_window_size(1280, 1000)
+                report[page] = {"title": driver.title, "images": [src for src, _ in images],
+                                "broken": [src for src, ok in images if not ok], "screenshot": shot,
+                                "error": "404" in driver.title or "Error response" in driver.page_source[:500]}
+    finally:
+        driver.quit()
+    return report
