@@ -93,3 +93,19 @@ def test_unknown_profile_or_page():
         run_plan("huge")
     with pytest.raises(InvalidParameterError, match="page='fig9'"):
         run_plan("quick", only=["fig9"])
+
+
+def test_a_plan_title_replaces_the_first_heading_only():
+    import nbformat
+
+    from dahp.plan import retitle
+
+    notebook = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("x = 1"),
+        nbformat.v4.new_markdown_cell("Intro\n# Shared title\n\ntext\n# Second heading"),
+    ])
+    retitle(notebook, "Fig 2 — IFFIM")
+    assert notebook.cells[1].source == "Intro\n# Fig 2 — IFFIM\n\ntext\n# Second heading"
+    titled = {e.page: e.title for e in load_plan() if e.notebook == "lambda_selection.md"}
+    assert titled == {"fig2_iffim_selection": "Fig 2 — IFFIM — the λ chosen by ξ against the LDS",
+                      "fig3_trak_selection": "Fig 3 — TRAK — the λ chosen by ξ against the LDS"}

@@ -110,3 +110,14 @@ def test_selection_row_and_theorem_table_on_a_small_setting(cache):
     table = theorem_check(setting, "iffim", grid, ground_truth_config=truth, cache=cache, progress=False)
     assert len(table) == 12 * 500 and set(table["premise"].unique()) <= {True, False}
     assert table["xi"].between(0, 1).all() and table["omega"].between(-1, 1).all()
+
+
+def test_selection_table_reports_a_missing_setting_without_computing(tmp_path, monkeypatch):
+    from dahp.selection import selection_table
+
+    monkeypatch.setenv("DAHP_DATA_DIR", str(tmp_path))
+    table = selection_table([("cifar2_resnet9", 512)], "iffim", 5)
+    assert list(table.status) == [table.status.iloc[0]] and "cifar2_resnet9" in table.status.iloc[0]
+    assert table.proj_dim.iloc[0] == 512 and "lds_selected" not in table
+    with pytest.raises(InvalidParameterError, match="setting"):
+        selection_table([("mnist_xl", None)], "iffim", 5)

@@ -386,24 +386,77 @@ def trak_scorer(
 
 
 def mean_loss_hessian(setting: Setting, state: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Exact ``(d, d)`` Hessian of the mean training loss at ``state``, in float64."""
+    """Exact ``(d, d)`` Hessian of the mean training loss at ``state``, in float64.
+
+    A model that is one affine layer under the mean cross-entropy (softmax regression) gets the
+    closed form, which is ~20x faster than differentiating twice; any other model goes through
+    ``torch.func.hessian``. Both give the same matrix (tested).
+    """
     from torch.func import functional_call, hessian
 
     from dahp.features import parameter_names
 
     data = setting.data()
     model = setting.make_model().eval().double()
+    model.load_state_dict(state)
+    x, y = data.x_train.double(), data.y_train
+    layer = _softmax_regression_layer(setting, model, x)
+    if layer is not None:
+        with torch.no_grad():
+            return softmax_regression_hessian(x.reshape(len(x), -1), torch.softmax(model(x), dim=-1))
     names = parameter_names(setting)
     shapes = [state[n].shape for n in names]
     sizes = [state[n].numel() for n in names]
     flat = torch.cat([state[n].double().reshape(-1) for n in names])
-    x, y = data.x_train.double(), data.y_train
 
     def loss(theta: torch.Tensor) -> torch.Tensor:
         parts = dict(zip(names, (t.reshape(s) for t, s in zip(torch.split(theta, sizes), shapes))))
         return setting.loss(functional_call(model, parts, (x,)), y)
 
     return hessian(loss)(flat)
+
+
+def _softmax_regression_layer(setting: Setting, model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Linear | None:
+    """The model's only layer when the model is ``Linear(flatten(x))`` (weight, then bias) under
+    the mean cross-entropy; None otherwise."""
+    from dahp.targets import cross_entropy
+
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    if setting.loss is not cross_entropy or len(linears) != 1 or linears[0].bias is None:
+        return None
+    layer = linears[0]
+    if [p.data_ptr() for p in model.parameters()] != [layer.weight.data_ptr(), layer.bias.data_ptr()]:
+        return None
+    probe = x[:16]
+    with torch.no_grad():
+        same = torch.allclose(model(probe), layer(probe.reshape(len(probe), -1)), rtol=0, atol=1e-12)
+    return layer if same else None
+
+
+def softmax_regression_hessian(x: torch.Tensor, probabilities: torch.Tensor) -> torch.Tensor:
+    """Hessian of the mean cross-entropy of ``softmax(W x + b)`` in the parameters ``(W row-major, b)``.
+
+    With ``A_i = diag(p_i) - p_i p_iᵀ`` and ``x̃_i = (x_i, 1)``, the block of classes ``(a, b)`` is
+    ``(1/n) Σ_i A_i[a, b] x̃_i x̃_iᵀ``; the bias entries sit after all weights, as in
+    ``named_parameters()``.
+    """
+    n, d = x.shape
+    k = probabilities.shape[1]
+    x = x.double()
+    p = probabilities.double()
+    weights = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)  # (n, k, k)
+    augmented = torch.cat([x, torch.ones(n, 1, dtype=x.dtype)], dim=1)  # (n, d + 1)
+    blocks = torch.empty(k, k, d + 1, d + 1, dtype=torch.float64)
+    for a in range(k):
+        for b in range(a, k):
+            block = augmented.T @ (augmented * weights[:, a, b].unsqueeze(1)) / n
+            blocks[a, b] = block
+            blocks[b, a] = block.T
+    # reorder (class, feature | bias) into (all weights class-major, then the k biases)
+    full = blocks.permute(0, 2, 1, 3)  # (k, d+1, k, d+1)
+    order = torch.cat([torch.arange(k * (d + 1)).reshape(k, d + 1)[:, :d].reshape(-1),
+                       torch.arange(k * (d + 1)).reshape(k, d + 1)[:, d]])
+    return full.reshape(k * (d + 1), k * (d + 1))[order][:, order]
 
 
 def _if_explicit(setting: Setting, params: IFExplicitParams, split: str, cache: Cache, progress: bool) -> SpectralScorer:

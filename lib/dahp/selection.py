@@ -299,11 +299,18 @@ def selection_table(
     """:func:`selection_row` for each ``(setting, proj_dim)`` case (Fig 2, Fig 3, Fig 5, Fig 6).
 
     A case whose data is not supplied gets a row with only its ``status`` (the message saying what
-    to put where) instead of stopping the others; computed rows have ``status`` ``"ok"``.
+    to put where) instead of stopping the others; computed rows have ``status`` ``"ok"``. Rows are
+    cached by everything that determines them, so the pages that share a case compute it once
+    (the wall-time columns are those of the first computation).
     """
     import pandas as pd
 
+    from dahp.cache import default_cache
+    from dahp.config import GroundTruthConfig
     from dahp.settings import MissingDataError, get_setting
+
+    cache = default_cache() if cache is None else cache
+    truth = ground_truth_config or GroundTruthConfig()
 
     settings = [get_setting(name) for name, _ in cases]  # unknown names fail before any compute
     rows = []
@@ -315,11 +322,19 @@ def selection_table(
                          "status": str(missing).splitlines()[0]})
             continue
         grid = default_grid(setting, attributor, n_points)
-        row = selection_row(setting, attributor, grid, proj_dim, ensemble_size, ground_truth_config, cache, progress)
+        key = {**setting.spec(), "attributor": attributor, "proj_dim": proj_dim, "grid": grid,
+               "ensemble_size": ensemble_size, "ground_truth": truth.as_dict()}
+        row = cache.get_or_compute("selection_row", key, lambda: _plain(selection_row(
+            setting, attributor, grid, proj_dim, ensemble_size, truth, cache, progress)))
         rows.append({**row, "status": "ok"})
     table = pd.DataFrame(rows)
     table["proj_dim"] = table["proj_dim"].astype("Int64")
     return table
+
+
+def _plain(row: dict) -> dict:
+    """NumPy scalars as Python numbers (the cache stores plain containers only)."""
+    return {k: v.item() if isinstance(v, np.generic) else v for k, v in row.items()}
 
 
 def case_label(setting: str, proj_dim) -> str:

@@ -79,6 +79,18 @@ class Eigendecomposition:
     vectors: torch.Tensor  #: ``(n, r)`` (dual) or ``(p, r)`` (primal, curvature), float64
 
 
+def symmetric_eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (ascending) and eigenvectors of a symmetric float64 matrix.
+
+    LAPACK's divide-and-conquer driver through SciPy: ~1.5x faster than ``torch.linalg.eigh`` on
+    the 7,850-square Hessian here, same values to rounding.
+    """
+    import scipy.linalg
+
+    values, vectors = scipy.linalg.eigh(matrix.detach().double().numpy(), driver="evd", overwrite_a=False, check_finite=False)
+    return torch.from_numpy(values), torch.from_numpy(vectors)
+
+
 def choose_form(n: int, p: int) -> str:
     """The dual form when there are no more training points than features, else the primal."""
     return "dual" if n <= p else "primal"
@@ -92,7 +104,7 @@ def eigendecompose(train: torch.Tensor, scale: float = 1.0, form: str | None = N
         raise InvalidParameterError("form", form, ["dual", "primal"])
     G = train.double()
     gram = G @ G.T if form == "dual" else G.T @ G
-    eigenvalues, vectors = torch.linalg.eigh(scale * gram)
+    eigenvalues, vectors = symmetric_eigh(scale * gram)
     keep = _keep(eigenvalues, gram.shape[0])
     return Eigendecomposition(form, eigenvalues[keep].contiguous(), vectors[:, keep].contiguous())
 
@@ -103,7 +115,7 @@ def curvature_eigendecomposition(curvature: torch.Tensor) -> Eigendecomposition:
     An exact Hessian can be indefinite; λ must then exceed ``-min(e)`` for the inverse to exist,
     as for a direct solve.
     """
-    eigenvalues, vectors = torch.linalg.eigh(curvature.double())
+    eigenvalues, vectors = symmetric_eigh(curvature)
     return Eigendecomposition("curvature", eigenvalues, vectors)
 
 
