@@ -38,7 +38,7 @@ PROFILES = {
                      epochs=(1,), cg_iterations=(2, 10), hessian_epochs=(), removal_seeds=2),
     "default": Profile("default", n_models=50, trak_ensemble=5, proj_dims=(256, 512, 1024, 2048), n_lambdas=17,
                        n_queries=None, rerun_queries=20, rerun_lambdas=3, lissa_scalings=(1.0, 5.0, 25.0),
-                       lissa_depths=(25, 100), epochs=(1, 10), cg_iterations=(2, 5, 10, 20), hessian_epochs=(1,),
+                       lissa_depths=(25, 100), epochs=(1, 10), cg_iterations=(2, 5, 10, 20), hessian_epochs=(),
                        removal_seeds=3),
     "paper": Profile("paper", n_models=50, trak_ensemble=10, proj_dims=(256, 512, 1024, 2048, 4096, 8192),
                      n_lambdas=33, n_queries=None, rerun_queries=500, rerun_lambdas=9,

@@ -86,7 +86,8 @@ def kept_index_sets(n_train: int, order: torch.Tensor | None, rate: float, seeds
 
 def retrained_accuracy(setting: Setting, index_sets: torch.Tensor, seeds: Sequence[int], key: dict,
                        cache: Cache | None = None) -> np.ndarray:
-    """Test accuracy of models retrained on ``index_sets`` (one per seed), cached under ``key``."""
+    """Test accuracy of models retrained on ``index_sets`` (one per seed), all trained in one batch
+    and cached under ``key``."""
     cache = default_cache() if cache is None else cache
     data = setting.data()
 
@@ -104,8 +105,10 @@ def removal_table(
 ) -> pd.DataFrame:
     """Accuracy after removal for ``Full``, ``Random`` and every method (name -> test scores).
 
-    Returns one row per (method, rate): ``accuracy_mean`` and ``accuracy_std`` in %, the seeds'
-    accuracies, and the poster's number for the same row where it has one.
+    All cells of one removal rate keep the same number of points, so their models are trained in
+    one batch (one cache entry per rate, keyed by every ranking in it). Returns one row per
+    (method, rate): ``accuracy_mean`` and ``accuracy_std`` in %, the seeds' accuracies, and the
+    poster's number for the same row where it has one.
     """
     config = config or RemovalConfig()
     n_train = setting.data().n_train
@@ -114,21 +117,22 @@ def removal_table(
             raise InvalidParameterError(f"scores of {name}", tuple(scores.shape), f"shape ({n_train}, n_queries)")
     orders: dict[str, torch.Tensor | None] = {"Random": None, **{name: ranking(s) for name, s in methods.items()}}
     seeds = config.seeds()
-    cells = [("Full", None, 0.0)] + [(name, order, rate) for name, order in orders.items() for rate in config.rates]
+    everything = torch.arange(n_train).unsqueeze(0).repeat(len(seeds), 1)
+    accuracy = {("Full", 0.0): 100 * retrained_accuracy(setting, everything, seeds, {"ranking": "full", "rate": 0.0}, cache)}
+    for rate in tqdm(config.rates, desc=f"retraining {setting.name} after removal", disable=not progress):
+        index_sets = torch.cat([kept_index_sets(n_train, order, rate, seeds) for order in orders.values()])
+        key = {"rankings": [_digest(order) for order in orders.values()], "rate": rate}
+        batch = 100 * retrained_accuracy(setting, index_sets, seeds * len(orders), key, cache)
+        for k, name in enumerate(orders):
+            accuracy[(name, rate)] = batch[k * len(seeds) : (k + 1) * len(seeds)]
     rows = []
-    for name, order, rate in tqdm(cells, desc=f"retraining {setting.name} after removal", disable=not progress):
-        if name == "Full":
-            index_sets = torch.arange(n_train).unsqueeze(0).repeat(len(seeds), 1)
-        else:
-            index_sets = kept_index_sets(n_train, order, rate, seeds)
-        accuracy = 100 * retrained_accuracy(setting, index_sets, seeds, {"ranking": _digest(order), "rate": rate}, cache)
-        rates = config.rates if name == "Full" else (rate,)
-        for shown in rates:
-            poster = dict(zip(REMOVAL_RATES, POSTER_TABLE.get(name, [])))
-            paper = poster.get(shown)
+    for (name, rate), values in accuracy.items():
+        for shown in (config.rates if name == "Full" else (rate,)):
+            paper = dict(zip(REMOVAL_RATES, POSTER_TABLE.get(name, []))).get(shown)
             rows.append({"setting": setting.name, "method": name, "removal_rate": shown,
-                         "accuracy_mean": float(accuracy.mean()), "accuracy_std": float(accuracy.std(ddof=1)) if len(accuracy) > 1 else 0.0,
-                         "n_seeds": len(accuracy), "accuracies": [round(float(a), 2) for a in accuracy],
+                         "accuracy_mean": float(values.mean()),
+                         "accuracy_std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                         "n_seeds": len(values), "accuracies": [round(float(a), 2) for a in values],
                          "poster_mean": paper[0] if paper else np.nan, "poster_std": paper[1] if paper else np.nan})
     return pd.DataFrame(rows)
 
