@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import shutil
+import tempfile
 from typing import Any
 
 import torch
@@ -179,14 +181,19 @@ def _logra(setting: Setting, state: dict[str, torch.Tensor], params: Any, split:
            query_index: torch.Tensor | None) -> torch.Tensor:
     from dattri.algorithm import LoGraAttributor
 
+    # dattri writes a batch_metadata.json into its cache_dir (the working directory by default)
+    scratch = tempfile.mkdtemp(prefix="dahp-logra-")
     attr = LoGraAttributor(task(setting, [state]), damping=params.regularization, proj_dim=params.proj_dim,
-                           offload="none")
+                           offload="none", cache_dir=scratch)
     train, query = loaders(setting, split, train_batch=500, query_index=query_index)
     # dattri 0.3.0's LoGra sets up its compressors by running the model on ``batch[0][0]``, one
     # example without its batch axis; a singleton axis per example keeps every model's forward valid.
     train, query = (DataLoader(TensorDataset(loader.dataset.tensors[0].unsqueeze(1), loader.dataset.tensors[1]),
                                batch_size=loader.batch_size, shuffle=False) for loader in (train, query))
-    attr.cache(train)
-    # dattri's LoGra differentiates the loss on both sides, so it attributes the query's loss:
-    # its positive score (the query's loss falls) already matches our sign (the margin rises).
-    return attr.attribute(train, query).detach()
+    try:
+        attr.cache(train)
+        # dattri's LoGra differentiates the loss on both sides, so it attributes the query's loss:
+        # its positive score (the query's loss falls) already matches our sign (the margin rises).
+        return attr.attribute(train, query).detach()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
