@@ -270,13 +270,17 @@ class SpectralScorer(Sweepable):
 
     members: list[SpectralFactors]
     train_weights: torch.Tensor | None = None  #: ``(n_train,)`` (TRAK's mean ``1 - p_i``)
-    query_index: torch.Tensor | None = None  #: score only these queries (None: all)
 
     def scores(self, regularization: float) -> torch.Tensor:
         total = sum(member.scores(regularization) for member in self.members) / len(self.members)
         if self.train_weights is not None:
             total = total * self.train_weights.double().unsqueeze(1)
-        return total if self.query_index is None else total[:, self.query_index]
+        return total
+
+    def restricted(self, query_index: torch.Tensor) -> SpectralScorer:
+        """The same scorer for the queries in ``query_index`` only (their columns of every member)."""
+        members = [dataclasses.replace(m, right=m.right[:, query_index]) for m in self.members]
+        return dataclasses.replace(self, members=members)
 
 
 @dataclasses.dataclass
@@ -321,7 +325,8 @@ def scorer(
     cache = default_cache() if cache is None else cache
     builders = {"iffim": _iffim, "trak": _trak, "if_explicit": _if_explicit}
     if attributor in builders:
-        return dataclasses.replace(builders[attributor](setting, params, split, cache, progress), query_index=query_index)
+        built = builders[attributor](setting, params, split, cache, progress)
+        return built if query_index is None else built.restricted(query_index)
     return RerunScorer(setting, attributor, params, split, cache, query_index)
 
 
@@ -400,8 +405,7 @@ def mean_loss_hessian(setting: Setting, state: dict[str, torch.Tensor]) -> torch
     model = setting.make_model().eval().double()
     model.load_state_dict(state)
     x, y = data.x_train.double(), data.y_train
-    layer = _softmax_regression_layer(setting, model, x)
-    if layer is not None:
+    if _is_softmax_regression(setting, model, x):
         with torch.no_grad():
             return softmax_regression_hessian(x.reshape(len(x), -1), torch.softmax(model(x), dim=-1))
     names = parameter_names(setting)
@@ -416,21 +420,19 @@ def mean_loss_hessian(setting: Setting, state: dict[str, torch.Tensor]) -> torch
     return hessian(loss)(flat)
 
 
-def _softmax_regression_layer(setting: Setting, model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Linear | None:
-    """The model's only layer when the model is ``Linear(flatten(x))`` (weight, then bias) under
-    the mean cross-entropy; None otherwise."""
+def _is_softmax_regression(setting: Setting, model: torch.nn.Module, x: torch.Tensor) -> bool:
+    """True when the model is one ``Linear(flatten(x))`` (weight, then bias) under the mean cross-entropy."""
     from dahp.targets import cross_entropy
 
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     if setting.loss is not cross_entropy or len(linears) != 1 or linears[0].bias is None:
-        return None
+        return False
     layer = linears[0]
     if [p.data_ptr() for p in model.parameters()] != [layer.weight.data_ptr(), layer.bias.data_ptr()]:
-        return None
+        return False
     probe = x[:16]
     with torch.no_grad():
-        same = torch.allclose(model(probe), layer(probe.reshape(len(probe), -1)), rtol=0, atol=1e-12)
-    return layer if same else None
+        return torch.allclose(model(probe), layer(probe.reshape(len(probe), -1)), rtol=0, atol=1e-12)
 
 
 def softmax_regression_hessian(x: torch.Tensor, probabilities: torch.Tensor) -> torch.Tensor:
@@ -454,8 +456,8 @@ def softmax_regression_hessian(x: torch.Tensor, probabilities: torch.Tensor) -> 
             blocks[b, a] = block.T
     # reorder (class, feature | bias) into (all weights class-major, then the k biases)
     full = blocks.permute(0, 2, 1, 3)  # (k, d+1, k, d+1)
-    order = torch.cat([torch.arange(k * (d + 1)).reshape(k, d + 1)[:, :d].reshape(-1),
-                       torch.arange(k * (d + 1)).reshape(k, d + 1)[:, d]])
+    position = torch.arange(k * (d + 1)).reshape(k, d + 1)  # (class, feature | bias) -> flat index
+    order = torch.cat([position[:, :d].reshape(-1), position[:, d]])
     return full.reshape(k * (d + 1), k * (d + 1))[order][:, order]
 
 

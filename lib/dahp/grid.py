@@ -174,7 +174,6 @@ def _prefetch(setting: Setting, spec: GridSpec, cache: Cache, progress: bool) ->
 def save_table(table: pd.DataFrame, spec: GridSpec) -> Path:
     """Write ``<stem>.csv`` and ``<stem>.json`` (the configuration) under ``data/results/``."""
     folder = results_dir()
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{spec.file_stem()}.csv"
     table.to_csv(path, index=False)
     (folder / f"{spec.file_stem()}.json").write_text(json.dumps(spec.as_dict(), indent=2, default=str) + "\n")

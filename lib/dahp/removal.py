@@ -158,12 +158,9 @@ def default_and_selected(
     uses the validation queries only, as Algorithm 1 prescribes.
     """
     from dahp import attributors as attr
-    from dahp.selection import PUBLISHED_DEFAULTS, default_grid, xi_selection
+    from dahp.selection import PUBLISHED_DEFAULTS, default_grid, selection_params, xi_selection
 
-    values = {"proj_dim": proj_dim}
-    if attributor == "trak" and ensemble_size is not None:
-        values["ensemble_size"] = ensemble_size
-    params = attr.make_params(attributor, **values)
+    params = selection_params(attributor, proj_dim, ensemble_size)
     validation = attr.scorer(setting, attributor, params, "val", cache, progress)
     selected = xi_selection(validation.members, default_grid(setting, attributor, n_points)).grid_pick.regularization
     test = attr.scorer(setting, attributor, params, "test", cache, progress)

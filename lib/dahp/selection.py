@@ -178,10 +178,7 @@ def selection_row(
 
     if attributor not in PUBLISHED_DEFAULTS:
         raise InvalidParameterError("attributor", attributor, list(PUBLISHED_DEFAULTS))
-    values = {"proj_dim": proj_dim}
-    if attributor == "trak" and ensemble_size is not None:
-        values["ensemble_size"] = ensemble_size
-    params = attr.make_params(attributor, **values)
+    params = selection_params(attributor, proj_dim, ensemble_size)
     grid = [float(v) for v in regularizations]
 
     started = time.perf_counter()
@@ -223,6 +220,17 @@ def selection_row(
         row.update({f"lambda_q{q}": lam, f"lds_q{q}": test_lds(lam)})
     row.update({"xi_seconds": xi_seconds, "grid_search_seconds": grid_search_seconds})
     return row
+
+
+def selection_params(attributor: str, proj_dim: int | None, ensemble_size: int | None = None):
+    """The hyperparameter record a selection runs on: the defaults, with the projection given and,
+    for TRAK, the ensemble size when given."""
+    from dahp import attributors as attr
+
+    values = {"proj_dim": proj_dim}
+    if attributor == "trak" and ensemble_size is not None:
+        values["ensemble_size"] = ensemble_size
+    return attr.make_params(attributor, **values)
 
 
 #: The rows of ``data/results/selection.csv``: (setting, attributor, projection dimension).
@@ -339,11 +347,6 @@ def _plain(row: dict) -> dict:
 
 def case_label(setting: str, proj_dim) -> str:
     """``mnist_mlp, p=512`` / ``mnist_lr, full gradients``."""
-    return f"{setting}, " + ("full gradients" if proj_dim is None or pd_isna(proj_dim) else f"p={int(proj_dim)}")
-
-
-def pd_isna(value) -> bool:
-    """True for None, NaN and pandas' NA."""
     import pandas as pd
 
-    return value is None or bool(pd.isna(value))
+    return f"{setting}, " + ("full gradients" if pd.isna(proj_dim) else f"p={int(proj_dim)}")
