@@ -1,0 +1,271 @@
+"""The plan runner on tiny throwaway notebooks: reader view, what makes a page re-run, progress bars.
+
+Fast (a few kernel starts); the full plan runs in tests/test_book.py.
+"""
+
+import io
+import json
+import os
+import sys
+
+import nbformat
+import pytest
+
+import dahp.plan as plan
+from dahp.config import InvalidParameterError
+from dahp.plan import PlanEntry, entry_key, load_plan, run_entry
+
+HEADER = """---
+jupytext:
+  text_representation:
+    extension: .md
+    format_name: myst
+kernelspec:
+  display_name: Python 3
+  language: python
+  name: python3
+---
+"""
+
+
+def code(source: str, *tags: str) -> str:
+    tag_line = f":tags: [{', '.join(tags)}]\n\n" if tags else ""
+    return f"```{{code-cell}} ipython3\n{tag_line}{source}\n```\n"
+
+
+@pytest.fixture()
+def notebooks(tmp_path, monkeypatch):
+    """A scratch notebooks/ folder for the runner, and a scratch data directory."""
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    monkeypatch.setattr(plan, "NOTEBOOKS", folder)
+    monkeypatch.setenv("DAHP_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("DAHP_PROGRESS", raising=False)
+    return folder
+
+
+def write_notebook(folder, name: str, *cells: str, heading: str = "# A page\n\nSome text.\n") -> str:
+    (folder / name).write_text(HEADER + "\n" + heading + "\n" + "\n".join(cells))
+    return name
+
+
+def outputs_text(notebook) -> str:
+    return json.dumps([cell.get("outputs", []) for cell in notebook.cells])
+
+
+# --------------------------------------------------------------------------------------------------
+# reader view
+
+
+def test_code_cells_are_folded_at_conversion_unless_tagged_remove_or_hide(notebooks):
+    name = write_notebook(
+        notebooks,
+        "fold.md",
+        code("x = 1", "parameters"),
+        code("print(x)"),
+        code("y = 2", "remove-input"),
+        code("z = 3", "hide-output"),
+        code("w = 4", "remove-cell"),
+        code("v = 5", "my-tag"),
+        "Closing words.\n",
+    )
+    notebook = plan.convert(PlanEntry(name, "fold", {}))
+    tags = [cell.metadata.get("tags", []) for cell in notebook.cells if cell.cell_type == "code"]
+    assert tags == [
+        ["parameters", "hide-input"],
+        ["hide-input"],
+        ["remove-input"],
+        ["hide-output"],
+        ["remove-cell"],
+        ["my-tag", "hide-input"],
+    ]
+    assert all(
+        "hide-input" not in cell.metadata.get("tags", []) for cell in notebook.cells if cell.cell_type == "markdown"
+    )
+
+
+def test_parameters_cells_are_removed_and_a_table_of_the_effective_parameters_follows_the_heading(notebooks, tmp_path):
+    name = write_notebook(
+        notebooks,
+        "params.md",
+        code(
+            'setting = "mnist_mlp"  # the setting attributed\nseed = 0  # seed of the | random draws\n'
+            'profile = "default"\nscale = 1.5',
+            "parameters",
+        ),
+        code("print(setting, seed, profile, scale)"),
+        heading="Before the title.\n\n# The page\n\nIntro text.\n",
+    )
+    entry = PlanEntry(name, "params", {"setting": "cifar2_resnet9", "extra": [1, 2]})
+    assert run_entry(entry, "quick", tmp_path / "out", progress=False)
+    executed = nbformat.read(tmp_path / "out" / "params.ipynb", as_version=4)
+    nbformat.validate(executed)
+    by_tag = {tag: cell for cell in executed.cells for tag in cell.metadata.get("tags", [])}
+    assert "remove-cell" in by_tag["parameters"].metadata.tags
+    assert "remove-cell" in by_tag["injected-parameters"].metadata.tags
+    printed = next(c for c in executed.cells if c.cell_type == "code" and "print(" in c.source)
+    assert "remove-cell" not in printed.metadata.tags and "hide-input" in printed.metadata.tags
+    assert "cifar2_resnet9 0 quick 1.5" in outputs_text(executed)  # the injected values were used
+    tables = [i for i, c in enumerate(executed.cells) if c.cell_type == "markdown" and "| parameter |" in c.source]
+    assert len(tables) == 1
+    assert "# The page" in executed.cells[tables[0] - 1].source  # right after the heading cell
+    rows = [line for line in executed.cells[tables[0]].source.split("\n") if line.startswith("| `")]
+    assert rows == [
+        '| `setting` | `"cifar2_resnet9"` | the setting attributed |',
+        "| `seed` | `0` | seed of the \\| random draws |",
+        '| `profile` | `"quick"` |  |',
+        "| `scale` | `1.5` |  |",
+        "| `extra` | `[1, 2]` |  |",
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# what makes a page re-run
+
+
+def test_a_page_that_reads_another_reruns_when_a_file_the_other_wrote_changes_and_not_otherwise(notebooks, tmp_path):
+    results = tmp_path / "data" / "results" / "quick"
+    results.mkdir(parents=True)
+    (results / "other.txt").write_text("not written by the writer")
+    writer = write_notebook(
+        notebooks,
+        "writer.md",
+        code('value = "a"\nprofile = "default"', "parameters"),
+        code(
+            "import os, pathlib\n"
+            "folder = pathlib.Path(os.environ['DAHP_DATA_DIR']) / 'results' / profile / 'sub'\n"
+            "folder.mkdir(parents=True, exist_ok=True)\n"
+            "(folder / 'w.txt').write_text(value)"
+        ),
+    )
+    reader = write_notebook(
+        notebooks,
+        "reader.md",
+        code('profile = "default"', "parameters"),
+        code(
+            "import os, pathlib\n"
+            "print(pathlib.Path(os.environ['DAHP_DATA_DIR'], 'results', profile, 'sub', 'w.txt').read_text())"
+        ),
+    )
+    out = tmp_path / "out"
+    write_a = PlanEntry(writer, "writer", {"value": "a"})
+    read = PlanEntry(reader, "reader", {}, reads=("writer",))
+    not_reading = PlanEntry(reader, "not_reading", {})
+
+    assert run_entry(write_a, "quick", out, progress=False)
+    stamp = json.loads((out / ".writer.stamp").read_text())
+    assert stamp["wrote"] == ["sub/w.txt"] and stamp["profile"] == "quick"
+    assert run_entry(read, "quick", out, progress=False)
+    assert run_entry(not_reading, "quick", out, progress=False)
+    assert json.loads((out / ".reader.stamp").read_text())["wrote"] == []
+    assert not run_entry(read, "quick", out, progress=False)  # nothing changed
+
+    (results / "other.txt").write_text("changed, but the reader does not read it")
+    assert not run_entry(read, "quick", out, progress=False)
+    assert run_entry(write_a, "quick", out, force=True, progress=False)  # same content written again
+    assert json.loads((out / ".writer.stamp").read_text())["wrote"] == ["sub/w.txt"]
+    assert not run_entry(read, "quick", out, progress=False)
+
+    (results / "sub" / "w.txt").write_text("b")  # what the writer wrote changed
+    assert not run_entry(not_reading, "quick", out, progress=False)
+    assert run_entry(read, "quick", out, progress=False)
+    assert '"b' in outputs_text(nbformat.read(out / "reader.ipynb", as_version=4))
+    assert not run_entry(read, "quick", out, progress=False)
+
+    assert run_entry(PlanEntry(writer, "writer", {"value": "c"}), "quick", out, progress=False)
+    assert run_entry(read, "quick", out, progress=False)
+
+
+def test_the_data_state_of_a_setting_is_part_of_every_key(notebooks, tmp_path):
+    from dahp.settings import get_setting
+
+    name = write_notebook(notebooks, "page.md", code("x = 1"))
+    entry, parameters = PlanEntry(name, "page", {}), {"profile": "quick"}
+    missing = entry_key(entry, parameters)
+    assert entry_key(entry, parameters) == missing  # nothing changed: same key
+    required = tmp_path / "data" / get_setting("cifar2_resnet9").required_files[0]
+    required.parent.mkdir(parents=True)
+    required.write_bytes(b"1234")
+    supplied = entry_key(entry, parameters)
+    assert supplied != missing
+    os.utime(required, ns=(1_000_000_000, 1_000_000_000))
+    touched = entry_key(entry, parameters)
+    assert touched not in (missing, supplied)
+    required.write_bytes(b"12345")
+    os.utime(required, ns=(1_000_000_000, 1_000_000_000))
+    assert entry_key(entry, parameters) not in (missing, supplied, touched)  # same mtime, other size
+
+
+def test_the_source_digest_covers_subpackages(tmp_path, monkeypatch):
+    package = tmp_path / "lib" / "dahp"
+    (package / "experiments").mkdir(parents=True)
+    (package / "a.py").write_text("a = 1")
+    (package / "experiments" / "grid.py").write_text("b = 1")
+    monkeypatch.setattr(plan, "ROOT", tmp_path)
+    before = plan._source_digest()
+    (package / "experiments" / "grid.py").write_text("b = 2")
+    assert plan._source_digest() != before
+
+
+def test_the_plan_declares_what_pages_read_and_reads_only_earlier_pages(tmp_path):
+    entries = {e.page: e for e in load_plan()}
+    assert entries["fig5_xi_curves"].reads == ("fig2_iffim_selection", "fig3_trak_selection")
+    assert set(entries["reproduction_status"].reads) == set(entries) - {"reproduction_status", "intro"}
+    # the first page summarises the status, so it runs last and reads it
+    assert list(entries)[-1] == "intro" and "reproduction_status" in entries["intro"].reads
+    assert entries["fig1b_trak_grid"].reads == ()
+    bad = tmp_path / "plan.yml"
+    bad.write_text("- {notebook: a.md, page: a, reads: [b]}\n- {notebook: b.md, page: b}\n")
+    with pytest.raises(InvalidParameterError, match="b"):
+        load_plan(bad)
+
+
+# --------------------------------------------------------------------------------------------------
+# progress
+
+
+def test_a_progress_bar_in_a_notebook_reaches_the_terminal_and_not_the_page(notebooks, tmp_path, monkeypatch, capfd):
+    # under pytest ipykernel does not capture the kernel's file descriptors; make book's kernels do
+    monkeypatch.delenv("PYTEST_CURRENT_TEST", raising=False)
+    name = write_notebook(
+        notebooks,
+        "bars.md",
+        code(
+            "import os\nfrom dahp.progress import tqdm\n"
+            "print('mode', os.environ.get('DAHP_PROGRESS'))\n"
+            "for _ in tqdm(range(3), desc='marker-shown', disable=False):\n    pass\n"
+            "for _ in tqdm(range(3), desc='marker-hidden', disable=True):\n    pass"
+        ),
+    )
+    capfd.readouterr()
+    assert run_entry(PlanEntry(name, "bars", {}), "quick", tmp_path / "out")
+    terminal = capfd.readouterr().err
+    executed = nbformat.read(tmp_path / "out" / "bars.ipynb", as_version=4)
+    assert "mode terminal" in outputs_text(executed)
+    assert "marker-shown" in terminal and "3/3" in terminal
+    assert "marker" not in outputs_text(executed)
+    assert "marker-hidden" not in terminal
+    assert "Executing" in terminal  # papermill's per-cell bar
+    assert "DAHP_PROGRESS" not in os.environ  # restored after the run
+
+
+def test_progress_tqdm_is_plain_tqdm_unless_asked(monkeypatch, capfd):
+    from dahp.progress import tqdm
+
+    monkeypatch.delenv("DAHP_PROGRESS", raising=False)
+    stream = io.StringIO()
+    assert list(tqdm(range(2), "plain-bar", file=stream)) == [0, 1]
+    assert "plain-bar" in stream.getvalue() and "2/2" in stream.getvalue()
+
+    monkeypatch.setenv("DAHP_PROGRESS", "terminal")
+    stream = io.StringIO()
+    capfd.readouterr()
+    assert list(tqdm(range(2), "terminal-bar", None, True, stream)) == [0, 1]  # file given by position
+    assert stream.getvalue() == ""
+    assert "terminal-bar" in capfd.readouterr().err  # sys.__stderr__ outside a kernel
+    assert sys.__stderr__ is not None
+
+    monkeypatch.setenv("DAHP_PROGRESS", "off")
+    stream = io.StringIO()
+    bar = tqdm(range(2), desc="off-bar", file=stream, disable=False)
+    assert list(bar) == [0, 1] and stream.getvalue() == "" and bar.disable
