@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: book browser ground-truth selection test bench clean clean-cache
+.PHONY: book browser ground-truth selection lint format test bench clean clean-cache
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,7 @@ ground-truth: $(STAMP)
 	$(PY) -m dahp ground-truth --setting mnist_lr
 	$(PY) -m dahp ground-truth --setting mnist_mlp
 
-## ξ selection against every baseline -> data/results/selection.csv (tens of minutes on two cores)
+## ξ selection against every baseline on the embedded cases -> data/results/cli/selection_* (tens of minutes on two cores)
 selection: $(STAMP)
 	$(PY) -m dahp selection
 
@@ -34,7 +34,16 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) || \
 	  echo "chromium could not be installed: the browser check of the book will be skipped"
 
-test: $(STAMP) browser
+## Lint and format check (ruff, configured in pyproject.toml); `make format` rewrites the files.
+lint: $(STAMP)
+	$(PY) -m ruff check lib tests bench
+	$(PY) -m ruff format --check lib tests bench
+
+format: $(STAMP)
+	$(PY) -m ruff check --fix lib tests bench
+	$(PY) -m ruff format lib tests bench
+
+test: $(STAMP) browser lint
 	$(PY) -m pytest
 
 bench: $(STAMP)

@@ -23,9 +23,10 @@ import time
 from dahp import attributors as attr
 from dahp.cache import Cache
 from dahp.config import GroundTruthConfig
+from dahp.experiments.cases import default_grid
 from dahp.ground_truth import ground_truth
 from dahp.lds import lds
-from dahp.selection import default_grid, select_continuous, select_on_grid, xi_bar_curve
+from dahp.selection import select_continuous, select_on_grid, xi_bar_curve
 from dahp.settings import get_setting
 from dahp.training import train_full
 

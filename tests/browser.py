@@ -39,7 +39,7 @@ def serve(folder: Path) -> Iterator[str]:
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:  # noqa: D102 - keep test output clean
+    def log_message(self, *args) -> None:
         pass
 
 

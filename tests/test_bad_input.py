@@ -24,7 +24,7 @@ def test_too_few_models(n_models):
 def test_bad_recipe_values():
     with pytest.raises(InvalidParameterError, match="epochs=0"):
         TrainingRecipe(epochs=0, batch_size=8, lr=0.1)
-    with pytest.raises(InvalidParameterError, match="momentum=1.0"):
+    with pytest.raises(InvalidParameterError, match=r"momentum=1\.0"):
         TrainingRecipe(epochs=1, batch_size=8, lr=0.1, momentum=1.0)
 
 

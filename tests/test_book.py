@@ -3,6 +3,7 @@
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -24,18 +25,21 @@ def book_root(tmp_path, monkeypatch):
 
 
 def test_plan_runs_in_quick_profile_and_book_builds_warning_free(book_root, tmp_path):
+    started = time.time()
     executed = run_plan("quick", out_dir=book_root / "book" / "executed")
     assert executed == [entry.page for entry in load_plan()]
     assert run_plan("quick", out_dir=book_root / "book" / "executed") == []  # up to date: nothing re-runs
-    results = tmp_path / "data" / "results"
+    results = tmp_path / "data" / "results" / "quick"
     for name in EXPECTED_FIGURES:
-        assert (results / name).stat().st_size > 5000, name
+        check_figure(results / name, started)
     status = pd.read_csv(results / "reproduction_status.csv")
     assert list(status.columns[:5]) == ["claim", "artifact", "paper", "ours", "holds"]
     assert list(status.claim) == [f"C{k}" for k in range(1, 13)]
     assert set(status.holds) <= {"holds", "holds in part", "does not hold", "not run here"}
     assert status.set_index("claim").holds["C2"] == "not run here"  # CIFAR-2 is not supplied in the tests
-    defaults = pd.read_csv(tmp_path / "data" / "results" / "table_a1_defaults.csv")
+    assert "data not supplied" in status.set_index("claim").reason["C2"]
+    check_status_numbers_are_the_pages_headlines(results)
+    defaults = pd.read_csv(results / "table_a1_defaults.csv")
     trak = defaults[defaults.attributor == "TRAK"].set_index("hyperparameter")["default"]
     assert trak["regularization"] == "0.0" and trak["proj_dim"] == "512" and trak["ensemble_size"] == "10"
     build = subprocess.run([str(Path(sys.executable).parent / "jupyter-book"), "build", str(book_root), "-W", "-n",
@@ -47,11 +51,41 @@ def test_plan_runs_in_quick_profile_and_book_builds_warning_free(book_root, tmp_
     check_in_browser(html)
 
 
+def check_figure(path: Path, written_after: float) -> None:
+    """The figure was drawn by this run, decodes as a PNG of a readable size, and is not blank."""
+    import matplotlib.image
+
+    assert path.stat().st_mtime >= written_after, f"{path.name} is left over from an earlier run"
+    pixels = matplotlib.image.imread(path)
+    height, width = pixels.shape[:2]
+    assert width >= 600 and height >= 350, (path.name, width, height)
+    ink = (pixels[..., :3].mean(axis=2) < 0.9).mean()  # share of pixels that are not (near) white
+    assert ink > 0.02, (path.name, ink)
+
+
+def check_status_numbers_are_the_pages_headlines(results: Path) -> None:
+    """Every number the status page judged from equals the headline the page itself saved beside its record."""
+    import json
+
+    numbers = json.loads((results / "reproduction_status.json").read_text())["numbers"]
+    checked = 0
+    for claim, by_stem in numbers.items():
+        for stem, values in by_stem.items():
+            saved = json.loads((results / f"{stem}.json").read_text())["headline"]
+            for key, value in values.items():
+                expected = saved[key]
+                if isinstance(value, dict) and stem.startswith("selection"):
+                    expected = {k: v for k, v in saved[key].items() if k in value}
+                assert value == expected, (claim, stem, key)
+                checked += 1
+    assert checked >= 10, numbers
+
+
 #: Figures the quick-profile plan must write (one per artifact page that draws one).
 EXPECTED_FIGURES = [
     "grid_mnist_mlp_if_cg_regularization.png", "grid_mnist_mlp_trak_proj_dim_regularization.png",
     "grid_mnist_mlp_if_lissa_scaling_recursion_depth.png", "fig1e_trak_training_epoch.png", "fig4_mnist_lr.png",
-    "lambda_selection_iffim.png", "lambda_selection_trak.png", "fig5_xi_bar_curves.png", "fig6_alpha_robustness.png",
+    "selection_iffim.png", "selection_trak.png", "fig5_xi_bar_curves.png", "fig6_alpha_robustness.png",
     "theorem_check_mnist_lr_iffim.png", "own_model_selection.png",
 ]
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
@@ -63,7 +97,7 @@ def check_in_browser(html: Path) -> None:
 
     if not browser_available():
         pytest.skip("chromium/chromedriver not installed (make test installs them with apt-get when it can)")
-    pages = [f"book/executed/{entry.page}" for entry in load_plan()] + ["book/intro", "book/theory_xi", "book/rerun"]
+    pages = [f"book/executed/{entry.page}" for entry in load_plan()] + ["book/theory_xi", "book/rerun"]
     report = check_pages(html, pages, SCREENSHOTS)
     for page, seen in report.items():
         assert not seen["error"] and seen["title"], (page, seen)

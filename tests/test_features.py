@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-from torch.func import functional_call
 
 from dahp.config import InvalidParameterError
 from dahp.features import Projection, gradient_features, per_example_gradients, project, project_nested

@@ -10,7 +10,8 @@ import torch
 from dahp import attributors
 from dahp.__main__ import main
 from dahp.config import GroundTruthConfig, InvalidParameterError
-from dahp.grid import make_grid_spec, parse_values, query_index, run_grid
+from dahp.experiments.grid import make_grid_spec, parse_values, query_index, run_grid
+from dahp.experiments.records import GridRecord, results_dir
 from dahp.settings import get_setting
 from helpers import quick, registered
 
@@ -54,7 +55,7 @@ def test_query_subset_is_evenly_spaced():
     ({"proj_dim": [64], "regularization": [1.0], "proj_seed": [0]}, "one or two"),
 ])
 def test_bad_grids_fail_before_compute(vary, pattern, monkeypatch):
-    monkeypatch.setattr("dahp.grid.ground_truth", lambda *a, **k: pytest.fail("computed despite bad input"))
+    monkeypatch.setattr("dahp.experiments.grid.ground_truth", lambda *a, **k: pytest.fail("computed despite bad input"))
     with pytest.raises(InvalidParameterError, match=pattern):
         make_grid_spec(lr_quick(), "iffim", vary)
 
@@ -72,23 +73,31 @@ def test_grid_table_file_and_one_scorer_per_lambda_axis(results, monkeypatch):
     monkeypatch.setattr(attributors, "scorer", lambda *a, **k: built.append(a[2]) or real(*a, **k))
     spec = make_grid_spec(lr_quick(), "iffim", {"proj_dim": [128, 256], "lambda": [1e-3, 1e-1, 10.0]},
                           ground_truth_config=TINY_TRUTH)
-    table = run_grid(spec, progress=False)
+    record = run_grid(spec, progress=False, profile="quick")
+    table = record.table
     assert len(built) == 2  # one scorer (one factorization) per projection dimension, never per λ
     assert list(table.columns[:4]) == ["setting", "attributor", "proj_dim", "regularization"]
     assert len(table) == 6 and table["lds_mean"].between(-1, 1).all()
-    saved = pd.read_csv(results / "grid_mnist_lr_quick_iffim_proj_dim_regularization.csv")
+    # the summary is the mean of the per-query table, combination by combination
+    for _, row in table.iterrows():
+        values = record.per_query_at(proj_dim=row.proj_dim, regularization=row.regularization)
+        assert len(values) == 500 and np.nanmean(values) == pytest.approx(row.lds_mean)
+    record.save(results_dir("quick"))
+    saved = pd.read_csv(results / "quick" / "grid_mnist_lr_quick_iffim_proj_dim_regularization.csv")
     pd.testing.assert_frame_equal(saved[["lds_mean"]], table[["lds_mean"]])
-    config = json.loads((results / "grid_mnist_lr_quick_iffim_proj_dim_regularization.json").read_text())
-    assert config["ground_truth"]["n_models"] == 6
+    config = json.loads((results / "quick" / "grid_mnist_lr_quick_iffim_proj_dim_regularization.json").read_text())
+    assert config["spec"]["ground_truth"]["n_models"] == 6 and config["profile"] == "quick"
+    loaded = GridRecord.load(results / "quick", record.stem)
+    assert loaded.headline()["lds_best"] == record.headline()["lds_best"]
 
 
 def test_trak_projection_sweep_is_order_independent(results):
     truth = TINY_TRUTH
     kw = dict(fixed={"ensemble_size": 2}, ground_truth_config=truth, n_queries=40)
     up = run_grid(make_grid_spec(mlp_quick(), "trak", {"proj_dim": [128, 256], "regularization": [0.0, 1e-2]}, **kw),
-                  progress=False, save=False)
+                  progress=False).table
     down = run_grid(make_grid_spec(mlp_quick(), "trak", {"proj_dim": [256, 128], "regularization": [0.0, 1e-2]}, **kw),
-                    progress=False, save=False)
+                    progress=False).table
     merged = up.merge(down, on=["proj_dim", "regularization"])
     np.testing.assert_allclose(merged["lds_mean_x"], merged["lds_mean_y"], rtol=1e-6)
 
@@ -99,6 +108,7 @@ def test_cli_grid_prints_table_and_path(results, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "checkpoint_selection" in out and "grid_mnist_lr_quick_grad_dot_checkpoint_selection.csv" in out
+    assert (results / "cli" / "grid_mnist_lr_quick_grad_dot_checkpoint_selection.csv").exists()  # not a profile's folder
     assert main(["grid", "--setting", lr_quick(), "--attributor", "trak", "--vary", "projection_dim=99999"]) == 2
     assert "proj_dim=99999" in capsys.readouterr().err
 
@@ -109,10 +119,10 @@ def test_grid_mixing_full_and_projected_gradients(results):
     name = registered(small("mnist_lr"), "mnist_lr_small_quick")
     spec = make_grid_spec(name, "iffim", {"proj_dim": [None, 128], "regularization": [1e-3, 1e-1]},
                           ground_truth_config=TINY_TRUTH)
-    table = run_grid(spec, progress=False, save=False)
+    table = run_grid(spec, progress=False).table
     assert len(table) == 4 and table["proj_dim"].isna().sum() == 2
     only_full = make_grid_spec(name, "iffim", {"proj_dim": [None]}, ground_truth_config=TINY_TRUTH)
-    assert len(run_grid(only_full, progress=False, save=False)) == 1
+    assert len(run_grid(only_full, progress=False).table) == 1
 
 
 def test_scoring_a_subset_of_queries_gives_those_columns_of_the_full_scores(results):

@@ -1,5 +1,7 @@
 """Set-up facts a fresh machine relies on: one source of pinned dependencies."""
 
+import functools
+import operator
 import re
 import tomllib
 from pathlib import Path
@@ -9,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_dependencies_are_pinned_once_in_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    requirements = project["dependencies"] + sum(project["optional-dependencies"].values(), [])
+    requirements = project["dependencies"] + functools.reduce(operator.iadd, project["optional-dependencies"].values(), [])
     assert "torch==2.13.0" in requirements  # the CPU wheel on disk; anything else pulls CUDA builds
     assert "dattri==0.3.0" in requirements  # later dattri changes the TRAK constructor
     unpinned = [r for r in requirements if "==" not in r]

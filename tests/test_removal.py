@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from dahp.config import InvalidParameterError
-from dahp.removal import RemovalConfig, kept_index_sets, ranking, removal_table, wide
+from dahp.experiments.records import RemovalRecord
+from dahp.experiments.removal import RemovalConfig, kept_index_sets, ranking, removal_table
 from helpers import quick
 
 
@@ -48,10 +49,28 @@ def test_removing_the_points_that_support_the_test_labels_hurts_more_than_random
     scores = favoured.double().unsqueeze(1).repeat(1, 3)
     config = RemovalConfig(rates=(0.5,), n_seeds=2)
     table = removal_table(setting, {"oracle": scores}, config, cache, progress=False)
-    acc = table.set_index("method").accuracy_mean
+    assert list(table.columns) == ["setting", "method", "removal_rate", "seed", "accuracy"]
+    assert len(table) == 3 * 2  # Full (rate 0), Random and the oracle, two seeds each
+    acc = table.groupby("method").accuracy.mean()
     assert acc["oracle"] < acc["Random"] - 20 and acc["Random"] < acc["Full"] + 1
     again = removal_table(setting, {"oracle": scores}, config, cache, progress=False)  # cached: identical
     pd.testing.assert_frame_equal(table, again)
-    layout = wide(table)
+    record = RemovalRecord(table, pd.DataFrame())
+    layout = record.wide(setting.name)
     assert list(layout.index) == ["Full", "Random", "oracle"] and list(layout.columns) == ["50 %"]
-    assert not np.isnan(table.set_index("method").poster_mean["Random"])
+    assert "(87.60 ± 0.06)" in layout.loc["Random", "50 %"]  # the poster's number beside ours
+
+
+def _record(rows) -> RemovalRecord:
+    return RemovalRecord(pd.DataFrame(rows, columns=["setting", "method", "removal_rate", "seed", "accuracy"]),
+                         pd.DataFrame())
+
+
+def test_selected_minus_default_is_paired_over_seeds():
+    rows = []
+    for seed, (default, selected) in enumerate([(80.0, 78.0), (90.0, 87.0), (85.0, 84.0)]):
+        rows += [("s", "IFFIM default", 0.3, seed, default), ("s", "IFFIM selected", 0.3, seed, selected)]
+    difference = _record(rows).selected_minus_default("s", "IFFIM", 0.3)
+    # per-seed differences -2, -3, -1: mean -2, standard error 1/sqrt(3), although the cells' own spreads are wide
+    assert difference.value == pytest.approx(-2.0) and difference.se == pytest.approx(1 / np.sqrt(3))
+    assert difference.below(0)

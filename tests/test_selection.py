@@ -1,7 +1,5 @@
 """Algorithm 1, its continuous version and the zero-cost baselines, on problems with known answers."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -82,7 +80,7 @@ def test_recipe_rule_from_the_training_recipe():
                                                         ("mnist_mlp", "iffim", 256)])
 def test_xi_bar_monotone_on_the_embedded_settings(cache, name, attributor, proj_dim):
     from dahp import attributors as attr
-    from dahp.selection import default_grid
+    from dahp.experiments.cases import default_grid
     from helpers import small
 
     setting = small(name)
@@ -93,31 +91,55 @@ def test_xi_bar_monotone_on_the_embedded_settings(cache, name, attributor, proj_
     assert 0 <= curve[0] < curve[-1] <= 1
 
 
-def test_selection_row_and_theorem_table_on_a_small_setting(cache):
+def test_a_case_judges_every_pick_by_the_per_query_lds_of_its_own_lambda(cache):
+    from dahp import attributors as attr
     from dahp.config import GroundTruthConfig
-    from dahp.selection import selection_row, theorem_check
+    from dahp.experiments.cases import run_case
+    from dahp.ground_truth import ground_truth
+    from dahp.lds import lds
     from helpers import small
 
     setting = small("mnist_lr")
     truth = GroundTruthConfig(n_models=8, models_per_chunk=8)
     grid = list(np.logspace(-5, 1, 13))
-    row = selection_row(setting, "iffim", grid, ground_truth_config=truth, cache=cache, progress=False)
-    assert row["lambda_selected"] in grid and row["lambda_best"] in grid
-    assert row["lds_best"] >= row["lds_selected"] and row["lds_best"] >= row["lds_xi0.4"]
-    assert abs(row["xi_selected"] - 0.5) <= min(abs(v - 0.5) for v in json.loads(row["xi_bar"])) + 1e-12
-    assert row["lambda_recipe"] == pytest.approx(recipe_regularization(setting, "iffim"))
-    assert row["grid_search_seconds"] > 0 and row["xi_seconds"] > 0
-    table = theorem_check(setting, "iffim", grid, ground_truth_config=truth, cache=cache, progress=False)
-    assert len(table) == 12 * 500 and set(table["premise"].unique()) <= {True, False}
-    assert table["xi"].between(0, 1).all() and table["omega"].between(-1, 1).all()
+    case = run_case(setting, "iffim", grid, ground_truth_config=truth, cache=cache, progress=False)
+    # Algorithm 1 recomputed independently from the validation scorer
+    members = attr.scorer(setting, "iffim", attr.make_params("iffim"), "val", cache, progress=False).members
+    curve = xi_bar_curve(members, grid)
+    np.testing.assert_allclose(case.xi_bar, curve)
+    assert case.regularization("xi0.5") == grid[int(np.argmin(np.abs(curve - 0.5)))]
+    assert case.regularization("recipe") == pytest.approx(recipe_regularization(setting, "iffim"))
+    # an off-grid pick gets the LDS of its own λ, not of a neighbouring candidate
+    gt = ground_truth(setting, truth, cache, progress=False)
+    test = attr.scorer(setting, "iffim", attr.make_params("iffim"), "test", cache, progress=False)
+    for rule in ("recipe", "default", "xi_continuous"):
+        expected = lds(test.scores(case.regularization(rule)), gt.targets("test"), gt.subsets).per_query
+        np.testing.assert_allclose(case.per_query(rule), expected)
+    expected = lds(test.scores(grid[4]), gt.targets("test"), gt.subsets).per_query
+    np.testing.assert_allclose(case.lds_grid[4], expected)
+    assert case.regularization("best") == grid[int(np.nanargmax(np.nanmean(case.lds_grid, axis=1)))]
+    assert case.xi_trainings == 1 and case.grid_search_trainings == 8 and case.grid_search_seconds > 0
 
 
-def test_selection_table_reports_a_missing_setting_without_computing(tmp_path, monkeypatch):
-    from dahp.selection import selection_table
+def test_a_study_keeps_a_missing_setting_as_a_reason_and_reuses_cached_cases(cache, tmp_path, monkeypatch):
+    from dahp.experiments import cases as cases_module
+    from dahp.experiments.records import SelectionStudy
+    from helpers import registered, small
 
-    monkeypatch.setenv("DAHP_DATA_DIR", str(tmp_path))
-    table = selection_table([("cifar2_resnet9", 512)], "iffim", 5)
-    assert list(table.status) == [table.status.iloc[0]] and "cifar2_resnet9" in table.status.iloc[0]
-    assert table.proj_dim.iloc[0] == 512 and "lds_selected" not in table
+    name = registered(small("mnist_lr"), "mnist_lr_small_selection_quick")
+    study = cases_module.selection_study("selection_iffim", [(name, None), ("cifar2_resnet9", 512)], "iffim", 5,
+                                         n_models=6, cache=cache)
+    ran, missing = study.cases
+    assert ran.ok and not missing.ok
+    assert "data not supplied" in missing.status and "cifar-10-batches-py" in missing.status
+    assert missing.setting == "cifar2_resnet9" and missing.proj_dim == 512 and not missing.picks
+    monkeypatch.setattr(cases_module, "run_case", lambda *a, **k: pytest.fail("a cached case was recomputed"))
+    again = cases_module.selection_study("selection_iffim", [(name, None)], "iffim", 5, n_models=6, cache=cache)
+    np.testing.assert_array_equal(again.cases[0].lds_grid, ran.lds_grid)
+    study.save(tmp_path)
+    loaded = SelectionStudy.load(tmp_path, "selection_iffim")
+    assert [c.status for c in loaded.cases] == [c.status for c in study.cases]
+    np.testing.assert_allclose(loaded.cases[0].lds_grid, ran.lds_grid)
+    assert loaded.headline() == study.headline()
     with pytest.raises(InvalidParameterError, match="setting"):
-        selection_table([("mnist_xl", None)], "iffim", 5)
+        cases_module.selection_study("x", [("mnist_xl", None)], "iffim", 5)

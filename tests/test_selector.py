@@ -81,7 +81,7 @@ def xi_bar_by_hand(model, state, x, y, xq, yq, lam):
     A = torch.linalg.inv(F + lam * torch.eye(F.shape[0], dtype=F.dtype))
     values = []
     for g in Q:
-        quad = lambda M: g @ F @ M @ g  # noqa: E731
+        quad = lambda M: g @ F @ M @ g
         values.append(quad(A @ A) / torch.sqrt(quad(A) * quad(A @ A @ A)))
     return torch.stack(values).mean().item()
 

@@ -61,3 +61,19 @@ def test_beta_hat_on_a_hand_checked_example():
     # β_0 = mean((m_0 - 0.5) * (f - 1)) = (0.5*1 - 0.5*-1 + 0.5*2 - 0.5*-2) / 4 = 0.75
     expected = torch.tensor([[0.75], [0.25]], dtype=torch.float64)
     torch.testing.assert_close(beta_hat(membership, targets, 0.5), expected)
+
+
+def test_beta_is_flipped_for_an_influence_function_so_omega_keeps_the_sign_of_the_alignment():
+    import dataclasses
+
+    from dahp.experiments.theorem import attribution_aligned_beta
+
+    f, beta, _, _ = problem(3)
+    influence = dataclasses.replace(f, sign=-1.0)  # the attribution is -B u, as for IFFIM
+    aligned = attribution_aligned_beta(influence, beta)
+    for lam in (1e-3, 0.1, 10.0):
+        scores = influence.scores(lam)
+        alignment = (scores * beta).sum(0)  # the attribution's inner product with the true effects
+        value = omega(influence, aligned, lam)
+        assert torch.equal(torch.sign(value), torch.sign(alignment))
+        torch.testing.assert_close(value, -omega(f, beta, lam))

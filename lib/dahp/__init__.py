@@ -1,6 +1,6 @@
 """dahp: reproduction package for *Taming Hyperparameter Sensitivity in Data Attribution*.
 
-Modules follow the concepts of the paper:
+The method -- modules named after the concepts of the paper:
 
 - :mod:`dahp.config`       -- configuration records and the one error type for bad input
 - :mod:`dahp.settings`     -- named settings (data, model, recipe, target function)
@@ -13,15 +13,22 @@ Modules follow the concepts of the paper:
 - :mod:`dahp.spectral`     -- one eigendecomposition serves every λ (primal and dual forms)
 - :mod:`dahp.attributors`  -- the attributors of the study and their hyperparameters (paper defaults)
 - :mod:`dahp.dattri_bridge` -- dattri's own attributors on our settings (tasks, loaders, signs)
-- :mod:`dahp.grid`         -- sensitivity grids (Fig 1, Fig 4) as tidy tables
 - :mod:`dahp.surrogate`    -- the surrogate indicator ξ, its partner ω, the exact condition
-- :mod:`dahp.selection`    -- Algorithm 1, the zero-cost baselines, the selection table, the theorem check
+- :mod:`dahp.selection`    -- Algorithm 1 and the zero-cost baselines (pure rules)
 - :mod:`dahp.selector`     -- λ for any ``dattri`` ``AttributionTask`` (for practitioners)
-- :mod:`dahp.removal`      -- data selection by removal (the poster's table)
-- :mod:`dahp.status`       -- the reproduction status: each claim, the paper's number, ours, a verdict
 - :mod:`dahp.profiles`     -- run sizes: quick (CI), default (the book on a CPU), paper
 - :mod:`dahp.plan`         -- the book's plan: notebooks executed by papermill, skipped when unchanged
+- :mod:`dahp.progress`     -- progress bars that reach the terminal of `make book`, not the pages
 - :mod:`dahp.plots`        -- the figures' one style and shared figure helpers
+
+The paper's experiments and their results -- :mod:`dahp.experiments`:
+
+- :mod:`dahp.experiments.records` -- the results layer: one typed record per artifact, headline numbers
+- :mod:`dahp.experiments.grid`    -- sensitivity grids (Fig 1, Fig 4)
+- :mod:`dahp.experiments.cases`   -- λ-selection cases judged by the LDS (Fig 2, 3, 5, 6)
+- :mod:`dahp.experiments.removal` -- data selection by removal (the poster's table)
+- :mod:`dahp.experiments.theorem` -- Theorem 4.3 on planted problems and on real data
+- :mod:`dahp.experiments.status`  -- the reproduction status: every claim's verdict from the records
 """
 
 from dahp.config import GroundTruthConfig, InvalidParameterError, TrainingRecipe

@@ -3,8 +3,8 @@
 - ``settings``      list the registered settings and whether their data is present
 - ``train``         train (or load) the full-data model of a setting and report accuracy per epoch
 - ``ground-truth``  retrain the LDS subset models of a setting (cached, resumable)
-- ``grid``          LDS over a 1-D or 2-D hyperparameter grid of one attributor, saved as CSV
-- ``selection``     the ξ selection against every baseline, for the rows of data/results/selection.csv
+- ``grid``          LDS over a 1-D or 2-D hyperparameter grid of one attributor, saved under data/results/cli/
+- ``selection``     the ξ selection against every baseline on the paper's cases, saved under data/results/cli/
 - ``select``        choose λ for one setting and attributor from the trained model (no retraining)
 """
 
@@ -63,50 +63,39 @@ def _cmd_ground_truth(args: argparse.Namespace) -> None:
 
 
 def _cmd_grid(args: argparse.Namespace) -> None:
-    from dahp.grid import make_grid_spec, parse_assignment, parse_values, run_grid, save_table
+    from dahp.experiments.grid import make_grid_spec, parse_assignment, parse_values, run_grid
+    from dahp.experiments.records import results_dir
 
     vary = dict((name, parse_values(values)) for name, values in map(parse_assignment, args.vary))
     fixed = {name: parse_values(values)[0] for name, values in map(parse_assignment, args.fixed)}
     config = GroundTruthConfig(alpha=args.alpha, n_models=args.n_models, seed=args.seed)
     spec = make_grid_spec(args.setting, args.attributor, vary, fixed, config, args.split, args.queries)
-    table = run_grid(spec, save=False)
-    path = save_table(table, spec)
+    record = run_grid(spec, profile="cli")
+    path = record.save(results_dir("cli"))
     with pd_options():
-        print(table.drop(columns=["setting", "attributor"]).to_string(index=False))
+        print(record.table.drop(columns=["setting", "attributor"]).to_string(index=False))
     print(f"wrote {path}")
 
 
 def _cmd_selection(args: argparse.Namespace) -> None:
-    import pandas as pd
+    from dahp.experiments.cases import PAPER_CASES, selection_study
+    from dahp.experiments.records import results_dir
 
-    from dahp.grid import results_dir
-    from dahp.selection import SELECTION_ROWS, default_grid, selection_row
-
-    rows = []
-    for name, attributor, proj_dim in SELECTION_ROWS:
-        if args.setting and name not in args.setting:
-            continue
-        setting = get_setting(name)
-        row = selection_row(setting, attributor, default_grid(setting, attributor), proj_dim)
-        rows.append(row)
-        print(f"{name} {attributor} proj_dim={proj_dim}: selected λ={row['lambda_selected']:.3g} "
-              f"LDS {row['lds_selected']:.3f}; best λ={row['lambda_best']:.3g} LDS {row['lds_best']:.3f}; "
-              f"default LDS {row['lds_default']:.3f}; recipe λ={row['lambda_recipe']:.3g} LDS {row['lds_recipe']:.3f}",
-              flush=True)
-    path = results_dir() / "selection.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_csv(path, index=False)
-    print(f"wrote {path}")
+    cases = [(name, proj) for name, proj in PAPER_CASES if get_setting(name).embedded or name in args.setting]
+    if args.setting:
+        cases = [(name, proj) for name, proj in cases if name in args.setting]
+    for attributor in ("iffim", "trak"):
+        study = selection_study(f"selection_{attributor}", cases, attributor, 33, progress=True, profile="cli")
+        path = study.save(results_dir("cli"))
+        with pd_options():
+            print(study.summary().to_string(index=False))
+        print(f"wrote {path}", flush=True)
 
 
 def _cmd_select(args: argparse.Namespace) -> None:
     from dahp import attributors as attr
-    from dahp.selection import (
-        default_grid,
-        mean_xi,
-        recipe_regularization,
-        xi_selection,
-    )
+    from dahp.experiments.cases import default_grid
+    from dahp.selection import mean_xi, recipe_regularization, xi_selection
 
     setting = get_setting(args.setting)
     values = {"proj_dim": args.projection_dim}
@@ -134,7 +123,7 @@ def _cmd_run_plan(args: argparse.Namespace) -> None:
     from dahp.plan import NotebookFailed, run_plan
 
     try:
-        run_plan(args.profile, only=args.only or None, force=args.force)
+        run_plan(args.profile, only=args.only or None, force=args.force, progress=not args.no_progress)
     except NotebookFailed as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
@@ -183,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--seed", type=int, default=defaults.seed)
     grid.set_defaults(run=_cmd_grid)
 
-    selection = commands.add_parser("selection", help="write data/results/selection.csv")
+    selection = commands.add_parser("selection", help="the ξ rule against every baseline -> data/results/cli/selection_*")
     selection.add_argument("--setting", action="append", default=[], help="restrict to these settings")
     selection.set_defaults(run=_cmd_selection)
 
@@ -199,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--profile", default="default", help="quick, default or paper")
     plan.add_argument("--only", action="append", default=[], help="run only this page (repeatable)")
     plan.add_argument("--force", action="store_true", help="re-execute pages that are up to date")
+    plan.add_argument("--no-progress", action="store_true",
+                      help="no progress bars: neither papermill's per-cell bar nor the notebooks' own")
     plan.set_defaults(run=_cmd_run_plan)
     return parser
 

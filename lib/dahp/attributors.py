@@ -9,6 +9,8 @@ training point raises the query's margin. The inverse-curvature attributors with
 (IFFIM, TRAK, IF explicit) are computed spectrally (:mod:`dahp.spectral`) so a λ grid costs one
 factorization; the iterative ones (IF CG, IF LiSSA) and LoGra run dattri's own attributor, which
 has no λ-free part to reuse; TracIn and its variants have no λ.
+
+Book: "Data attribution and the LDS" (the methods), "Table A.1" (their defaults).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 
 from dahp import dattri_bridge
 from dahp.cache import Cache, default_cache
-from dahp.config import InvalidParameterError
+from dahp.config import InvalidParameterError, option
 from dahp.features import check_proj_dim, gradient_features, one_minus_correct_probability
 from dahp.settings import Setting
 from dahp.spectral import (
@@ -59,10 +61,10 @@ def _check_positive_int(name: str, value: Any) -> None:
 class IFFIMParams:
     """Influence function with the empirical Fisher ``F = GᵀG/n`` of the training loss."""
 
-    regularization: float = 1e-5  #: λ added to F (mean-loss scale; default borrowed from IF explicit)
-    proj_dim: int | None = None  #: random projection of the gradients (None: full gradients)
-    training_epoch: int | None = None  #: checkpoint attributed (None: the last epoch)
-    proj_seed: int = 0  #: seed of the projection
+    regularization: float = option(1e-5, "λ added to F (mean-loss scale; default borrowed from IF explicit)")
+    proj_dim: int | None = option(None, "random projection of the gradients (None: full gradients)")
+    training_epoch: int | None = option(None, "checkpoint attributed (None: the last epoch)")
+    proj_seed: int = option(0, "seed of the projection")
 
     def __post_init__(self) -> None:
         check_regularization(self.regularization)
@@ -75,11 +77,11 @@ class IFFIMParams:
 class TRAKParams:
     """TRAK: projected margin gradients of an ensemble of independently trained models."""
 
-    regularization: float = 0.0  #: λ added to ΦᵀΦ (sum over training points, gradients / sqrt(#params))
-    proj_dim: int | None = 512  #: projection dimension (None: the full gradients, unprojected)
-    training_epoch: int | None = None  #: checkpoint attributed in every member (None: the last)
-    ensemble_size: int = 10  #: independently trained models averaged (TRAK-10)
-    proj_seed: int = 0  #: seed of the projection (member k uses ensemble_id k)
+    regularization: float = option(0.0, "λ added to ΦᵀΦ (sum over training points, gradients / sqrt(#params))")
+    proj_dim: int | None = option(512, "projection dimension (None: the full gradients, unprojected)")
+    training_epoch: int | None = option(None, "checkpoint attributed in every member (None: the last)")
+    ensemble_size: int = option(10, "independently trained models averaged (TRAK-10)")
+    proj_seed: int = option(0, "seed of the projection (member k uses ensemble_id k)")
 
     def __post_init__(self) -> None:
         check_regularization(self.regularization)
@@ -93,8 +95,8 @@ class TRAKParams:
 class IFExplicitParams:
     """Influence function with the exact Hessian of the mean training loss."""
 
-    regularization: float = 1e-5  #: λ added to the Hessian of the mean loss
-    training_epoch: int | None = None  #: checkpoint attributed (None: the last epoch)
+    regularization: float = option(1e-5, "λ added to the Hessian of the mean loss")
+    training_epoch: int | None = option(None, "checkpoint attributed (None: the last epoch)")
 
     def __post_init__(self) -> None:
         check_regularization(self.regularization)
@@ -105,9 +107,9 @@ class IFExplicitParams:
 class IFCGParams:
     """Influence function, inverse-Hessian-vector products by conjugate gradients (dattri)."""
 
-    regularization: float = 1e-2  #: λ added to the Hessian of the mean loss
-    max_iteration: int = 10  #: CG iterations
-    training_epoch: int | None = None  #: checkpoint attributed (None: the last epoch)
+    regularization: float = option(1e-2, "λ added to the Hessian of the mean loss")
+    max_iteration: int = option(10, "CG iterations")
+    training_epoch: int | None = option(None, "checkpoint attributed (None: the last epoch)")
 
     def __post_init__(self) -> None:
         check_regularization(self.regularization)
@@ -119,11 +121,11 @@ class IFCGParams:
 class IFLiSSAParams:
     """Influence function, inverse-Hessian-vector products by the LiSSA recursion (dattri)."""
 
-    regularization: float = 1e-3  #: LiSSA damping (dattri's ``damping``)
-    scaling: float = 5.0  #: LiSSA scaling
-    recursion_depth: int = 1000  #: LiSSA recursion depth
-    batch_size: int = 50  #: training points per LiSSA step
-    training_epoch: int | None = None  #: checkpoint attributed (None: the last epoch)
+    regularization: float = option(1e-3, "LiSSA damping (dattri's ``damping``)")
+    scaling: float = option(5.0, "LiSSA scaling")
+    recursion_depth: int = option(1000, "LiSSA recursion depth")
+    batch_size: int = option(50, "training points per LiSSA step")
+    training_epoch: int | None = option(None, "checkpoint attributed (None: the last epoch)")
 
     def __post_init__(self) -> None:
         check_regularization(self.regularization)
@@ -141,9 +143,9 @@ CHECKPOINT_SELECTION = re.compile(r"^(last|every)(\d+)$")
 class TracInParams:
     """TracInCP: gradient dot products summed over checkpoints, weighted by the learning rate."""
 
-    proj_dim: int | None = None  #: random projection of the gradients (None: full gradients)
-    normalization: bool = False  #: unit-normalise the gradients (cosine instead of dot product)
-    checkpoint_selection: str = "last10"  #: ``lastK`` (the last K epochs) or ``everyK`` (every K-th epoch)
+    proj_dim: int | None = option(None, "random projection of the gradients (None: full gradients)")
+    normalization: bool = option(False, "unit-normalise the gradients (cosine instead of dot product)")
+    checkpoint_selection: str = option("last10", "``lastK`` (the last K epochs) or ``everyK`` (every K-th epoch)")
     proj_seed: int = 0
 
     def __post_init__(self) -> None:
@@ -183,9 +185,9 @@ class GradCosParams(TracInParams):
 class LoGraParams:
     """LoGra: per-layer factorised projection with a damped empirical-Fisher inverse (dattri)."""
 
-    regularization: float = 1e-3  #: relative damping: λ × trace / d per block
-    proj_dim: int = 4096  #: projected dimension per layer (a perfect square)
-    training_epoch: int | None = None  #: checkpoint attributed (None: the last epoch)
+    regularization: float = option(1e-3, "relative damping: λ × trace / d per block")
+    proj_dim: int = option(4096, "projected dimension per layer (a perfect square)")
+    training_epoch: int | None = option(None, "checkpoint attributed (None: the last epoch)")
 
     def __post_init__(self) -> None:
         check_regularization(self.regularization)
@@ -200,10 +202,10 @@ class AttributorInfo:
     """Registry entry of one attributor."""
 
     name: str
-    label: str  #: name in tables and figures
-    params: type  #: its hyperparameter record
-    spectral: bool  #: λ grids are swept from one factorization
-    regularization_scale: str  #: what λ means for this attributor ("" if it has no λ)
+    label: str = option(help="name in tables and figures")
+    params: type = option(help="its hyperparameter record")
+    spectral: bool = option(help="λ grids are swept from one factorization")
+    regularization_scale: str = option(help="what λ means for this attributor (\"\" if it has no λ)")
 
 
 ATTRIBUTORS: dict[str, AttributorInfo] = {a.name: a for a in [
@@ -269,7 +271,7 @@ class SpectralScorer(Sweepable):
     """Average over ensemble members of spectral factors, times optional per-training-point weights."""
 
     members: list[SpectralFactors]
-    train_weights: torch.Tensor | None = None  #: ``(n_train,)`` (TRAK's mean ``1 - p_i``)
+    train_weights: torch.Tensor | None = option(None, "``(n_train,)`` (TRAK's mean ``1 - p_i``)")
 
     def scores(self, regularization: float) -> torch.Tensor:
         total = sum(member.scores(regularization) for member in self.members) / len(self.members)
@@ -292,7 +294,7 @@ class RerunScorer(Sweepable):
     params: Any
     split: str
     cache: Cache
-    query_index: torch.Tensor | None = None  #: run on these queries only (None: all)
+    query_index: torch.Tensor | None = option(None, "run on these queries only (None: all)")
 
     def scores(self, regularization: float) -> torch.Tensor:
         params = dataclasses.replace(self.params, regularization=regularization) \
@@ -511,5 +513,6 @@ def defaults_table():
             elif field.name == "proj_dim" and default is None:
                 default = "none (full gradients)"
             scale = info.regularization_scale if field.name == "regularization" else ""
-            rows.append({"attributor": info.label, "hyperparameter": field.name, "default": default, "λ scale": scale})
+            rows.append({"attributor": info.label, "hyperparameter": field.name, "default": default,
+                         "meaning": field.metadata.get("help", ""), "λ scale": scale})
     return pd.DataFrame(rows)

@@ -1,7 +1,8 @@
 """Configuration records shared by the whole package, and the error raised for bad input.
 
 Every default lives in exactly one place: the field defaults of these frozen dataclasses
-(and, for per-setting training recipes, the registry in :mod:`dahp.settings`). Each record
+(and, for per-setting training recipes, the registry in :mod:`dahp.settings`); every field carries
+a help text (:func:`option`), which the book's tables show beside it. Each record
 checks itself on construction, so a bad value fails before any computation starts, and
 serialises to a plain dict (:meth:`as_dict`) that keys the cache and is written beside results.
 """
@@ -32,6 +33,19 @@ def _as_dict(record: Any) -> dict[str, Any]:
     return dataclasses.asdict(record)
 
 
+def option(default: Any = dataclasses.MISSING, help: str = "") -> Any:
+    """A dataclass field with a help text (a required field when no default is given).
+
+    The help text is what the book's tables and the command line show next to the field.
+    """
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def field_help(record: Any) -> dict[str, str]:
+    """Field name -> help text of a configuration record (class or instance)."""
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(record)}
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainingRecipe:
     """How a model is trained: plain mini-batch SGD with optional heavy-ball momentum.
@@ -40,11 +54,11 @@ class TrainingRecipe:
     the model's seed, so a model is determined by (recipe, training indices, seed).
     """
 
-    epochs: int  #: passes over the training set; one checkpoint is kept per epoch
-    batch_size: int  #: examples per SGD step (the last batch of an epoch may be smaller)
-    lr: float  #: learning rate η
-    momentum: float = 0.0  #: heavy-ball momentum, as in ``torch.optim.SGD``
-    weight_decay: float = 0.0  #: L2 penalty added to the gradient, as in ``torch.optim.SGD``
+    epochs: int = option(help="passes over the training set; one checkpoint is kept per epoch")
+    batch_size: int = option(help="examples per SGD step (the last batch of an epoch may be smaller)")
+    lr: float = option(help="learning rate η")
+    momentum: float = option(0.0, "heavy-ball momentum, as in ``torch.optim.SGD``")
+    weight_decay: float = option(0.0, "L2 penalty added to the gradient, as in ``torch.optim.SGD``")
 
     def __post_init__(self) -> None:
         if not (isinstance(self.epochs, int) and self.epochs >= 1):
@@ -76,10 +90,10 @@ class GroundTruthConfig:
     ``(seed, j)``, so raising ``n_models`` reuses every model already trained.
     """
 
-    alpha: float = 0.5  #: subset fraction α
-    n_models: int = 50  #: number of retrained subset models M
-    seed: int = 0  #: seed of the subsets, the model initialisations and the batch orders
-    models_per_chunk: int = 25  #: models trained together in one vectorised batch and cached as one entry
+    alpha: float = option(0.5, "subset fraction α")
+    n_models: int = option(50, "number of retrained subset models M")
+    seed: int = option(0, "seed of the subsets, the model initialisations and the batch orders")
+    models_per_chunk: int = option(25, "models trained together in one vectorised batch and cached as one entry")
 
     def __post_init__(self) -> None:
         if not (isinstance(self.alpha, (int, float)) and 0 < self.alpha < 1):

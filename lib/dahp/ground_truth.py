@@ -9,6 +9,8 @@ Subset ``j`` and the seed of model ``j`` depend only on ``(seed, j)``; a chunk's
 on ``(seed, first model, last model)``. A chunk's entry is therefore keyed by the setting (with
 its data fingerprint and recipe), α, the seed and its model range, and asking for more models
 later reuses every chunk already trained.
+
+Book: "Data attribution and the LDS".
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ import time
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from dahp.cache import Cache, default_cache
 from dahp.config import GroundTruthConfig, InvalidParameterError
+from dahp.progress import tqdm
 from dahp.settings import Setting, get_setting
 from dahp.training import accuracy_many, evaluate_many, train_many
 

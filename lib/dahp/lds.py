@@ -5,6 +5,8 @@ attribution summed over each model's training subset and the query's actual targ
 model. Computed for all queries at once (one matrix product, then ranks), it equals
 ``dattri.metric.lds`` on the same inputs; queries whose predicted or actual column is constant
 have no correlation and are dropped from the mean, and the number dropped is reported.
+
+Book: "Data attribution and the LDS".
 """
 
 from __future__ import annotations

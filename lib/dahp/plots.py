@@ -1,6 +1,8 @@
 """Figures in one consistent style, readable in print (seaborn "paper" context, large labels).
 
 Captions go in the notebooks' cell metadata, not in titles; every λ axis names its scale.
+
+Book: every figure.
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
 
 
 def use_style() -> None:

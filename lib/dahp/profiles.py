@@ -3,13 +3,15 @@ on a CPU, ``paper`` for the paper's sizes on a GPU machine).
 
 A notebook takes ``profile`` as a papermill parameter and reads its sizes from here, so the sizes
 live in one place and the book's defaults table can be generated from them.
+
+Book: "Table A.1" (the sizes of every profile), "Rerun it".
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from dahp.config import InvalidParameterError
+from dahp.config import InvalidParameterError, option
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,19 +19,19 @@ class Profile:
     """Sizes of the experiments behind the figures."""
 
     name: str
-    n_models: int  #: retrained models of the LDS ground truth (M)
-    trak_ensemble: int  #: TRAK ensemble size
-    proj_dims: tuple[int, ...]  #: projection dimensions of the 2-D grids (Fig 1b, TracIn in Fig 4)
-    n_lambdas: int  #: points of each λ grid of the closed-form attributors (log-spaced)
-    n_queries: int | None  #: test queries of the closed-form attributors (None: all 500)
-    rerun_queries: int  #: test queries of the attributors dattri reruns per setting (CG, LiSSA, TracIn, LoGra)
-    rerun_lambdas: int  #: points of the λ grid of an attributor dattri reruns per λ
-    lissa_scalings: tuple[float, ...]  #: LiSSA scaling values (Fig 1d)
-    lissa_depths: tuple[int, ...]  #: LiSSA recursion depths (Fig 1d)
-    epochs: tuple[int, ...]  #: training epochs attributed (Fig 1e, Fig 4); the last epoch is always added
-    cg_iterations: tuple[int, ...]  #: CG max-iteration values (Fig 4)
-    hessian_epochs: tuple[int, ...]  #: earlier epochs at which IF explicit factorizes the exact Hessian (Fig 4)
-    removal_seeds: int  #: retraining seeds per cell of the removal table
+    n_models: int = option(help="retrained models of the LDS ground truth (M)")
+    trak_ensemble: int = option(help="TRAK ensemble size")
+    proj_dims: tuple[int, ...] = option(help="projection dimensions of the 2-D grids (Fig 1b, TracIn in Fig 4)")
+    n_lambdas: int = option(help="points of each λ grid of the closed-form attributors (log-spaced)")
+    n_queries: int | None = option(help="test queries of the closed-form attributors (None: all 500)")
+    rerun_queries: int = option(help="test queries of the attributors dattri reruns per setting (CG, LiSSA, TracIn, LoGra)")
+    rerun_lambdas: int = option(help="points of the λ grid of an attributor dattri reruns per λ")
+    lissa_scalings: tuple[float, ...] = option(help="LiSSA scaling values (Fig 1d)")
+    lissa_depths: tuple[int, ...] = option(help="LiSSA recursion depths (Fig 1d)")
+    epochs: tuple[int, ...] = option(help="training epochs attributed (Fig 1e, Fig 4); the last epoch is always added")
+    cg_iterations: tuple[int, ...] = option(help="CG max-iteration values (Fig 4)")
+    hessian_epochs: tuple[int, ...] = option(help="earlier epochs at which IF explicit factorizes the exact Hessian (Fig 4)")
+    removal_seeds: int = option(help="retraining seeds per cell of the removal table")
 
 
 PROFILES = {
@@ -57,9 +59,14 @@ def profiles_table():
     """Every profile's sizes, one column per profile (the book's "Rerun it" chapter shows it)."""
     import pandas as pd
 
+    from dahp.config import field_help
+
     rows = {p.name: {f.name: getattr(p, f.name) for f in dataclasses.fields(p) if f.name != "name"}
             for p in PROFILES.values()}
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    meaning = field_help(Profile)
+    table.insert(0, "meaning", [meaning[name] for name in table.index])
+    return table
 
 
 def get_profile(name: str) -> Profile:

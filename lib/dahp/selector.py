@@ -10,6 +10,8 @@ summed over training points with gradients divided by ``sqrt(#parameters)`` (dat
 
 Gradients come from the task's own per-example gradient functions; projections from dattri's
 projector, one ``ensemble_id`` per checkpoint, as dattri's TRAK draws them.
+
+Book: "The selector on your own model".
 """
 
 from __future__ import annotations

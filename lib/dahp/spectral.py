@@ -12,6 +12,8 @@ eigenvectors. One float64 eigendecomposition serves the whole grid; each λ then
 ``(n × r) @ (r × q)`` product. Eigen-directions with (numerically) zero eigenvalue are dropped:
 ``L`` or ``R`` vanishes on them exactly, so this changes no score at any λ, and it makes λ = 0 the
 pseudo-inverse.
+
+Book: "Why hyperparameters matter" (how the sweeps are computed), "Walkthrough".
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ which is ``uᵀB²u / sqrt(uᵀBu · uᵀB³u)`` with ``B = (K+λI)⁻¹`` in th
 ``gᵀFA²g / sqrt(gᵀFAg · gᵀFA³g)`` with ``A = (F+λI)⁻¹`` in the primal form. The two weightings of
 ``c_k`` differ by the constant ``n`` (``u = Gg``), which cancels: the forms give the same ξ. ξ needs
 only the model trained on all the data. Components with ``e_k = 0`` drop out.
+
+Book: "The surrogate indicator ξ", "Theory check".
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ where ``p`` is the predicted probability of that class. Going through ``p`` (or 
 ``log1p(-exp(log p))``) overflows for confident predictions in float32 and turns gradients into
 NaN, so the margin is computed directly from the logits as ``z_c - logsumexp_{j != c} z_j``,
 which is finite and has a finite gradient at any confidence.
+
+Book: "Data attribution and the LDS".
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ Both paths share :func:`epoch_orders`, so a model is determined by (setting, rec
 indices, seed) whichever path trains it: the batched path reproduces :func:`train_one`, the plain
 ``torch.optim.SGD`` loop, model for model (up to floating-point summation order), except for
 dropout masks, which the two paths draw from the global random stream in different shapes.
+
+Book: "Data attribution and the LDS" (how the retrained models are trained).
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
-from tqdm import tqdm
 
 from dahp.cache import Cache, default_cache
 from dahp.config import InvalidParameterError, TrainingRecipe
+from dahp.progress import tqdm
 from dahp.settings import Setting
 
 StackedState = dict[str, torch.Tensor]  #: name -> tensor with a leading model axis

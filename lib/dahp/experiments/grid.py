@@ -5,33 +5,35 @@ one scorer, so a λ axis is swept from one factorization (spectral attributors) 
 the attributor; projection dimensions of one grid are projected once, at the largest (see
 :func:`dahp.features.project_nested`). Every combination is validated before anything is computed.
 
-The result is a tidy table -- setting, attributor, one column per hyperparameter varied, LDS mean,
-its standard error, the queries dropped, seconds -- saved as CSV under ``data/results/`` with the
-full configuration beside it (``.json``).
+The result is a :class:`dahp.experiments.records.GridRecord`: a tidy table -- setting, attributor,
+one column per hyperparameter varied, LDS mean, its standard error, the queries dropped, seconds --
+and the per-query LDS behind it, saved under ``data/results/<profile>/`` with the full
+configuration beside it (``.json``).
+
+Book: "Fig 1a" to "Fig 1f", "Fig 4".
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import re
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from dahp import attributors as attr
 from dahp.cache import Cache, default_cache
 from dahp.config import GroundTruthConfig, InvalidParameterError
+from dahp.experiments.records import GridRecord
 from dahp.ground_truth import ground_truth
 from dahp.lds import lds
-from dahp.settings import Setting, data_dir, get_setting
+from dahp.progress import tqdm
+from dahp.settings import Setting, get_setting
 
 #: Other spellings accepted for hyperparameter names (the paper's words -> ours).
 ALIASES = {
@@ -51,13 +53,6 @@ def canonical_name(name: str) -> str:
     return ALIASES.get(name, name)
 
 
-def results_dir() -> Path:
-    """Where tables and figures go: ``data/results`` (under ``$DAHP_DATA_DIR`` if set), created if absent."""
-    folder = data_dir() / "results"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
 @dataclasses.dataclass(frozen=True)
 class GridSpec:
     """One sensitivity grid: which attributor, which hyperparameters vary, everything else fixed."""
@@ -70,15 +65,15 @@ class GridSpec:
     split: str = "test"
     n_queries: int | None = None  #: evaluate on an evenly spaced subset of the queries (None: all)
 
-    def file_stem(self) -> str:
-        """``grid_<setting>_<attributor>_<varied names>``."""
-        return "grid_" + "_".join([self.setting, self.attributor, *self.vary])
-
     def as_dict(self) -> dict:
         """Plain-dict form, written beside the table."""
         return {"setting": self.setting, "attributor": self.attributor,
                 "vary": {k: list(v) for k, v in self.vary.items()}, "fixed": self.fixed,
                 "ground_truth": self.ground_truth.as_dict(), "split": self.split, "n_queries": self.n_queries}
+
+    def stem(self) -> str:
+        """The file stem of this grid's record."""
+        return GridRecord(self.as_dict(), pd.DataFrame(), pd.DataFrame()).stem
 
 
 def make_grid_spec(
@@ -120,8 +115,9 @@ def query_index(n_total: int, n_queries: int | None) -> np.ndarray:
     return np.unique(np.linspace(0, n_total - 1, n_queries).round().astype(int))
 
 
-def run_grid(spec: GridSpec, cache: Cache | None = None, progress: bool = True, save: bool = True) -> pd.DataFrame:
-    """LDS of every combination of ``spec``; saved under ``data/results/`` when ``save``."""
+def run_grid(spec: GridSpec, cache: Cache | None = None, progress: bool = True,
+             profile: str | None = None) -> GridRecord:
+    """LDS of every combination of ``spec`` (per query and summarised), as a record to save."""
     cache = default_cache() if cache is None else cache
     setting = get_setting(spec.setting)
     truth = ground_truth(setting, spec.ground_truth, cache, progress)
@@ -135,7 +131,7 @@ def run_grid(spec: GridSpec, cache: Cache | None = None, progress: bool = True, 
         groups.setdefault(rest, []).append(combination)
     _prefetch(setting, spec, cache, progress)
 
-    rows = []
+    rows, per_query = [], []
     bar = tqdm(total=len(combinations(spec)), desc=f"{spec.attributor} on {spec.setting}", disable=not progress)
     for rest, members in groups.items():
         started = time.perf_counter()
@@ -148,15 +144,14 @@ def run_grid(spec: GridSpec, cache: Cache | None = None, progress: bool = True, 
             scores = scorer.scores(lam if lam is not None else 0.0)
             result = lds(scores, targets, truth.subsets)
             rows.append({"setting": spec.setting, "attributor": spec.attributor, **combination,
-                         "lds_mean": result.mean, "lds_sem": result.sem, "n_dropped": result.n_dropped,
-                         "seconds": time.perf_counter() - started, "setup_seconds": setup_seconds})
+                         "lds_mean": result.mean, "lds_sem": result.sem, "n_queries": len(queries),
+                         "n_dropped": result.n_dropped, "seconds": time.perf_counter() - started,
+                         "setup_seconds": setup_seconds})
+            per_query += [{**combination, "query": int(q), "lds": float(v)} for q, v in zip(queries, result.per_query)]
             setup_seconds = 0.0
             bar.update()
     bar.close()
-    table = pd.DataFrame(rows)
-    if save:
-        save_table(table, spec)
-    return table
+    return GridRecord(spec.as_dict(), pd.DataFrame(rows), pd.DataFrame(per_query), profile)
 
 
 def _prefetch(setting: Setting, spec: GridSpec, cache: Cache, progress: bool) -> None:
@@ -169,15 +164,6 @@ def _prefetch(setting: Setting, spec: GridSpec, cache: Cache, progress: bool) ->
         dims = list(spec.vary["proj_dim"])
         params = attr.make_params(spec.attributor, **spec.fixed, **extra, proj_dim=max(projected))
         attr.prefetch_features(setting, spec.attributor, params, dims, spec.split, cache, progress)
-
-
-def save_table(table: pd.DataFrame, spec: GridSpec) -> Path:
-    """Write ``<stem>.csv`` and ``<stem>.json`` (the configuration) under ``data/results/``."""
-    folder = results_dir()
-    path = folder / f"{spec.file_stem()}.csv"
-    table.to_csv(path, index=False)
-    (folder / f"{spec.file_stem()}.json").write_text(json.dumps(spec.as_dict(), indent=2, default=str) + "\n")
-    return path
 
 
 # --------------------------------------------------------------------------------------------

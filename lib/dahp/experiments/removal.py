@@ -9,6 +9,8 @@ random subset per seed; ``Full`` removes nothing.
 
 Retraining uses the setting's recipe and :func:`dahp.training.train_many` (all seeds of one cell
 at once); every cell is cached by the ranking it removes, the rate and the seeds.
+
+Book: "Data selection by removal".
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from dahp.cache import Cache, default_cache
-from dahp.config import InvalidParameterError
+from dahp.config import InvalidParameterError, option
+from dahp.experiments.records import RemovalRecord
+from dahp.progress import tqdm
 from dahp.settings import Setting
 from dahp.training import accuracy_many, train_many
 
@@ -45,9 +48,9 @@ POSTER_TABLE = {
 class RemovalConfig:
     """The retraining behind one removal table."""
 
-    rates: tuple[float, ...] = REMOVAL_RATES  #: fractions of the training set removed
-    n_seeds: int = 5  #: retraining seeds per cell (mean ± std over them)
-    seed: int = 0  #: first seed; cell seeds are ``1000 + seed + k`` (disjoint from the ground truth's)
+    rates: tuple[float, ...] = option(REMOVAL_RATES, "fractions of the training set removed")
+    n_seeds: int = option(5, "retraining seeds per cell (mean ± std over them)")
+    seed: int = option(0, "first seed; cell seeds are ``1000 + seed + k`` (disjoint from the ground truth's)")
 
     def __post_init__(self) -> None:
         if not self.rates or not all(isinstance(r, float) and 0 < r < 1 for r in self.rates):
@@ -73,7 +76,7 @@ def _digest(order: torch.Tensor | None) -> str:
 def kept_index_sets(n_train: int, order: torch.Tensor | None, rate: float, seeds: Sequence[int]) -> torch.Tensor:
     """``(n_seeds, kept)`` training indices left after removing the top ``rate`` of ``order``
     (a fresh random subset per seed when ``order`` is None)."""
-    n_removed = int(round(rate * n_train))
+    n_removed = round(rate * n_train)
     rows = []
     for seed in seeds:
         if order is None:
@@ -107,8 +110,7 @@ def removal_table(
 
     All cells of one removal rate keep the same number of points, so their models are trained in
     one batch (one cache entry per rate, keyed by every ranking in it). Returns one row per
-    (method, rate): ``accuracy_mean`` and ``accuracy_std`` in %, the seeds' accuracies, and the
-    poster's number for the same row where it has one.
+    (method, rate, seed) with the test accuracy in %; ``Full`` has rate 0.
     """
     config = config or RemovalConfig()
     n_train = setting.data().n_train
@@ -125,45 +127,45 @@ def removal_table(
         batch = 100 * retrained_accuracy(setting, index_sets, seeds * len(orders), key, cache)
         for k, name in enumerate(orders):
             accuracy[(name, rate)] = batch[k * len(seeds) : (k + 1) * len(seeds)]
-    rows = []
-    for (name, rate), values in accuracy.items():
-        for shown in (config.rates if name == "Full" else (rate,)):
-            paper = dict(zip(REMOVAL_RATES, POSTER_TABLE.get(name, []))).get(shown)
-            rows.append({"setting": setting.name, "method": name, "removal_rate": shown,
-                         "accuracy_mean": float(values.mean()),
-                         "accuracy_std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-                         "n_seeds": len(values), "accuracies": [round(float(a), 2) for a in values],
-                         "poster_mean": paper[0] if paper else np.nan, "poster_std": paper[1] if paper else np.nan})
-    return pd.DataFrame(rows)
+    return pd.DataFrame([{"setting": setting.name, "method": name, "removal_rate": rate, "seed": seed,
+                          "accuracy": float(value)}
+                         for (name, rate), values in accuracy.items() for seed, value in zip(seeds, values)])
 
 
-def wide(table: pd.DataFrame) -> pd.DataFrame:
-    """The table in the poster's layout: methods down, rates across, ``mean ± std`` (ours | poster)."""
-    def cell(row: pd.Series) -> str:
-        ours = f"{row.accuracy_mean:.2f} ± {row.accuracy_std:.2f}"
-        return ours if np.isnan(row.poster_mean) else f"{ours}  ({row.poster_mean:.2f} ± {row.poster_std:.2f})"
+def removal_study(
+    settings: Sequence[str], proj_dims: Mapping[str, Mapping[str, int | None]], config: RemovalConfig | None = None,
+    n_points: int = 33, trak_ensemble: int | None = None, cache: Cache | None = None, progress: bool = False,
+    profile: str | None = None,
+) -> tuple[RemovalRecord, dict[str, str]]:
+    """The removal table over ``settings``: IFFIM and TRAK at the published default λ and at the λ the ξ rule
+    selects on the validation queries (``proj_dims``: attributor -> setting -> projection).
 
-    shown = table.assign(cell=table.apply(cell, axis=1), rate=(100 * table.removal_rate).round().astype(int).astype(str) + " %")
-    methods = list(dict.fromkeys(table.method))
-    return shown.pivot(index="method", columns="rate", values="cell").loc[methods]
-
-
-def default_and_selected(
-    setting: Setting, attributor: str, proj_dim: int | None, n_points: int = 33, ensemble_size: int | None = None,
-    cache: Cache | None = None, progress: bool = False,
-) -> dict[str, tuple[float, torch.Tensor]]:
-    """Test scores of ``attributor`` at its published default λ and at the ξ-selected λ.
-
-    Returns ``{"<label> default": (λ, scores), "<label> selected": (λ, scores)}``; the selection
-    uses the validation queries only, as Algorithm 1 prescribes.
+    Returns the record and, for settings whose data is not supplied, the message saying what to put where.
     """
-    from dahp import attributors as attr
-    from dahp.selection import PUBLISHED_DEFAULTS, default_grid, selection_params, xi_selection
+    from dahp.experiments.cases import case_scores
+    from dahp.settings import get_setting
 
-    params = selection_params(attributor, proj_dim, ensemble_size)
-    validation = attr.scorer(setting, attributor, params, "val", cache, progress)
-    selected = xi_selection(validation.members, default_grid(setting, attributor, n_points)).grid_pick.regularization
-    test = attr.scorer(setting, attributor, params, "test", cache, progress)
-    label = attr.get_attributor(attributor).label
-    default = PUBLISHED_DEFAULTS[attributor]
-    return {f"{label} default": (default, test.scores(default)), f"{label} selected": (selected, test.scores(selected))}
+    config = config or RemovalConfig()
+    chosen = [get_setting(name) for name in settings]  # unknown names fail before any compute
+    tables, lambdas, missing = [], [], {}
+    for setting in chosen:
+        message = setting.missing_data_message()
+        if message:
+            missing[setting.name] = message
+            continue
+        methods = {}
+        for attributor in ("iffim", "trak"):
+            label = "IFFIM" if attributor == "iffim" else "TRAK"
+            picked = case_scores(setting, attributor, proj_dims[attributor][setting.name], n_points=n_points,
+                                 ensemble_size=trak_ensemble if attributor == "trak" else None, cache=cache,
+                                 progress=progress)
+            for rule, name in (("default", "default"), ("xi0.5", "selected")):
+                lam, scores = picked[rule]
+                methods[f"{label} {name}"] = scores
+                lambdas.append({"setting": setting.name, "method": f"{label} {name}", "regularization": lam})
+        tables.append(removal_table(setting, methods, config, cache, progress))
+    accuracies = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(
+        columns=["setting", "method", "removal_rate", "seed", "accuracy"])
+    record_config = {**dataclasses.asdict(config), "seeds": config.seeds(), "n_points": n_points,
+                     "trak_ensemble": trak_ensemble, "proj_dims": proj_dims, "not_run": missing}
+    return RemovalRecord(accuracies, pd.DataFrame(lambdas), record_config, profile), missing

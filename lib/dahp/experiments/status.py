@@ -1,264 +1,367 @@
 """The reproduction status: each claim of the paper (C1-C12), the paper's number, ours, and a verdict.
 
-Everything is read from the tables the book's notebooks wrote under ``data/results/``; a claim
-whose table is missing, or whose setting's data is not supplied, is marked ``not run here``.
-The verdicts follow fixed rules written next to each claim below (thresholds chosen before
-looking at the numbers, and printed in the table's ``rule`` column), so the page cannot drift
-from the data.
+Every number comes from the records (:mod:`dahp.experiments.records`) the book's pages saved under
+``data/results/<profile>/``, through the same headline methods the pages display; nothing here
+reads a file by its column layout. A verdict is computed from measured numbers only, with their
+uncertainty: a difference counts when it exceeds two standard errors (over test queries for the
+LDS, over retraining seeds for the removal table). A claim that cannot be judged here says why
+(its data not supplied, its page not run, or a check that turned out vacuous). The rule behind
+each verdict is written beside it (``rule`` column), fixed before looking at the numbers.
+
+Book: "Reproduction status".
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import pandas as pd
 
+from dahp.experiments.records import (
+    SELECTED,
+    GridRecord,
+    RemovalRecord,
+    SelectionStudy,
+    TheoremRecord,
+    _plain,
+    write_json,
+)
+
 HOLDS, PARTLY, FAILS, NOT_RUN = "holds", "holds in part", "does not hold", "not run here"
+VERDICTS = (HOLDS, PARTLY, FAILS, NOT_RUN)
 
 #: Columns of ``reproduction_status.csv``.
-COLUMNS = ("claim", "artifact", "paper", "ours", "holds", "rule")
+COLUMNS = ("claim", "artifact", "paper", "ours", "holds", "reason", "rule")
+
+FIG1A = "grid_mnist_mlp_if_cg_regularization"
+FIG1B = "grid_mnist_mlp_trak_proj_dim_regularization"
 
 
-def _read(folder: Path, name: str) -> pd.DataFrame | None:
-    path = folder / name
-    return pd.read_csv(path) if path.exists() else None
+@dataclasses.dataclass
+class Verdict:
+    """One claim's row, and the headline numbers it was judged from (record stem -> key -> value)."""
+
+    claim: str
+    artifact: str
+    paper: str
+    ours: str
+    holds: str
+    rule: str
+    reason: str = ""
+    numbers: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def row(self) -> dict[str, str]:
+        """The CSV row."""
+        return {name: getattr(self, name) for name in COLUMNS}
 
 
-def _row(claim: str, artifact: str, paper: str, ours: str, holds: str, rule: str) -> dict:
-    return dict(zip(COLUMNS, (claim, artifact, paper, ours, holds, rule)))
-
-
-def _missing(claim: str, artifact: str, paper: str, rule: str, what: str) -> dict:
-    return _row(claim, artifact, paper, f"({what} not found: run its notebook)", NOT_RUN, rule)
-
-
-def _verdict(shares: list[bool]) -> str:
-    if not shares:
+def share_verdict(checks: list[bool]) -> str:
+    """holds when every check passes, in part when some do, does not hold when none do."""
+    if not checks:
         return NOT_RUN
-    return HOLDS if all(shares) else PARTLY if any(shares) else FAILS
+    return HOLDS if all(checks) else PARTLY if any(checks) else FAILS
 
 
-def c1(folder: Path) -> dict:
-    rule = "LDS(1e-2)/LDS(1e-4) >= 2: holds; > 1.2: in part"
-    paper = "about 3x (IF CG, mnist_mlp, 1e-4 -> 1e-2)"
-    table = _read(folder, "grid_mnist_mlp_if_cg_regularization.csv")
-    if table is None:
-        return _missing("C1", "Fig 1a", paper, rule, "grid_mnist_mlp_if_cg_regularization.csv")
-    at = table.set_index("regularization").lds_mean
-    ratio = at.get(1e-2, np.nan) / at.get(1e-4, np.nan)
-    spreads = []
-    for path in sorted(folder.glob("grid_*.csv")):
-        grid = pd.read_csv(path)
-        if len(grid) > 1:
-            spreads.append(f"{path.stem[5:]}: {grid.lds_mean.min():.2f}..{grid.lds_mean.max():.2f}")
-    config = json.loads((folder / "grid_mnist_mlp_if_cg_regularization.json").read_text())
-    queries = config.get("n_queries") or "all"
-    ours = (f"ratio {ratio:.2f} (LDS {at.get(1e-4, np.nan):.3f} -> {at.get(1e-2, np.nan):.3f}, {queries} test queries); "
-            "min..max LDS per grid: " + "; ".join(spreads))
-    holds = HOLDS if ratio >= 2 else PARTLY if ratio > 1.2 else FAILS
-    return _row("C1", "Fig 1a, Fig 1, Fig 4", paper, ours, holds, rule)
+def _missing(claim: str, artifact: str, paper: str, rule: str, page: str) -> Verdict:
+    return Verdict(claim, artifact, paper, "—", NOT_RUN, rule, f"page not run: {page}")
 
 
-def _epoch_tables(folder: Path) -> dict[str, pd.DataFrame]:
-    return {p.stem[5:]: pd.read_csv(p) for p in sorted(folder.glob("grid_*_training_epoch.csv"))}
+def _setting_missing(name: str) -> str | None:
+    from dahp.settings import get_setting
+
+    reason = get_setting(name).data_not_supplied()
+    return None if reason is None else f"{name}: {reason}"
 
 
-def c2(folder: Path) -> dict:
-    rule = "needs both settings: best epoch differs between mnist_mlp and cifar2_resnet9"
+def _used(record: Any, *keys: str) -> dict[str, dict[str, Any]]:
+    """The headline entries a verdict used, as saved (plain JSON values)."""
+    headline = _plain(record.headline())
+    stem = getattr(record, "stem", None) or record.name
+    return {stem: {key: headline[key] for key in keys}}
+
+
+# --------------------------------------------------------------------------------------------
+# The claims
+
+
+def c1(folder: Path) -> Verdict:
+    rule = "LDS(λ=1e-2) above LDS(λ=1e-4) by > 2 SE and ratio >= 2: holds; above but ratio < 2: in part; else does not hold"
+    paper = "about 3x (IF CG, mnist_mlp, λ 1e-4 -> 1e-2)"
+    grid = GridRecord.load(folder, FIG1A)
+    if grid is None:
+        return _missing("C1", "Fig 1a", paper, rule, "Fig 1a")
+    head = grid.headline()
+    ratio, rise = head["ratio_high_low"], head["difference_high_low"]
+    spreads = "; ".join(f"{g.stem[5:]}: {g.headline()['min_lds']:.2f}..{g.headline()['max_lds']:.2f}"
+                        for g in GridRecord.load_all(folder))
+    ours = (f"ratio {ratio.text(2)}, difference {rise.text(3)} ({grid.queries_used()} test queries); "
+            f"min..max LDS per grid: {spreads}")
+    holds = (HOLDS if ratio.value >= 2 else PARTLY) if rise.exceeds(0) else FAILS
+    return Verdict("C1", "Fig 1a, Fig 1, Fig 4", paper, ours, holds, rule,
+                   numbers=_used(grid, "ratio_high_low", "difference_high_low"))
+
+
+def _epoch_grids(folder: Path, attributor: str | None = None) -> list[GridRecord]:
+    grids = GridRecord.load_all(folder, "grid_*_training_epoch.json")
+    return [g for g in grids if attributor is None or g.spec["attributor"] == attributor]
+
+
+def c2(folder: Path) -> Verdict:
+    rule = "needs both settings: the best epoch of mnist_mlp differs from that of cifar2_resnet9"
     paper = "epoch 5 best on MNIST+MLP, poor on CIFAR-2+ResNet-9"
-    tables = _epoch_tables(folder)
-    found = {k: t for k, t in tables.items() if k.endswith("trak_training_epoch")}
-    if not found:
-        return _missing("C2", "Fig 1e", paper, rule, "grid_*_trak_training_epoch.csv")
-    ours = "; ".join(f"{k.split('_trak')[0]}: best epoch {int(t.loc[t.lds_mean.idxmax(), 'training_epoch'])} "
-                     f"of {sorted(t.training_epoch.astype(int).tolist())}" for k, t in found.items())
-    has_cifar = any(k.startswith("cifar2") for k in found)
-    if not has_cifar:
-        return _row("C2", "Fig 1e", paper, ours + "; cifar2_resnet9: data not supplied", NOT_RUN, rule)
-    bests = {int(t.loc[t.lds_mean.idxmax(), "training_epoch"]) for t in found.values()}
-    return _row("C2", "Fig 1e", paper, ours, HOLDS if len(bests) > 1 else FAILS, rule)
+    grids = {g.spec["setting"]: g for g in _epoch_grids(folder, "trak")}
+    if not grids:
+        return _missing("C2", "Fig 1e", paper, rule, "Fig 1e")
+    ours = "; ".join(f"{name}: best epoch {g.headline()['best_against_last']['best']} of {sorted(g.values('training_epoch'))}"
+                     for name, g in grids.items())
+    numbers = {}
+    for g in grids.values():
+        numbers.update(_used(g, "best_against_last"))
+    if "cifar2_resnet9" not in grids:
+        reason = _setting_missing("cifar2_resnet9") or "cifar2_resnet9: Fig 1e's panel not run"
+        return Verdict("C2", "Fig 1e", paper, ours, NOT_RUN, rule, reason, numbers)
+    bests = {g.headline()["best_against_last"]["best"] for g in grids.values()}
+    return Verdict("C2", "Fig 1e", paper, ours, HOLDS if len(bests) > 1 else FAILS, rule, numbers=numbers)
 
 
-def c3(folder: Path) -> dict:
-    rule = "at λ=0 the largest projection is worse than the smallest, and at the best λ it is better: holds; one of the two: in part"
+def c3(folder: Path) -> Verdict:
+    rule = ("largest vs smallest projection: worse at λ=0 by > 2 SE, and better at each one's best λ by > 2 SE: "
+            "holds; one of the two: in part")
     paper = "larger projection: worse at λ=0, better once λ is tuned (TRAK, LoGra)"
-    table = _read(folder, "grid_mnist_mlp_trak_proj_dim_regularization.csv")
-    if table is None:
-        return _missing("C3", "Fig 1b", paper, rule, "grid_mnist_mlp_trak_proj_dim_regularization.csv")
-    at_zero = table[table.regularization == 0].set_index("proj_dim").lds_mean
-    best = table.groupby("proj_dim").lds_mean.max()
-    spread = table.groupby("proj_dim").lds_mean.agg(lambda v: v.max() - v.min())
-    small, large = best.index.min(), best.index.max()
-    ours = "; ".join(f"p={int(d)}: λ=0 {at_zero[d]:.3f}, best {best[d]:.3f}, spread {spread[d]:.3f}" for d in best.index)
-    checks = [at_zero[large] < at_zero[small], best[large] > best[small]]
-    return _row("C3", "Fig 1b (mnist_mlp; Fig 1c/1f need user data)", paper, ours, _verdict(checks), rule)
+    grid = GridRecord.load(folder, FIG1B)
+    if grid is None:
+        return _missing("C3", "Fig 1b", paper, rule, "Fig 1b")
+    ent = grid.headline()["entanglement"]
+    per_dim = "; ".join(f"p={d}: λ=0 {v['at_zero'].text()}, best {v['best'].text()}" for d, v in ent["per_dim"].items())
+    ours = (f"p={ent['largest']} minus p={ent['smallest']}: at λ=0 {ent['zero_large_minus_small'].text()}, "
+            f"at the best λ {ent['best_large_minus_small'].text()} ({per_dim})")
+    checks = [ent["zero_large_minus_small"].below(0), ent["best_large_minus_small"].exceeds(0)]
+    missing = [m for m in (_setting_missing("cifar2_resnet9"),) if m]
+    return Verdict("C3", "Fig 1b (Fig 1c/1f need user data)", paper, ours, share_verdict(checks), rule,
+                   "; ".join([*missing, "wikitext2_gpt2: loader not implemented"]), _used(grid, "entanglement"))
 
 
-def c4(folder: Path) -> dict:
-    rule = "some epoch sweep peaks before the last epoch by more than 0.01 LDS: holds"
+def c4(folder: Path) -> Verdict:
+    rule = "some epoch sweep's best epoch beats its last epoch by > 2 SE: holds; none: does not hold"
     paper = "the epoch attributed matters; more epochs can be worse"
-    tables = _epoch_tables(folder)
-    if not tables:
-        return _missing("C4", "Fig 1e, Fig 4", paper, rule, "grid_*_training_epoch.csv")
-    parts, earlier = [], []
-    for name, t in tables.items():
-        t = t.sort_values("training_epoch")
-        best = t.loc[t.lds_mean.idxmax()]
-        last = t.iloc[-1]
-        parts.append(f"{name.replace('_training_epoch', '')}: best epoch {int(best.training_epoch)} "
-                     f"({best.lds_mean:.3f}) vs last {int(last.training_epoch)} ({last.lds_mean:.3f})")
-        earlier.append(best.lds_mean > last.lds_mean + 0.01)
-    return _row("C4", "Fig 1e, Fig 4", paper, "; ".join(parts), HOLDS if any(earlier) else FAILS, rule)
+    grids = _epoch_grids(folder)
+    if not grids:
+        return _missing("C4", "Fig 1e, Fig 4", paper, rule, "Fig 1e / Fig 4")
+    parts, earlier, numbers = [], [], {}
+    for g in grids:
+        h = g.headline()["best_against_last"]
+        parts.append(f"{g.spec['setting']} {g.spec['attributor']}: epoch {h['best']} {h['lds_best'].text()} "
+                     f"vs last {h['last']} {h['lds_last'].text()} (difference {h['best_minus_last'].text()})")
+        earlier.append(h["best_minus_last"].exceeds(0))
+        numbers.update(_used(g, "best_against_last"))
+    return Verdict("C4", "Fig 1e, Fig 4", paper, "; ".join(parts), HOLDS if any(earlier) else FAILS, rule,
+                   numbers=numbers)
 
 
-def _selection_tables(folder: Path) -> pd.DataFrame | None:
-    tables = [t for t in (_read(folder, f"lambda_selection_{a}.csv") for a in ("iffim", "trak")) if t is not None]
-    if not tables:
-        return None
-    table = pd.concat(tables, ignore_index=True)
-    return table[table.status == "ok"].reset_index(drop=True)
+def _studies(folder: Path) -> list[SelectionStudy]:
+    return [s for s in (SelectionStudy.load(folder, f"selection_{a}") for a in ("iffim", "trak")) if s is not None]
 
 
-def _label(row: pd.Series) -> str:
-    proj = "full" if pd.isna(row.proj_dim) else f"p={int(row.proj_dim)}"
-    return f"{row.attributor} {row.setting} {proj}"
+def _not_run_cases(studies: list[SelectionStudy]) -> str:
+    seen = {}
+    for study in studies:
+        for case in study.not_run:
+            seen.setdefault(case.setting, case.status)
+    return "; ".join(f"{name}: {why}" for name, why in seen.items())
 
 
-def local_maxima(curve: np.ndarray, tolerance: float = 0.005) -> int:
-    """Peaks of a curve, ends included, after ignoring steps smaller than ``tolerance``."""
-    signs = [int(np.sign(step)) for step in np.diff(curve) if abs(step) > tolerance]
-    if not signs:
-        return 1  # flat: one plateau
-    interior = sum(1 for a, b in zip(signs, signs[1:]) if a > 0 and b < 0)
-    return interior + int(signs[0] < 0) + int(signs[-1] > 0)
+def _case_name(study: SelectionStudy, key: str) -> str:
+    return f"{study.config.get('attributor', study.name).upper()} {key}"
 
 
-def c5(folder: Path) -> dict:
-    rule = "every λ curve has one peak (steps under 0.005 ignored): holds; most: in part"
+def c5(folder: Path) -> Verdict:
+    rule = "every λ curve has one peak (a step counts only when > 2 SE, paired over queries): holds; most: in part"
     paper = "uni-modal, roughly concave in log λ, rising at small λ"
-    table = _selection_tables(folder)
-    if table is None or table.empty:
-        return _missing("C5", "Fig 2, Fig 3", paper, rule, "lambda_selection_*.csv")
-    peaks = [local_maxima(np.array(json.loads(g))) for g in table.lds_grid]
-    rises = [np.array(json.loads(g))[np.argmax(json.loads(g))] > np.array(json.loads(g))[0] + 0.005 for g in table.lds_grid]
-    ours = "; ".join(f"{_label(r)}: {p} peak(s){'' if up else ', no rise from the smallest λ'}"
-                     for (_, r), p, up in zip(table.iterrows(), peaks, rises))
-    return _row("C5", "Fig 2, Fig 3", paper, ours, _verdict([p == 1 for p in peaks]), rule)
+    studies = [s for s in _studies(folder) if s.ran]
+    if not studies:
+        return _missing("C5", "Fig 2, Fig 3", paper, rule, "Fig 2 / Fig 3")
+    parts, checks, numbers = [], [], {}
+    for study in studies:
+        head = study.headline()
+        for key, case in zip(head, study.ran):
+            rises = case.rises_from_smallest()
+            parts.append(f"{_case_name(study, key)}: {head[key]['peaks']} peak(s)"
+                         + ("" if rises else ", no established rise from the smallest λ"))
+            checks.append(head[key]["peaks"] == 1)
+        numbers.update({study.name: {k: {"peaks": v["peaks"]} for k, v in _plain(head).items()}})
+    return Verdict("C5", "Fig 2, Fig 3", paper, "; ".join(parts), share_verdict(checks), rule,
+                   _not_run_cases(studies), numbers)
 
 
-def c6(folder: Path) -> dict:
-    rule = "planted problems: every triple with ξ<ω has a rising LDS; real data: share of premise pairs whose LDS rises"
+def c6(folder: Path) -> Verdict:
+    rule = ("planted problems (exact β): every triple with ξ<ω has a rising LDS, else the code is wrong; "
+            "real data (β̂ from retraining): share of premise pairs whose LDS rises — all: holds, most: in part")
     paper = "ξ < ω implies the Population Pearson LDS rises (Theorem 4.3)"
-    planted = _read(folder, "theorem_planted.csv")
-    real = next((pd.read_csv(p) for p in sorted(folder.glob("theorem_check_*_iffim.csv"))), None)
-    if planted is None:
-        return _missing("C6", "theory check", paper, rule, "theorem_planted.csv")
-    premise = planted[planted.premise]
-    ours = f"planted: {int(premise.lds_rises.sum())} of {len(premise)} triples with ξ<ω rise"
-    holds = HOLDS if len(premise) and premise.lds_rises.all() else FAILS
-    if real is not None:
-        real_premise = real[real.premise]
-        ours += (f"; mnist_lr (β̂ from retraining): ξ<ω̂ in {len(real_premise)} of {len(real)} (query, λ) pairs"
-                 + (f", LDS rises in {int(real_premise.lds_rises.sum())}" if len(real_premise) else " (check vacuous)"))
-        if holds == HOLDS and len(real_premise) == 0:
-            holds = PARTLY
-    return _row("C6", "theory check", paper, ours, holds, rule)
+    record = TheoremRecord.load(folder)
+    if record is None:
+        return _missing("C6", "theory check", paper, rule, "Theory check")
+    planted, real = record.planted_summary(), record.real_summary()
+    numbers = _used(record, "planted", "real")
+    ours = (f"planted: {planted['premise_and_rises']} of {planted['premise']} triples with ξ<ω rise "
+            f"(verifies the algebra)")
+    if planted["premise"] == 0 or planted["premise_and_rises"] < planted["premise"]:
+        return Verdict("C6", "theory check", paper, ours, FAILS, rule, "the planted check failed", numbers)
+    if real is None:
+        return Verdict("C6", "theory check", paper, ours, NOT_RUN, rule, "real-data check not run", numbers)
+    ours += (f"; {record.setting}: ξ<ω̂ in {real['premise']} of {real['pairs']} (query, λ) pairs, "
+             f"largest ω̂ {real['largest_omega']:.3f}, smallest ξ {real['smallest_xi']:.3f}")
+    if real["premise"] == 0:
+        return Verdict("C6", "theory check", paper, ours, NOT_RUN, rule,
+                       f"vacuous: premise held for 0 of {real['pairs']} pairs on real data", numbers)
+    share = real["premise_and_rises"] / real["premise"]
+    ours += f", LDS rises in {real['premise_and_rises']} of them"
+    return Verdict("C6", "theory check", paper, ours, HOLDS if share == 1 else PARTLY if share > 0.5 else FAILS,
+                   rule, numbers=numbers)
 
 
-def c7(folder: Path) -> dict:
-    rule = "ξ̄ non-decreasing on every grid and LDS at the 0.4 and 0.6 picks within 0.05 of the 0.5 pick: holds"
+def c7(folder: Path) -> Verdict:
+    rule = ("ξ̄ non-decreasing on every curve, and the LDS at the 0.4 and 0.6 picks within 0.05 of the 0.5 pick "
+            "(paired difference): holds; one of the two: in part")
     paper = "ξ̄ monotone and sigmoid; thresholds 0.4 / 0.6 work about as well as 0.5"
-    curves = _read(folder, "fig5_xi_bar_curves.csv")
-    table = _selection_tables(folder)
-    if curves is None or table is None:
-        return _missing("C7", "Fig 5", paper, rule, "fig5_xi_bar_curves.csv / lambda_selection_*.csv")
-    monotone = curves.groupby(["attributor", "setting", "proj_dim"], dropna=False).xi_bar.apply(
-        lambda v: bool(np.all(np.diff(v.to_numpy()) >= -1e-9)))
-    gaps = np.maximum((table["lds_xi0.4"] - table.lds_selected).abs(), (table["lds_xi0.6"] - table.lds_selected).abs())
-    ours = (f"ξ̄ non-decreasing on {int(monotone.sum())} of {len(monotone)} curves; largest LDS gap between the "
-            f"0.4/0.6 and 0.5 picks {gaps.max():.3f} ({_label(table.loc[gaps.idxmax()])})")
-    return _row("C7", "Fig 5", paper, ours, _verdict([bool(monotone.all()), bool((gaps <= 0.05).all())]), rule)
+    studies = [s for s in _studies(folder) if s.ran]
+    if not studies:
+        return _missing("C7", "Fig 5", paper, rule, "Fig 2 / Fig 3")
+    monotone, total, worst, numbers = 0, 0, (0.0, ""), {}
+    for study in studies:
+        head = study.headline()
+        count, n = study.monotone_count()
+        monotone, total = monotone + count, total + n
+        for key, case in zip(head, study.ran):
+            for other in ("xi0.4", "xi0.6"):
+                gap = abs(case.gain(other, SELECTED).value)
+                if gap >= worst[0]:
+                    worst = (gap, f"{_case_name(study, key)}, {other}")
+        numbers.update({study.name: {k: {"xi_monotone": v["xi_monotone"]} for k, v in _plain(head).items()}})
+    ours = (f"ξ̄ non-decreasing on {monotone} of {total} curves; largest LDS gap between the 0.4/0.6 and the 0.5 pick "
+            f"{worst[0]:.3f} ({worst[1]})")
+    return Verdict("C7", "Fig 5", paper, ours, share_verdict([monotone == total, worst[0] <= 0.05]), rule,
+                   numbers=numbers)
 
 
-def c8(folder: Path) -> dict:
-    rule = "per run case: LDS(selected)/LDS(best) >= 0.9 and LDS(selected) > LDS(default); all: holds, some: in part"
+def c8(folder: Path) -> Verdict:
+    rule = ("per case run: LDS(selected)/LDS(best) >= 0.9 and LDS(selected) above LDS(default) by > 2 SE "
+            "(paired over queries); all: holds, some: in part")
     paper = "selected λ much better than the default and close to the best, IFFIM and TRAK, six settings"
-    table = _selection_tables(folder)
-    if table is None or table.empty:
-        return _missing("C8", "Fig 2, Fig 3", paper, rule, "lambda_selection_*.csv")
-    ratio = table.lds_selected / table.lds_best
-    gain = table.lds_selected - table.lds_default
-    ours = "; ".join(f"{_label(r)}: {q:.2f} of best, {g:+.3f} vs default" for (_, r), q, g in zip(table.iterrows(), ratio, gain))
-    ours += "; cifar2_resnet9, maestro_mt: data not supplied"
-    verdict = _verdict([bool(q >= 0.9 and g > 0) for q, g in zip(ratio, gain)])
-    return _row("C8", "Fig 2, Fig 3", paper, ours, verdict, rule)
+    studies = [s for s in _studies(folder) if s.ran]
+    if not studies:
+        return _missing("C8", "Fig 2, Fig 3", paper, rule, "Fig 2 / Fig 3")
+    parts, checks, numbers = [], [], {}
+    for study in studies:
+        head = study.headline()
+        for key, values in head.items():
+            ratio, gain = values["ratio_to_best"], values["gain_over_default"]
+            parts.append(f"{_case_name(study, key)}: {ratio.text(2)} of best, {gain.text(3)} vs default")
+            checks.append(ratio.value >= 0.9 and gain.exceeds(0))
+        numbers.update({study.name: {k: {"ratio_to_best": v["ratio_to_best"], "gain_over_default": v["gain_over_default"]}
+                                     for k, v in _plain(head).items()}})
+    return Verdict("C8", "Fig 2, Fig 3", paper, "; ".join(parts), share_verdict(checks), rule,
+                   _not_run_cases(studies), numbers)
 
 
-def c9(folder: Path) -> dict:
-    rule = "no quantile reaches 0.9 of the best LDS in every run case: holds"
+def c9(folder: Path) -> Verdict:
+    rule = "no spectrum quantile reaches 0.9 of the best LDS in every case run: holds; one does: does not hold"
     paper = "no single spectrum quantile works in every setting"
-    table = _selection_tables(folder)
-    if table is None or table.empty:
-        return _missing("C9", "Fig 2, Fig 3", paper, rule, "lambda_selection_*.csv")
-    columns = [c for c in table.columns if c.startswith("lds_q")]
-    worst = {c[5:]: (table[c] / table.lds_best).min() for c in columns}
+    studies = [s for s in _studies(folder) if s.ran]
+    if not studies:
+        return _missing("C9", "Fig 2, Fig 3", paper, rule, "Fig 2 / Fig 3")
+    rules = pd.concat([s.rules_table() for s in studies], ignore_index=True)
+    quantiles = rules[rules.rule.str.match(r"^q\d")]
+    worst = quantiles.groupby("rule", sort=False)["of best"].min()
+    ours = "worst ratio to the best LDS per quantile: " + ", ".join(f"{q}: {w:.2f}" for q, w in worst.items())
     everywhere = [q for q, w in worst.items() if w >= 0.9]
-    ours = "worst ratio to the best LDS per quantile: " + ", ".join(f"q={q}: {w:.2f}" for q, w in worst.items())
-    return _row("C9", "Fig 2, Fig 3", paper, ours, FAILS if everywhere else HOLDS, rule)
+    return Verdict("C9", "Fig 2, Fig 3", paper, ours, FAILS if everywhere else HOLDS, rule, _not_run_cases(studies))
 
 
-def c10(folder: Path) -> dict:
+def c10(folder: Path) -> Verdict:
     rule = "per case, the best λ moves by at most one grid step across α and the selected λ's rank changes by at most 2: holds"
     paper = "LDS-vs-λ shape and the selection robust to α ∈ {0.25, 0.5, 0.75}"
-    table = _read(folder, "fig6_alpha_robustness.csv")
-    if table is None:
-        return _missing("C10", "Fig 6", paper, rule, "fig6_alpha_robustness.csv")
+    study = SelectionStudy.load(folder, "alpha_iffim")
+    if study is None or not study.ran:
+        return _missing("C10", "Fig 6", paper, rule, "Fig 6")
+    table = study.alpha_robustness()
     parts, checks = [], []
-    for (setting, proj), part in table.groupby(["setting", "proj_dim"], dropna=False):
-        steps = np.log10(part.lambda_best.to_numpy())
-        spacing = 8 / (part.grid_points.iloc[0] - 1)
-        moved = (steps.max() - steps.min()) / spacing
-        ranks = part.rank_of_selected.to_numpy()
-        label = f"{setting} {'full' if pd.isna(proj) else f'p={int(proj)}'}"
-        parts.append(f"{label}: best λ moves {moved:.0f} step(s), rank of the pick {ranks.min()}..{ranks.max()}")
-        checks.append(moved <= 1 and ranks.max() - ranks.min() <= 2)
-    return _row("C10", "Fig 6", paper, "; ".join(parts), _verdict(checks), rule)
+    for _, row in table.iterrows():
+        ranks = row["ranks of selected"]
+        moved = row["best λ moves (grid steps)"]
+        parts.append(f"{row.case}: best λ moves {moved} step(s), rank of the pick {min(ranks)}..{max(ranks)}")
+        checks.append(moved <= 1 and max(ranks) - min(ranks) <= 2)
+    return Verdict("C10", "Fig 6", paper, "; ".join(parts), share_verdict(checks), rule, _not_run_cases([study]))
 
 
-def c11(folder: Path) -> dict:
-    rule = "selected below default accuracy at every rate, IFFIM and TRAK, per setting; all: holds, some: in part"
+def c11(folder: Path) -> Verdict:
+    rule = ("per setting, attributor and rate: accuracy after removal by the selected λ below that by the default "
+            "by > 2 SE (paired over seeds); all: holds, some: in part")
     paper = "poster: IFFIM 88.44/87.77/87.58 -> 87.66/84.50/81.53; TRAK 88.53/87.92/86.88 -> 87.30/83.84/80.12"
-    table = _read(folder, "removal_table.csv")
-    if table is None:
-        return _missing("C11", "removal table", paper, rule, "removal_table.csv")
-    parts, checks = [], []
-    for setting, part in table.groupby("setting", sort=False):
-        pivot = part.pivot_table(index="removal_rate", columns="method", values="accuracy_mean")
-        for label in ("IFFIM", "TRAK"):
-            wins = [pivot.loc[r, f"{label} selected"] < pivot.loc[r, f"{label} default"] for r in pivot.index]
-            checks.extend(wins)
-            cells = "/".join(f"{pivot.loc[r, f'{label} default']:.2f}->{pivot.loc[r, f'{label} selected']:.2f}" for r in pivot.index)
-            parts.append(f"{setting} {label}: {cells}")
-    return _row("C11", "removal table", paper, "; ".join(parts), _verdict(checks), rule)
+    record = RemovalRecord.load(folder)
+    if record is None or record.accuracies.empty:
+        return _missing("C11", "removal table", paper, rule, "Removal table")
+    head = record.headline()
+    ours = "; ".join(f"{key}: {value.text(2)} points" for key, value in head.items())
+    not_run = "; ".join(f"{name}: data not supplied" for name in record.config.get("not_run", {}))
+    return Verdict("C11", "removal table", paper, ours, share_verdict([v.below(0) for v in head.values()]), rule,
+                   not_run, _used(record, *head))
 
 
-def c12(folder: Path) -> dict:
-    rule = "the ξ selection uses only the full-data model(s) (by construction); reported: its time against the grid search"
+def c12(folder: Path) -> Verdict:
+    rule = ("ξ needs no model beyond the attributor's own full-data model(s) while the grid search retrains M models, "
+            "and in every case the time ξ adds to running the attributor (validation features, ξ̄) is below the "
+            "time the grid search adds (retraining, LDS over the grid): holds")
     paper = "selection needs no retraining"
-    table = _selection_tables(folder)
-    if table is None or table.empty:
-        return _missing("C12", "Fig 2, Fig 3", paper, rule, "lambda_selection_*.csv")
-    ours = "; ".join(f"{_label(r)}: ξ {r.xi_seconds:.1f} s vs grid search {r.grid_search_seconds:.1f} s"
-                     for _, r in table.iterrows())
-    return _row("C12", "Fig 2, Fig 3, bench/xi_selection.py", paper, ours + " (as run, shared cache warm or cold)", HOLDS, rule)
+    studies = [s for s in _studies(folder) if s.ran]
+    if not studies:
+        return _missing("C12", "Fig 2, Fig 3", paper, rule, "Fig 2 / Fig 3")
+    parts, checks = [], []
+    for study in studies:
+        for case in study.ran:
+            parts.append(f"{study.config.get('attributor', '').upper()} {case.label}: ξ adds {case.xi_seconds:.1f} s "
+                         f"({case.xi_trainings} full-data model(s), no retraining) vs grid search "
+                         f"{case.grid_search_seconds:.1f} s ({case.grid_search_trainings} retrained)")
+            checks.append(case.grid_search_trainings > 0 and case.xi_seconds < case.grid_search_seconds)
+    return Verdict("C12", "Fig 2, Fig 3, bench/xi_selection.py", paper,
+                   "; ".join(parts) + " (wall times as first computed; retraining as recorded when it ran)",
+                   HOLDS if all(checks) else FAILS, rule)
 
 
-CLAIMS: list[Callable[[Path], dict]] = [c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12]
+CLAIMS: list[Callable[[Path], Verdict]] = [c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12]
 
 
-def reproduction_status(folder: Path) -> pd.DataFrame:
-    """One row per claim, from the tables under ``folder``."""
-    return pd.DataFrame([claim(folder) for claim in CLAIMS], columns=list(COLUMNS))
+@dataclasses.dataclass
+class StatusRecord:
+    """Every claim's verdict, from the records under one results folder."""
+
+    verdicts: list[Verdict]
+    profile: str | None = None
+    stem: str = "reproduction_status"
+
+    def table(self) -> pd.DataFrame:
+        """One row per claim (the CSV)."""
+        return pd.DataFrame([v.row() for v in self.verdicts], columns=list(COLUMNS))
+
+    def counts(self) -> dict[str, int]:
+        """How many claims got each verdict."""
+        return {verdict: sum(v.holds == verdict for v in self.verdicts) for verdict in VERDICTS}
+
+    def headline(self) -> dict[str, Any]:
+        """Claim -> verdict."""
+        return {v.claim: v.holds for v in self.verdicts}
+
+    def save(self, folder: Path) -> Path:
+        """Write ``reproduction_status.csv`` and ``reproduction_status.json`` (with the numbers behind each verdict)."""
+        path = folder / f"{self.stem}.csv"
+        self.table().to_csv(path, index=False)
+        write_json(folder / f"{self.stem}.json", {"record": "status", "profile": self.profile, "headline": self.headline(),
+                                                  "numbers": {v.claim: v.numbers for v in self.verdicts}})
+        return path
+
+
+def reproduction_status(folder: Path, profile: str | None = None) -> StatusRecord:
+    """Every claim's verdict from the records under ``folder``."""
+    return StatusRecord([claim(folder) for claim in CLAIMS], profile)

@@ -1,0 +1,732 @@
+"""The results layer: where results live, and one typed record per artifact of the paper.
+
+Every artifact of the book -- a sensitivity grid, a study of λ-selection cases, the removal table,
+the theorem check, the defaults table, the reproduction status -- is one record here. A record
+knows its files under ``data/results/<profile>/`` (tidy long tables, never JSON inside a cell,
+and a JSON file beside them with the configuration, the profile and the record's headline
+numbers), and computes its headline numbers in exactly one method. The notebooks display those
+methods' results and render their prose from them; the reproduction status
+(:mod:`dahp.experiments.status`) loads the same records from disk and calls the same methods, so
+a page and the status page cannot disagree.
+
+Headline numbers carry the uncertainty that exists: :class:`Estimate` is a value with its
+standard error over test queries (or retraining seeds). Two numbers measured on the same queries
+are compared *paired*, query by query (:func:`paired_difference`, :func:`paired_ratio`), which is
+far tighter than comparing two means with their own standard errors.
+
+Book: every executed page; the status page explains the verdicts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from dahp.config import InvalidParameterError
+
+#: Folders under ``data/results/``: one per run profile, and one for command-line runs.
+RESULT_FOLDERS = ("quick", "default", "paper", "cli")
+
+#: A difference counts as established when it exceeds this many standard errors.
+SIGNIFICANCE_SE = 2.0
+
+#: ξ̄ counts as non-decreasing when no step falls by more than this (rounding of float64 sums).
+XI_MONOTONE_TOLERANCE = 1e-9
+
+
+def results_dir(profile: str) -> Path:
+    """``data/results/<profile>/`` (under ``$DAHP_DATA_DIR`` if set), created if absent.
+
+    Every profile writes to its own folder, and the command line to ``cli/``, so a rerun at other
+    sizes never overwrites the tables another profile's pages are judged from.
+    """
+    from dahp.settings import data_dir
+
+    if profile not in RESULT_FOLDERS:
+        raise InvalidParameterError("profile", profile, RESULT_FOLDERS)
+    folder = data_dir() / "results" / profile
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+# --------------------------------------------------------------------------------------------
+# Numbers with their uncertainty
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    """A measured number and its standard error (NaN when it has none)."""
+
+    value: float
+    se: float = float("nan")
+
+    def exceeds(self, threshold: float = 0.0) -> bool:
+        """True when the value is above ``threshold`` by more than :data:`SIGNIFICANCE_SE` standard errors."""
+        se = 0.0 if math.isnan(self.se) else self.se
+        return self.value - SIGNIFICANCE_SE * se > threshold
+
+    def below(self, threshold: float = 0.0) -> bool:
+        """True when the value is below ``threshold`` by more than :data:`SIGNIFICANCE_SE` standard errors."""
+        se = 0.0 if math.isnan(self.se) else self.se
+        return self.value + SIGNIFICANCE_SE * se < threshold
+
+    def text(self, digits: int = 3) -> str:
+        """``0.123 ± 0.004`` (the ± part left out when there is no standard error)."""
+        if math.isnan(self.se):
+            return f"{self.value:.{digits}f}"
+        return f"{self.value:.{digits}f} ± {self.se:.{digits}f}"
+
+    def as_dict(self) -> dict[str, float]:
+        """``{"value": ..., "se": ...}`` for the JSON beside a record."""
+        return {"value": float(self.value), "se": float(self.se)}
+
+
+def mean_estimate(values: Sequence[float]) -> Estimate:
+    """Mean and its standard error over the finite entries of ``values``."""
+    finite = np.asarray(values, dtype=float)
+    finite = finite[np.isfinite(finite)]
+    if not len(finite):
+        return Estimate(float("nan"))
+    se = float(finite.std(ddof=1) / math.sqrt(len(finite))) if len(finite) > 1 else float("nan")
+    return Estimate(float(finite.mean()), se)
+
+
+def _paired(a: Sequence[float], b: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape:
+        raise InvalidParameterError("paired values", (a.shape, b.shape), "two arrays of the same shape")
+    both = np.isfinite(a) & np.isfinite(b)
+    return a[both], b[both]
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> Estimate:
+    """Mean of ``a - b`` over the queries (or seeds) where both are defined, with its standard error."""
+    a, b = _paired(a, b)
+    return mean_estimate(a - b)
+
+
+def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> Estimate:
+    """``mean(numerator) / mean(denominator)`` over the paired entries, standard error by the delta method
+    (with the covariance of the pairs)."""
+    a, b = _paired(numerator, denominator)
+    n = len(a)
+    if n < 2 or b.mean() == 0:
+        return Estimate(float(a.mean() / b.mean()) if n and b.mean() else float("nan"))
+    ma, mb = a.mean(), b.mean()
+    ratio = ma / mb
+    cov = np.cov(a, b, ddof=1) / n
+    variance = (cov[0, 0] / mb**2) - 2 * ma * cov[0, 1] / mb**3 + ma**2 * cov[1, 1] / mb**4
+    return Estimate(float(ratio), float(math.sqrt(max(variance, 0.0))))
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+
+
+def _plain(value: Any) -> Any:
+    """JSON-able form of numbers, estimates, arrays and containers."""
+    if isinstance(value, Estimate):
+        return value.as_dict()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    """Write ``payload`` as indented JSON (NaN as null)."""
+    path.write_text(json.dumps(_plain(dict(payload)), indent=2, default=str) + "\n")
+
+
+def read_json(path: Path) -> dict:
+    """The JSON beside a record."""
+    return json.loads(path.read_text())
+
+
+def matches(frame: pd.DataFrame, combination: Mapping[str, Any]) -> pd.Series:
+    """Rows of ``frame`` whose columns equal ``combination`` (None matches a missing value)."""
+    mask = pd.Series(True, index=frame.index)
+    for name, value in combination.items():
+        column = frame[name]
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            mask &= column.isna()
+        elif column.dtype.kind == "f" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            mask &= np.isclose(column.to_numpy(dtype=float), float(value), rtol=1e-9, atol=0.0)
+        else:
+            mask &= column.astype(str) == str(value)
+    return mask
+
+
+# --------------------------------------------------------------------------------------------
+# Sensitivity grids (Fig 1, Fig 4)
+
+
+@dataclasses.dataclass
+class GridRecord:
+    """LDS over a 1-D or 2-D hyperparameter grid of one attributor (:mod:`dahp.experiments.grid`).
+
+    ``table`` has one row per combination (the varied hyperparameters, ``lds_mean``, ``lds_sem``,
+    ``n_queries``, ``n_dropped``, seconds); ``per_query`` one row per (combination, query).
+    """
+
+    spec: dict  #: the grid's configuration (:meth:`dahp.experiments.grid.GridSpec.as_dict`)
+    table: pd.DataFrame
+    per_query: pd.DataFrame
+    profile: str | None = None
+
+    @property
+    def stem(self) -> str:
+        """``grid_<setting>_<attributor>_<varied names>``."""
+        return "grid_" + "_".join([self.spec["setting"], self.spec["attributor"], *self.spec["vary"]])
+
+    @property
+    def varied(self) -> list[str]:
+        """Names of the varied hyperparameters."""
+        return list(self.spec["vary"])
+
+    def queries_used(self) -> str:
+        """"all" or the number of evenly spaced test queries."""
+        return "all" if self.spec.get("n_queries") is None else str(self.spec["n_queries"])
+
+    def per_query_at(self, **combination: Any) -> np.ndarray:
+        """Per-query LDS at one combination, in query order."""
+        rows = self.per_query[matches(self.per_query, combination)].sort_values("query")
+        if rows.empty:
+            raise InvalidParameterError("combination", combination, f"a point of the grid {self.stem}")
+        return rows.lds.to_numpy(dtype=float)
+
+    def lds_at(self, **combination: Any) -> Estimate:
+        """Mean LDS at one combination, with its standard error over queries."""
+        return mean_estimate(self.per_query_at(**combination))
+
+    def ratio(self, numerator: Mapping[str, Any], denominator: Mapping[str, Any]) -> Estimate:
+        """LDS at ``numerator`` over LDS at ``denominator`` (paired over queries)."""
+        return paired_ratio(self.per_query_at(**numerator), self.per_query_at(**denominator))
+
+    def difference(self, a: Mapping[str, Any], b: Mapping[str, Any]) -> Estimate:
+        """LDS at ``a`` minus LDS at ``b`` (paired over queries)."""
+        return paired_difference(self.per_query_at(**a), self.per_query_at(**b))
+
+    def best(self, **within: Any) -> dict[str, Any]:
+        """The combination with the highest mean LDS (among the rows matching ``within``)."""
+        rows = self.table[matches(self.table, within)] if within else self.table
+        top = rows.loc[rows.lds_mean.idxmax()]
+        return {name: _value(top[name]) for name in self.varied}
+
+    def spread(self) -> tuple[float, float]:
+        """Smallest and largest mean LDS over the grid."""
+        return float(self.table.lds_mean.min()), float(self.table.lds_mean.max())
+
+    def values(self, name: str) -> list[Any]:
+        """The values of one varied hyperparameter, in grid order."""
+        return [_value(v) for v in self.spec["vary"][name]]
+
+    # -- headline numbers of the figures that use a grid --------------------------------------
+
+    def regularization_ratio(self, high: float = 1e-2, low: float = 1e-4) -> Estimate:
+        """Fig 1a: LDS at λ = ``high`` over LDS at λ = ``low``."""
+        return self.ratio({"regularization": high}, {"regularization": low})
+
+    def entanglement(self) -> dict[str, Any]:
+        """Fig 1b: per projection dimension the LDS at λ = 0 and at its best λ; and, between the largest
+        and the smallest projection, the paired differences at λ = 0 and at each one's best λ."""
+        dims = [d for d in self.values("proj_dim")]
+        per_dim = {}
+        for dim in dims:
+            best = self.best(proj_dim=dim)
+            per_dim[str(dim)] = {"at_zero": self.lds_at(proj_dim=dim, regularization=0.0),
+                                 "best": self.lds_at(**best), "best_regularization": best["regularization"]}
+        small, large = min(dims), max(dims)
+        best_small, best_large = self.best(proj_dim=small), self.best(proj_dim=large)
+        return {
+            "per_dim": per_dim, "smallest": small, "largest": large,
+            "zero_large_minus_small": self.difference({"proj_dim": large, "regularization": 0.0},
+                                                      {"proj_dim": small, "regularization": 0.0}),
+            "best_large_minus_small": self.difference(best_large, best_small),
+        }
+
+    def best_against_last(self, name: str = "training_epoch") -> dict[str, Any]:
+        """Fig 1e / Fig 4: the best value of ``name`` against its last value (paired difference)."""
+        values = sorted(self.values(name))
+        best = self.best()[name]
+        return {"best": best, "last": values[-1], "lds_best": self.lds_at(**{name: best}),
+                "lds_last": self.lds_at(**{name: values[-1]}),
+                "best_minus_last": self.difference({name: best}, {name: values[-1]})}
+
+    def headline(self) -> dict[str, Any]:
+        """What the grid's page reports: the spread, the best combination and its LDS; and, by the grid's
+        shape, the λ ratio of Fig 1a, the entanglement of Fig 1b or the best epoch of Fig 1e / Fig 4."""
+        low, high = self.spread()
+        best = self.best()
+        head: dict[str, Any] = {"min_lds": low, "max_lds": high, "best": best, "lds_best": self.lds_at(**best)}
+        if self.varied == ["regularization"] and {1e-2, 1e-4} <= {float(v) for v in self.values("regularization")}:
+            head["ratio_high_low"] = self.regularization_ratio()
+            head["difference_high_low"] = self.difference({"regularization": 1e-2}, {"regularization": 1e-4})
+        if set(self.varied) == {"proj_dim", "regularization"} and 0.0 in self.values("regularization"):
+            head["entanglement"] = self.entanglement()
+        if self.varied == ["training_epoch"]:
+            head["best_against_last"] = self.best_against_last()
+        return head
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def save(self, folder: Path) -> Path:
+        """Write ``<stem>.csv``, ``<stem>_per_query.csv`` and ``<stem>.json``; returns the CSV path."""
+        path = folder / f"{self.stem}.csv"
+        self.table.to_csv(path, index=False)
+        self.per_query.to_csv(folder / f"{self.stem}_per_query.csv", index=False)
+        write_json(folder / f"{self.stem}.json", {"record": "grid", "profile": self.profile, "spec": self.spec,
+                                                  "headline": self.headline()})
+        return path
+
+    @classmethod
+    def load(cls, folder: Path, stem: str) -> GridRecord | None:
+        """The record saved as ``<stem>`` under ``folder``, or None."""
+        path = folder / f"{stem}.json"
+        if not path.exists():
+            return None
+        meta = read_json(path)
+        return cls(meta["spec"], pd.read_csv(folder / f"{stem}.csv"), pd.read_csv(folder / f"{stem}_per_query.csv"),
+                   meta.get("profile"))
+
+    @classmethod
+    def load_all(cls, folder: Path, pattern: str = "grid_*.json") -> list[GridRecord]:
+        """Every grid saved under ``folder`` (matching ``pattern``)."""
+        return [r for r in (cls.load(folder, p.stem) for p in sorted(folder.glob(pattern))) if r is not None]
+
+
+def _value(value: Any) -> Any:
+    """A table cell as a plain Python value (NaN -> None, whole floats of integer axes stay floats)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# λ selection (Fig 2, 3, 5, 6)
+
+#: Columns that identify a selection case.
+CASE_COLUMNS = ("setting", "attributor", "proj_dim", "ensemble_size", "alpha")
+
+#: The ξ rule at threshold 0.5 on the grid (Algorithm 1) -- "the selected λ".
+SELECTED = "xi0.5"
+
+
+@dataclasses.dataclass
+class SelectionCase:
+    """One (setting, attributor, projection, ensemble, α): the ξ rule and every baseline, judged by the LDS.
+
+    ``lds_grid`` is ``(len(grid), n_queries)``: the per-query test LDS at every candidate; each
+    pick (rule -> λ) has its own per-query LDS in ``pick_lds``. A case whose data is not supplied
+    has ``status`` set to the reason and nothing else.
+    """
+
+    setting: str
+    attributor: str
+    proj_dim: int | None
+    ensemble_size: int | None
+    alpha: float
+    status: str = "ok"
+    grid: list[float] = dataclasses.field(default_factory=list)
+    xi_bar: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    lds_grid: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0)))
+    picks: dict[str, float] = dataclasses.field(default_factory=dict)  #: rule -> λ
+    pick_xi: dict[str, float] = dataclasses.field(default_factory=dict)  #: rule -> ξ̄ at its λ
+    pick_lds: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  #: rule -> per-query LDS
+    xi_seconds: float = float("nan")  #: wall time of the ξ selection (validation features, factorization, ξ̄)
+    grid_search_seconds: float = float("nan")  #: retraining + test LDS over the grid
+    xi_trainings: int = 0  #: models the ξ rule needs trained: the attributor's own full-data model(s)
+    grid_search_trainings: int = 0  #: models the grid search retrains (the LDS ground truth)
+
+    @property
+    def ok(self) -> bool:
+        """True when the case ran."""
+        return self.status == "ok"
+
+    @property
+    def key(self) -> dict[str, Any]:
+        """The columns that identify this case."""
+        return {name: getattr(self, name) for name in CASE_COLUMNS}
+
+    @property
+    def label(self) -> str:
+        """``mnist_mlp, p=512`` / ``mnist_lr, full gradients``."""
+        return f"{self.setting}, " + ("full gradients" if self.proj_dim is None else f"p={int(self.proj_dim)}")
+
+    def lds_curve(self) -> list[Estimate]:
+        """Mean test LDS at every candidate λ, with standard errors over queries."""
+        return [mean_estimate(row) for row in self.lds_grid]
+
+    def best_index(self) -> int:
+        """Grid index of the highest mean LDS (the oracle that needs retraining)."""
+        return int(np.nanargmax([e.value for e in self.lds_curve()]))
+
+    def per_query(self, rule: str) -> np.ndarray:
+        """Per-query LDS of a rule's pick (``"best"`` is the grid's oracle)."""
+        if rule == "best":
+            return self.lds_grid[self.best_index()]
+        return self.pick_lds[rule]
+
+    def regularization(self, rule: str) -> float:
+        """The λ a rule picks."""
+        return self.grid[self.best_index()] if rule == "best" else self.picks[rule]
+
+    def lds(self, rule: str) -> Estimate:
+        """Test LDS at a rule's pick."""
+        return mean_estimate(self.per_query(rule))
+
+    def ratio_to_best(self, rule: str = SELECTED) -> Estimate:
+        """LDS of a rule's pick over the best LDS on the grid (paired over queries)."""
+        return paired_ratio(self.per_query(rule), self.per_query("best"))
+
+    def gain(self, rule: str = SELECTED, over: str = "default") -> Estimate:
+        """LDS of a rule's pick minus the LDS of another rule's pick (paired over queries)."""
+        return paired_difference(self.per_query(rule), self.per_query(over))
+
+    def peaks(self) -> int:
+        """Local maxima of the LDS-vs-λ curve, ends included, ignoring steps that are not established
+        (a step counts when the paired difference of neighbours exceeds two standard errors)."""
+        signs = []
+        for a, b in zip(self.lds_grid[:-1], self.lds_grid[1:]):
+            step = paired_difference(b, a)
+            if step.exceeds(0):
+                signs.append(1)
+            elif step.below(0):
+                signs.append(-1)
+        if not signs:
+            return 1
+        interior = sum(1 for a, b in itertools.pairwise(signs) if a > 0 and b < 0)
+        return interior + int(signs[0] < 0) + int(signs[-1] > 0)
+
+    def rises_from_smallest(self) -> bool:
+        """True when the best LDS is established above the LDS at the smallest candidate."""
+        return paired_difference(self.per_query("best"), self.lds_grid[0]).exceeds(0)
+
+    def xi_monotone(self) -> bool:
+        """True when ξ̄ never falls by more than :data:`XI_MONOTONE_TOLERANCE` along the grid."""
+        return bool(np.all(np.diff(self.xi_bar) >= -XI_MONOTONE_TOLERANCE))
+
+    def rank_of(self, rule: str = SELECTED) -> int:
+        """1 + the number of candidates with a higher mean LDS than the rule's pick."""
+        return int(sum(e.value > self.lds(rule).value for e in self.lds_curve())) + 1
+
+
+@dataclasses.dataclass
+class SelectionStudy:
+    """Selection cases of one study: Fig 2 (IFFIM), Fig 3 (TRAK) or the α study of Fig 6."""
+
+    name: str  #: file stem: ``selection_iffim``, ``selection_trak``, ``alpha_iffim``
+    cases: list[SelectionCase]
+    config: dict = dataclasses.field(default_factory=dict)  #: grid size, ground truth, thresholds...
+    profile: str | None = None
+
+    @property
+    def ran(self) -> list[SelectionCase]:
+        """The cases that ran."""
+        return [c for c in self.cases if c.ok]
+
+    @property
+    def not_run(self) -> list[SelectionCase]:
+        """The cases whose data was not supplied."""
+        return [c for c in self.cases if not c.ok]
+
+    def case(self, setting: str, proj_dim: int | None, alpha: float | None = None) -> SelectionCase:
+        """The case of a setting and projection (and α when the study has several)."""
+        for c in self.cases:
+            if c.setting == setting and c.proj_dim == proj_dim and (alpha is None or c.alpha == alpha):
+                return c
+        raise InvalidParameterError("case", (setting, proj_dim, alpha), [(c.setting, c.proj_dim, c.alpha) for c in self.cases])
+
+    def summary(self) -> pd.DataFrame:
+        """One row per case that ran: selected and best λ, their LDS, the ratio and the gain over the default."""
+        rows = []
+        for c in self.ran:
+            ratio, gain = c.ratio_to_best(), c.gain()
+            rows.append({"case": c.label, "alpha": c.alpha, "λ selected": c.regularization(SELECTED),
+                         "LDS selected": c.lds(SELECTED).text(), "λ best": c.regularization("best"),
+                         "LDS best": c.lds("best").text(), "selected / best": ratio.text(2),
+                         "gain over default": gain.text(3), "LDS default": c.lds("default").text()})
+        return pd.DataFrame(rows)
+
+    def rules_table(self) -> pd.DataFrame:
+        """Per case and rule: λ and the ratio of its LDS to the best (paired), for every baseline."""
+        rows = []
+        for c in self.ran:
+            for rule in c.picks:
+                rows.append({"case": c.label, "alpha": c.alpha, "rule": rule, "λ": c.regularization(rule),
+                             "LDS": c.lds(rule).value, "of best": c.ratio_to_best(rule).value})
+        return pd.DataFrame(rows)
+
+    def monotone_count(self) -> tuple[int, int]:
+        """Fig 5: ξ̄ curves that never fall, out of the cases that ran."""
+        return sum(c.xi_monotone() for c in self.ran), len(self.ran)
+
+    def alpha_robustness(self) -> pd.DataFrame:
+        """Fig 6: per (setting, projection), how far the best λ moves across α (in grid steps) and the
+        rank of the selected λ under each α."""
+        rows = []
+        groups: dict[tuple, list[SelectionCase]] = {}
+        for c in self.ran:
+            groups.setdefault((c.setting, c.proj_dim), []).append(c)
+        for (_setting, _proj_dim), cases in groups.items():
+            steps = [int(np.argmin(np.abs(np.log10(c.grid) - np.log10(c.regularization("best"))))) for c in cases]
+            ranks = [c.rank_of() for c in cases]
+            rows.append({"case": cases[0].label, "alphas": [c.alpha for c in cases],
+                         "best λ moves (grid steps)": max(steps) - min(steps), "ranks of selected": ranks})
+        return pd.DataFrame(rows)
+
+    def headline(self) -> dict[str, Any]:
+        """Per case: selected / best and the gain over the default (both paired), peaks, ξ̄ monotone."""
+        return {c.label + (f", α={c.alpha}" if len({x.alpha for x in self.cases}) > 1 else ""): {
+            "lambda_selected": c.regularization(SELECTED), "lds_selected": c.lds(SELECTED),
+            "lambda_best": c.regularization("best"), "lds_best": c.lds("best"), "ratio_to_best": c.ratio_to_best(),
+            "gain_over_default": c.gain(), "peaks": c.peaks(), "xi_monotone": c.xi_monotone()} for c in self.ran}
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def save(self, folder: Path) -> Path:
+        """Write ``<name>_cases.csv``, ``<name>_curves.csv``, ``<name>_picks.csv``,
+        ``<name>_per_query.csv`` and ``<name>.json``; returns the picks table's path."""
+        cases, curves, picks, per_query = [], [], [], []
+        for c in self.cases:
+            cases.append({**c.key, "status": c.status, "xi_seconds": c.xi_seconds,
+                          "grid_search_seconds": c.grid_search_seconds, "xi_trainings": c.xi_trainings,
+                          "grid_search_trainings": c.grid_search_trainings})
+            if not c.ok:
+                continue
+            for i, (lam, xi_value, row) in enumerate(zip(c.grid, c.xi_bar, c.lds_grid)):
+                estimate = mean_estimate(row)
+                curves.append({**c.key, "regularization": lam, "xi_bar": xi_value,
+                               "lds_mean": estimate.value, "lds_sem": estimate.se})
+                per_query += [{**c.key, "point": f"grid{i}", "query": q, "lds": v} for q, v in enumerate(row)]
+            for rule, lam in c.picks.items():
+                estimate, ratio = c.lds(rule), c.ratio_to_best(rule)
+                picks.append({**c.key, "rule": rule, "regularization": lam, "xi_bar": c.pick_xi.get(rule),
+                              "lds_mean": estimate.value, "lds_sem": estimate.se,
+                              "ratio_to_best": ratio.value, "ratio_to_best_se": ratio.se})
+                per_query += [{**c.key, "point": rule, "query": q, "lds": v} for q, v in enumerate(c.pick_lds[rule])]
+        frames = {"cases": cases, "curves": curves, "picks": picks, "per_query": per_query}
+        for part, rows in frames.items():
+            pd.DataFrame(rows, columns=None if rows else list(CASE_COLUMNS)).to_csv(
+                folder / f"{self.name}_{part}.csv", index=False)
+        write_json(folder / f"{self.name}.json", {"record": "selection", "profile": self.profile, "config": self.config,
+                                                  "headline": self.headline()})
+        return folder / f"{self.name}_picks.csv"
+
+    @classmethod
+    def load(cls, folder: Path, name: str) -> SelectionStudy | None:
+        """The study saved as ``name`` under ``folder``, or None."""
+        if not (folder / f"{name}.json").exists():
+            return None
+        meta = read_json(folder / f"{name}.json")
+        tables = {part: pd.read_csv(folder / f"{name}_{part}.csv") for part in ("cases", "curves", "picks", "per_query")}
+        cases = []
+        for _, row in tables["cases"].iterrows():
+            key = {"setting": row.setting, "attributor": row.attributor, "proj_dim": _int_or_none(row.proj_dim),
+                   "ensemble_size": _int_or_none(row.ensemble_size), "alpha": float(row.alpha)}
+            case = SelectionCase(**key, status=row.status, xi_seconds=float(row.xi_seconds),
+                                 grid_search_seconds=float(row.grid_search_seconds),
+                                 xi_trainings=int(row.xi_trainings), grid_search_trainings=int(row.grid_search_trainings))
+            if case.ok:
+                _fill_case(case, tables, key)
+            cases.append(case)
+        return cls(name, cases, meta.get("config", {}), meta.get("profile"))
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else int(value)
+
+
+def _fill_case(case: SelectionCase, tables: dict[str, pd.DataFrame], key: dict[str, Any]) -> None:
+    curves = tables["curves"][matches(tables["curves"], key)]
+    picks = tables["picks"][matches(tables["picks"], key)]
+    per_query = tables["per_query"][matches(tables["per_query"], key)]
+    by_point = {point: rows.sort_values("query").lds.to_numpy(dtype=float) for point, rows in per_query.groupby("point")}
+    case.grid = curves.regularization.astype(float).tolist()
+    case.xi_bar = curves.xi_bar.to_numpy(dtype=float)
+    case.lds_grid = np.stack([by_point[f"grid{i}"] for i in range(len(case.grid))])
+    for _, pick in picks.iterrows():
+        case.picks[pick.rule] = float(pick.regularization)
+        case.pick_xi[pick.rule] = float(pick.xi_bar) if pd.notna(pick.xi_bar) else float("nan")
+        case.pick_lds[pick.rule] = by_point[pick.rule]
+
+
+# --------------------------------------------------------------------------------------------
+# Data selection by removal (the poster's table)
+
+
+@dataclasses.dataclass
+class RemovalRecord:
+    """Test accuracy after removing the top-attributed training points (:mod:`dahp.experiments.removal`).
+
+    ``accuracies``: one row per (setting, method, removal rate, seed) with the accuracy in %;
+    ``Full`` has rate 0. ``lambdas``: the λ each method used.
+    """
+
+    accuracies: pd.DataFrame
+    lambdas: pd.DataFrame
+    config: dict = dataclasses.field(default_factory=dict)
+    profile: str | None = None
+    stem: str = "removal_table"
+
+    @property
+    def settings(self) -> list[str]:
+        """The settings that ran."""
+        return list(dict.fromkeys(self.accuracies.setting))
+
+    def rates(self, setting: str) -> list[float]:
+        """The removal rates of a setting (Full's 0 excluded)."""
+        part = self.accuracies[(self.accuracies.setting == setting) & (self.accuracies.removal_rate > 0)]
+        return sorted(part.removal_rate.unique().tolist())
+
+    def seeds_of(self, setting: str, method: str, rate: float) -> np.ndarray:
+        """Accuracies (%) of one cell, in seed order."""
+        part = self.accuracies[(self.accuracies.setting == setting) & (self.accuracies.method == method)]
+        if method != "Full":
+            part = part[np.isclose(part.removal_rate, rate)]
+        return part.sort_values("seed").accuracy.to_numpy(dtype=float)
+
+    def selected_minus_default(self, setting: str, label: str, rate: float) -> Estimate:
+        """Accuracy after removal by the selected λ minus by the default λ (paired over seeds; negative:
+        the selected λ found points the test set depends on more)."""
+        return paired_difference(self.seeds_of(setting, f"{label} selected", rate),
+                                 self.seeds_of(setting, f"{label} default", rate))
+
+    def wide(self, setting: str) -> pd.DataFrame:
+        """The poster's layout: methods down, rates across, ``mean ± std`` (and the poster's number)."""
+        from dahp.experiments.removal import POSTER_TABLE, REMOVAL_RATES
+
+        methods = list(dict.fromkeys(self.accuracies[self.accuracies.setting == setting].method))
+        table = {}
+        for rate in self.rates(setting):
+            column = {}
+            for method in methods:
+                values = self.seeds_of(setting, method, rate)
+                ours = f"{values.mean():.2f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.2f}"
+                poster = dict(zip(REMOVAL_RATES, POSTER_TABLE.get(method, []))).get(rate)
+                column[method] = ours + (f"  ({poster[0]:.2f} ± {poster[1]:.2f})" if poster else "")
+            table[f"{round(100 * rate)} %"] = column
+        return pd.DataFrame(table).loc[methods]
+
+    def headline(self) -> dict[str, Any]:
+        """Per setting, attributor and rate: selected minus default accuracy (paired over seeds)."""
+        return {f"{setting} {label} {round(100 * rate)}%": self.selected_minus_default(setting, label, rate)
+                for setting in self.settings for label in ("IFFIM", "TRAK") for rate in self.rates(setting)}
+
+    def save(self, folder: Path) -> Path:
+        """Write ``removal_table.csv`` (long), ``removal_lambdas.csv`` and ``removal_table.json``."""
+        path = folder / f"{self.stem}.csv"
+        self.accuracies.to_csv(path, index=False)
+        self.lambdas.reindex(columns=["setting", "method", "regularization"]).to_csv(folder / "removal_lambdas.csv",
+                                                                                      index=False)
+        write_json(folder / f"{self.stem}.json", {"record": "removal", "profile": self.profile, "config": self.config,
+                                                  "headline": self.headline()})
+        return path
+
+    @classmethod
+    def load(cls, folder: Path, stem: str = "removal_table") -> RemovalRecord | None:
+        """The removal record under ``folder``, or None."""
+        if not (folder / f"{stem}.json").exists():
+            return None
+        meta = read_json(folder / f"{stem}.json")
+        return cls(pd.read_csv(folder / f"{stem}.csv"), pd.read_csv(folder / "removal_lambdas.csv"),
+                   meta.get("config", {}), meta.get("profile"), stem)
+
+
+# --------------------------------------------------------------------------------------------
+# Theorem 4.3
+
+
+@dataclasses.dataclass
+class TheoremRecord:
+    """ξ < ω ⇒ the LDS rises, on planted problems (exact β) and on real data (β̂ from retraining).
+
+    Tables have one row per (problem or setting, λ, query) with ``xi``, ``omega``, ``premise`` and
+    ``lds_rises`` (:mod:`dahp.experiments.theorem`).
+    """
+
+    planted: pd.DataFrame
+    real: pd.DataFrame | None
+    setting: str | None = None
+    profile: str | None = None
+    stem: str = "theorem_check"
+
+    def planted_summary(self) -> dict[str, int]:
+        """Triples, how many meet the premise, and how many of those have a rising LDS."""
+        premise = self.planted[self.planted.premise.astype(bool)]
+        return {"triples": len(self.planted), "premise": len(premise),
+                "premise_and_rises": int(premise.lds_rises.astype(bool).sum()),
+                "rises_without_premise": int(self.planted[~self.planted.premise.astype(bool)].lds_rises.astype(bool).sum())}
+
+    def real_summary(self) -> dict[str, Any] | None:
+        """Pairs, how many meet ξ < ω̂, how many of those rise, the largest ω̂ and the smallest ξ."""
+        if self.real is None:
+            return None
+        premise = self.real[self.real.premise.astype(bool)]
+        return {"pairs": len(self.real), "premise": len(premise),
+                "premise_and_rises": int(premise.lds_rises.astype(bool).sum()),
+                "largest_omega": float(self.real.omega.max()), "smallest_xi": float(self.real.xi.min())}
+
+    def headline(self) -> dict[str, Any]:
+        """Both summaries."""
+        return {"planted": self.planted_summary(), "real": self.real_summary()}
+
+    def save(self, folder: Path) -> Path:
+        """Write ``theorem_planted.csv``, ``theorem_real.csv`` and ``theorem_check.json``."""
+        self.planted.to_csv(folder / "theorem_planted.csv", index=False)
+        if self.real is not None:
+            self.real.to_csv(folder / "theorem_real.csv", index=False)
+        write_json(folder / f"{self.stem}.json", {"record": "theorem", "profile": self.profile, "setting": self.setting,
+                                                  "headline": self.headline()})
+        return folder / f"{self.stem}.json"
+
+    @classmethod
+    def load(cls, folder: Path, stem: str = "theorem_check") -> TheoremRecord | None:
+        """The theorem record under ``folder``, or None."""
+        if not (folder / f"{stem}.json").exists():
+            return None
+        meta = read_json(folder / f"{stem}.json")
+        real = folder / "theorem_real.csv"
+        return cls(pd.read_csv(folder / "theorem_planted.csv"), pd.read_csv(real) if real.exists() else None,
+                   meta.get("setting"), meta.get("profile"), stem)
+
+
+# --------------------------------------------------------------------------------------------
+# Table A.1
+
+
+@dataclasses.dataclass
+class DefaultsRecord:
+    """Table A.1 and the training recipes, generated from the code's records."""
+
+    defaults: pd.DataFrame
+    recipes: pd.DataFrame
+    profiles: pd.DataFrame
+    profile: str | None = None
+
+    def save(self, folder: Path) -> Path:
+        """Write ``table_a1_defaults.csv``, ``training_recipes.csv`` and ``run_profiles.csv``."""
+        self.defaults.to_csv(folder / "table_a1_defaults.csv", index=False)
+        self.recipes.to_csv(folder / "training_recipes.csv", index=False)
+        self.profiles.to_csv(folder / "run_profiles.csv")
+        return folder / "table_a1_defaults.csv"
+
+
+def stems(records: Iterable[Any]) -> list[str]:
+    """File stems of records (for messages)."""
+    return [getattr(r, "stem", getattr(r, "name", "?")) for r in records]
