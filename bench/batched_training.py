@@ -45,20 +45,27 @@ def main() -> None:
     config = GroundTruthConfig(n_models=args.models)
     index_sets = torch.from_numpy(np.stack([subset_indices(data.n_train, config, j) for j in range(args.models)]))
     seeds = [model_seed(config, j) for j in range(args.models)]
-    print(f"{args.models} {setting.name} models, {index_sets.shape[1]} points each, {args.epochs} epochs, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"{args.models} {setting.name} models, {index_sets.shape[1]} points each, {args.epochs} epochs, "
+        f"{torch.get_num_threads()} threads"
+    )
 
     dataset = TensorDataset(data.x_train, data.y_train)
     started = time.perf_counter()
     for ix, s in tqdm(list(zip(index_sets, seeds)), desc="dattri loop", leave=False):
-        loader = DataLoader(dataset, batch_size=setting.recipe.batch_size,
-                            sampler=SubsetRandomSampler(ix.tolist(), generator=torch.Generator().manual_seed(s)))
+        loader = DataLoader(
+            dataset,
+            batch_size=setting.recipe.batch_size,
+            sampler=SubsetRandomSampler(ix.tolist(), generator=torch.Generator().manual_seed(s)),
+        )
         train_mnist_mlp(loader, seed=s, epoch_num=args.epochs)
     dattri_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
-    models = [train_one(setting, data.x_train, data.y_train, ix, s)
-              for ix, s in tqdm(list(zip(index_sets, seeds)), desc="sequential", leave=False)]
+    models = [
+        train_one(setting, data.x_train, data.y_train, ix, s)
+        for ix, s in tqdm(list(zip(index_sets, seeds)), desc="sequential", leave=False)
+    ]
     sequential_seconds = time.perf_counter() - started
     sequential = stack_states(models)
 
@@ -69,10 +76,14 @@ def main() -> None:
     acc_seq = accuracy_many(setting, sequential, data.x_test, data.y_test)
     acc_bat = accuracy_many(setting, batched, data.x_test, data.y_test)
     print(f"dattri loop (DataLoader):     {dattri_seconds:8.2f} s")
-    print(f"sequential reference loop:    {sequential_seconds:8.2f} s   "
-          f"test accuracy {acc_seq.mean():.4f} ± {acc_seq.std():.4f}")
-    print(f"batched (vmap):               {batched_seconds:8.2f} s   "
-          f"test accuracy {acc_bat.mean():.4f} ± {acc_bat.std():.4f}")
+    print(
+        f"sequential reference loop:    {sequential_seconds:8.2f} s   "
+        f"test accuracy {acc_seq.mean():.4f} ± {acc_seq.std():.4f}"
+    )
+    print(
+        f"batched (vmap):               {batched_seconds:8.2f} s   "
+        f"test accuracy {acc_bat.mean():.4f} ± {acc_bat.std():.4f}"
+    )
     print(f"RESULT batched_training_speedup {sequential_seconds / batched_seconds:.2f} goal 5")
     print(f"RESULT batched_training_speedup_vs_dattri_loop {dattri_seconds / batched_seconds:.2f} goal 5")
 

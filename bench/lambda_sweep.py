@@ -35,7 +35,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--setting", default="mnist_mlp")
     parser.add_argument("--proj-dim", type=int, default=512)
-    parser.add_argument("--per-lambda", type=int, default=N_LAMBDAS, help="dattri calls actually timed for the per-λ figure")
+    parser.add_argument(
+        "--per-lambda", type=int, default=N_LAMBDAS, help="dattri calls actually timed for the per-λ figure"
+    )
     args = parser.parse_args()
 
     setting = get_setting(args.setting)

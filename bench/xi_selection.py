@@ -60,8 +60,12 @@ def main() -> None:
         # marginal ξ cost: validation features (training features and factorization already cached)
         marginal_cache = Cache(folder)
         started = time.perf_counter()
-        spec = {**attr.checkpoint_spec(setting, 0, setting.recipe.epochs), "split": "val", "kind": "target",
-                "projection": {"dim": args.proj_dim, "seed": 0, "ensemble_id": 0}}
+        spec = {
+            **attr.checkpoint_spec(setting, 0, setting.recipe.epochs),
+            "split": "val",
+            "kind": "target",
+            "projection": {"dim": args.proj_dim, "seed": 0, "ensemble_id": 0},
+        }
         marginal_cache.path("features", spec).unlink()
         members = attr.scorer(setting, "iffim", params, "val", marginal_cache, progress=False).members
         xi_bar_curve(members, grid)
@@ -71,8 +75,10 @@ def main() -> None:
     print(f"IFFIM on {setting.name}, proj_dim {args.proj_dim}, {len(grid)} candidate λ, {args.models} retrained models")
     print(f"ξ selection (features + factorization + ξ̄ + bisection): {xi_seconds:8.2f} s")
     print(f"  marginal ξ cost given the attributor's own features:   {marginal_seconds:8.2f} s")
-    print(f"grid search (retraining + test features + {len(grid)} LDS):   {grid_seconds:8.2f} s "
-          f"(retraining {truth.train_seconds:.2f} s)")
+    print(
+        f"grid search (retraining + test features + {len(grid)} LDS):   {grid_seconds:8.2f} s "
+        f"(retraining {truth.train_seconds:.2f} s)"
+    )
     print(f"picked λ={pick.regularization:.3g} LDS {values[grid.index(pick.regularization)]:.3f}; best LDS {best:.3f}")
     print(f"RESULT xi_selection_speedup {grid_seconds / xi_seconds:.2f} goal 100")
     print(f"RESULT xi_selection_speedup_marginal {grid_seconds / marginal_seconds:.2f}")

@@ -51,8 +51,15 @@ def check_pages(html: Path, pages: list[str], screenshots: Path) -> dict[str, di
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-extensions", "--window-size=1280,1000"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-extensions",
+        "--window-size=1280,1000",
+    ):
         options.add_argument(flag)
     screenshots.mkdir(parents=True, exist_ok=True)
     report = {}
@@ -65,17 +72,23 @@ def check_pages(html: Path, pages: list[str], screenshots: Path) -> dict[str, di
                 driver.execute_async_script(
                     "const done = arguments[arguments.length - 1];"
                     "Promise.all(Array.from(document.images).map(i => i.complete ? null :"
-                    " new Promise(r => { i.onload = i.onerror = r; }))).then(() => done());")
+                    " new Promise(r => { i.onload = i.onerror = r; }))).then(() => done());"
+                )
                 images = driver.execute_script(
-                    "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0]);")
+                    "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0]);"
+                )
                 shot = screenshots / f"{page.replace('/', '__')}.png"
                 height = driver.execute_script("return document.body.scrollHeight")
                 driver.set_window_size(1280, min(max(int(height), 800), 12000))
                 driver.save_screenshot(str(shot))
                 driver.set_window_size(1280, 1000)
-                report[page] = {"title": driver.title, "images": [src for src, _ in images],
-                                "broken": [src for src, ok in images if not ok], "screenshot": shot,
-                                "error": "404" in driver.title or "Error response" in driver.page_source[:500]}
+                report[page] = {
+                    "title": driver.title,
+                    "images": [src for src, _ in images],
+                    "broken": [src for src, ok in images if not ok],
+                    "screenshot": shot,
+                    "error": "404" in driver.title or "Error response" in driver.page_source[:500],
+                }
     finally:
         driver.quit()
     return report

@@ -66,8 +66,17 @@ def test_iffim_equals_a_direct_solve_with_the_empirical_fisher(cache):
 
 
 def test_every_attributor_has_the_papers_hyperparameters():
-    assert set(ATTRIBUTORS) == {"iffim", "trak", "if_explicit", "if_cg", "if_lissa", "tracin", "grad_dot",
-                                "grad_cos", "logra"}
+    assert set(ATTRIBUTORS) == {
+        "iffim",
+        "trak",
+        "if_explicit",
+        "if_cg",
+        "if_lissa",
+        "tracin",
+        "grad_dot",
+        "grad_cos",
+        "logra",
+    }
     assert make_params("trak").regularization == 0.0 and make_params("trak").proj_dim == 512
     assert make_params("trak").ensemble_size == 10
     assert make_params("if_explicit").regularization == 1e-5
@@ -90,12 +99,15 @@ def test_unknown_attributor_and_hyperparameter_list_the_valid_ones():
         make_params("trak", regularisation=1.0)
 
 
-@pytest.mark.parametrize("attributor, values, pattern", [
-    ("trak", {"regularization": -1.0}, "regularization=-1.0"),
-    ("iffim", {"proj_dim": 0}, "proj_dim=0"),
-    ("logra", {"proj_dim": 1000}, "perfect square"),
-    ("tracin", {"checkpoint_selection": "first3"}, "checkpoint_selection"),
-])
+@pytest.mark.parametrize(
+    "attributor, values, pattern",
+    [
+        ("trak", {"regularization": -1.0}, "regularization=-1.0"),
+        ("iffim", {"proj_dim": 0}, "proj_dim=0"),
+        ("logra", {"proj_dim": 1000}, "perfect square"),
+        ("tracin", {"checkpoint_selection": "first3"}, "checkpoint_selection"),
+    ],
+)
 def test_bad_hyperparameter_values(attributor, values, pattern):
     with pytest.raises(InvalidParameterError, match=pattern):
         make_params(attributor, **values)

@@ -42,8 +42,11 @@ def test_plan_runs_in_quick_profile_and_book_builds_warning_free(book_root, tmp_
     defaults = pd.read_csv(results / "table_a1_defaults.csv")
     trak = defaults[defaults.attributor == "TRAK"].set_index("hyperparameter")["default"]
     assert trak["regularization"] == "0.0" and trak["proj_dim"] == "512" and trak["ensemble_size"] == "10"
-    build = subprocess.run([str(Path(sys.executable).parent / "jupyter-book"), "build", str(book_root), "-W", "-n",
-                            "--keep-going"], capture_output=True, text=True)
+    build = subprocess.run(
+        [str(Path(sys.executable).parent / "jupyter-book"), "build", str(book_root), "-W", "-n", "--keep-going"],
+        capture_output=True,
+        text=True,
+    )
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     html = book_root / "_build" / "html"
     for entry in load_plan():
@@ -83,10 +86,17 @@ def check_status_numbers_are_the_pages_headlines(results: Path) -> None:
 
 #: Figures the quick-profile plan must write (one per artifact page that draws one).
 EXPECTED_FIGURES = [
-    "grid_mnist_mlp_if_cg_regularization.png", "grid_mnist_mlp_trak_proj_dim_regularization.png",
-    "grid_mnist_mlp_if_lissa_scaling_recursion_depth.png", "fig1e_trak_training_epoch.png", "fig4_mnist_lr.png",
-    "selection_iffim.png", "selection_trak.png", "fig5_xi_bar_curves.png", "fig6_alpha_robustness.png",
-    "theorem_check_mnist_lr_iffim.png", "own_model_selection.png",
+    "grid_mnist_mlp_if_cg_regularization.png",
+    "grid_mnist_mlp_trak_proj_dim_regularization.png",
+    "grid_mnist_mlp_if_lissa_scaling_recursion_depth.png",
+    "fig1e_trak_training_epoch.png",
+    "fig4_mnist_lr.png",
+    "selection_iffim.png",
+    "selection_trak.png",
+    "fig5_xi_bar_curves.png",
+    "fig6_alpha_robustness.png",
+    "theorem_check_mnist_lr_iffim.png",
+    "own_model_selection.png",
 ]
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
 
@@ -113,8 +123,10 @@ def check_in_browser(html: Path) -> None:
 def test_a_failing_cell_names_the_notebook_and_the_cell(tmp_path, monkeypatch):
     broken = ROOT / "notebooks" / "_broken_for_test.md"
     header = (ROOT / "notebooks" / "fig1b_trak_grid.md").read_text().split("\n---\n", 1)[0] + "\n---\n"
-    broken.write_text(header + "\n# Broken\n\n```{code-cell} ipython3\n:tags: [parameters]\n\nprofile = 'quick'\n```\n\n"
-                      "```{code-cell} ipython3\nraise ValueError('boom')\n```\n")
+    broken.write_text(
+        header + "\n# Broken\n\n```{code-cell} ipython3\n:tags: [parameters]\n\nprofile = 'quick'\n```\n\n"
+        "```{code-cell} ipython3\nraise ValueError('boom')\n```\n"
+    )
     try:
         with pytest.raises(NotebookFailed, match=r"_broken_for_test\.md.*cell \d+: ValueError: boom"):
             run_entry(PlanEntry("_broken_for_test.md", "broken", {}), "quick", tmp_path)
@@ -134,12 +146,16 @@ def test_a_plan_title_replaces_the_first_heading_only():
 
     from dahp.plan import retitle
 
-    notebook = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell("x = 1"),
-        nbformat.v4.new_markdown_cell("Intro\n# Shared title\n\ntext\n# Second heading"),
-    ])
+    notebook = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell("x = 1"),
+            nbformat.v4.new_markdown_cell("Intro\n# Shared title\n\ntext\n# Second heading"),
+        ]
+    )
     retitle(notebook, "Fig 2 — IFFIM")
     assert notebook.cells[1].source == "Intro\n# Fig 2 — IFFIM\n\ntext\n# Second heading"
     titled = {e.page: e.title for e in load_plan() if e.notebook == "lambda_selection.md"}
-    assert titled == {"fig2_iffim_selection": "Fig 2 — IFFIM — the λ chosen by ξ against the LDS",
-                      "fig3_trak_selection": "Fig 3 — TRAK — the λ chosen by ξ against the LDS"}
+    assert titled == {
+        "fig2_iffim_selection": "Fig 2 — IFFIM — the λ chosen by ξ against the LDS",
+        "fig3_trak_selection": "Fig 3 — TRAK — the λ chosen by ξ against the LDS",
+    }

@@ -47,13 +47,16 @@ def test_query_subset_is_evenly_spaced():
     assert len(query_index(500, None)) == 500
 
 
-@pytest.mark.parametrize("vary, pattern", [
-    ({"lambda_": [1.0]}, r"hyperparameter of iffim.*'regularization'"),
-    ({"regularization": [0.1, -1.0]}, "regularization=-1.0"),
-    ({"proj_dim": [100, 9000]}, r"proj_dim=9000.*1\.\.7850"),
-    ({"training_epoch": [1, 3]}, r"epoch=3.*1\.\.2"),
-    ({"proj_dim": [64], "regularization": [1.0], "proj_seed": [0]}, "one or two"),
-])
+@pytest.mark.parametrize(
+    "vary, pattern",
+    [
+        ({"lambda_": [1.0]}, r"hyperparameter of iffim.*'regularization'"),
+        ({"regularization": [0.1, -1.0]}, "regularization=-1.0"),
+        ({"proj_dim": [100, 9000]}, r"proj_dim=9000.*1\.\.7850"),
+        ({"training_epoch": [1, 3]}, r"epoch=3.*1\.\.2"),
+        ({"proj_dim": [64], "regularization": [1.0], "proj_seed": [0]}, "one or two"),
+    ],
+)
 def test_bad_grids_fail_before_compute(vary, pattern, monkeypatch):
     monkeypatch.setattr("dahp.experiments.grid.ground_truth", lambda *a, **k: pytest.fail("computed despite bad input"))
     with pytest.raises(InvalidParameterError, match=pattern):
@@ -71,8 +74,9 @@ def test_grid_table_file_and_one_scorer_per_lambda_axis(results, monkeypatch):
     built = []
     real = attributors.scorer
     monkeypatch.setattr(attributors, "scorer", lambda *a, **k: built.append(a[2]) or real(*a, **k))
-    spec = make_grid_spec(lr_quick(), "iffim", {"proj_dim": [128, 256], "lambda": [1e-3, 1e-1, 10.0]},
-                          ground_truth_config=TINY_TRUTH)
+    spec = make_grid_spec(
+        lr_quick(), "iffim", {"proj_dim": [128, 256], "lambda": [1e-3, 1e-1, 10.0]}, ground_truth_config=TINY_TRUTH
+    )
     record = run_grid(spec, progress=False, profile="quick")
     table = record.table
     assert len(built) == 2  # one scorer (one factorization) per projection dimension, never per λ
@@ -94,21 +98,40 @@ def test_grid_table_file_and_one_scorer_per_lambda_axis(results, monkeypatch):
 def test_trak_projection_sweep_is_order_independent(results):
     truth = TINY_TRUTH
     kw = dict(fixed={"ensemble_size": 2}, ground_truth_config=truth, n_queries=40)
-    up = run_grid(make_grid_spec(mlp_quick(), "trak", {"proj_dim": [128, 256], "regularization": [0.0, 1e-2]}, **kw),
-                  progress=False).table
-    down = run_grid(make_grid_spec(mlp_quick(), "trak", {"proj_dim": [256, 128], "regularization": [0.0, 1e-2]}, **kw),
-                    progress=False).table
+    up = run_grid(
+        make_grid_spec(mlp_quick(), "trak", {"proj_dim": [128, 256], "regularization": [0.0, 1e-2]}, **kw),
+        progress=False,
+    ).table
+    down = run_grid(
+        make_grid_spec(mlp_quick(), "trak", {"proj_dim": [256, 128], "regularization": [0.0, 1e-2]}, **kw),
+        progress=False,
+    ).table
     merged = up.merge(down, on=["proj_dim", "regularization"])
     np.testing.assert_allclose(merged["lds_mean_x"], merged["lds_mean_y"], rtol=1e-6)
 
 
 def test_cli_grid_prints_table_and_path(results, capsys):
-    code = main(["grid", "--setting", lr_quick(), "--attributor", "grad_dot", "--vary", "checkpoint_selection=last1,last2",
-                 "--n-models", "6", "--queries", "50"])
+    code = main(
+        [
+            "grid",
+            "--setting",
+            lr_quick(),
+            "--attributor",
+            "grad_dot",
+            "--vary",
+            "checkpoint_selection=last1,last2",
+            "--n-models",
+            "6",
+            "--queries",
+            "50",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "checkpoint_selection" in out and "grid_mnist_lr_quick_grad_dot_checkpoint_selection.csv" in out
-    assert (results / "cli" / "grid_mnist_lr_quick_grad_dot_checkpoint_selection.csv").exists()  # not a profile's folder
+    assert (
+        results / "cli" / "grid_mnist_lr_quick_grad_dot_checkpoint_selection.csv"
+    ).exists()  # not a profile's folder
     assert main(["grid", "--setting", lr_quick(), "--attributor", "trak", "--vary", "projection_dim=99999"]) == 2
     assert "proj_dim=99999" in capsys.readouterr().err
 
@@ -117,8 +140,9 @@ def test_grid_mixing_full_and_projected_gradients(results):
     from helpers import small
 
     name = registered(small("mnist_lr"), "mnist_lr_small_quick")
-    spec = make_grid_spec(name, "iffim", {"proj_dim": [None, 128], "regularization": [1e-3, 1e-1]},
-                          ground_truth_config=TINY_TRUTH)
+    spec = make_grid_spec(
+        name, "iffim", {"proj_dim": [None, 128], "regularization": [1e-3, 1e-1]}, ground_truth_config=TINY_TRUTH
+    )
     table = run_grid(spec, progress=False).table
     assert len(table) == 4 and table["proj_dim"].isna().sum() == 2
     only_full = make_grid_spec(name, "iffim", {"proj_dim": [None]}, ground_truth_config=TINY_TRUTH)

@@ -54,8 +54,9 @@ def test_each_model_is_the_model_trained_alone_on_its_subset(cache: Cache):
     truth = ground_truth(SETTING, CONFIG, cache, progress=False)
     data = SETTING.data()
     j = 3
-    alone = train_one(SETTING, data.x_train, data.y_train,
-                      torch.from_numpy(subset_indices(4000, CONFIG, j)), model_seed(CONFIG, j))
+    alone = train_one(
+        SETTING, data.x_train, data.y_train, torch.from_numpy(subset_indices(4000, CONFIG, j)), model_seed(CONFIG, j)
+    )
     margins = evaluate_many(SETTING, stack_states([alone]), data.x_test, data.y_test)[0]
     torch.testing.assert_close(truth.targets("test")[j], margins, rtol=1e-4, atol=1e-4)
 

@@ -11,7 +11,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_dependencies_are_pinned_once_in_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    requirements = project["dependencies"] + functools.reduce(operator.iadd, project["optional-dependencies"].values(), [])
+    requirements = project["dependencies"] + functools.reduce(
+        operator.iadd, project["optional-dependencies"].values(), []
+    )
     assert "torch==2.13.0" in requirements  # the CPU wheel on disk; anything else pulls CUDA builds
     assert "dattri==0.3.0" in requirements  # later dattri changes the TRAK constructor
     unpinned = [r for r in requirements if "==" not in r]

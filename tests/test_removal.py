@@ -62,8 +62,9 @@ def test_removing_the_points_that_support_the_test_labels_hurts_more_than_random
 
 
 def _record(rows) -> RemovalRecord:
-    return RemovalRecord(pd.DataFrame(rows, columns=["setting", "method", "removal_rate", "seed", "accuracy"]),
-                         pd.DataFrame())
+    return RemovalRecord(
+        pd.DataFrame(rows, columns=["setting", "method", "removal_rate", "seed", "accuracy"]), pd.DataFrame()
+    )
 
 
 def test_selected_minus_default_is_paired_over_seeds():

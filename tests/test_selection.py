@@ -76,8 +76,9 @@ def test_recipe_rule_from_the_training_recipe():
         recipe_regularization(lr, "tracin")
 
 
-@pytest.mark.parametrize("name, attributor, proj_dim", [("mnist_lr", "iffim", None), ("mnist_mlp", "trak", 256),
-                                                        ("mnist_mlp", "iffim", 256)])
+@pytest.mark.parametrize(
+    "name, attributor, proj_dim", [("mnist_lr", "iffim", None), ("mnist_mlp", "trak", 256), ("mnist_mlp", "iffim", 256)]
+)
 def test_xi_bar_monotone_on_the_embedded_settings(cache, name, attributor, proj_dim):
     from dahp import attributors as attr
     from dahp.experiments.cases import default_grid
@@ -85,7 +86,9 @@ def test_xi_bar_monotone_on_the_embedded_settings(cache, name, attributor, proj_
 
     setting = small(name)
     values = {"proj_dim": proj_dim, **({"ensemble_size": 2} if attributor == "trak" else {})}
-    members = attr.scorer(setting, attributor, attr.make_params(attributor, **values), "val", cache, progress=False).members
+    members = attr.scorer(
+        setting, attributor, attr.make_params(attributor, **values), "val", cache, progress=False
+    ).members
     curve = xi_bar_curve(members, default_grid(setting, attributor))
     assert np.all(np.diff(curve) >= -1e-12)
     assert 0 <= curve[0] < curve[-1] <= 1
@@ -127,8 +130,9 @@ def test_a_study_keeps_a_missing_setting_as_a_reason_and_reuses_cached_cases(cac
     from helpers import registered, small
 
     name = registered(small("mnist_lr"), "mnist_lr_small_selection_quick")
-    study = cases_module.selection_study("selection_iffim", [(name, None), ("cifar2_resnet9", 512)], "iffim", 5,
-                                         n_models=6, cache=cache)
+    study = cases_module.selection_study(
+        "selection_iffim", [(name, None), ("cifar2_resnet9", 512)], "iffim", 5, n_models=6, cache=cache
+    )
     ran, missing = study.cases
     assert ran.ok and not missing.ok
     assert "data not supplied" in missing.status and "cifar-10-batches-py" in missing.status

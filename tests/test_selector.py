@@ -58,8 +58,10 @@ def digits_task():
         return correct_class_margin(functional_call(model, params, (xb,)), yb).sum()
 
     task = AttributionTask(loss_func=loss, model=model, checkpoints=checkpoints[-1], target_func=target)
-    loaders = (DataLoader(TensorDataset(x[train], y[train]), batch_size=100),
-               DataLoader(TensorDataset(x[val], y[val]), batch_size=100))
+    loaders = (
+        DataLoader(TensorDataset(x[train], y[train]), batch_size=100),
+        DataLoader(TensorDataset(x[val], y[val]), batch_size=100),
+    )
     return task, loaders, (x[train], y[train], x[val], y[val], checkpoints[-1], model), steps
 
 

@@ -73,8 +73,10 @@ def _write_fake_cifar(root, n_per_batch=1400):
     folder.mkdir()
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
-                 b"labels": list(rng.choice([3, 5, 1], n_per_batch, p=[0.45, 0.45, 0.1]))}
+        batch = {
+            b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
+            b"labels": list(rng.choice([3, 5, 1], n_per_batch, p=[0.45, 0.45, 0.1])),
+        }
         with open(folder / name, "wb") as handle:
             pickle.dump(batch, handle)
 

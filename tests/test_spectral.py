@@ -15,7 +15,9 @@ def direct(G, Q, scale, lam, sign=1.0):
 @pytest.fixture()
 def problem():
     gen = torch.Generator().manual_seed(0)
-    return torch.randn(30, 12, generator=gen, dtype=torch.float64), torch.randn(5, 12, generator=gen, dtype=torch.float64)
+    return torch.randn(30, 12, generator=gen, dtype=torch.float64), torch.randn(
+        5, 12, generator=gen, dtype=torch.float64
+    )
 
 
 @pytest.mark.parametrize("lam", [1e-4, 1e-1, 3.0, 1e3])

@@ -49,8 +49,15 @@ def _grid(folder, stem_setting, attributor, vary, per_query_by_point):
     """A grid record whose per-query LDS is given per combination."""
     rows, per_query = [], []
     for combination, values in per_query_by_point:
-        rows.append({"setting": stem_setting, "attributor": attributor, **combination,
-                     "lds_mean": float(np.mean(values)), "lds_sem": float(np.std(values, ddof=1) / np.sqrt(len(values)))})
+        rows.append(
+            {
+                "setting": stem_setting,
+                "attributor": attributor,
+                **combination,
+                "lds_mean": float(np.mean(values)),
+                "lds_sem": float(np.std(values, ddof=1) / np.sqrt(len(values))),
+            }
+        )
         per_query += [{**combination, "query": q, "lds": v} for q, v in enumerate(values)]
     spec = {"setting": stem_setting, "attributor": attributor, "vary": vary, "n_queries": len(per_query_by_point[0][1])}
     record = GridRecord(spec, pd.DataFrame(rows), pd.DataFrame(per_query), "quick")
@@ -60,22 +67,35 @@ def _grid(folder, stem_setting, attributor, vary, per_query_by_point):
 
 def test_c1_ratio_is_paired_and_needs_an_established_rise(tmp_path):
     low = RNG.normal(0.1, 0.05, 30)
-    _grid(tmp_path, "mnist_mlp", "if_cg", {"regularization": [1e-4, 1e-2]},
-          [({"regularization": 1e-4}, low), ({"regularization": 1e-2}, 3 * low + 0.001)])
+    _grid(
+        tmp_path,
+        "mnist_mlp",
+        "if_cg",
+        {"regularization": [1e-4, 1e-2]},
+        [({"regularization": 1e-4}, low), ({"regularization": 1e-2}, 3 * low + 0.001)],
+    )
     verdict = c1(tmp_path)
     assert verdict.holds == HOLDS and "ratio 3.0" in verdict.ours and "30 test queries" in verdict.ours
     # the same means but the rise buried in noise: not established, so the claim does not hold here
     noisy = low + RNG.normal(0, 1.0, 30)
-    _grid(tmp_path, "mnist_mlp", "if_cg", {"regularization": [1e-4, 1e-2]},
-          [({"regularization": 1e-4}, noisy), ({"regularization": 1e-2}, noisy[::-1] * 0.99)])
+    _grid(
+        tmp_path,
+        "mnist_mlp",
+        "if_cg",
+        {"regularization": [1e-4, 1e-2]},
+        [({"regularization": 1e-4}, noisy), ({"regularization": 1e-2}, noisy[::-1] * 0.99)],
+    )
     assert c1(tmp_path).holds == FAILS
 
 
 def _trak_grid(folder, zero_large_shift, best_large_shift):
     base = RNG.normal(0.25, 0.02, 40)
-    points = [({"proj_dim": 256, "regularization": 0.0}, base), ({"proj_dim": 256, "regularization": 0.1}, base + 0.01),
-              ({"proj_dim": 4096, "regularization": 0.0}, base + zero_large_shift),
-              ({"proj_dim": 4096, "regularization": 0.1}, base + 0.01 + best_large_shift)]
+    points = [
+        ({"proj_dim": 256, "regularization": 0.0}, base),
+        ({"proj_dim": 256, "regularization": 0.1}, base + 0.01),
+        ({"proj_dim": 4096, "regularization": 0.0}, base + zero_large_shift),
+        ({"proj_dim": 4096, "regularization": 0.1}, base + 0.01 + best_large_shift),
+    ]
     return _grid(folder, "mnist_mlp", "trak", {"proj_dim": [256, 4096], "regularization": [0.0, 0.1]}, points)
 
 
@@ -92,11 +112,26 @@ def _case(setting, selected_shift, default_shift, n=60, grid=(1e-3, 1e-2, 1e-1),
     base = RNG.normal(0, 0.02, n)
     lds_grid = np.stack([c + base for c in curve])
     picks = {"xi0.5": grid[1], "xi0.4": grid[1], "xi0.6": grid[2], "default": 1e-5, "q0.5": grid[0], "q0.9": grid[2]}
-    pick_lds = {"xi0.5": lds_grid[1] + selected_shift, "xi0.4": lds_grid[1], "xi0.6": lds_grid[2],
-                "default": lds_grid[1] + default_shift, "q0.5": lds_grid[0], "q0.9": lds_grid[2]}
-    values = dict(grid=list(grid), xi_bar=np.array([0.2, 0.5, 0.8]), lds_grid=lds_grid, picks=picks,
-                  pick_xi=dict.fromkeys(picks, 0.5), pick_lds=pick_lds, xi_seconds=1.0, grid_search_seconds=10.0,
-                  xi_trainings=1, grid_search_trainings=50)
+    pick_lds = {
+        "xi0.5": lds_grid[1] + selected_shift,
+        "xi0.4": lds_grid[1],
+        "xi0.6": lds_grid[2],
+        "default": lds_grid[1] + default_shift,
+        "q0.5": lds_grid[0],
+        "q0.9": lds_grid[2],
+    }
+    values = dict(
+        grid=list(grid),
+        xi_bar=np.array([0.2, 0.5, 0.8]),
+        lds_grid=lds_grid,
+        picks=picks,
+        pick_xi=dict.fromkeys(picks, 0.5),
+        pick_lds=pick_lds,
+        xi_seconds=1.0,
+        grid_search_seconds=10.0,
+        xi_trainings=1,
+        grid_search_trainings=50,
+    )
     values.update(extra)
     return SelectionCase(setting, "iffim", None, None, 0.5, **values)
 
@@ -108,7 +143,9 @@ def _study(folder, cases, name="selection_iffim"):
 
 
 def test_c8_needs_close_to_best_and_an_established_gain_over_the_default(tmp_path):
-    missing = SelectionCase("cifar2_resnet9", "iffim", 2048, None, 0.5, status="data not supplied: data/cifar-10-batches-py")
+    missing = SelectionCase(
+        "cifar2_resnet9", "iffim", 2048, None, 0.5, status="data not supplied: data/cifar-10-batches-py"
+    )
     _study(tmp_path, [_case("a", -0.01, -0.3), _case("b", -0.2, -0.1), missing])
     verdict = c8(tmp_path)
     # a: 0.98 of best and 0.29 above the default; b: 0.6 of best
@@ -127,10 +164,27 @@ def test_c9_holds_when_no_quantile_works_everywhere(tmp_path):
 
 
 def test_c5_counts_only_established_peaks(tmp_path):
-    _study(tmp_path, [_case("a", 0, 0, curve=(0.2, 0.5, 0.3, 0.6), grid=(1e-4, 1e-3, 1e-2, 1e-1),
-                            xi_bar=np.array([0.1, 0.3, 0.6, 0.9])),
-                      _case("b", 0, 0, curve=(0.2, 0.5, 0.499, 0.3), grid=(1e-4, 1e-3, 1e-2, 1e-1),
-                            xi_bar=np.array([0.1, 0.3, 0.6, 0.9]))])
+    _study(
+        tmp_path,
+        [
+            _case(
+                "a",
+                0,
+                0,
+                curve=(0.2, 0.5, 0.3, 0.6),
+                grid=(1e-4, 1e-3, 1e-2, 1e-1),
+                xi_bar=np.array([0.1, 0.3, 0.6, 0.9]),
+            ),
+            _case(
+                "b",
+                0,
+                0,
+                curve=(0.2, 0.5, 0.499, 0.3),
+                grid=(1e-4, 1e-3, 1e-2, 1e-1),
+                xi_bar=np.array([0.1, 0.3, 0.6, 0.9]),
+            ),
+        ],
+    )
     verdict = c5(tmp_path)
     assert verdict.holds == PARTLY
     assert "a, full gradients: 2 peak(s)" in verdict.ours and "b, full gradients: 1 peak(s)" in verdict.ours
@@ -158,10 +212,15 @@ def _removal(folder, shifts):
         for rate, shift in zip((0.1, 0.5), shifts):
             noise = RNG.normal(0, 0.05)
             for label in ("IFFIM", "TRAK"):
-                rows += [("s", f"{label} default", rate, seed, 85.0 + noise),
-                         ("s", f"{label} selected", rate, seed, 85.0 + noise + shift)]
-    RemovalRecord(pd.DataFrame(rows, columns=["setting", "method", "removal_rate", "seed", "accuracy"]),
-                  pd.DataFrame(), profile="quick").save(folder)
+                rows += [
+                    ("s", f"{label} default", rate, seed, 85.0 + noise),
+                    ("s", f"{label} selected", rate, seed, 85.0 + noise + shift),
+                ]
+    RemovalRecord(
+        pd.DataFrame(rows, columns=["setting", "method", "removal_rate", "seed", "accuracy"]),
+        pd.DataFrame(),
+        profile="quick",
+    ).save(folder)
 
 
 def test_c11_rule(tmp_path):
@@ -175,7 +234,11 @@ def test_c11_rule(tmp_path):
 
 def test_c12_compares_measured_costs(tmp_path):
     _study(tmp_path, [_case("a", 0, -0.3)])
-    assert c12(tmp_path).holds == HOLDS and "ξ adds 1.0 s (1 full-data model(s), no retraining) vs grid search 10.0 s (50 retrained)" in c12(tmp_path).ours
+    assert (
+        c12(tmp_path).holds == HOLDS
+        and "ξ adds 1.0 s (1 full-data model(s), no retraining) vs grid search 10.0 s (50 retrained)"
+        in c12(tmp_path).ours
+    )
     _study(tmp_path, [_case("a", 0, -0.3, xi_seconds=20.0)])
     assert c12(tmp_path).holds == FAILS
 
@@ -194,8 +257,13 @@ def test_status_numbers_are_the_saved_headlines(tmp_path):
     from dahp.experiments.records import _plain
 
     low = RNG.normal(0.1, 0.05, 30)
-    _grid(tmp_path, "mnist_mlp", "if_cg", {"regularization": [1e-4, 1e-2]},
-          [({"regularization": 1e-4}, low), ({"regularization": 1e-2}, 3 * low)])
+    _grid(
+        tmp_path,
+        "mnist_mlp",
+        "if_cg",
+        {"regularization": [1e-4, 1e-2]},
+        [({"regularization": 1e-4}, low), ({"regularization": 1e-2}, 3 * low)],
+    )
     _trak_grid(tmp_path, -0.18, 0.11)
     _study(tmp_path, [_case("a", -0.01, -0.3)])
     _removal(tmp_path, (-2.0, -3.0))

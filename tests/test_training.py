@@ -11,8 +11,9 @@ from helpers import TinyBatchNormNet, quick
 
 
 def subsets(n_models: int, size: int = 1000, n: int = 4000) -> torch.Tensor:
-    return torch.stack([torch.randperm(n, generator=torch.Generator().manual_seed(100 + k))[:size]
-                        for k in range(n_models)])
+    return torch.stack(
+        [torch.randperm(n, generator=torch.Generator().manual_seed(100 + k))[:size] for k in range(n_models)]
+    )
 
 
 def without_dropout(setting, dtype=torch.float32):
@@ -25,11 +26,14 @@ def train_both(setting, x, y, index_sets, seeds):
     return sequential, batched
 
 
-@pytest.mark.parametrize("recipe", [
-    {"momentum": 0.9},
-    {"momentum": 0.0, "weight_decay": 1e-3},
-    {"momentum": 0.5, "weight_decay": 1e-2, "batch_size": 48},  # 1000 % 48 != 0: ragged last batch
-])
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        {"momentum": 0.9},
+        {"momentum": 0.0, "weight_decay": 1e-3},
+        {"momentum": 0.5, "weight_decay": 1e-2, "batch_size": 48},  # 1000 % 48 != 0: ragged last batch
+    ],
+)
 def test_batched_equals_sequential_float64(recipe):
     setting = without_dropout(quick("mnist_mlp", **recipe), torch.float64)
     data = setting.data()

@@ -48,18 +48,23 @@ def _cmd_ground_truth(args: argparse.Namespace) -> None:
     from dahp.training import accuracy_many, train_full
 
     setting = get_setting(args.setting)
-    config = GroundTruthConfig(alpha=args.alpha, n_models=args.n_models, seed=args.seed,
-                               models_per_chunk=args.models_per_chunk)
+    config = GroundTruthConfig(
+        alpha=args.alpha, n_models=args.n_models, seed=args.seed, models_per_chunk=args.models_per_chunk
+    )
     data = setting.data()
     checkpoints = train_full(setting, seed=args.seed)
     last = {name: states[-1:] for name, states in checkpoints.states.items()}
     full_acc = accuracy_many(setting, last, data.x_test, data.y_test)
     truth = ground_truth(setting, config)
-    print(f"{setting.name}: n_train={data.n_train}, full-data test accuracy {float(full_acc[0]):.4f} "
-          f"(epoch {checkpoints.epochs})")
-    print(f"{setting.name}: {truth.n_models} subset models (α={config.alpha}, m={truth.subsets.shape[1]}), "
-          f"test accuracy {truth.test_accuracy.mean():.4f} ± {truth.test_accuracy.std():.4f}, "
-          f"wall time {truth.seconds:.1f} s (cached chunks are not retrained)")
+    print(
+        f"{setting.name}: n_train={data.n_train}, full-data test accuracy {float(full_acc[0]):.4f} "
+        f"(epoch {checkpoints.epochs})"
+    )
+    print(
+        f"{setting.name}: {truth.n_models} subset models (α={config.alpha}, m={truth.subsets.shape[1]}), "
+        f"test accuracy {truth.test_accuracy.mean():.4f} ± {truth.test_accuracy.std():.4f}, "
+        f"wall time {truth.seconds:.1f} s (cached chunks are not retrained)"
+    )
 
 
 def _cmd_grid(args: argparse.Namespace) -> None:
@@ -115,8 +120,10 @@ def _cmd_select(args: argparse.Namespace) -> None:
     for lam, value in zip(grid, curve):
         mark = "  <- Algorithm 1" if lam == grid_pick.regularization else ""
         print(f"{lam:12.4g}  {value:.3f}{mark}")
-    print(f"selected λ = {pick.regularization:.4g} (ξ̄ = {pick.xi_bar:.3f}, threshold {args.threshold}); "
-          f"recipe rule λ = {recipe:.4g} (ξ̄ = {mean_xi(members, recipe):.3f}); {seconds:.1f} s")
+    print(
+        f"selected λ = {pick.regularization:.4g} (ξ̄ = {pick.xi_bar:.3f}, threshold {args.threshold}); "
+        f"recipe rule λ = {recipe:.4g} (ξ̄ = {mean_xi(members, recipe):.3f}); {seconds:.1f} s"
+    )
 
 
 def _cmd_run_plan(args: argparse.Namespace) -> None:
@@ -139,8 +146,9 @@ def pd_options():
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m dahp``."""
     defaults = GroundTruthConfig()
-    parser = argparse.ArgumentParser(prog="python -m dahp", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m dahp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     commands.add_parser("settings", help="list the settings").set_defaults(run=_cmd_settings)
@@ -161,10 +169,20 @@ def build_parser() -> argparse.ArgumentParser:
     grid = commands.add_parser("grid", help="LDS over a hyperparameter grid of one attributor")
     grid.add_argument("--setting", required=True)
     grid.add_argument("--attributor", required=True)
-    grid.add_argument("--vary", action="append", required=True, metavar="NAME=VALUES",
-                      help="a hyperparameter and its values: a,b,c or logspace(lo,hi,n); give once or twice")
-    grid.add_argument("--fixed", action="append", default=[], metavar="NAME=VALUE",
-                      help="a hyperparameter held at a value other than its default")
+    grid.add_argument(
+        "--vary",
+        action="append",
+        required=True,
+        metavar="NAME=VALUES",
+        help="a hyperparameter and its values: a,b,c or logspace(lo,hi,n); give once or twice",
+    )
+    grid.add_argument(
+        "--fixed",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a hyperparameter held at a value other than its default",
+    )
     grid.add_argument("--split", default="test", choices=["val", "test"])
     grid.add_argument("--queries", type=int, default=None, help="evaluate on this many evenly spaced queries")
     grid.add_argument("--alpha", type=float, default=defaults.alpha)
@@ -172,7 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--seed", type=int, default=defaults.seed)
     grid.set_defaults(run=_cmd_grid)
 
-    selection = commands.add_parser("selection", help="the ξ rule against every baseline -> data/results/cli/selection_*")
+    selection = commands.add_parser(
+        "selection", help="the ξ rule against every baseline -> data/results/cli/selection_*"
+    )
     selection.add_argument("--setting", action="append", default=[], help="restrict to these settings")
     selection.set_defaults(run=_cmd_selection)
 
@@ -188,8 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--profile", default="default", help="quick, default or paper")
     plan.add_argument("--only", action="append", default=[], help="run only this page (repeatable)")
     plan.add_argument("--force", action="store_true", help="re-execute pages that are up to date")
-    plan.add_argument("--no-progress", action="store_true",
-                      help="no progress bars: neither papermill's per-cell bar nor the notebooks' own")
+    plan.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars: neither papermill's per-cell bar nor the notebooks' own",
+    )
     plan.set_defaults(run=_cmd_run_plan)
     return parser
 

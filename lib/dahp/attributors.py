@@ -193,7 +193,9 @@ class LoGraParams:
         check_regularization(self.regularization)
         _check_positive_int("proj_dim", self.proj_dim)
         if math.isqrt(self.proj_dim) ** 2 != self.proj_dim:
-            raise InvalidParameterError("proj_dim", self.proj_dim, "a perfect square (LoGra projects each side to its root)")
+            raise InvalidParameterError(
+                "proj_dim", self.proj_dim, "a perfect square (LoGra projects each side to its root)"
+            )
         _check_epoch_field(self.training_epoch)
 
 
@@ -205,21 +207,31 @@ class AttributorInfo:
     label: str = option(help="name in tables and figures")
     params: type = option(help="its hyperparameter record")
     spectral: bool = option(help="λ grids are swept from one factorization")
-    regularization_scale: str = option(help="what λ means for this attributor (\"\" if it has no λ)")
+    regularization_scale: str = option(help='what λ means for this attributor ("" if it has no λ)')
 
 
-ATTRIBUTORS: dict[str, AttributorInfo] = {a.name: a for a in [
-    AttributorInfo("iffim", "IFFIM", IFFIMParams, True, "added to the empirical Fisher of the mean training loss"),
-    AttributorInfo("trak", "TRAK", TRAKParams, True,
-                   "added to ΦᵀΦ summed over training points, gradients scaled by 1/sqrt(#parameters) (dattri)"),
-    AttributorInfo("if_explicit", "IF (explicit)", IFExplicitParams, True, "added to the Hessian of the mean training loss"),
-    AttributorInfo("if_cg", "IF (CG)", IFCGParams, False, "added to the Hessian of the mean training loss"),
-    AttributorInfo("if_lissa", "IF (LiSSA)", IFLiSSAParams, False, "LiSSA damping of the mean-loss Hessian"),
-    AttributorInfo("tracin", "TracInCP", TracInParams, False, ""),
-    AttributorInfo("grad_dot", "Grad-Dot", GradDotParams, False, ""),
-    AttributorInfo("grad_cos", "Grad-Cos", GradCosParams, False, ""),
-    AttributorInfo("logra", "LoGra", LoGraParams, False, "relative damping: λ × trace / d of each layer's block"),
-]}
+ATTRIBUTORS: dict[str, AttributorInfo] = {
+    a.name: a
+    for a in [
+        AttributorInfo("iffim", "IFFIM", IFFIMParams, True, "added to the empirical Fisher of the mean training loss"),
+        AttributorInfo(
+            "trak",
+            "TRAK",
+            TRAKParams,
+            True,
+            "added to ΦᵀΦ summed over training points, gradients scaled by 1/sqrt(#parameters) (dattri)",
+        ),
+        AttributorInfo(
+            "if_explicit", "IF (explicit)", IFExplicitParams, True, "added to the Hessian of the mean training loss"
+        ),
+        AttributorInfo("if_cg", "IF (CG)", IFCGParams, False, "added to the Hessian of the mean training loss"),
+        AttributorInfo("if_lissa", "IF (LiSSA)", IFLiSSAParams, False, "LiSSA damping of the mean-loss Hessian"),
+        AttributorInfo("tracin", "TracInCP", TracInParams, False, ""),
+        AttributorInfo("grad_dot", "Grad-Dot", GradDotParams, False, ""),
+        AttributorInfo("grad_cos", "Grad-Cos", GradCosParams, False, ""),
+        AttributorInfo("logra", "LoGra", LoGraParams, False, "relative damping: λ × trace / d of each layer's block"),
+    ]
+}
 
 
 def get_attributor(name: str) -> AttributorInfo:
@@ -253,7 +265,8 @@ def check_params(setting: Setting, params: Any) -> None:
         check_proj_dim(setting, params.proj_dim)
     if isinstance(params, IFExplicitParams) and setting.n_params() > MAX_EXPLICIT_HESSIAN_PARAMS:
         raise InvalidParameterError(
-            "attributor", "if_explicit",
+            "attributor",
+            "if_explicit",
             f"settings with at most {MAX_EXPLICIT_HESSIAN_PARAMS} parameters ({setting.name} has "
             f"{setting.n_params()}; the exact Hessian would not fit); use if_cg or if_lissa",
         )
@@ -297,8 +310,11 @@ class RerunScorer(Sweepable):
     query_index: torch.Tensor | None = option(None, "run on these queries only (None: all)")
 
     def scores(self, regularization: float) -> torch.Tensor:
-        params = dataclasses.replace(self.params, regularization=regularization) \
-            if hasattr(self.params, "regularization") else self.params
+        params = (
+            dataclasses.replace(self.params, regularization=regularization)
+            if hasattr(self.params, "regularization")
+            else self.params
+        )
         return dattri_bridge.run(self.setting, self.attributor, params, self.split, self.cache, self.query_index)
 
 
@@ -312,8 +328,13 @@ def _epoch(setting: Setting, params: Any) -> int:
 
 
 def scorer(
-    setting: Setting, attributor: str, params: Any, split: str = "test", cache: Cache | None = None,
-    progress: bool = True, query_index: torch.Tensor | None = None,
+    setting: Setting,
+    attributor: str,
+    params: Any,
+    split: str = "test",
+    cache: Cache | None = None,
+    progress: bool = True,
+    query_index: torch.Tensor | None = None,
 ) -> Scorer:
     """A scorer for ``attributor`` with ``params`` (λ is taken per call), after validating everything.
 
@@ -346,14 +367,20 @@ def _iffim(setting: Setting, params: IFFIMParams, split: str, cache: Cache, prog
     kw = dict(proj_dims=(params.proj_dim,), seed=params.proj_seed, cache=cache, progress=progress)
     train = gradient_features(setting, state, spec, "train", "loss", **kw)[params.proj_dim]
     queries = gradient_features(setting, state, spec, split, "target", **kw)[params.proj_dim]
-    eig = _cached_eigendecomposition(cache, {**spec, "kind": "loss", "proj_dim": params.proj_dim,
-                                             "proj_seed": params.proj_seed}, train, 1.0 / len(train))
+    eig = _cached_eigendecomposition(
+        cache,
+        {**spec, "kind": "loss", "proj_dim": params.proj_dim, "proj_seed": params.proj_seed},
+        train,
+        1.0 / len(train),
+    )
     return SpectralScorer([factors(eig, train, queries, sign=-1.0)])
 
 
 def _cached_eigendecomposition(cache: Cache, spec: dict, train: torch.Tensor, scale: float) -> Eigendecomposition:
     """The float64 eigendecomposition of a feature Gram matrix, cached beside the features."""
-    payload = cache.get_or_compute("eigh", {**spec, "scale": scale}, lambda: dataclasses.asdict(eigendecompose(train, scale)))
+    payload = cache.get_or_compute(
+        "eigh", {**spec, "scale": scale}, lambda: dataclasses.asdict(eigendecompose(train, scale))
+    )
     return Eigendecomposition(**payload)
 
 
@@ -371,8 +398,13 @@ def _trak(setting: Setting, params: TRAKParams, split: str, cache: Cache, progre
 
 
 def trak_scorer(
-    setting: Setting, states: list[dict[str, torch.Tensor]], specs: list[dict], params: TRAKParams, split: str,
-    cache: Cache | None = None, progress: bool = False,
+    setting: Setting,
+    states: list[dict[str, torch.Tensor]],
+    specs: list[dict],
+    params: TRAKParams,
+    split: str,
+    cache: Cache | None = None,
+    progress: bool = False,
 ) -> SpectralScorer:
     """TRAK over given ensemble members (``states``, described by ``specs`` for the cache).
 
@@ -385,8 +417,12 @@ def trak_scorer(
         kw = dict(proj_dims=(params.proj_dim,), seed=params.proj_seed, ensemble_id=k, cache=cache, progress=progress)
         train = gradient_features(setting, state, spec, "train", "trak", **kw)[params.proj_dim]
         queries = gradient_features(setting, state, spec, split, "trak", **kw)[params.proj_dim]
-        eig = _cached_eigendecomposition(cache, {**spec, "kind": "trak", "proj_dim": params.proj_dim,
-                                                 "proj_seed": params.proj_seed, "ensemble_id": k}, train, 1.0)
+        eig = _cached_eigendecomposition(
+            cache,
+            {**spec, "kind": "trak", "proj_dim": params.proj_dim, "proj_seed": params.proj_seed, "ensemble_id": k},
+            train,
+            1.0,
+        )
         members.append(factors(eig, train, queries, sign=1.0))
         weights.append(one_minus_correct_probability(setting, state))
     return SpectralScorer(members, torch.stack(weights).mean(0))
@@ -463,12 +499,16 @@ def softmax_regression_hessian(x: torch.Tensor, probabilities: torch.Tensor) -> 
     return full.reshape(k * (d + 1), k * (d + 1))[order][:, order]
 
 
-def _if_explicit(setting: Setting, params: IFExplicitParams, split: str, cache: Cache, progress: bool) -> SpectralScorer:
+def _if_explicit(
+    setting: Setting, params: IFExplicitParams, split: str, cache: Cache, progress: bool
+) -> SpectralScorer:
     epoch = _epoch(setting, params)
     state = {k: v.double() for k, v in train_full(setting, 0, cache, progress).state(epoch).items()}
     spec = {**checkpoint_spec(setting, 0, epoch), "dtype": "float64"}
     payload = cache.get_or_compute(
-        "hessian_eigh", spec, lambda: dataclasses.asdict(curvature_eigendecomposition(mean_loss_hessian(setting, state)))
+        "hessian_eigh",
+        spec,
+        lambda: dataclasses.asdict(curvature_eigendecomposition(mean_loss_hessian(setting, state))),
     )
     kw = dict(proj_dims=(None,), cache=cache, progress=progress)
     train = gradient_features(setting, state, spec, "train", "loss", **kw)[None]
@@ -477,8 +517,13 @@ def _if_explicit(setting: Setting, params: IFExplicitParams, split: str, cache: 
 
 
 def prefetch_features(
-    setting: Setting, attributor: str, params: Any, proj_dims: Iterable[int | None], split: str,
-    cache: Cache | None = None, progress: bool = True,
+    setting: Setting,
+    attributor: str,
+    params: Any,
+    proj_dims: Iterable[int | None],
+    split: str,
+    cache: Cache | None = None,
+    progress: bool = True,
 ) -> None:
     """Cache the features of several projection dimensions at once (one projection per model)."""
     cache = default_cache() if cache is None else cache
@@ -513,6 +558,13 @@ def defaults_table():
             elif field.name == "proj_dim" and default is None:
                 default = "none (full gradients)"
             scale = info.regularization_scale if field.name == "regularization" else ""
-            rows.append({"attributor": info.label, "hyperparameter": field.name, "default": default,
-                         "meaning": field.metadata.get("help", ""), "λ scale": scale})
+            rows.append(
+                {
+                    "attributor": info.label,
+                    "hyperparameter": field.name,
+                    "default": default,
+                    "meaning": field.metadata.get("help", ""),
+                    "λ scale": scale,
+                }
+            )
     return pd.DataFrame(rows)

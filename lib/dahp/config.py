@@ -99,7 +99,9 @@ class GroundTruthConfig:
         if not (isinstance(self.alpha, (int, float)) and 0 < self.alpha < 1):
             raise InvalidParameterError("alpha", self.alpha, "a number in the open interval (0, 1)")
         if not (isinstance(self.n_models, int) and self.n_models >= 2):
-            raise InvalidParameterError("n_models", self.n_models, "an integer >= 2 (M, the number of retrained models)")
+            raise InvalidParameterError(
+                "n_models", self.n_models, "an integer >= 2 (M, the number of retrained models)"
+            )
         if not (isinstance(self.seed, int) and self.seed >= 0):
             raise InvalidParameterError("seed", self.seed, "an integer >= 0")
         if not (isinstance(self.models_per_chunk, int) and self.models_per_chunk >= 1):

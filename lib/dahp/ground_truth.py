@@ -98,14 +98,22 @@ def ground_truth(
     started = time.perf_counter()
     starts = range(0, config.n_models, config.models_per_chunk)
     chunks = []
-    bar = tqdm(starts, desc=f"ground truth {setting.name} (M={config.n_models}, α={config.alpha})",
-               unit="chunk", disable=not progress)
+    bar = tqdm(
+        starts,
+        desc=f"ground truth {setting.name} (M={config.n_models}, α={config.alpha})",
+        unit="chunk",
+        disable=not progress,
+    )
     for start in bar:
         stop = min(start + config.models_per_chunk, config.n_models)
         spec = {**base_spec, "models": [start, stop]}
-        chunks.append(cache.get_or_compute(
-            "ground_truth", spec, lambda start=start, stop=stop: _train_chunk(setting, config, start, stop, progress)
-        ))
+        chunks.append(
+            cache.get_or_compute(
+                "ground_truth",
+                spec,
+                lambda start=start, stop=stop: _train_chunk(setting, config, start, stop, progress),
+            )
+        )
     subsets = torch.from_numpy(np.stack([subset_indices(data.n_train, config, j) for j in range(config.n_models)]))
     return GroundTruth(
         setting=setting.name,
@@ -124,7 +132,11 @@ def _train_chunk(setting: Setting, config: GroundTruthConfig, start: int, stop: 
     models = range(start, stop)
     index_sets = torch.from_numpy(np.stack([subset_indices(data.n_train, config, j) for j in models]))
     state = train_many(
-        setting, data.x_train, data.y_train, index_sets, [model_seed(config, j) for j in models],
+        setting,
+        data.x_train,
+        data.y_train,
+        index_sets,
+        [model_seed(config, j) for j in models],
         dropout_seed=_chunk_dropout_seed(config, start, stop),
         progress=f"models {start}..{stop - 1}" if progress else False,
     )

@@ -68,7 +68,8 @@ def lds(scores: ArrayLike, targets: ArrayLike, subsets: ArrayLike) -> LDSResult:
     scores_np, targets_np, subsets_np = _numpy(scores), _numpy(targets), _numpy(subsets)
     if scores_np.ndim != 2 or targets_np.ndim != 2 or scores_np.shape[1] != targets_np.shape[1]:
         raise InvalidParameterError(
-            "scores/targets shapes", (scores_np.shape, targets_np.shape),
+            "scores/targets shapes",
+            (scores_np.shape, targets_np.shape),
             "scores (n_train, n_queries) and targets (M, n_queries) with the same n_queries",
         )
     if subsets_np.shape[0] != targets_np.shape[0] or targets_np.shape[0] < 2:

@@ -43,8 +43,14 @@ def save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def lds_lines(table: pd.DataFrame, x: str, hue: str | None = None, x_label: str = "", log_x: bool = True,
-              ax: plt.Axes | None = None) -> plt.Figure:
+def lds_lines(
+    table: pd.DataFrame,
+    x: str,
+    hue: str | None = None,
+    x_label: str = "",
+    log_x: bool = True,
+    ax: plt.Axes | None = None,
+) -> plt.Figure:
     """Mean LDS against one hyperparameter (± one standard error over queries), one line per ``hue``.
 
     A λ of 0 cannot sit on a log axis; it is drawn at a tenth of the smallest positive value and
@@ -63,8 +69,14 @@ def lds_lines(table: pd.DataFrame, x: str, hue: str | None = None, x_label: str 
     for key, part in groups:
         part = part.sort_values(x) if numeric else part  # categories keep the grid's order
         positions = part[x] if numeric else range(len(part))
-        ax.errorbar(positions, part.lds_mean, yerr=part.lds_sem, marker="o", capsize=3,
-                    label=None if hue is None else f"{hue.replace('_', ' ')} = {key}")
+        ax.errorbar(
+            positions,
+            part.lds_mean,
+            yerr=part.lds_sem,
+            marker="o",
+            capsize=3,
+            label=None if hue is None else f"{hue.replace('_', ' ')} = {key}",
+        )
         if not numeric:
             ax.set_xticks(list(positions), [str(v) for v in part[x]])
     if log_x and numeric:
@@ -103,6 +115,7 @@ def not_run_panel(ax: plt.Axes, title: str, reason: str = "data not supplied") -
 
 def category_labels(values: pd.Series, none_label: str = "none") -> pd.Series:
     """Hyperparameter values as axis labels: missing -> ``none_label``, whole floats -> integers."""
+
     def label(value) -> str:
         if value is None or (isinstance(value, float) and value != value):
             return none_label

@@ -24,29 +24,69 @@ class Profile:
     proj_dims: tuple[int, ...] = option(help="projection dimensions of the 2-D grids (Fig 1b, TracIn in Fig 4)")
     n_lambdas: int = option(help="points of each λ grid of the closed-form attributors (log-spaced)")
     n_queries: int | None = option(help="test queries of the closed-form attributors (None: all 500)")
-    rerun_queries: int = option(help="test queries of the attributors dattri reruns per setting (CG, LiSSA, TracIn, LoGra)")
+    rerun_queries: int = option(
+        help="test queries of the attributors dattri reruns per setting (CG, LiSSA, TracIn, LoGra)"
+    )
     rerun_lambdas: int = option(help="points of the λ grid of an attributor dattri reruns per λ")
     lissa_scalings: tuple[float, ...] = option(help="LiSSA scaling values (Fig 1d)")
     lissa_depths: tuple[int, ...] = option(help="LiSSA recursion depths (Fig 1d)")
     epochs: tuple[int, ...] = option(help="training epochs attributed (Fig 1e, Fig 4); the last epoch is always added")
     cg_iterations: tuple[int, ...] = option(help="CG max-iteration values (Fig 4)")
-    hessian_epochs: tuple[int, ...] = option(help="earlier epochs at which IF explicit factorizes the exact Hessian (Fig 4)")
+    hessian_epochs: tuple[int, ...] = option(
+        help="earlier epochs at which IF explicit factorizes the exact Hessian (Fig 4)"
+    )
     removal_seeds: int = option(help="retraining seeds per cell of the removal table")
 
 
 PROFILES = {
-    "quick": Profile("quick", n_models=6, trak_ensemble=2, proj_dims=(128, 256), n_lambdas=5, n_queries=100,
-                     rerun_queries=4, rerun_lambdas=2, lissa_scalings=(5.0, 25.0), lissa_depths=(5, 10),
-                     epochs=(1,), cg_iterations=(2, 10), hessian_epochs=(), removal_seeds=2),
-    "default": Profile("default", n_models=50, trak_ensemble=5, proj_dims=(256, 512, 1024, 2048), n_lambdas=17,
-                       n_queries=None, rerun_queries=20, rerun_lambdas=3, lissa_scalings=(1.0, 5.0, 25.0),
-                       lissa_depths=(25, 100), epochs=(1, 10), cg_iterations=(2, 5, 10, 20), hessian_epochs=(),
-                       removal_seeds=3),
-    "paper": Profile("paper", n_models=50, trak_ensemble=10, proj_dims=(256, 512, 1024, 2048, 4096, 8192),
-                     n_lambdas=33, n_queries=None, rerun_queries=500, rerun_lambdas=9,
-                     lissa_scalings=(1.0, 5.0, 25.0, 125.0), lissa_depths=(100, 300, 1000),
-                     epochs=(1, 2, 5, 10, 20, 30, 40), cg_iterations=(2, 5, 10, 20, 50),
-                     hessian_epochs=(1, 5, 10), removal_seeds=5),
+    "quick": Profile(
+        "quick",
+        n_models=6,
+        trak_ensemble=2,
+        proj_dims=(128, 256),
+        n_lambdas=5,
+        n_queries=100,
+        rerun_queries=4,
+        rerun_lambdas=2,
+        lissa_scalings=(5.0, 25.0),
+        lissa_depths=(5, 10),
+        epochs=(1,),
+        cg_iterations=(2, 10),
+        hessian_epochs=(),
+        removal_seeds=2,
+    ),
+    "default": Profile(
+        "default",
+        n_models=50,
+        trak_ensemble=5,
+        proj_dims=(256, 512, 1024, 2048),
+        n_lambdas=17,
+        n_queries=None,
+        rerun_queries=20,
+        rerun_lambdas=3,
+        lissa_scalings=(1.0, 5.0, 25.0),
+        lissa_depths=(25, 100),
+        epochs=(1, 10),
+        cg_iterations=(2, 5, 10, 20),
+        hessian_epochs=(),
+        removal_seeds=3,
+    ),
+    "paper": Profile(
+        "paper",
+        n_models=50,
+        trak_ensemble=10,
+        proj_dims=(256, 512, 1024, 2048, 4096, 8192),
+        n_lambdas=33,
+        n_queries=None,
+        rerun_queries=500,
+        rerun_lambdas=9,
+        lissa_scalings=(1.0, 5.0, 25.0, 125.0),
+        lissa_depths=(100, 300, 1000),
+        epochs=(1, 2, 5, 10, 20, 30, 40),
+        cg_iterations=(2, 5, 10, 20, 50),
+        hessian_epochs=(1, 5, 10),
+        removal_seeds=5,
+    ),
 }
 
 
@@ -61,8 +101,10 @@ def profiles_table():
 
     from dahp.config import field_help
 
-    rows = {p.name: {f.name: getattr(p, f.name) for f in dataclasses.fields(p) if f.name != "name"}
-            for p in PROFILES.values()}
+    rows = {
+        p.name: {f.name: getattr(p, f.name) for f in dataclasses.fields(p) if f.name != "name"}
+        for p in PROFILES.values()
+    }
     table = pd.DataFrame(rows)
     meaning = field_help(Profile)
     table.insert(0, "meaning", [meaning[name] for name in table.index])

@@ -61,14 +61,19 @@ def select_on_grid(xi_bar: Sequence[float], regularizations: Sequence[float], th
     """Algorithm 1: the candidate λ whose ξ̄ is closest to ``threshold`` (the smaller λ on a tie)."""
     check_threshold(threshold)
     if len(xi_bar) != len(regularizations) or not len(regularizations):
-        raise InvalidParameterError("candidates", len(regularizations), f"a non-empty grid matching ξ̄ ({len(xi_bar)} values)")
+        raise InvalidParameterError(
+            "candidates", len(regularizations), f"a non-empty grid matching ξ̄ ({len(xi_bar)} values)"
+        )
     distance = np.abs(np.asarray(xi_bar, dtype=float) - threshold)
     best = int(np.argmin(distance))
     return Selection(float(regularizations[best]), float(xi_bar[best]), threshold)
 
 
 def select_continuous(
-    members: Sequence[SpectralFactors], threshold: float = 0.5, low: float | None = None, high: float | None = None,
+    members: Sequence[SpectralFactors],
+    threshold: float = 0.5,
+    low: float | None = None,
+    high: float | None = None,
     tolerance: float = 1e-3,
 ) -> Selection:
     """The λ where ξ̄ crosses ``threshold``, by bisection in ``log λ`` (to ``tolerance`` in log10 λ).
@@ -104,7 +109,9 @@ class XiSelection:
     continuous: Selection  #: the bisection crossing
 
 
-def xi_selection(members: Sequence[SpectralFactors], candidates: Sequence[float], threshold: float = 0.5) -> XiSelection:
+def xi_selection(
+    members: Sequence[SpectralFactors], candidates: Sequence[float], threshold: float = 0.5
+) -> XiSelection:
     """ξ̄ over ``candidates``, Algorithm 1's pick and the continuous crossing at ``threshold``."""
     curve = xi_bar_curve(members, candidates)
     return XiSelection(curve, select_on_grid(curve, candidates, threshold), select_continuous(members, threshold))
@@ -144,7 +151,9 @@ def recipe_regularization(setting: Setting, attributor: str, n_params: int | Non
 def recipe_lambda(attributor: str, lr: float, steps: int, momentum: float, n_train: int, n_params: int) -> float:
     """``(1 - momentum) / (lr · steps)`` on the scale of ``attributor`` (see :func:`recipe_regularization`)."""
     if not (lr > 0 and steps >= 1 and 0 <= momentum < 1):
-        raise InvalidParameterError("lr, steps, momentum", (lr, steps, momentum), "lr > 0, steps >= 1, momentum in [0, 1)")
+        raise InvalidParameterError(
+            "lr, steps, momentum", (lr, steps, momentum), "lr > 0, steps >= 1, momentum in [0, 1)"
+        )
     lam = (1.0 - momentum) / (lr * steps)
     if attributor == "trak":
         return lam * n_train / n_params

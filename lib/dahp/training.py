@@ -148,9 +148,7 @@ def train_many(
     return params
 
 
-def _sgd_step(
-    params: StackedState, grads: StackedState, buffers: StackedState, recipe: TrainingRecipe
-) -> None:
+def _sgd_step(params: StackedState, grads: StackedState, buffers: StackedState, recipe: TrainingRecipe) -> None:
     """One step of ``torch.optim.SGD`` (dampening 0, no Nesterov) on stacked parameters, in place.
 
     The same arithmetic as torch's own multi-tensor SGD, so the two paths agree to rounding.
@@ -213,8 +211,9 @@ def evaluate_many(
     def one(s: StackedState, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         return fn(functional_call(base, s, (xb,)), yb)
 
-    parts = [vmap(one, in_dims=(0, None, None))(state, x[i : i + chunk], y[i : i + chunk])
-             for i in range(0, len(x), chunk)]
+    parts = [
+        vmap(one, in_dims=(0, None, None))(state, x[i : i + chunk], y[i : i + chunk]) for i in range(0, len(x), chunk)
+    ]
     return torch.cat(parts, dim=1)
 
 
@@ -263,9 +262,7 @@ def check_epoch(setting: Setting, epoch: int, trained_epochs: int | None = None)
         )
 
 
-def train_full(
-    setting: Setting, seed: int = 0, cache: Cache | None = None, progress: bool = True
-) -> Checkpoints:
+def train_full(setting: Setting, seed: int = 0, cache: Cache | None = None, progress: bool = True) -> Checkpoints:
     """The full-data model of ``setting`` with a checkpoint after every epoch (cached)."""
     cache = default_cache() if cache is None else cache
     data = setting.data()
@@ -275,7 +272,12 @@ def train_full(
         kept: list[StackedState] = []
         all_points = torch.arange(data.n_train).unsqueeze(0)
         train_many(
-            setting, data.x_train, data.y_train, all_points, [seed], dropout_seed=seed,
+            setting,
+            data.x_train,
+            data.y_train,
+            all_points,
+            [seed],
+            dropout_seed=seed,
             on_epoch_end=lambda epoch, state: kept.append({k: v[0].clone() for k, v in state.items()}),
             progress=f"training the full-data {setting.name} model" if progress else False,
         )

@@ -39,8 +39,14 @@ QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)  #: spectrum quantiles tried as λ
 THRESHOLDS = (0.4, 0.5, 0.6)  #: ξ̄ targets of Algorithm 1
 
 #: The cases of Fig 2, 3, 5 and 6: (setting, projection dimension); CIFAR-2 and MAESTRO need user data.
-PAPER_CASES = (("mnist_lr", None), ("mnist_lr", 2048), ("mnist_mlp", 512), ("mnist_mlp", 2048),
-               ("cifar2_resnet9", 2048), ("maestro_mt", 2048))
+PAPER_CASES = (
+    ("mnist_lr", None),
+    ("mnist_lr", 2048),
+    ("mnist_mlp", 512),
+    ("mnist_mlp", 2048),
+    ("cifar2_resnet9", 2048),
+    ("maestro_mt", 2048),
+)
 
 
 def default_grid(setting: Setting, attributor: str, n_points: int = 33) -> list[float]:
@@ -71,9 +77,14 @@ def _check_attributor(attributor: str) -> None:
 
 
 def run_case(
-    setting: Setting, attributor: str, regularizations: Sequence[float], proj_dim: int | None = None,
-    ensemble_size: int | None = None, ground_truth_config: GroundTruthConfig | None = None,
-    cache: Cache | None = None, progress: bool = True,
+    setting: Setting,
+    attributor: str,
+    regularizations: Sequence[float],
+    proj_dim: int | None = None,
+    ensemble_size: int | None = None,
+    ground_truth_config: GroundTruthConfig | None = None,
+    cache: Cache | None = None,
+    progress: bool = True,
 ) -> SelectionCase:
     """Compute one case: ξ̄ on the validation queries over ``regularizations``, every rule's pick, and the
     per-query test LDS at every candidate and every pick."""
@@ -107,37 +118,73 @@ def run_case(
     # retraining is timed when it runs (a cached ground truth keeps its recorded training time)
     grid_search_seconds = truth.train_seconds + time.perf_counter() - started - truth.seconds
     pick_lds = {rule: lds_grid[grid.index(lam)] if lam in grid else per_query(lam) for rule, lam in picks.items()}
-    pick_xi = {rule: float(curve[grid.index(lam)]) if lam in grid else mean_xi(validation.members, lam)
-               for rule, lam in picks.items()}
+    pick_xi = {
+        rule: float(curve[grid.index(lam)]) if lam in grid else mean_xi(validation.members, lam)
+        for rule, lam in picks.items()
+    }
     return SelectionCase(
-        setting.name, attributor, proj_dim, params.ensemble_size if attributor == "trak" else None, truth_config.alpha,
-        grid=grid, xi_bar=np.asarray(curve, dtype=float), lds_grid=lds_grid, picks=picks, pick_xi=pick_xi,
-        pick_lds=pick_lds, xi_seconds=xi_seconds, grid_search_seconds=grid_search_seconds,
-        xi_trainings=len(validation.members), grid_search_trainings=truth.n_models,
+        setting.name,
+        attributor,
+        proj_dim,
+        params.ensemble_size if attributor == "trak" else None,
+        truth_config.alpha,
+        grid=grid,
+        xi_bar=np.asarray(curve, dtype=float),
+        lds_grid=lds_grid,
+        picks=picks,
+        pick_xi=pick_xi,
+        pick_lds=pick_lds,
+        xi_seconds=xi_seconds,
+        grid_search_seconds=grid_search_seconds,
+        xi_trainings=len(validation.members),
+        grid_search_trainings=truth.n_models,
     )
 
 
 def _to_payload(case: SelectionCase) -> dict:
     """The cache's plain-container form of a computed case."""
-    return {"grid": case.grid, "xi_bar": torch.from_numpy(case.xi_bar), "lds_grid": torch.from_numpy(case.lds_grid),
-            "picks": case.picks, "pick_xi": case.pick_xi,
-            "pick_lds": {k: torch.from_numpy(np.asarray(v)) for k, v in case.pick_lds.items()},
-            "xi_seconds": case.xi_seconds, "grid_search_seconds": case.grid_search_seconds,
-            "xi_trainings": case.xi_trainings, "grid_search_trainings": case.grid_search_trainings}
+    return {
+        "grid": case.grid,
+        "xi_bar": torch.from_numpy(case.xi_bar),
+        "lds_grid": torch.from_numpy(case.lds_grid),
+        "picks": case.picks,
+        "pick_xi": case.pick_xi,
+        "pick_lds": {k: torch.from_numpy(np.asarray(v)) for k, v in case.pick_lds.items()},
+        "xi_seconds": case.xi_seconds,
+        "grid_search_seconds": case.grid_search_seconds,
+        "xi_trainings": case.xi_trainings,
+        "grid_search_trainings": case.grid_search_trainings,
+    }
 
 
 def _from_payload(key: dict, payload: dict) -> SelectionCase:
-    return SelectionCase(**key, grid=list(payload["grid"]), xi_bar=payload["xi_bar"].numpy(),
-                         lds_grid=payload["lds_grid"].numpy(), picks=dict(payload["picks"]), pick_xi=dict(payload["pick_xi"]),
-                         pick_lds={k: v.numpy() for k, v in payload["pick_lds"].items()},
-                         xi_seconds=payload["xi_seconds"], grid_search_seconds=payload["grid_search_seconds"],
-                         xi_trainings=payload["xi_trainings"], grid_search_trainings=payload["grid_search_trainings"])
+    return SelectionCase(
+        **key,
+        grid=list(payload["grid"]),
+        xi_bar=payload["xi_bar"].numpy(),
+        lds_grid=payload["lds_grid"].numpy(),
+        picks=dict(payload["picks"]),
+        pick_xi=dict(payload["pick_xi"]),
+        pick_lds={k: v.numpy() for k, v in payload["pick_lds"].items()},
+        xi_seconds=payload["xi_seconds"],
+        grid_search_seconds=payload["grid_search_seconds"],
+        xi_trainings=payload["xi_trainings"],
+        grid_search_trainings=payload["grid_search_trainings"],
+    )
 
 
 def selection_study(
-    name: str, cases: Sequence[tuple[str, int | None]], attributor: str, n_points: int,
-    ensemble_size: int | None = None, alphas: Sequence[float] = (0.5,), n_models: int = 50, seed: int = 0,
-    cache: Cache | None = None, progress: bool = False, profile: str | None = None,
+    name: str,
+    cases: Sequence[tuple[str, int | None]],
+    attributor: str,
+    n_points: int,
+    ensemble_size: int | None = None,
+    alphas: Sequence[float] = (0.5,),
+    n_models: int = 50,
+    seed: int = 0,
+    cache: Cache | None = None,
+    progress: bool = False,
+    profile: str | None = None,
 ) -> SelectionStudy:
     """Every ``(setting, proj_dim)`` case under every α, as one :class:`SelectionStudy` called ``name``.
 
@@ -156,8 +203,13 @@ def selection_study(
     built = []
     for config in configs:
         for setting, (_, proj_dim) in zip(settings, cases):
-            key = {"setting": setting.name, "attributor": attributor, "proj_dim": proj_dim,
-                   "ensemble_size": members, "alpha": config.alpha}
+            key = {
+                "setting": setting.name,
+                "attributor": attributor,
+                "proj_dim": proj_dim,
+                "ensemble_size": members,
+                "alpha": config.alpha,
+            }
             reason = setting.data_not_supplied()
             if reason:
                 built.append(SelectionCase(**key, status=reason))
@@ -169,15 +221,29 @@ def selection_study(
                 return _to_payload(run_case(setting, attributor, grid, proj_dim, members, config, cache, progress))
 
             built.append(_from_payload(key, cache.get_or_compute("selection_case", spec, compute)))
-    config = {"attributor": attributor, "n_points": n_points, "ensemble_size": members, "alphas": list(alphas),
-              "n_models": n_models, "seed": seed, "thresholds": list(THRESHOLDS), "quantiles": list(QUANTILES),
-              "published_defaults": PUBLISHED_DEFAULTS}
+    config = {
+        "attributor": attributor,
+        "n_points": n_points,
+        "ensemble_size": members,
+        "alphas": list(alphas),
+        "n_models": n_models,
+        "seed": seed,
+        "thresholds": list(THRESHOLDS),
+        "quantiles": list(QUANTILES),
+        "published_defaults": PUBLISHED_DEFAULTS,
+    }
     return SelectionStudy(name, built, config, profile)
 
 
 def case_scores(
-    setting: Setting, attributor: str, proj_dim: int | None, rules: Sequence[str] = ("default", "xi0.5"),
-    n_points: int = 33, ensemble_size: int | None = None, cache: Cache | None = None, progress: bool = False,
+    setting: Setting,
+    attributor: str,
+    proj_dim: int | None,
+    rules: Sequence[str] = ("default", "xi0.5"),
+    n_points: int = 33,
+    ensemble_size: int | None = None,
+    cache: Cache | None = None,
+    progress: bool = False,
 ) -> dict[str, tuple[float, torch.Tensor]]:
     """Test scores of ``attributor`` at the λ of each rule (``default``: the published default;
     ``xi0.5``: Algorithm 1 on the validation queries): rule -> (λ, scores)."""

@@ -67,9 +67,15 @@ class GridSpec:
 
     def as_dict(self) -> dict:
         """Plain-dict form, written beside the table."""
-        return {"setting": self.setting, "attributor": self.attributor,
-                "vary": {k: list(v) for k, v in self.vary.items()}, "fixed": self.fixed,
-                "ground_truth": self.ground_truth.as_dict(), "split": self.split, "n_queries": self.n_queries}
+        return {
+            "setting": self.setting,
+            "attributor": self.attributor,
+            "vary": {k: list(v) for k, v in self.vary.items()},
+            "fixed": self.fixed,
+            "ground_truth": self.ground_truth.as_dict(),
+            "split": self.split,
+            "n_queries": self.n_queries,
+        }
 
     def stem(self) -> str:
         """The file stem of this grid's record."""
@@ -77,8 +83,13 @@ class GridSpec:
 
 
 def make_grid_spec(
-    setting: str, attributor: str, vary: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any] | None = None,
-    ground_truth_config: GroundTruthConfig | None = None, split: str = "test", n_queries: int | None = None,
+    setting: str,
+    attributor: str,
+    vary: Mapping[str, Sequence[Any]],
+    fixed: Mapping[str, Any] | None = None,
+    ground_truth_config: GroundTruthConfig | None = None,
+    split: str = "test",
+    n_queries: int | None = None,
 ) -> GridSpec:
     """A checked :class:`GridSpec` (names canonicalised, every combination constructible)."""
     get_setting(setting)
@@ -115,8 +126,9 @@ def query_index(n_total: int, n_queries: int | None) -> np.ndarray:
     return np.unique(np.linspace(0, n_total - 1, n_queries).round().astype(int))
 
 
-def run_grid(spec: GridSpec, cache: Cache | None = None, progress: bool = True,
-             profile: str | None = None) -> GridRecord:
+def run_grid(
+    spec: GridSpec, cache: Cache | None = None, progress: bool = True, profile: str | None = None
+) -> GridRecord:
     """LDS of every combination of ``spec`` (per query and summarised), as a record to save."""
     cache = default_cache() if cache is None else cache
     setting = get_setting(spec.setting)
@@ -143,10 +155,19 @@ def run_grid(spec: GridSpec, cache: Cache | None = None, progress: bool = True,
             lam = combination.get("regularization", getattr(params, "regularization", None))
             scores = scorer.scores(lam if lam is not None else 0.0)
             result = lds(scores, targets, truth.subsets)
-            rows.append({"setting": spec.setting, "attributor": spec.attributor, **combination,
-                         "lds_mean": result.mean, "lds_sem": result.sem, "n_queries": len(queries),
-                         "n_dropped": result.n_dropped, "seconds": time.perf_counter() - started,
-                         "setup_seconds": setup_seconds})
+            rows.append(
+                {
+                    "setting": spec.setting,
+                    "attributor": spec.attributor,
+                    **combination,
+                    "lds_mean": result.mean,
+                    "lds_sem": result.sem,
+                    "n_queries": len(queries),
+                    "n_dropped": result.n_dropped,
+                    "seconds": time.perf_counter() - started,
+                    "setup_seconds": setup_seconds,
+                }
+            )
             per_query += [{**combination, "query": int(q), "lds": float(v)} for q, v in zip(queries, result.per_query)]
             setup_seconds = 0.0
             bar.update()
@@ -225,7 +246,9 @@ def _parse_item(text: str) -> list[Any]:
             return [float(v) for v in np.linspace(lo, hi, int(n))]
         return list(range(*[int(a) for a in args]))
     except (TypeError, ValueError) as error:
-        raise InvalidParameterError("grid values", text, "a,b,c or logspace(lo,hi,n), linspace(lo,hi,n), range(a,b[,step])") from error
+        raise InvalidParameterError(
+            "grid values", text, "a,b,c or logspace(lo,hi,n), linspace(lo,hi,n), range(a,b[,step])"
+        ) from error
 
 
 def parse_assignment(text: str) -> tuple[str, str]:

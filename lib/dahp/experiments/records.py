@@ -198,7 +198,7 @@ class GridRecord:
         return list(self.spec["vary"])
 
     def queries_used(self) -> str:
-        """"all" or the number of evenly spaced test queries."""
+        """ "all" or the number of evenly spaced test queries."""
         return "all" if self.spec.get("n_queries") is None else str(self.spec["n_queries"])
 
     def per_query_at(self, **combination: Any) -> np.ndarray:
@@ -247,14 +247,20 @@ class GridRecord:
         per_dim = {}
         for dim in dims:
             best = self.best(proj_dim=dim)
-            per_dim[str(dim)] = {"at_zero": self.lds_at(proj_dim=dim, regularization=0.0),
-                                 "best": self.lds_at(**best), "best_regularization": best["regularization"]}
+            per_dim[str(dim)] = {
+                "at_zero": self.lds_at(proj_dim=dim, regularization=0.0),
+                "best": self.lds_at(**best),
+                "best_regularization": best["regularization"],
+            }
         small, large = min(dims), max(dims)
         best_small, best_large = self.best(proj_dim=small), self.best(proj_dim=large)
         return {
-            "per_dim": per_dim, "smallest": small, "largest": large,
-            "zero_large_minus_small": self.difference({"proj_dim": large, "regularization": 0.0},
-                                                      {"proj_dim": small, "regularization": 0.0}),
+            "per_dim": per_dim,
+            "smallest": small,
+            "largest": large,
+            "zero_large_minus_small": self.difference(
+                {"proj_dim": large, "regularization": 0.0}, {"proj_dim": small, "regularization": 0.0}
+            ),
             "best_large_minus_small": self.difference(best_large, best_small),
         }
 
@@ -262,9 +268,13 @@ class GridRecord:
         """Fig 1e / Fig 4: the best value of ``name`` against its last value (paired difference)."""
         values = sorted(self.values(name))
         best = self.best()[name]
-        return {"best": best, "last": values[-1], "lds_best": self.lds_at(**{name: best}),
-                "lds_last": self.lds_at(**{name: values[-1]}),
-                "best_minus_last": self.difference({name: best}, {name: values[-1]})}
+        return {
+            "best": best,
+            "last": values[-1],
+            "lds_best": self.lds_at(**{name: best}),
+            "lds_last": self.lds_at(**{name: values[-1]}),
+            "best_minus_last": self.difference({name: best}, {name: values[-1]}),
+        }
 
     def headline(self) -> dict[str, Any]:
         """What the grid's page reports: the spread, the best combination and its LDS; and, by the grid's
@@ -288,8 +298,10 @@ class GridRecord:
         path = folder / f"{self.stem}.csv"
         self.table.to_csv(path, index=False)
         self.per_query.to_csv(folder / f"{self.stem}_per_query.csv", index=False)
-        write_json(folder / f"{self.stem}.json", {"record": "grid", "profile": self.profile, "spec": self.spec,
-                                                  "headline": self.headline()})
+        write_json(
+            folder / f"{self.stem}.json",
+            {"record": "grid", "profile": self.profile, "spec": self.spec, "headline": self.headline()},
+        )
         return path
 
     @classmethod
@@ -299,8 +311,12 @@ class GridRecord:
         if not path.exists():
             return None
         meta = read_json(path)
-        return cls(meta["spec"], pd.read_csv(folder / f"{stem}.csv"), pd.read_csv(folder / f"{stem}_per_query.csv"),
-                   meta.get("profile"))
+        return cls(
+            meta["spec"],
+            pd.read_csv(folder / f"{stem}.csv"),
+            pd.read_csv(folder / f"{stem}_per_query.csv"),
+            meta.get("profile"),
+        )
 
     @classmethod
     def load_all(cls, folder: Path, pattern: str = "grid_*.json") -> list[GridRecord]:
@@ -450,17 +466,28 @@ class SelectionStudy:
         for c in self.cases:
             if c.setting == setting and c.proj_dim == proj_dim and (alpha is None or c.alpha == alpha):
                 return c
-        raise InvalidParameterError("case", (setting, proj_dim, alpha), [(c.setting, c.proj_dim, c.alpha) for c in self.cases])
+        raise InvalidParameterError(
+            "case", (setting, proj_dim, alpha), [(c.setting, c.proj_dim, c.alpha) for c in self.cases]
+        )
 
     def summary(self) -> pd.DataFrame:
         """One row per case that ran: selected and best λ, their LDS, the ratio and the gain over the default."""
         rows = []
         for c in self.ran:
             ratio, gain = c.ratio_to_best(), c.gain()
-            rows.append({"case": c.label, "alpha": c.alpha, "λ selected": c.regularization(SELECTED),
-                         "LDS selected": c.lds(SELECTED).text(), "λ best": c.regularization("best"),
-                         "LDS best": c.lds("best").text(), "selected / best": ratio.text(2),
-                         "gain over default": gain.text(3), "LDS default": c.lds("default").text()})
+            rows.append(
+                {
+                    "case": c.label,
+                    "alpha": c.alpha,
+                    "λ selected": c.regularization(SELECTED),
+                    "LDS selected": c.lds(SELECTED).text(),
+                    "λ best": c.regularization("best"),
+                    "LDS best": c.lds("best").text(),
+                    "selected / best": ratio.text(2),
+                    "gain over default": gain.text(3),
+                    "LDS default": c.lds("default").text(),
+                }
+            )
         return pd.DataFrame(rows)
 
     def rules_table(self) -> pd.DataFrame:
@@ -468,8 +495,16 @@ class SelectionStudy:
         rows = []
         for c in self.ran:
             for rule in c.picks:
-                rows.append({"case": c.label, "alpha": c.alpha, "rule": rule, "λ": c.regularization(rule),
-                             "LDS": c.lds(rule).value, "of best": c.ratio_to_best(rule).value})
+                rows.append(
+                    {
+                        "case": c.label,
+                        "alpha": c.alpha,
+                        "rule": rule,
+                        "λ": c.regularization(rule),
+                        "LDS": c.lds(rule).value,
+                        "of best": c.ratio_to_best(rule).value,
+                    }
+                )
         return pd.DataFrame(rows)
 
     def monotone_count(self) -> tuple[int, int]:
@@ -486,16 +521,31 @@ class SelectionStudy:
         for (_setting, _proj_dim), cases in groups.items():
             steps = [int(np.argmin(np.abs(np.log10(c.grid) - np.log10(c.regularization("best"))))) for c in cases]
             ranks = [c.rank_of() for c in cases]
-            rows.append({"case": cases[0].label, "alphas": [c.alpha for c in cases],
-                         "best λ moves (grid steps)": max(steps) - min(steps), "ranks of selected": ranks})
+            rows.append(
+                {
+                    "case": cases[0].label,
+                    "alphas": [c.alpha for c in cases],
+                    "best λ moves (grid steps)": max(steps) - min(steps),
+                    "ranks of selected": ranks,
+                }
+            )
         return pd.DataFrame(rows)
 
     def headline(self) -> dict[str, Any]:
         """Per case: selected / best and the gain over the default (both paired), peaks, ξ̄ monotone."""
-        return {c.label + (f", α={c.alpha}" if len({x.alpha for x in self.cases}) > 1 else ""): {
-            "lambda_selected": c.regularization(SELECTED), "lds_selected": c.lds(SELECTED),
-            "lambda_best": c.regularization("best"), "lds_best": c.lds("best"), "ratio_to_best": c.ratio_to_best(),
-            "gain_over_default": c.gain(), "peaks": c.peaks(), "xi_monotone": c.xi_monotone()} for c in self.ran}
+        return {
+            c.label + (f", α={c.alpha}" if len({x.alpha for x in self.cases}) > 1 else ""): {
+                "lambda_selected": c.regularization(SELECTED),
+                "lds_selected": c.lds(SELECTED),
+                "lambda_best": c.regularization("best"),
+                "lds_best": c.lds("best"),
+                "ratio_to_best": c.ratio_to_best(),
+                "gain_over_default": c.gain(),
+                "peaks": c.peaks(),
+                "xi_monotone": c.xi_monotone(),
+            }
+            for c in self.ran
+        }
 
     # -- files ---------------------------------------------------------------------------------
 
@@ -504,28 +554,54 @@ class SelectionStudy:
         ``<name>_per_query.csv`` and ``<name>.json``; returns the picks table's path."""
         cases, curves, picks, per_query = [], [], [], []
         for c in self.cases:
-            cases.append({**c.key, "status": c.status, "xi_seconds": c.xi_seconds,
-                          "grid_search_seconds": c.grid_search_seconds, "xi_trainings": c.xi_trainings,
-                          "grid_search_trainings": c.grid_search_trainings})
+            cases.append(
+                {
+                    **c.key,
+                    "status": c.status,
+                    "xi_seconds": c.xi_seconds,
+                    "grid_search_seconds": c.grid_search_seconds,
+                    "xi_trainings": c.xi_trainings,
+                    "grid_search_trainings": c.grid_search_trainings,
+                }
+            )
             if not c.ok:
                 continue
             for i, (lam, xi_value, row) in enumerate(zip(c.grid, c.xi_bar, c.lds_grid)):
                 estimate = mean_estimate(row)
-                curves.append({**c.key, "regularization": lam, "xi_bar": xi_value,
-                               "lds_mean": estimate.value, "lds_sem": estimate.se})
+                curves.append(
+                    {
+                        **c.key,
+                        "regularization": lam,
+                        "xi_bar": xi_value,
+                        "lds_mean": estimate.value,
+                        "lds_sem": estimate.se,
+                    }
+                )
                 per_query += [{**c.key, "point": f"grid{i}", "query": q, "lds": v} for q, v in enumerate(row)]
             for rule, lam in c.picks.items():
                 estimate, ratio = c.lds(rule), c.ratio_to_best(rule)
-                picks.append({**c.key, "rule": rule, "regularization": lam, "xi_bar": c.pick_xi.get(rule),
-                              "lds_mean": estimate.value, "lds_sem": estimate.se,
-                              "ratio_to_best": ratio.value, "ratio_to_best_se": ratio.se})
+                picks.append(
+                    {
+                        **c.key,
+                        "rule": rule,
+                        "regularization": lam,
+                        "xi_bar": c.pick_xi.get(rule),
+                        "lds_mean": estimate.value,
+                        "lds_sem": estimate.se,
+                        "ratio_to_best": ratio.value,
+                        "ratio_to_best_se": ratio.se,
+                    }
+                )
                 per_query += [{**c.key, "point": rule, "query": q, "lds": v} for q, v in enumerate(c.pick_lds[rule])]
         frames = {"cases": cases, "curves": curves, "picks": picks, "per_query": per_query}
         for part, rows in frames.items():
             pd.DataFrame(rows, columns=None if rows else list(CASE_COLUMNS)).to_csv(
-                folder / f"{self.name}_{part}.csv", index=False)
-        write_json(folder / f"{self.name}.json", {"record": "selection", "profile": self.profile, "config": self.config,
-                                                  "headline": self.headline()})
+                folder / f"{self.name}_{part}.csv", index=False
+            )
+        write_json(
+            folder / f"{self.name}.json",
+            {"record": "selection", "profile": self.profile, "config": self.config, "headline": self.headline()},
+        )
         return folder / f"{self.name}_picks.csv"
 
     @classmethod
@@ -534,14 +610,26 @@ class SelectionStudy:
         if not (folder / f"{name}.json").exists():
             return None
         meta = read_json(folder / f"{name}.json")
-        tables = {part: pd.read_csv(folder / f"{name}_{part}.csv") for part in ("cases", "curves", "picks", "per_query")}
+        tables = {
+            part: pd.read_csv(folder / f"{name}_{part}.csv") for part in ("cases", "curves", "picks", "per_query")
+        }
         cases = []
         for _, row in tables["cases"].iterrows():
-            key = {"setting": row.setting, "attributor": row.attributor, "proj_dim": _int_or_none(row.proj_dim),
-                   "ensemble_size": _int_or_none(row.ensemble_size), "alpha": float(row.alpha)}
-            case = SelectionCase(**key, status=row.status, xi_seconds=float(row.xi_seconds),
-                                 grid_search_seconds=float(row.grid_search_seconds),
-                                 xi_trainings=int(row.xi_trainings), grid_search_trainings=int(row.grid_search_trainings))
+            key = {
+                "setting": row.setting,
+                "attributor": row.attributor,
+                "proj_dim": _int_or_none(row.proj_dim),
+                "ensemble_size": _int_or_none(row.ensemble_size),
+                "alpha": float(row.alpha),
+            }
+            case = SelectionCase(
+                **key,
+                status=row.status,
+                xi_seconds=float(row.xi_seconds),
+                grid_search_seconds=float(row.grid_search_seconds),
+                xi_trainings=int(row.xi_trainings),
+                grid_search_trainings=int(row.grid_search_trainings),
+            )
             if case.ok:
                 _fill_case(case, tables, key)
             cases.append(case)
@@ -556,7 +644,9 @@ def _fill_case(case: SelectionCase, tables: dict[str, pd.DataFrame], key: dict[s
     curves = tables["curves"][matches(tables["curves"], key)]
     picks = tables["picks"][matches(tables["picks"], key)]
     per_query = tables["per_query"][matches(tables["per_query"], key)]
-    by_point = {point: rows.sort_values("query").lds.to_numpy(dtype=float) for point, rows in per_query.groupby("point")}
+    by_point = {
+        point: rows.sort_values("query").lds.to_numpy(dtype=float) for point, rows in per_query.groupby("point")
+    }
     case.grid = curves.regularization.astype(float).tolist()
     case.xi_bar = curves.xi_bar.to_numpy(dtype=float)
     case.lds_grid = np.stack([by_point[f"grid{i}"] for i in range(len(case.grid))])
@@ -604,8 +694,9 @@ class RemovalRecord:
     def selected_minus_default(self, setting: str, label: str, rate: float) -> Estimate:
         """Accuracy after removal by the selected λ minus by the default λ (paired over seeds; negative:
         the selected λ found points the test set depends on more)."""
-        return paired_difference(self.seeds_of(setting, f"{label} selected", rate),
-                                 self.seeds_of(setting, f"{label} default", rate))
+        return paired_difference(
+            self.seeds_of(setting, f"{label} selected", rate), self.seeds_of(setting, f"{label} default", rate)
+        )
 
     def wide(self, setting: str) -> pd.DataFrame:
         """The poster's layout: methods down, rates across, ``mean ± std`` (and the poster's number)."""
@@ -625,17 +716,24 @@ class RemovalRecord:
 
     def headline(self) -> dict[str, Any]:
         """Per setting, attributor and rate: selected minus default accuracy (paired over seeds)."""
-        return {f"{setting} {label} {round(100 * rate)}%": self.selected_minus_default(setting, label, rate)
-                for setting in self.settings for label in ("IFFIM", "TRAK") for rate in self.rates(setting)}
+        return {
+            f"{setting} {label} {round(100 * rate)}%": self.selected_minus_default(setting, label, rate)
+            for setting in self.settings
+            for label in ("IFFIM", "TRAK")
+            for rate in self.rates(setting)
+        }
 
     def save(self, folder: Path) -> Path:
         """Write ``removal_table.csv`` (long), ``removal_lambdas.csv`` and ``removal_table.json``."""
         path = folder / f"{self.stem}.csv"
         self.accuracies.to_csv(path, index=False)
-        self.lambdas.reindex(columns=["setting", "method", "regularization"]).to_csv(folder / "removal_lambdas.csv",
-                                                                                      index=False)
-        write_json(folder / f"{self.stem}.json", {"record": "removal", "profile": self.profile, "config": self.config,
-                                                  "headline": self.headline()})
+        self.lambdas.reindex(columns=["setting", "method", "regularization"]).to_csv(
+            folder / "removal_lambdas.csv", index=False
+        )
+        write_json(
+            folder / f"{self.stem}.json",
+            {"record": "removal", "profile": self.profile, "config": self.config, "headline": self.headline()},
+        )
         return path
 
     @classmethod
@@ -644,8 +742,13 @@ class RemovalRecord:
         if not (folder / f"{stem}.json").exists():
             return None
         meta = read_json(folder / f"{stem}.json")
-        return cls(pd.read_csv(folder / f"{stem}.csv"), pd.read_csv(folder / "removal_lambdas.csv"),
-                   meta.get("config", {}), meta.get("profile"), stem)
+        return cls(
+            pd.read_csv(folder / f"{stem}.csv"),
+            pd.read_csv(folder / "removal_lambdas.csv"),
+            meta.get("config", {}),
+            meta.get("profile"),
+            stem,
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -669,18 +772,25 @@ class TheoremRecord:
     def planted_summary(self) -> dict[str, int]:
         """Triples, how many meet the premise, and how many of those have a rising LDS."""
         premise = self.planted[self.planted.premise.astype(bool)]
-        return {"triples": len(self.planted), "premise": len(premise),
-                "premise_and_rises": int(premise.lds_rises.astype(bool).sum()),
-                "rises_without_premise": int(self.planted[~self.planted.premise.astype(bool)].lds_rises.astype(bool).sum())}
+        return {
+            "triples": len(self.planted),
+            "premise": len(premise),
+            "premise_and_rises": int(premise.lds_rises.astype(bool).sum()),
+            "rises_without_premise": int(self.planted[~self.planted.premise.astype(bool)].lds_rises.astype(bool).sum()),
+        }
 
     def real_summary(self) -> dict[str, Any] | None:
         """Pairs, how many meet ξ < ω̂, how many of those rise, the largest ω̂ and the smallest ξ."""
         if self.real is None:
             return None
         premise = self.real[self.real.premise.astype(bool)]
-        return {"pairs": len(self.real), "premise": len(premise),
-                "premise_and_rises": int(premise.lds_rises.astype(bool).sum()),
-                "largest_omega": float(self.real.omega.max()), "smallest_xi": float(self.real.xi.min())}
+        return {
+            "pairs": len(self.real),
+            "premise": len(premise),
+            "premise_and_rises": int(premise.lds_rises.astype(bool).sum()),
+            "largest_omega": float(self.real.omega.max()),
+            "smallest_xi": float(self.real.xi.min()),
+        }
 
     def headline(self) -> dict[str, Any]:
         """Both summaries."""
@@ -691,8 +801,10 @@ class TheoremRecord:
         self.planted.to_csv(folder / "theorem_planted.csv", index=False)
         if self.real is not None:
             self.real.to_csv(folder / "theorem_real.csv", index=False)
-        write_json(folder / f"{self.stem}.json", {"record": "theorem", "profile": self.profile, "setting": self.setting,
-                                                  "headline": self.headline()})
+        write_json(
+            folder / f"{self.stem}.json",
+            {"record": "theorem", "profile": self.profile, "setting": self.setting, "headline": self.headline()},
+        )
         return folder / f"{self.stem}.json"
 
     @classmethod
@@ -702,8 +814,13 @@ class TheoremRecord:
             return None
         meta = read_json(folder / f"{stem}.json")
         real = folder / "theorem_real.csv"
-        return cls(pd.read_csv(folder / "theorem_planted.csv"), pd.read_csv(real) if real.exists() else None,
-                   meta.get("setting"), meta.get("profile"), stem)
+        return cls(
+            pd.read_csv(folder / "theorem_planted.csv"),
+            pd.read_csv(real) if real.exists() else None,
+            meta.get("setting"),
+            meta.get("profile"),
+            stem,
+        )
 
 
 # --------------------------------------------------------------------------------------------

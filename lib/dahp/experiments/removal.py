@@ -87,8 +87,9 @@ def kept_index_sets(n_train: int, order: torch.Tensor | None, rate: float, seeds
     return torch.stack(rows)
 
 
-def retrained_accuracy(setting: Setting, index_sets: torch.Tensor, seeds: Sequence[int], key: dict,
-                       cache: Cache | None = None) -> np.ndarray:
+def retrained_accuracy(
+    setting: Setting, index_sets: torch.Tensor, seeds: Sequence[int], key: dict, cache: Cache | None = None
+) -> np.ndarray:
     """Test accuracy of models retrained on ``index_sets`` (one per seed), all trained in one batch
     and cached under ``key``."""
     cache = default_cache() if cache is None else cache
@@ -103,8 +104,11 @@ def retrained_accuracy(setting: Setting, index_sets: torch.Tensor, seeds: Sequen
 
 
 def removal_table(
-    setting: Setting, methods: Mapping[str, torch.Tensor], config: RemovalConfig | None = None,
-    cache: Cache | None = None, progress: bool = True,
+    setting: Setting,
+    methods: Mapping[str, torch.Tensor],
+    config: RemovalConfig | None = None,
+    cache: Cache | None = None,
+    progress: bool = True,
 ) -> pd.DataFrame:
     """Accuracy after removal for ``Full``, ``Random`` and every method (name -> test scores).
 
@@ -120,21 +124,32 @@ def removal_table(
     orders: dict[str, torch.Tensor | None] = {"Random": None, **{name: ranking(s) for name, s in methods.items()}}
     seeds = config.seeds()
     everything = torch.arange(n_train).unsqueeze(0).repeat(len(seeds), 1)
-    accuracy = {("Full", 0.0): 100 * retrained_accuracy(setting, everything, seeds, {"ranking": "full", "rate": 0.0}, cache)}
+    accuracy = {
+        ("Full", 0.0): 100 * retrained_accuracy(setting, everything, seeds, {"ranking": "full", "rate": 0.0}, cache)
+    }
     for rate in tqdm(config.rates, desc=f"retraining {setting.name} after removal", disable=not progress):
         index_sets = torch.cat([kept_index_sets(n_train, order, rate, seeds) for order in orders.values()])
         key = {"rankings": [_digest(order) for order in orders.values()], "rate": rate}
         batch = 100 * retrained_accuracy(setting, index_sets, seeds * len(orders), key, cache)
         for k, name in enumerate(orders):
             accuracy[(name, rate)] = batch[k * len(seeds) : (k + 1) * len(seeds)]
-    return pd.DataFrame([{"setting": setting.name, "method": name, "removal_rate": rate, "seed": seed,
-                          "accuracy": float(value)}
-                         for (name, rate), values in accuracy.items() for seed, value in zip(seeds, values)])
+    return pd.DataFrame(
+        [
+            {"setting": setting.name, "method": name, "removal_rate": rate, "seed": seed, "accuracy": float(value)}
+            for (name, rate), values in accuracy.items()
+            for seed, value in zip(seeds, values)
+        ]
+    )
 
 
 def removal_study(
-    settings: Sequence[str], proj_dims: Mapping[str, Mapping[str, int | None]], config: RemovalConfig | None = None,
-    n_points: int = 33, trak_ensemble: int | None = None, cache: Cache | None = None, progress: bool = False,
+    settings: Sequence[str],
+    proj_dims: Mapping[str, Mapping[str, int | None]],
+    config: RemovalConfig | None = None,
+    n_points: int = 33,
+    trak_ensemble: int | None = None,
+    cache: Cache | None = None,
+    progress: bool = False,
     profile: str | None = None,
 ) -> tuple[RemovalRecord, dict[str, str]]:
     """The removal table over ``settings``: IFFIM and TRAK at the published default λ and at the λ the ξ rule
@@ -156,16 +171,31 @@ def removal_study(
         methods = {}
         for attributor in ("iffim", "trak"):
             label = "IFFIM" if attributor == "iffim" else "TRAK"
-            picked = case_scores(setting, attributor, proj_dims[attributor][setting.name], n_points=n_points,
-                                 ensemble_size=trak_ensemble if attributor == "trak" else None, cache=cache,
-                                 progress=progress)
+            picked = case_scores(
+                setting,
+                attributor,
+                proj_dims[attributor][setting.name],
+                n_points=n_points,
+                ensemble_size=trak_ensemble if attributor == "trak" else None,
+                cache=cache,
+                progress=progress,
+            )
             for rule, name in (("default", "default"), ("xi0.5", "selected")):
                 lam, scores = picked[rule]
                 methods[f"{label} {name}"] = scores
                 lambdas.append({"setting": setting.name, "method": f"{label} {name}", "regularization": lam})
         tables.append(removal_table(setting, methods, config, cache, progress))
-    accuracies = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(
-        columns=["setting", "method", "removal_rate", "seed", "accuracy"])
-    record_config = {**dataclasses.asdict(config), "seeds": config.seeds(), "n_points": n_points,
-                     "trak_ensemble": trak_ensemble, "proj_dims": proj_dims, "not_run": missing}
+    accuracies = (
+        pd.concat(tables, ignore_index=True)
+        if tables
+        else pd.DataFrame(columns=["setting", "method", "removal_rate", "seed", "accuracy"])
+    )
+    record_config = {
+        **dataclasses.asdict(config),
+        "seeds": config.seeds(),
+        "n_points": n_points,
+        "trak_ensemble": trak_ensemble,
+        "proj_dims": proj_dims,
+        "not_run": missing,
+    }
     return RemovalRecord(accuracies, pd.DataFrame(lambdas), record_config, profile), missing

@@ -95,13 +95,24 @@ def c1(folder: Path) -> Verdict:
         return _missing("C1", "Fig 1a", paper, rule, "Fig 1a")
     head = grid.headline()
     ratio, rise = head["ratio_high_low"], head["difference_high_low"]
-    spreads = "; ".join(f"{g.stem[5:]}: {g.headline()['min_lds']:.2f}..{g.headline()['max_lds']:.2f}"
-                        for g in GridRecord.load_all(folder))
-    ours = (f"ratio {ratio.text(2)}, difference {rise.text(3)} ({grid.queries_used()} test queries); "
-            f"min..max LDS per grid: {spreads}")
+    spreads = "; ".join(
+        f"{g.stem[5:]}: {g.headline()['min_lds']:.2f}..{g.headline()['max_lds']:.2f}"
+        for g in GridRecord.load_all(folder)
+    )
+    ours = (
+        f"ratio {ratio.text(2)}, difference {rise.text(3)} ({grid.queries_used()} test queries); "
+        f"min..max LDS per grid: {spreads}"
+    )
     holds = (HOLDS if ratio.value >= 2 else PARTLY) if rise.exceeds(0) else FAILS
-    return Verdict("C1", "Fig 1a, Fig 1, Fig 4", paper, ours, holds, rule,
-                   numbers=_used(grid, "ratio_high_low", "difference_high_low"))
+    return Verdict(
+        "C1",
+        "Fig 1a, Fig 1, Fig 4",
+        paper,
+        ours,
+        holds,
+        rule,
+        numbers=_used(grid, "ratio_high_low", "difference_high_low"),
+    )
 
 
 def _epoch_grids(folder: Path, attributor: str | None = None) -> list[GridRecord]:
@@ -115,8 +126,10 @@ def c2(folder: Path) -> Verdict:
     grids = {g.spec["setting"]: g for g in _epoch_grids(folder, "trak")}
     if not grids:
         return _missing("C2", "Fig 1e", paper, rule, "Fig 1e")
-    ours = "; ".join(f"{name}: best epoch {g.headline()['best_against_last']['best']} of {sorted(g.values('training_epoch'))}"
-                     for name, g in grids.items())
+    ours = "; ".join(
+        f"{name}: best epoch {g.headline()['best_against_last']['best']} of {sorted(g.values('training_epoch'))}"
+        for name, g in grids.items()
+    )
     numbers = {}
     for g in grids.values():
         numbers.update(_used(g, "best_against_last"))
@@ -128,20 +141,32 @@ def c2(folder: Path) -> Verdict:
 
 
 def c3(folder: Path) -> Verdict:
-    rule = ("largest vs smallest projection: worse at λ=0 by > 2 SE, and better at each one's best λ by > 2 SE: "
-            "holds; one of the two: in part")
+    rule = (
+        "largest vs smallest projection: worse at λ=0 by > 2 SE, and better at each one's best λ by > 2 SE: "
+        "holds; one of the two: in part"
+    )
     paper = "larger projection: worse at λ=0, better once λ is tuned (TRAK, LoGra)"
     grid = GridRecord.load(folder, FIG1B)
     if grid is None:
         return _missing("C3", "Fig 1b", paper, rule, "Fig 1b")
     ent = grid.headline()["entanglement"]
     per_dim = "; ".join(f"p={d}: λ=0 {v['at_zero'].text()}, best {v['best'].text()}" for d, v in ent["per_dim"].items())
-    ours = (f"p={ent['largest']} minus p={ent['smallest']}: at λ=0 {ent['zero_large_minus_small'].text()}, "
-            f"at the best λ {ent['best_large_minus_small'].text()} ({per_dim})")
+    ours = (
+        f"p={ent['largest']} minus p={ent['smallest']}: at λ=0 {ent['zero_large_minus_small'].text()}, "
+        f"at the best λ {ent['best_large_minus_small'].text()} ({per_dim})"
+    )
     checks = [ent["zero_large_minus_small"].below(0), ent["best_large_minus_small"].exceeds(0)]
     missing = [m for m in (_setting_missing("cifar2_resnet9"),) if m]
-    return Verdict("C3", "Fig 1b (Fig 1c/1f need user data)", paper, ours, share_verdict(checks), rule,
-                   "; ".join([*missing, "wikitext2_gpt2: loader not implemented"]), _used(grid, "entanglement"))
+    return Verdict(
+        "C3",
+        "Fig 1b (Fig 1c/1f need user data)",
+        paper,
+        ours,
+        share_verdict(checks),
+        rule,
+        "; ".join([*missing, "wikitext2_gpt2: loader not implemented"]),
+        _used(grid, "entanglement"),
+    )
 
 
 def c4(folder: Path) -> Verdict:
@@ -153,12 +178,15 @@ def c4(folder: Path) -> Verdict:
     parts, earlier, numbers = [], [], {}
     for g in grids:
         h = g.headline()["best_against_last"]
-        parts.append(f"{g.spec['setting']} {g.spec['attributor']}: epoch {h['best']} {h['lds_best'].text()} "
-                     f"vs last {h['last']} {h['lds_last'].text()} (difference {h['best_minus_last'].text()})")
+        parts.append(
+            f"{g.spec['setting']} {g.spec['attributor']}: epoch {h['best']} {h['lds_best'].text()} "
+            f"vs last {h['last']} {h['lds_last'].text()} (difference {h['best_minus_last'].text()})"
+        )
         earlier.append(h["best_minus_last"].exceeds(0))
         numbers.update(_used(g, "best_against_last"))
-    return Verdict("C4", "Fig 1e, Fig 4", paper, "; ".join(parts), HOLDS if any(earlier) else FAILS, rule,
-                   numbers=numbers)
+    return Verdict(
+        "C4", "Fig 1e, Fig 4", paper, "; ".join(parts), HOLDS if any(earlier) else FAILS, rule, numbers=numbers
+    )
 
 
 def _studies(folder: Path) -> list[SelectionStudy]:
@@ -188,43 +216,68 @@ def c5(folder: Path) -> Verdict:
         head = study.headline()
         for key, case in zip(head, study.ran):
             rises = case.rises_from_smallest()
-            parts.append(f"{_case_name(study, key)}: {head[key]['peaks']} peak(s)"
-                         + ("" if rises else ", no established rise from the smallest λ"))
+            parts.append(
+                f"{_case_name(study, key)}: {head[key]['peaks']} peak(s)"
+                + ("" if rises else ", no established rise from the smallest λ")
+            )
             checks.append(head[key]["peaks"] == 1)
         numbers.update({study.name: {k: {"peaks": v["peaks"]} for k, v in _plain(head).items()}})
-    return Verdict("C5", "Fig 2, Fig 3", paper, "; ".join(parts), share_verdict(checks), rule,
-                   _not_run_cases(studies), numbers)
+    return Verdict(
+        "C5", "Fig 2, Fig 3", paper, "; ".join(parts), share_verdict(checks), rule, _not_run_cases(studies), numbers
+    )
 
 
 def c6(folder: Path) -> Verdict:
-    rule = ("planted problems (exact β): every triple with ξ<ω has a rising LDS, else the code is wrong; "
-            "real data (β̂ from retraining): share of premise pairs whose LDS rises — all: holds, most: in part")
+    rule = (
+        "planted problems (exact β): every triple with ξ<ω has a rising LDS, else the code is wrong; "
+        "real data (β̂ from retraining): share of premise pairs whose LDS rises — all: holds, most: in part"
+    )
     paper = "ξ < ω implies the Population Pearson LDS rises (Theorem 4.3)"
     record = TheoremRecord.load(folder)
     if record is None:
         return _missing("C6", "theory check", paper, rule, "Theory check")
     planted, real = record.planted_summary(), record.real_summary()
     numbers = _used(record, "planted", "real")
-    ours = (f"planted: {planted['premise_and_rises']} of {planted['premise']} triples with ξ<ω rise "
-            f"(verifies the algebra)")
+    ours = (
+        f"planted: {planted['premise_and_rises']} of {planted['premise']} triples with ξ<ω rise (verifies the algebra)"
+    )
     if planted["premise"] == 0 or planted["premise_and_rises"] < planted["premise"]:
         return Verdict("C6", "theory check", paper, ours, FAILS, rule, "the planted check failed", numbers)
     if real is None:
         return Verdict("C6", "theory check", paper, ours, NOT_RUN, rule, "real-data check not run", numbers)
-    ours += (f"; {record.setting}: ξ<ω̂ in {real['premise']} of {real['pairs']} (query, λ) pairs, "
-             f"largest ω̂ {real['largest_omega']:.3f}, smallest ξ {real['smallest_xi']:.3f}")
+    ours += (
+        f"; {record.setting}: ξ<ω̂ in {real['premise']} of {real['pairs']} (query, λ) pairs, "
+        f"largest ω̂ {real['largest_omega']:.3f}, smallest ξ {real['smallest_xi']:.3f}"
+    )
     if real["premise"] == 0:
-        return Verdict("C6", "theory check", paper, ours, NOT_RUN, rule,
-                       f"vacuous: premise held for 0 of {real['pairs']} pairs on real data", numbers)
+        return Verdict(
+            "C6",
+            "theory check",
+            paper,
+            ours,
+            NOT_RUN,
+            rule,
+            f"vacuous: premise held for 0 of {real['pairs']} pairs on real data",
+            numbers,
+        )
     share = real["premise_and_rises"] / real["premise"]
     ours += f", LDS rises in {real['premise_and_rises']} of them"
-    return Verdict("C6", "theory check", paper, ours, HOLDS if share == 1 else PARTLY if share > 0.5 else FAILS,
-                   rule, numbers=numbers)
+    return Verdict(
+        "C6",
+        "theory check",
+        paper,
+        ours,
+        HOLDS if share == 1 else PARTLY if share > 0.5 else FAILS,
+        rule,
+        numbers=numbers,
+    )
 
 
 def c7(folder: Path) -> Verdict:
-    rule = ("ξ̄ non-decreasing on every curve, and the LDS at the 0.4 and 0.6 picks within 0.05 of the 0.5 pick "
-            "(paired difference): holds; one of the two: in part")
+    rule = (
+        "ξ̄ non-decreasing on every curve, and the LDS at the 0.4 and 0.6 picks within 0.05 of the 0.5 pick "
+        "(paired difference): holds; one of the two: in part"
+    )
     paper = "ξ̄ monotone and sigmoid; thresholds 0.4 / 0.6 work about as well as 0.5"
     studies = [s for s in _studies(folder) if s.ran]
     if not studies:
@@ -240,15 +293,20 @@ def c7(folder: Path) -> Verdict:
                 if gap >= worst[0]:
                     worst = (gap, f"{_case_name(study, key)}, {other}")
         numbers.update({study.name: {k: {"xi_monotone": v["xi_monotone"]} for k, v in _plain(head).items()}})
-    ours = (f"ξ̄ non-decreasing on {monotone} of {total} curves; largest LDS gap between the 0.4/0.6 and the 0.5 pick "
-            f"{worst[0]:.3f} ({worst[1]})")
-    return Verdict("C7", "Fig 5", paper, ours, share_verdict([monotone == total, worst[0] <= 0.05]), rule,
-                   numbers=numbers)
+    ours = (
+        f"ξ̄ non-decreasing on {monotone} of {total} curves; largest LDS gap between the 0.4/0.6 and the 0.5 pick "
+        f"{worst[0]:.3f} ({worst[1]})"
+    )
+    return Verdict(
+        "C7", "Fig 5", paper, ours, share_verdict([monotone == total, worst[0] <= 0.05]), rule, numbers=numbers
+    )
 
 
 def c8(folder: Path) -> Verdict:
-    rule = ("per case run: LDS(selected)/LDS(best) >= 0.9 and LDS(selected) above LDS(default) by > 2 SE "
-            "(paired over queries); all: holds, some: in part")
+    rule = (
+        "per case run: LDS(selected)/LDS(best) >= 0.9 and LDS(selected) above LDS(default) by > 2 SE "
+        "(paired over queries); all: holds, some: in part"
+    )
     paper = "selected λ much better than the default and close to the best, IFFIM and TRAK, six settings"
     studies = [s for s in _studies(folder) if s.ran]
     if not studies:
@@ -260,10 +318,17 @@ def c8(folder: Path) -> Verdict:
             ratio, gain = values["ratio_to_best"], values["gain_over_default"]
             parts.append(f"{_case_name(study, key)}: {ratio.text(2)} of best, {gain.text(3)} vs default")
             checks.append(ratio.value >= 0.9 and gain.exceeds(0))
-        numbers.update({study.name: {k: {"ratio_to_best": v["ratio_to_best"], "gain_over_default": v["gain_over_default"]}
-                                     for k, v in _plain(head).items()}})
-    return Verdict("C8", "Fig 2, Fig 3", paper, "; ".join(parts), share_verdict(checks), rule,
-                   _not_run_cases(studies), numbers)
+        numbers.update(
+            {
+                study.name: {
+                    k: {"ratio_to_best": v["ratio_to_best"], "gain_over_default": v["gain_over_default"]}
+                    for k, v in _plain(head).items()
+                }
+            }
+        )
+    return Verdict(
+        "C8", "Fig 2, Fig 3", paper, "; ".join(parts), share_verdict(checks), rule, _not_run_cases(studies), numbers
+    )
 
 
 def c9(folder: Path) -> Verdict:
@@ -297,8 +362,10 @@ def c10(folder: Path) -> Verdict:
 
 
 def c11(folder: Path) -> Verdict:
-    rule = ("per setting, attributor and rate: accuracy after removal by the selected λ below that by the default "
-            "by > 2 SE (paired over seeds); all: holds, some: in part")
+    rule = (
+        "per setting, attributor and rate: accuracy after removal by the selected λ below that by the default "
+        "by > 2 SE (paired over seeds); all: holds, some: in part"
+    )
     paper = "poster: IFFIM 88.44/87.77/87.58 -> 87.66/84.50/81.53; TRAK 88.53/87.92/86.88 -> 87.30/83.84/80.12"
     record = RemovalRecord.load(folder)
     if record is None or record.accuracies.empty:
@@ -306,14 +373,24 @@ def c11(folder: Path) -> Verdict:
     head = record.headline()
     ours = "; ".join(f"{key}: {value.text(2)} points" for key, value in head.items())
     not_run = "; ".join(f"{name}: data not supplied" for name in record.config.get("not_run", {}))
-    return Verdict("C11", "removal table", paper, ours, share_verdict([v.below(0) for v in head.values()]), rule,
-                   not_run, _used(record, *head))
+    return Verdict(
+        "C11",
+        "removal table",
+        paper,
+        ours,
+        share_verdict([v.below(0) for v in head.values()]),
+        rule,
+        not_run,
+        _used(record, *head),
+    )
 
 
 def c12(folder: Path) -> Verdict:
-    rule = ("ξ needs no model beyond the attributor's own full-data model(s) while the grid search retrains M models, "
-            "and in every case the time ξ adds to running the attributor (validation features, ξ̄) is below the "
-            "time the grid search adds (retraining, LDS over the grid): holds")
+    rule = (
+        "ξ needs no model beyond the attributor's own full-data model(s) while the grid search retrains M models, "
+        "and in every case the time ξ adds to running the attributor (validation features, ξ̄) is below the "
+        "time the grid search adds (retraining, LDS over the grid): holds"
+    )
     paper = "selection needs no retraining"
     studies = [s for s in _studies(folder) if s.ran]
     if not studies:
@@ -321,13 +398,20 @@ def c12(folder: Path) -> Verdict:
     parts, checks = [], []
     for study in studies:
         for case in study.ran:
-            parts.append(f"{study.config.get('attributor', '').upper()} {case.label}: ξ adds {case.xi_seconds:.1f} s "
-                         f"({case.xi_trainings} full-data model(s), no retraining) vs grid search "
-                         f"{case.grid_search_seconds:.1f} s ({case.grid_search_trainings} retrained)")
+            parts.append(
+                f"{study.config.get('attributor', '').upper()} {case.label}: ξ adds {case.xi_seconds:.1f} s "
+                f"({case.xi_trainings} full-data model(s), no retraining) vs grid search "
+                f"{case.grid_search_seconds:.1f} s ({case.grid_search_trainings} retrained)"
+            )
             checks.append(case.grid_search_trainings > 0 and case.xi_seconds < case.grid_search_seconds)
-    return Verdict("C12", "Fig 2, Fig 3, bench/xi_selection.py", paper,
-                   "; ".join(parts) + " (wall times as first computed; retraining as recorded when it ran)",
-                   HOLDS if all(checks) else FAILS, rule)
+    return Verdict(
+        "C12",
+        "Fig 2, Fig 3, bench/xi_selection.py",
+        paper,
+        "; ".join(parts) + " (wall times as first computed; retraining as recorded when it ran)",
+        HOLDS if all(checks) else FAILS,
+        rule,
+    )
 
 
 CLAIMS: list[Callable[[Path], Verdict]] = [c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12]
@@ -357,8 +441,15 @@ class StatusRecord:
         """Write ``reproduction_status.csv`` and ``reproduction_status.json`` (with the numbers behind each verdict)."""
         path = folder / f"{self.stem}.csv"
         self.table().to_csv(path, index=False)
-        write_json(folder / f"{self.stem}.json", {"record": "status", "profile": self.profile, "headline": self.headline(),
-                                                  "numbers": {v.claim: v.numbers for v in self.verdicts}})
+        write_json(
+            folder / f"{self.stem}.json",
+            {
+                "record": "status",
+                "profile": self.profile,
+                "headline": self.headline(),
+                "numbers": {v.claim: v.numbers for v in self.verdicts},
+            },
+        )
         return path
 
 

@@ -27,8 +27,13 @@ from dahp.surrogate import beta_hat, omega, planted_problem, theorem_rows, xi
 
 def planted_check(n_problems: int, regularizations: Sequence[float], seed: int = 0) -> pd.DataFrame:
     """:func:`dahp.surrogate.theorem_rows` on ``n_problems`` planted problems, one row per (problem, λ, query)."""
-    return pd.DataFrame([{**row, "problem": k} for k in range(n_problems)
-                         for row in theorem_rows(*planted_problem(seed + k)[:2], list(regularizations))])
+    return pd.DataFrame(
+        [
+            {**row, "problem": k}
+            for k in range(n_problems)
+            for row in theorem_rows(*planted_problem(seed + k)[:2], list(regularizations))
+        ]
+    )
 
 
 def attribution_aligned_beta(factors, beta: np.ndarray):
@@ -37,9 +42,15 @@ def attribution_aligned_beta(factors, beta: np.ndarray):
     return beta * factors.sign
 
 
-def real_check(setting: Setting, attributor: str, regularizations: Sequence[float], proj_dim: int | None = None,
-               ground_truth_config: GroundTruthConfig | None = None, cache: Cache | None = None,
-               progress: bool = True) -> pd.DataFrame:
+def real_check(
+    setting: Setting,
+    attributor: str,
+    regularizations: Sequence[float],
+    proj_dim: int | None = None,
+    ground_truth_config: GroundTruthConfig | None = None,
+    cache: Cache | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
     """Per test query and consecutive λ pair: is ξ < ω̂, and does the query's LDS rise?
 
     ω̂ uses β̂ from the same retrained models as the LDS. One row per (query, λ_i): ``xi``,
@@ -62,18 +73,37 @@ def real_check(setting: Setting, attributor: str, regularizations: Sequence[floa
     for i, lam in enumerate(grid[:-1]):
         xi_values, omega_values = xi(factors, lam).numpy(), omega(factors, beta, lam).numpy()
         for q in range(per_query.shape[1]):
-            rows.append({"regularization": lam, "query": q, "xi": xi_values[q], "omega": omega_values[q],
-                         "premise": bool(xi_values[q] < omega_values[q]), "lds": per_query[i, q],
-                         "lds_next": per_query[i + 1, q], "lds_rises": bool(per_query[i + 1, q] > per_query[i, q])})
+            rows.append(
+                {
+                    "regularization": lam,
+                    "query": q,
+                    "xi": xi_values[q],
+                    "omega": omega_values[q],
+                    "premise": bool(xi_values[q] < omega_values[q]),
+                    "lds": per_query[i, q],
+                    "lds_next": per_query[i + 1, q],
+                    "lds_rises": bool(per_query[i + 1, q] > per_query[i, q]),
+                }
+            )
     return pd.DataFrame(rows)
 
 
-def theorem_check(setting: Setting | None, n_planted: int, planted_regularizations: Sequence[float],
-                  real_regularizations: Sequence[float], ground_truth_config: GroundTruthConfig | None = None,
-                  seed: int = 0, cache: Cache | None = None, progress: bool = True,
-                  profile: str | None = None) -> TheoremRecord:
+def theorem_check(
+    setting: Setting | None,
+    n_planted: int,
+    planted_regularizations: Sequence[float],
+    real_regularizations: Sequence[float],
+    ground_truth_config: GroundTruthConfig | None = None,
+    seed: int = 0,
+    cache: Cache | None = None,
+    progress: bool = True,
+    profile: str | None = None,
+) -> TheoremRecord:
     """Both checks as one record (the real one only when ``setting`` is given)."""
     planted = planted_check(n_planted, planted_regularizations, seed)
-    real = None if setting is None else real_check(setting, "iffim", real_regularizations, None,
-                                                   ground_truth_config, cache, progress)
+    real = (
+        None
+        if setting is None
+        else real_check(setting, "iffim", real_regularizations, None, ground_truth_config, cache, progress)
+    )
     return TheoremRecord(planted, real, None if setting is None else setting.name, profile)
