@@ -24,6 +24,10 @@ from dahp.targets import correct_class_probability
 
 QUERY_BATCH = 500
 LISSA_QUERY_BATCH = 20
+#: Training points whose per-example gradients the influence functions form at once (the curvature
+#: still sees every training point in one batch). 500 rows of mnist_mlp's gradients are 220 MB;
+#: the whole training set at once (4,000 rows, 1.75 GB, plus vmap's intermediates) peaked at 7 GB.
+TRAIN_REP_BATCH = 500
 
 
 def _reshape(setting: Setting, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,9 +76,15 @@ def correct_probability_func(setting: Setting, model: torch.nn.Module):
     return prob
 
 
-def loaders(setting: Setting, split: str, dtype: torch.dtype = torch.float32, train_batch: int | None = None,
-            train_index: torch.Tensor | None = None, query_index: torch.Tensor | None = None,
-            query_batch: int | None = None):
+def loaders(
+    setting: Setting,
+    split: str,
+    dtype: torch.dtype = torch.float32,
+    train_batch: int | None = None,
+    train_index: torch.Tensor | None = None,
+    query_index: torch.Tensor | None = None,
+    query_batch: int | None = None,
+):
     """Unshuffled ``(train_loader, query_loader)`` (optionally restricted to index subsets)."""
     data = setting.data()
     x_train, y_train = data.x_train.to(dtype), data.y_train
@@ -85,13 +95,15 @@ def loaders(setting: Setting, split: str, dtype: torch.dtype = torch.float32, tr
     if query_index is not None:
         x_query, y_query = x_query[query_index], y_query[query_index]
     train = DataLoader(TensorDataset(x_train, y_train), batch_size=train_batch or len(y_train), shuffle=False)
-    query = DataLoader(TensorDataset(x_query, y_query), batch_size=min(query_batch or QUERY_BATCH, len(y_query)),
-                       shuffle=False)
+    query = DataLoader(
+        TensorDataset(x_query, y_query), batch_size=min(query_batch or QUERY_BATCH, len(y_query)), shuffle=False
+    )
     return train, query
 
 
-def run(setting: Setting, attributor: str, params: Any, split: str, cache=None,
-        query_index: torch.Tensor | None = None) -> torch.Tensor:
+def run(
+    setting: Setting, attributor: str, params: Any, split: str, cache=None, query_index: torch.Tensor | None = None
+) -> torch.Tensor:
     """``(n_train, n_queries)`` scores of dattri's attributor for ``params`` on ``setting``
     (only the queries in ``query_index`` when given: the iterative attributors cost per query)."""
     # dattri draws its own progress bars; inside notebooks and grids they only add noise
@@ -110,26 +122,102 @@ def _run(setting: Setting, attributor: str, params: Any, split: str, cache, quer
     if attributor == "if_cg":
         from dattri.algorithm import IFAttributorCG
 
-        attr = IFAttributorCG(task(setting, [state]), max_iter=params.max_iteration, regularization=params.regularization)
+        attr = IFAttributorCG(
+            task(setting, [state]), max_iter=params.max_iteration, regularization=params.regularization
+        )
         return -_attribute_inner_product(attr, setting, split, query_index=query_index)
     if attributor == "if_lissa":
         from dattri.algorithm import IFAttributorLiSSA
 
-        attr = IFAttributorLiSSA(task(setting, [state]), batch_size=params.batch_size,
-                                 recursion_depth=params.recursion_depth, damping=params.regularization,
-                                 scaling=params.scaling)
-        # LiSSA vmaps its whole recursion over the query batch: small batches bound the memory
-        return -_attribute_inner_product(attr, setting, split, query_index=query_index, query_batch=LISSA_QUERY_BATCH)
+        attr = IFAttributorLiSSA(
+            task(setting, [state]),
+            batch_size=params.batch_size,
+            recursion_depth=params.recursion_depth,
+            damping=params.regularization,
+            scaling=params.scaling,
+        )
+        # LiSSA vmaps its whole recursion over the query batch: small batches bound the memory. Its
+        # solve gives the same bits without autograd recording, which held 5 GB at depth 100.
+        return -_attribute_inner_product(
+            attr, setting, split, query_index=query_index, query_batch=LISSA_QUERY_BATCH, solve_grad=False
+        )
     if attributor == "logra":
         return _logra(setting, state, params, split, query_index)
     raise ValueError(f"dattri_bridge.run has no route for attributor {attributor!r}")
 
 
-def _attribute_inner_product(attr, setting: Setting, split: str, dtype: torch.dtype = torch.float32,
-                             query_index: torch.Tensor | None = None, query_batch: int | None = None) -> torch.Tensor:
-    train, query = loaders(setting, split, dtype, query_index=query_index, query_batch=query_batch)
-    attr.cache(train)
-    return attr.attribute(train, query).detach()
+def _attribute_inner_product(
+    attr,
+    setting: Setting,
+    split: str,
+    dtype: torch.dtype = torch.float32,
+    query_index: torch.Tensor | None = None,
+    query_batch: int | None = None,
+    solve_grad: bool = True,
+) -> torch.Tensor:
+    """``attr.cache(full training set)`` then the scores of ``attr.attribute``, in bounded memory.
+
+    The curvature (the Hessian behind CG, LiSSA's sampled batches, the explicit Hessian) is built
+    from one loader holding the whole training set, as before: dattri sums one inverse-Hessian
+    product per batch of that loader, so batching it would change the scores. Only the training
+    points' gradients -- whose inner products with the transformed queries are the scores, one
+    row per point -- are formed ``TRAIN_REP_BATCH`` points at a time (see :func:`_inner_products`,
+    also for ``solve_grad``).
+    """
+    full, query = loaders(setting, split, dtype, query_index=query_index, query_batch=query_batch)
+    attr.cache(full)
+    train, _ = loaders(setting, split, dtype, train_batch=TRAIN_REP_BATCH)
+    return _inner_products(attr, train, query, solve_grad)
+
+
+@torch.no_grad()
+def _inner_products(attr, train: DataLoader, query: DataLoader, solve_grad: bool = True) -> torch.Tensor:
+    """What dattri 0.3.0's ``BaseInnerProductAttributor.attribute(train, query)`` returns for a
+    one-checkpoint task, with the training gradients formed one batch of ``train`` at a time.
+
+    ``attribute`` would transform the queries (one IHVP solve per query batch) again for every
+    training batch; here each query batch is transformed once, in dattri's order and with the same
+    draws from torch's global generator before it (so LiSSA samples the same training batches), and
+    every training batch is multiplied with the transformed queries. The output is float32, as
+    dattri's.
+
+    The task's flattened parameters require grad, so in grad mode every per-example gradient and
+    every Hessian-vector product of a solve also records an autograd graph back to them, only to
+    be dropped by a ``detach()`` (``torch.func``'s own transforms work the same under
+    ``no_grad``). The training gradients are formed under ``no_grad`` (the same values, bit for
+    bit). The query solve keeps grad mode when ``solve_grad``, as dattri runs it: CG's float32
+    iterations amplify the last-bit differences of the kernels that do not record (up to 3e-3 of
+    the largest score of mnist_mlp at λ=1e-2, a few 1e-4 in LDS), so CG keeps dattri's bits and
+    pays for the graph while it solves (4 GB for 10 iterations over 20 queries of mnist_mlp, freed
+    after). LiSSA's solve gives the same bits without it.
+    """
+    if len(attr.task.get_checkpoints()) != 1:
+        raise ValueError("_inner_products handles one checkpoint (dattri averages several itself)")
+
+    def as_batch(batch) -> tuple[torch.Tensor, ...]:
+        # dattri hands each batch to its representation functions with a leading singleton axis
+        return tuple(tensor.to(attr.device).unsqueeze(0) for tensor in batch)
+
+    # Opening a DataLoader's iterator draws its base seed from torch's global generator, which LiSSA
+    # then samples its batches from: open the training loader first, as dattri's attribute() does.
+    train_batches = iter(train)
+    transformed = []
+    for batch in query:
+        with torch.set_grad_enabled(solve_grad):
+            rep = attr.generate_test_rep(ckpt_idx=0, data=as_batch(batch))
+            transformed.append(attr.transform_test_rep(ckpt_idx=0, test_rep=rep).detach())
+    scores = torch.zeros(len(train.sampler), sum(len(t) for t in transformed), device=attr.device)
+    row = 0
+    for batch in train_batches:
+        rep = attr.generate_train_rep(ckpt_idx=0, data=as_batch(batch))
+        rep = attr.transform_train_rep(ckpt_idx=0, train_rep=rep).detach()
+        col = 0
+        for test in transformed:
+            scores[row : row + len(rep), col : col + len(test)] = rep @ test.T
+            col += len(test)
+        row += len(rep)
+        del rep  # the next batch's gradients replace these, not join them
+    return scores
 
 
 def _tracin(setting: Setting, checkpoints, params: Any, split: str, query_index: torch.Tensor | None) -> torch.Tensor:
@@ -138,8 +226,12 @@ def _tracin(setting: Setting, checkpoints, params: Any, split: str, query_index:
     epochs = params.epochs(checkpoints.epochs)
     states = [checkpoints.state(e) for e in epochs]
     weights = torch.full((len(states),), float(setting.recipe.lr))
-    attr = TracInAttributor(task(setting, states), weight_list=weights, normalized_grad=params.normalization,
-                            projector_kwargs=projector_kwargs(setting, params.proj_dim, params.proj_seed))
+    attr = TracInAttributor(
+        task(setting, states),
+        weight_list=weights,
+        normalized_grad=params.normalization,
+        projector_kwargs=projector_kwargs(setting, params.proj_dim, params.proj_seed),
+    )
     train, query = loaders(setting, split, train_batch=500, query_index=query_index)
     # dattri sums lr · ∇L(z_i)·∇f(z'); a step on z_i moves f by -lr · ∇f·∇L(z_i): opposite sign.
     return -attr.attribute(train, query).detach()
@@ -151,24 +243,45 @@ def projector_kwargs(setting: Setting, proj_dim: int | None, proj_seed: int = 0)
     ``proj_dim=None`` means no projection (dattri's identity projector).
     """
     if proj_dim is None:
-        return {"proj_dim": setting.n_params(), "proj_max_batch_size": 32, "proj_seed": proj_seed,
-                "device": "cpu", "proj_type": "identity"}
-    return {"proj_dim": proj_dim, "proj_max_batch_size": 32, "proj_seed": proj_seed, "device": "cpu",
-            "proj_type": "normal"}
+        return {
+            "proj_dim": setting.n_params(),
+            "proj_max_batch_size": 32,
+            "proj_seed": proj_seed,
+            "device": "cpu",
+            "proj_type": "identity",
+        }
+    return {
+        "proj_dim": proj_dim,
+        "proj_max_batch_size": 32,
+        "proj_seed": proj_seed,
+        "device": "cpu",
+        "proj_type": "normal",
+    }
 
 
-def run_trak(setting: Setting, states: list[dict[str, torch.Tensor]], proj_dim: int, regularization: float,
-             split: str, proj_seed: int = 0, train_index: torch.Tensor | None = None,
-             query_index: torch.Tensor | None = None) -> torch.Tensor:
+def run_trak(
+    setting: Setting,
+    states: list[dict[str, torch.Tensor]],
+    proj_dim: int,
+    regularization: float,
+    split: str,
+    proj_seed: int = 0,
+    train_index: torch.Tensor | None = None,
+    query_index: torch.Tensor | None = None,
+) -> torch.Tensor:
     """One ``cache`` + ``attribute`` of dattri's ``TRAKAttributor`` (the reference for our spectral TRAK)."""
     from dattri.algorithm import TRAKAttributor
 
     attribution_task = task(setting, states, train_fn="target")
-    attr = TRAKAttributor(attribution_task, correct_probability_func(setting, attribution_task.get_model()),
-                          projector_kwargs=projector_kwargs(setting, proj_dim, proj_seed),
-                          regularization=regularization)
-    train, query = loaders(setting, split, _dtype(states[0]), train_batch=500, train_index=train_index,
-                           query_index=query_index)
+    attr = TRAKAttributor(
+        attribution_task,
+        correct_probability_func(setting, attribution_task.get_model()),
+        projector_kwargs=projector_kwargs(setting, proj_dim, proj_seed),
+        regularization=regularization,
+    )
+    train, query = loaders(
+        setting, split, _dtype(states[0]), train_batch=500, train_index=train_index, query_index=query_index
+    )
     attr.cache(train)
     return attr.attribute(query).detach()
 
@@ -177,19 +290,31 @@ def _dtype(state: dict[str, torch.Tensor]) -> torch.dtype:
     return next(iter(state.values())).dtype
 
 
-def _logra(setting: Setting, state: dict[str, torch.Tensor], params: Any, split: str,
-           query_index: torch.Tensor | None) -> torch.Tensor:
+def _logra(
+    setting: Setting, state: dict[str, torch.Tensor], params: Any, split: str, query_index: torch.Tensor | None
+) -> torch.Tensor:
     from dattri.algorithm import LoGraAttributor
 
     # dattri writes a batch_metadata.json into its cache_dir (the working directory by default)
     scratch = tempfile.mkdtemp(prefix="dahp-logra-")
-    attr = LoGraAttributor(task(setting, [state]), damping=params.regularization, proj_dim=params.proj_dim,
-                           offload="none", cache_dir=scratch)
+    attr = LoGraAttributor(
+        task(setting, [state]),
+        damping=params.regularization,
+        proj_dim=params.proj_dim,
+        offload="none",
+        cache_dir=scratch,
+    )
     train, query = loaders(setting, split, train_batch=500, query_index=query_index)
     # dattri 0.3.0's LoGra sets up its compressors by running the model on ``batch[0][0]``, one
     # example without its batch axis; a singleton axis per example keeps every model's forward valid.
-    train, query = (DataLoader(TensorDataset(loader.dataset.tensors[0].unsqueeze(1), loader.dataset.tensors[1]),
-                               batch_size=loader.batch_size, shuffle=False) for loader in (train, query))
+    train, query = (
+        DataLoader(
+            TensorDataset(loader.dataset.tensors[0].unsqueeze(1), loader.dataset.tensors[1]),
+            batch_size=loader.batch_size,
+            shuffle=False,
+        )
+        for loader in (train, query)
+    )
     try:
         attr.cache(train)
         # dattri's LoGra differentiates the loss on both sides, so it attributes the query's loss:

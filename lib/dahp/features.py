@@ -22,17 +22,23 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch.func import functional_call, grad, vmap
-from tqdm import tqdm
 
 from dahp.cache import Cache, default_cache
 from dahp.config import InvalidParameterError
+from dahp.progress import tqdm
 from dahp.settings import Setting
 from dahp.targets import correct_class_probability
 
 #: Block width of dattri's CPU projector; nesting holds for dimensions at least this large.
 PROJECTOR_BLOCK = 100
-#: Upper bound (bytes) of one chunk of raw per-example gradients held in memory.
+#: Upper bound (bytes) of one chunk of raw per-example gradients held in memory: the rows handed
+#: to the projector at once (each projector call redraws its whole Gaussian matrix, so fewer,
+#: larger chunks are faster).
 GRADIENT_CHUNK_BYTES = 1 << 30
+#: Upper bound (bytes) of the gradients one ``vmap`` call forms; a chunk is filled by several
+#: such calls, written in place, so vmap's intermediates stay a few times this size instead of a
+#: few times the chunk's.
+VMAP_CHUNK_BYTES = 1 << 27
 
 TargetFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -62,7 +68,9 @@ def check_proj_dim(setting: Setting, proj_dim: int | None) -> None:
     n_params = setting.n_params()
     if not (isinstance(proj_dim, int) and 1 <= proj_dim <= n_params):
         raise InvalidParameterError(
-            "proj_dim", proj_dim, f"None (no projection) or an integer in 1..{n_params} (the parameter count of {setting.name})"
+            "proj_dim",
+            proj_dim,
+            f"None (no projection) or an integer in 1..{n_params} (the parameter count of {setting.name})",
         )
 
 
@@ -75,10 +83,15 @@ def per_example_gradients(
     scale: float = 1.0,
     progress: bool | str = False,
     sink: Callable[[int, torch.Tensor], None] | None = None,
+    keep: bool | None = None,
 ) -> torch.Tensor | None:
     """Rows ``scale * ∇θ fn(model(x_i), y_i)`` for every example, flattened (shape ``(N, d)``).
 
-    With ``sink``, chunks are handed to ``sink(start_row, chunk)`` instead of being gathered.
+    With ``sink``, chunks (at most :data:`GRADIENT_CHUNK_BYTES` each) are handed to
+    ``sink(start_row, chunk)`` as they are filled. ``keep`` (default: when there is no sink) gathers
+    every row into the returned tensor; without it only one chunk of rows exists at a time (a
+    buffer that the next chunk overwrites: a sink that keeps rows must copy them) and ``None`` is
+    returned.
     """
     model = setting.make_model().eval()
     names = parameter_names(setting)
@@ -91,19 +104,36 @@ def per_example_gradients(
 
     per_example = vmap(grad(one), in_dims=(None, 0, 0))
     d = sum(params[n].numel() for n in names)
-    chunk = max(1, min(len(x), GRADIENT_CHUNK_BYTES // (4 * d)))
-    out = None if sink is not None else torch.empty(len(x), d, dtype=dtype)
+    row_bytes = d * torch.empty((), dtype=dtype).element_size()
+    chunk = max(1, min(len(x), GRADIENT_CHUNK_BYTES // row_bytes))
+    step = max(1, min(chunk, VMAP_CHUNK_BYTES // row_bytes))
+    keep = sink is None if keep is None else keep
+    out = torch.empty(len(x), d, dtype=dtype) if keep else None
+    scratch = None
     starts = range(0, len(x), chunk)
     label = progress if isinstance(progress, str) else "per-example gradients"
     for start in tqdm(starts, desc=label, disable=not progress or len(starts) < 2, leave=False):
-        grads = per_example(params, x[start : start + chunk].to(dtype), y[start : start + chunk])
-        rows = torch.cat([grads[n].reshape(grads[n].shape[0], -1) for n in names], dim=1)
-        if scale != 1.0:
-            rows = rows * scale
+        stop = min(start + chunk, len(x))
+        if out is not None:
+            rows = out[start:stop]
+        else:
+            scratch = torch.empty(chunk, d, dtype=dtype) if scratch is None else scratch
+            rows = scratch[: stop - start]
+        for first in range(start, stop, step):
+            last = min(first + step, stop)
+            grads = per_example(params, x[first:last].to(dtype), y[first:last])
+            column = 0
+            for name in names:
+                block = grads.pop(name).reshape(last - first, -1)
+                target = rows[first - start : last - start, column : column + block.shape[1]]
+                if scale != 1.0:
+                    torch.mul(block, scale, out=target)
+                else:
+                    target.copy_(block)
+                column += block.shape[1]
+                del block
         if sink is not None:
             sink(start, rows)
-        else:
-            out[start : start + len(rows)] = rows
     return out
 
 
@@ -112,13 +142,20 @@ def project(features: torch.Tensor, projection: Projection) -> torch.Tensor:
     from dattri.func.projection import random_project
 
     projector = random_project(
-        features, features.shape[0], proj_dim=projection.dim, proj_max_batch_size=32,
-        proj_seed=projection.seed, proj_type="normal", device="cpu",
+        features,
+        features.shape[0],
+        proj_dim=projection.dim,
+        proj_max_batch_size=32,
+        proj_seed=projection.seed,
+        proj_type="normal",
+        device="cpu",
     )
     return projector(features, ensemble_id=projection.ensemble_id)
 
 
-def project_nested(features: torch.Tensor, dims: Sequence[int], seed: int = 0, ensemble_id: int = 0) -> dict[int, torch.Tensor]:
+def project_nested(
+    features: torch.Tensor, dims: Sequence[int], seed: int = 0, ensemble_id: int = 0
+) -> dict[int, torch.Tensor]:
     """Projections of ``features`` to every dimension in ``dims`` from one projection at the largest.
 
     Equal to :func:`project` at each dimension (dattri normalises by ``sqrt(dim)``, undone and redone
@@ -138,22 +175,36 @@ def project_nested(features: torch.Tensor, dims: Sequence[int], seed: int = 0, e
 
 
 def _gradient_rows(
-    setting: Setting, state: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, fn: TargetFn,
-    scale: float, proj_dims: Sequence[int | None], seed: int, ensemble_id: int, progress: bool | str,
+    setting: Setting,
+    state: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    fn: TargetFn,
+    scale: float,
+    proj_dims: Sequence[int | None],
+    seed: int,
+    ensemble_id: int,
+    progress: bool | str,
 ) -> dict[int | None, torch.Tensor]:
-    """Gradients, unprojected (key ``None``) and/or projected to each dimension, chunk by chunk."""
+    """Gradients, unprojected (key ``None``) and/or projected to each dimension, chunk by chunk.
+
+    Raw gradients, when asked for, are written straight into their ``(N, d)`` result; otherwise only
+    one chunk of them is in memory at a time.
+    """
     dims = [d for d in proj_dims if d is not None]
-    parts: dict[int | None, list[torch.Tensor]] = {d: [] for d in proj_dims}
+    parts: dict[int, list[torch.Tensor]] = {d: [] for d in dims}
 
     def sink(_: int, rows: torch.Tensor) -> None:
-        if None in parts:
-            parts[None].append(rows)
-        if dims:
-            for dim, projected in project_nested(rows, dims, seed, ensemble_id).items():
-                parts[dim].append(projected)
+        for dim, projected in project_nested(rows, dims, seed, ensemble_id).items():
+            parts[dim].append(projected)
 
-    per_example_gradients(setting, state, x, y, fn, scale, progress, sink=sink)
-    return {d: torch.cat(chunks) for d, chunks in parts.items()}
+    raw = per_example_gradients(
+        setting, state, x, y, fn, scale, progress, sink=sink if dims else None, keep=None in proj_dims
+    )
+    found: dict[int | None, torch.Tensor] = {d: torch.cat(chunks) for d, chunks in parts.items()}
+    if None in proj_dims:
+        found[None] = raw
+    return {d: found[d] for d in proj_dims}
 
 
 FEATURE_KINDS = ("loss", "target", "trak")
