@@ -77,10 +77,6 @@ class GridSpec:
             "n_queries": self.n_queries,
         }
 
-    def stem(self) -> str:
-        """The file stem of this grid's record."""
-        return GridRecord(self.as_dict(), pd.DataFrame(), pd.DataFrame()).stem
-
 
 def make_grid_spec(
     setting: str,

@@ -201,6 +201,11 @@ def _not_run_cases(studies: list[SelectionStudy]) -> str:
     return "; ".join(f"{name}: {why}" for name, why in seen.items())
 
 
+def _case_numbers(study: SelectionStudy, head: dict[str, Any], *keys: str) -> dict[str, dict[str, Any]]:
+    """The per-case headline entries a verdict used (plain JSON values), under the study's file stem."""
+    return {study.name: {case: {key: values[key] for key in keys} for case, values in _plain(head).items()}}
+
+
 def _case_name(study: SelectionStudy, key: str) -> str:
     return f"{study.config.get('attributor', study.name).upper()} {key}"
 
@@ -221,7 +226,7 @@ def c5(folder: Path) -> Verdict:
                 + ("" if rises else ", no established rise from the smallest λ")
             )
             checks.append(head[key]["peaks"] == 1)
-        numbers.update({study.name: {k: {"peaks": v["peaks"]} for k, v in _plain(head).items()}})
+        numbers.update(_case_numbers(study, head, "peaks"))
     return Verdict(
         "C5", "Fig 2, Fig 3", paper, "; ".join(parts), share_verdict(checks), rule, _not_run_cases(studies), numbers
     )
@@ -292,7 +297,7 @@ def c7(folder: Path) -> Verdict:
                 gap = abs(case.gain(other, SELECTED).value)
                 if gap >= worst[0]:
                     worst = (gap, f"{_case_name(study, key)}, {other}")
-        numbers.update({study.name: {k: {"xi_monotone": v["xi_monotone"]} for k, v in _plain(head).items()}})
+        numbers.update(_case_numbers(study, head, "xi_monotone"))
     ours = (
         f"ξ̄ non-decreasing on {monotone} of {total} curves; largest LDS gap between the 0.4/0.6 and the 0.5 pick "
         f"{worst[0]:.3f} ({worst[1]})"
@@ -318,14 +323,7 @@ def c8(folder: Path) -> Verdict:
             ratio, gain = values["ratio_to_best"], values["gain_over_default"]
             parts.append(f"{_case_name(study, key)}: {ratio.text(2)} of best, {gain.text(3)} vs default")
             checks.append(ratio.value >= 0.9 and gain.exceeds(0))
-        numbers.update(
-            {
-                study.name: {
-                    k: {"ratio_to_best": v["ratio_to_best"], "gain_over_default": v["gain_over_default"]}
-                    for k, v in _plain(head).items()
-                }
-            }
-        )
+        numbers.update(_case_numbers(study, head, "ratio_to_best", "gain_over_default"))
     return Verdict(
         "C8", "Fig 2, Fig 3", paper, "; ".join(parts), share_verdict(checks), rule, _not_run_cases(studies), numbers
     )
