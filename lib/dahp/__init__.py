@@ -6,6 +6,7 @@ The method -- modules named after the concepts of the paper:
 - :mod:`dahp.settings`     -- named settings (data, model, recipe, target function)
 - :mod:`dahp.targets`      -- the attribution target (the correct-class margin) and the loss
 - :mod:`dahp.training`     -- full-data training with per-epoch checkpoints; many models at once
+- :mod:`dahp.device`       -- where long computations run (argument, $DAHP_DEVICE, CUDA if present)
 - :mod:`dahp.cache`        -- atomic, checksummed, keyed on-disk cache
 - :mod:`dahp.ground_truth` -- retraining on random subsets (the LDS ground truth)
 - :mod:`dahp.lds`          -- the linear datamodeling score
