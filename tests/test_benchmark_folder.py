@@ -15,6 +15,7 @@ from dahp.benchmark_folder import (
     MNIST_RAW,
     TARGETS_FILE,
     benchmark_ground_truth,
+    benchmark_setting,
     benchmark_split,
     protocol_difference,
     read_benchmark,
@@ -22,7 +23,7 @@ from dahp.benchmark_folder import (
 )
 from dahp.config import InvalidParameterError
 from dahp.lds import lds
-from dahp.settings import MissingDataError
+from dahp.settings import MissingDataError, get_setting
 
 N_FULL, N_HALF = 2, 6
 
@@ -216,6 +217,24 @@ def test_wrong_architecture_is_named(fixture):
     assert f"{source / 'models_full/0/model_weights_0.pt'}" not in message  # the good ones are not blamed
 
 
+def test_legacy_torch_format_is_read(fixture):
+    """Checkpoints written by torch.save's pre-1.6 format (which cannot be memory-mapped) still load."""
+    root, source, _ = fixture
+    path = source / "models_full" / "0" / "model_weights_0.pt"
+    state = torch.load(path)
+    torch.save(state, path, _use_new_zipfile_serialization=False)
+    folder = read_benchmark(root, "mnist_lr")
+    assert all(torch.equal(folder.models_full[0][k], state[k]) for k in state)
+
+
+def test_other_benchmarks_use_dattris_names(tmp_path):
+    with pytest.raises(MissingDataError, match="model='gpt2', dataset='wikitext2'") as caught:
+        read_benchmark(tmp_path, "wikitext2_gpt2")
+    assert str(tmp_path / "benchmark" / "wikitext2_gpt2") in str(caught.value)
+    with pytest.raises(MissingDataError, match=r"benchmark/maestro_musictransformer: missing"):
+        read_benchmark(tmp_path, "maestro_mt")
+
+
 def test_bad_arguments(fixture):
     root, _, _ = fixture
     with pytest.raises(InvalidParameterError, match="setting"):
@@ -262,6 +281,11 @@ def test_dattris_mnist_points(tmp_path):
     np.testing.assert_allclose(split.x_val[0].numpy(), expected[2], rtol=1e-6)  # just past dattri's range
     np.testing.assert_allclose(split.x_test[-1].numpy(), (test_images[499] / 255.0 - 0.1307) / 0.3081, rtol=1e-6)
     assert torch.equal(split.y_train, torch.from_numpy(labels[:5000].astype(np.int64)))
+    # the same points through a setting, as the experiments take data
+    setting = benchmark_setting(read_benchmark(root, "mnist_lr"))
+    assert setting.name == "mnist_lr" and setting.recipe == get_setting("mnist_lr").recipe
+    assert torch.equal(setting.data().x_test, split.x_test) and torch.equal(setting.data().y_val, split.y_val)
+    assert setting.data().fingerprint != get_setting("mnist_lr").data().fingerprint
 
 
 def test_dattris_mnist_points_missing_or_malformed(tmp_path):

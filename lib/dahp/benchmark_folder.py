@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from dahp.config import InvalidParameterError
-from dahp.settings import MissingDataError, SplitData, get_setting, load_cifar2
+from dahp.settings import MissingDataError, Setting, SplitData, get_setting, load_cifar2
 
 CHECKPOINT_KINDS = ("full", "half")
 CHECKPOINT_NAME = "model_weights_0.pt"  # run 0 of each folder: the only one load_benchmark reads
@@ -512,15 +512,45 @@ def benchmark_split(folder: BenchmarkFolder) -> SplitData:
     784 features like our embedded MNIST; CIFAR-2 is read by :func:`dahp.settings.load_cifar2`,
     whose split is dattri's. Raises :class:`MissingDataError` naming each missing or malformed file.
     """
-    b = folder.benchmark
-    root = folder.dataset_dir
+    return DattriPoints(folder.setting, folder.dataset_dir)(folder.dataset_dir)
+
+
+@dataclasses.dataclass(frozen=True)
+class DattriPoints:
+    """A setting's ``load`` that reads dattri's data points (hashable, so the setting's data cache works)."""
+
+    setting: str  #: our setting key
+    dataset_dir: Path  #: ``DIR/dataset``
+
+    def __call__(self, root: Path) -> SplitData:
+        """dattri's points (``root``, our data directory, is not used: they live under ``dataset_dir``)."""
+        return _read_points(self.setting, self.dataset_dir)
+
+
+def benchmark_setting(folder: BenchmarkFolder) -> Setting:
+    """Our setting with dattri's data points in place of ours (same model, recipe and target).
+
+    Its data fingerprint differs from the original's, so nothing cached on our split is reused.
+    """
+    base = get_setting(folder.setting)
+    return dataclasses.replace(
+        base,
+        description=f"{base.description} (dattri's benchmark points)",
+        load=DattriPoints(folder.setting, folder.dataset_dir),
+        embedded=False,
+        required_files=(),
+        data_instructions=provenance(folder.setting),
+    )
+
+
+def _read_points(setting: str, root: Path) -> SplitData:
+    b = dattri_benchmark(setting)
     if b.dataset == "cifar2":
-        setting = get_setting(folder.setting)
-        setting.check_data(root)
+        get_setting(setting).check_data(root)
         return load_cifar2(root)
     if b.dataset != "mnist":
         raise NotImplementedError(f"reading dattri's {b.dataset} data is not part of this version of dahp")
-    problems = _Problems(folder.setting, root)
+    problems = _Problems(setting, root)
     arrays = {
         (split, part): _read_idx(root / MNIST_RAW / name, 3 if part == "x" else 1, problems)
         for split, names in MNIST_FILES.items()
