@@ -18,7 +18,17 @@ sub-folders and reads ``0 .. count-1``. Training points are dattri's ``train_sam
 (``range(n_train)``) and queries its ``test_sampler`` (``range(n_test)``), in the order of its
 train/test datasets. :func:`read_benchmark` reads this folder, checks it before any compute and
 says what is wrong with which file; :func:`benchmark_ground_truth` turns it into the
-``(targets, subsets)`` pair that :func:`dahp.lds.lds` takes.
+``(targets, subsets)`` pair that :func:`dahp.lds.lds` takes. Scores judged by it must be computed
+on dattri's points, which for MNIST are not our embedded digits (dattri takes the first 5,000 of
+torchvision's MNIST training set): :func:`benchmark_split` reads them from ``DIR/dataset`` and
+:func:`benchmark_setting` is our setting on them. :func:`write_fixture` writes a tiny folder in
+exactly this layout.
+
+Not verifiable offline, and therefore checked only where the folder itself says so: that
+``models_half/i`` is the model of row ``i`` of ``indices_lds.pt`` (checked when ``indices.txt``
+lies beside it, as ``retrain_lds`` leaves it), and that dattri's GPT-2 checkpoints are state-dict
+files at all (its GPT-2 experiment keeps Hugging Face folders; ``load_benchmark`` expects
+``model_weights_0.pt`` for every benchmark, and so does this reader).
 
 Sign convention. dattri's ``calculate_lds_ground_truth`` stores the *negated* per-example loss
 (averaged over the runs of a subset), "flipped to be consistent with the score calculated by the
