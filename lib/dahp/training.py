@@ -3,13 +3,19 @@
 The paper studies the training epoch of the attributed checkpoint as a hyperparameter, so the
 full-data model keeps every epoch (:func:`train_full`). The LDS needs dozens of models retrained on
 random subsets and TRAK needs ensembles; those small models are trained together
-(:func:`train_many`): their parameters are stacked along a leading model axis and one SGD step of
-all of them is a single ``torch.func.vmap`` of ``grad(functional_call(...))``.
+(:func:`train_many`): their parameters and buffers are stacked along a leading model axis and one
+optimizer step of all of them is a single ``torch.func.vmap`` of ``grad(functional_call(...))``,
+followed by the recipe's update (SGD, Adam or AdamW, with the same arithmetic as ``torch.optim``)
+at the scheduled learning rate (:func:`schedule_factor`, shared with the reference loop).
 
 Both paths share :func:`epoch_orders`, so a model is determined by (setting, recipe, training
 indices, seed) whichever path trains it: the batched path reproduces :func:`train_one`, the plain
-``torch.optim.SGD`` loop, model for model (up to floating-point summation order), except for
-dropout masks, which the two paths draw from the global random stream in different shapes.
+``torch.optim`` loop, model for model (up to floating-point summation order), batch norm's running
+statistics included, except for dropout masks, which the two paths draw from the global random
+stream in different shapes.
+
+Every function takes ``device=`` (:func:`dahp.device.resolve_device`); models are initialised on the
+CPU (the same weights on every device) and what comes back is on the CPU.
 
 Book: "Data attribution and the LDS" (how the retrained models are trained).
 """
@@ -385,6 +391,7 @@ def train_full(
     """The full-data model of ``setting`` with a checkpoint after every epoch (cached on the CPU; the
     device is not part of the key)."""
     cache = default_cache() if cache is None else cache
+    device = resolve_device(device)  # a bad name fails here, before the data are loaded
     data = setting.data()
     spec = {**setting.spec(), "seed": seed}
 
