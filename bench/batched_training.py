@@ -12,7 +12,14 @@ dropout on) three ways in one run:
 Every path runs the same number of SGD steps of the same size, so the ratios do not depend on
 ``--epochs``; the default keeps the whole script near a minute on two cores.
 
-    python bench/batched_training.py [--models 50] [--epochs 3]
+A second part (``--part resnet9``) measures what batch norm costs batched: ``--bn-models``
+ResNet-9 models of ``cifar2_resnet9`` (dropout on, the setting's recipe at batch ``--bn-batch``)
+on ``--bn-images`` random CIFAR-shaped images for one epoch, trained one by one with
+:func:`~dahp.training.train_one` and all at once with :func:`~dahp.training.train_many` (stacked
+parameters and running statistics), side by side in the same run.
+
+    python bench/batched_training.py [--part all|mnist|resnet9] [--models 50] [--epochs 3]
+                                     [--bn-models 4] [--bn-images 64] [--bn-batch 16]
 """
 
 from __future__ import annotations
@@ -35,10 +42,21 @@ from dahp.training import accuracy_many, stack_states, train_many, train_one
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=["all", "mnist", "resnet9"], default="all")
     parser.add_argument("--models", type=int, default=50)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--bn-models", type=int, default=4)
+    parser.add_argument("--bn-images", type=int, default=64)
+    parser.add_argument("--bn-batch", type=int, default=16)
     args = parser.parse_args()
+    if args.part in ("all", "mnist"):
+        mnist_mlp(args)
+    if args.part in ("all", "resnet9"):
+        resnet9(args)
 
+
+def mnist_mlp(args: argparse.Namespace) -> None:
+    """Part 1: dattri's loop, the sequential reference and the batched path on mnist_mlp."""
     base = get_setting("mnist_mlp")
     setting = dataclasses.replace(base, recipe=dataclasses.replace(base.recipe, epochs=args.epochs))
     data = setting.data()
@@ -86,6 +104,32 @@ def main() -> None:
     )
     print(f"RESULT batched_training_speedup {sequential_seconds / batched_seconds:.2f} goal 5")
     print(f"RESULT batched_training_speedup_vs_dattri_loop {dattri_seconds / batched_seconds:.2f} goal 5")
+
+
+def resnet9(args: argparse.Namespace) -> None:
+    """Part 2: ResNet-9 (batch norm) trained one by one and batched, on the CPU, side by side."""
+    base = get_setting("cifar2_resnet9")
+    setting = dataclasses.replace(base, recipe=dataclasses.replace(base.recipe, epochs=1, batch_size=args.bn_batch))
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(args.bn_images, 3, 32, 32, generator=generator)
+    y = torch.randint(0, 2, (args.bn_images,), generator=generator)
+    index_sets = torch.arange(args.bn_images).repeat(args.bn_models, 1)
+    seeds = list(range(args.bn_models))
+    print(
+        f"{args.bn_models} ResNet-9 models (batch norm, dropout), {args.bn_images} images, batch {args.bn_batch}, "
+        f"1 epoch, cpu, {torch.get_num_threads()} threads"
+    )
+    started = time.perf_counter()
+    sequential = stack_states([train_one(setting, x, y, ix, s, device="cpu") for ix, s in zip(index_sets, seeds)])
+    sequential_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    batched = train_many(setting, x, y, index_sets, seeds, device="cpu")
+    batched_seconds = time.perf_counter() - started
+    assert batched.keys() == sequential.keys()  # parameters and running statistics, both ways
+    print(f"sequential (train_one):       {sequential_seconds:8.2f} s")
+    print(f"batched (vmap, batch norm):   {batched_seconds:8.2f} s")
+    print(f"RESULT resnet9_bn_batched_over_sequential_time {batched_seconds / sequential_seconds:.2f}")
+    print(f"RESULT resnet9_bn_batched_training_speedup {sequential_seconds / batched_seconds:.2f}")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ import dataclasses
 import functools
 import hashlib
 import os
-import pickle
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +33,8 @@ import torch
 from torch import nn
 
 from dahp.config import InvalidParameterError, TrainingRecipe
+from dahp.datasets import cifar
+from dahp.datasets.cifar import CIFAR_DIR, load_cifar2  # CIFAR-2's loader lives in its own module
 from dahp.targets import correct_class_margin, cross_entropy
 
 MNIST_SPLIT_SEED = 0
@@ -190,44 +191,6 @@ def load_mnist_embedded(root: Path) -> SplitData:
     return _standardized_split(x / 255.0, y, index)
 
 
-CIFAR_DIR = "cifar-10-batches-py"
-CIFAR2_CLASSES = (3, 5)  # cat, dog in CIFAR-10's label order
-
-
-def load_cifar2(root: Path) -> SplitData:
-    """dattri's CIFAR-2 (cat vs dog) from the CIFAR-10 python batches under ``root``.
-
-    Train: the first 5,000 cat/dog images of the training batches (dattri's benchmark); validation
-    queries: the next 500; test queries: the first 500 cat/dog images of the test batch. Pixels are
-    mapped to [-1, 1] per channel, as dattri's transform does; cat is label 0, dog label 1.
-    """
-
-    def read(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        xs, ys = [], []
-        for name in names:
-            with open(root / CIFAR_DIR / name, "rb") as handle:
-                batch = pickle.load(handle, encoding="bytes")
-            xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            ys.append(np.asarray(batch[b"labels"]))
-        x, y = np.concatenate(xs), np.concatenate(ys)
-        keep = np.isin(y, CIFAR2_CLASSES)
-        return x[keep], (y[keep] == CIFAR2_CLASSES[1]).astype(np.int64)
-
-    def scale(x: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy((x.astype(np.float32) / 255.0 - 0.5) / 0.5)
-
-    x_tr, y_tr = read([f"data_batch_{i}" for i in range(1, 6)])
-    x_te, y_te = read(["test_batch"])
-    return SplitData(
-        x_train=scale(x_tr[:5000]),
-        y_train=torch.from_numpy(y_tr[:5000]),
-        x_val=scale(x_tr[5000:5500]),
-        y_val=torch.from_numpy(y_tr[5000:5500]),
-        x_test=scale(x_te[:500]),
-        y_test=torch.from_numpy(y_te[:500]),
-    )
-
-
 def _loader_not_yet_available(name: str) -> Callable[[Path], SplitData]:
     def load(root: Path) -> SplitData:
         raise NotImplementedError(
@@ -252,12 +215,6 @@ def _mnist_mlp() -> nn.Module:
     from dattri.benchmark.models.mlp import MLPMnist
 
     return MLPMnist()
-
-
-def _cifar2_resnet9() -> nn.Module:
-    from dattri.benchmark.models.resnet9 import ResNet9
-
-    return ResNet9(num_classes=2)
 
 
 def _not_yet_available_model() -> nn.Module:
@@ -324,14 +281,11 @@ register(
         name="cifar2_resnet9",
         description="CIFAR-2 (cat vs dog from CIFAR-10), ResNet-9",
         load=load_cifar2,
-        make_model=_cifar2_resnet9,
+        make_model=cifar.make_model,
         # dattri's CIFAR-2 ResNet-9 benchmark recipe: SGD, lr 0.01, momentum 0.9, batch 64, 10 epochs.
         recipe=TrainingRecipe(epochs=10, batch_size=64, lr=0.01, momentum=0.9),
         required_files=(*tuple(f"{CIFAR_DIR}/data_batch_{i}" for i in range(1, 6)), f"{CIFAR_DIR}/test_batch"),
-        data_instructions=(
-            "Download the CIFAR-10 'python version' archive (cifar-10-python.tar.gz) and unpack it "
-            "into the data directory, so that data/cifar-10-batches-py/ holds data_batch_1..5 and test_batch."
-        ),
+        data_instructions=cifar.DATA_INSTRUCTIONS,
     )
 )
 
