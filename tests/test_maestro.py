@@ -124,7 +124,7 @@ def test_paper_model_has_dattris_parameters():
     assert names == [n for n, _ in theirs.named_parameters()]  # same flattening order as dattri's
     count = sum(p.numel() for p in ours.parameters())
     assert count == sum(p.numel() for p in theirs.parameters()) == 13_115_782
-    assert not list(ours.buffers())  # so train_many can vmap it
+    assert not list(ours.buffers())  # the positions are computed, not stored
 
 
 def test_target_is_the_negated_loss():

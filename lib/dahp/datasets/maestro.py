@@ -58,8 +58,8 @@ dattri's ``MusicTransformer`` with relative position representations, at the pap
 parameters). :class:`NextEventTransformer` subclasses it without changing a parameter (same names,
 same order, same initialisation): its forward returns the logits of the window's last position,
 shape ``(batch, 390)``, so every classification tool of the package applies; and its sinusoidal
-positions are computed in the forward pass instead of held in a buffer, so that
-``dahp.training.train_many`` can train many of these models at once with ``vmap``.
+positions are computed in the forward pass instead of held in a buffer (the model has no
+buffers; ``dahp.training.train_many`` trains many of them at once with ``vmap``).
 
 Fixture
 -------
@@ -190,7 +190,8 @@ def sizes(root: Path | None = None) -> tuple[MaestroSizes, bool]:
 
 class SinusoidalPositions(nn.Module):
     """dattri's ``PositionalEncoding`` (same table, same dropout), computed on the fly instead of
-    held in a buffer: a model without buffers can be trained many at once with ``vmap``."""
+    held in a buffer: the constant table is then neither stacked per model by ``train_many`` nor
+    stored in every checkpoint."""
 
     def __init__(self, d_model: int, dropout: float) -> None:
         super().__init__()
