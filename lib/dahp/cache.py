@@ -64,7 +64,9 @@ CODE_VERSIONS: dict[str, int] = {
     "selection_case": 1,  # experiments.cases.selection_study (one entry per case)
 }
 
-_TRAINING = ("config.py", "settings.py", "targets.py", "training.py")
+#: The registry and the per-dataset modules its settings take loaders and model factories from.
+_MODELS = ("settings.py", "datasets/cifar.py", "datasets/maestro.py")
+_TRAINING = ("config.py", *_MODELS, "targets.py", "training.py")
 _SCORING = ("attributors.py", "features.py", "lds.py", "selection.py", "spectral.py", "surrogate.py")
 
 #: The ``dahp`` source files (relative to the package folder) whose code runs when an entry of each
@@ -77,12 +79,12 @@ PRODUCERS: dict[str, tuple[str, ...]] = {
     "ground_truth": (*_TRAINING, "ground_truth.py"),
     # per-example gradients and projections (features) of the model and targets (settings, targets)
     # at a state taken from Checkpoints (training) and described by checkpoint_spec (attributors)
-    "features": ("attributors.py", "features.py", "settings.py", "targets.py", "training.py"),
+    "features": ("attributors.py", "features.py", *_MODELS, "targets.py", "training.py"),
     # which features, at which scale (attributors), eigendecomposed by spectral.eigendecompose
     "eigh": ("attributors.py", "spectral.py"),
     # the exact loss Hessian (attributors, with parameter_names from features, model and loss from
     # settings and targets, the float64 state from training) and its eigendecomposition (spectral)
-    "hessian_eigh": ("attributors.py", "features.py", "settings.py", "spectral.py", "targets.py", "training.py"),
+    "hessian_eigh": ("attributors.py", "features.py", *_MODELS, "spectral.py", "targets.py", "training.py"),
     # retraining after removal (experiments/removal: kept index sets; training: train_many, accuracy)
     "removal": (*_TRAINING, "experiments/removal.py"),
     # a selection case (experiments/cases: run_case, the grid, the payload): the scorers (attributors,

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from dahp.config import InvalidParameterError, TrainingRecipe
-from dahp.datasets import cifar
+from dahp.datasets import cifar, maestro
 from dahp.datasets.cifar import CIFAR_DIR, load_cifar2  # CIFAR-2's loader lives in its own module
 from dahp.targets import correct_class_margin, cross_entropy
 
@@ -309,16 +309,16 @@ register(
 register(
     Setting(
         name="maestro_mt",
-        description="MAESTRO, Music Transformer",
-        load=_loader_not_yet_available("maestro_mt"),
-        make_model=_not_yet_available_model,
-        # Placeholder until the loader lands: dattri trains the Music Transformer for 20 epochs with
-        # Adam and a warm-up schedule, and the recipe record will gain an optimizer field then.
-        recipe=TrainingRecipe(epochs=20, batch_size=64, lr=1e-4),
-        required_files=("maestro-v2.0.0/maestro-v2.0.0.csv",),
-        data_instructions=(
-            "Unpack the MAESTRO v2.0.0 MIDI archive into data/maestro-v2.0.0/ "
-            "(the folder with maestro-v2.0.0.csv and one sub-folder per year)."
-        ),
+        description="MAESTRO v2.0.0 (256-event windows, next event), Music Transformer",
+        load=maestro.load_maestro,
+        make_model=maestro.make_model,
+        # dattri's benchmark recipe (datasets/maestro/maestro_musictransformer.py): Adam with betas
+        # (0.9, 0.98), eps 10e-9 = 1e-8, a constant lr 1e-4 (its Noam LrStepTracker is used only when
+        # LR is None, and LR = 1e-4), 20 epochs; batch 64 as in its benchmark's loaders.
+        recipe=TrainingRecipe(epochs=20, batch_size=64, lr=1e-4, optimizer="adam", betas=(0.9, 0.98), eps=1e-8),
+        required_files=(maestro.CSV_PATH,),
+        data_instructions=maestro.SOURCE,
+        target=maestro.next_event_log_probability,
+        loss=cross_entropy,
     )
 )
