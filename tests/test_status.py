@@ -146,20 +146,25 @@ def test_c8_needs_close_to_best_and_an_established_gain_over_the_default(tmp_pat
     missing = SelectionCase(
         "cifar2_resnet9", "iffim", 2048, None, 0.5, status="data not supplied: data/cifar-10-batches-py"
     )
-    _study(tmp_path, [_case("a", -0.01, -0.3), _case("b", -0.2, -0.1), missing])
+    _study(tmp_path, [_case("mnist_lr", -0.01, -0.3), _case("mnist_mlp", -0.2, -0.1), missing])
     verdict = c8(tmp_path)
-    # a: 0.98 of best and 0.29 above the default; b: 0.6 of best
-    assert verdict.holds == PARTLY and "a, full gradients: 0.98" in verdict.ours
+    # mnist_lr: 0.98 of best and 0.29 above the default; mnist_mlp: 0.6 of best
+    assert verdict.holds == PARTLY and "mnist_lr, full gradients: 0.98" in verdict.ours
     assert "cifar2_resnet9" in verdict.reason and "cifar2_resnet9" not in verdict.ours
-    _study(tmp_path, [_case("a", -0.01, -0.3), _case("b", -0.01, -0.05)])  # b: 0.98 of best, 0.04 above the default
+    _study(
+        tmp_path, [_case("mnist_lr", -0.01, -0.3), _case("mnist_mlp", -0.01, -0.05)]
+    )  # mnist_mlp: 0.98 of best, 0.04 above
     assert c8(tmp_path).holds == HOLDS
 
 
 def test_c9_holds_when_no_quantile_works_everywhere(tmp_path):
     # q0.5 sits at the curve's low end in both cases (0.4 of best), q0.9 at 0.8 of best
-    _study(tmp_path, [_case("a", 0, -0.3), _case("b", 0, -0.3)])
+    _study(tmp_path, [_case("mnist_lr", 0, -0.3), _case("mnist_mlp", 0, -0.3)])
     assert c9(tmp_path).holds == HOLDS
-    _study(tmp_path, [_case("a", 0, -0.3, curve=(0.5, 0.5, 0.5)), _case("b", 0, -0.3, curve=(0.5, 0.5, 0.5))])
+    _study(
+        tmp_path,
+        [_case("mnist_lr", 0, -0.3, curve=(0.5, 0.5, 0.5)), _case("mnist_mlp", 0, -0.3, curve=(0.5, 0.5, 0.5))],
+    )
     assert c9(tmp_path).holds == FAILS
 
 
@@ -168,7 +173,7 @@ def test_c5_counts_only_established_peaks(tmp_path):
         tmp_path,
         [
             _case(
-                "a",
+                "mnist_lr",
                 0,
                 0,
                 curve=(0.2, 0.5, 0.3, 0.6),
@@ -176,7 +181,7 @@ def test_c5_counts_only_established_peaks(tmp_path):
                 xi_bar=np.array([0.1, 0.3, 0.6, 0.9]),
             ),
             _case(
-                "b",
+                "mnist_mlp",
                 0,
                 0,
                 curve=(0.2, 0.5, 0.499, 0.3),
@@ -187,7 +192,7 @@ def test_c5_counts_only_established_peaks(tmp_path):
     )
     verdict = c5(tmp_path)
     assert verdict.holds == PARTLY
-    assert "a, full gradients: 2 peak(s)" in verdict.ours and "b, full gradients: 1 peak(s)" in verdict.ours
+    assert "mnist_lr, full gradients: 2 peak(s)" in verdict.ours and "mnist_mlp, full gradients: 1 peak(s)" in verdict.ours
 
 
 def _theorem(folder, planted_rows, real_rows):
@@ -213,8 +218,8 @@ def _removal(folder, shifts):
             noise = RNG.normal(0, 0.05)
             for label in ("IFFIM", "TRAK"):
                 rows += [
-                    ("s", f"{label} default", rate, seed, 85.0 + noise),
-                    ("s", f"{label} selected", rate, seed, 85.0 + noise + shift),
+                    ("mnist_lr", f"{label} default", rate, seed, 85.0 + noise),
+                    ("mnist_lr", f"{label} selected", rate, seed, 85.0 + noise + shift),
                 ]
     RemovalRecord(
         pd.DataFrame(rows, columns=["setting", "method", "removal_rate", "seed", "accuracy"]),
@@ -233,13 +238,13 @@ def test_c11_rule(tmp_path):
 
 
 def test_c12_compares_measured_costs(tmp_path):
-    _study(tmp_path, [_case("a", 0, -0.3)])
+    _study(tmp_path, [_case("mnist_lr", 0, -0.3)])
     assert (
         c12(tmp_path).holds == HOLDS
         and "ξ adds 1.0 s (1 full-data model(s), no retraining) vs grid search 10.0 s (50 retrained)"
         in c12(tmp_path).ours
     )
-    _study(tmp_path, [_case("a", 0, -0.3, xi_seconds=20.0)])
+    _study(tmp_path, [_case("mnist_lr", 0, -0.3, xi_seconds=20.0)])
     assert c12(tmp_path).holds == FAILS
 
 
@@ -265,7 +270,7 @@ def test_status_numbers_are_the_saved_headlines(tmp_path):
         [({"regularization": 1e-4}, low), ({"regularization": 1e-2}, 3 * low)],
     )
     _trak_grid(tmp_path, -0.18, 0.11)
-    _study(tmp_path, [_case("a", -0.01, -0.3)])
+    _study(tmp_path, [_case("mnist_lr", -0.01, -0.3)])
     _removal(tmp_path, (-2.0, -3.0))
     status = reproduction_status(tmp_path, "quick")
     checked = 0
@@ -279,3 +284,16 @@ def test_status_numbers_are_the_saved_headlines(tmp_path):
                 assert _plain(value) == expected, (verdict.claim, stem, key)
                 checked += 1
     assert checked >= 6
+
+
+def test_cases_on_fixture_data_are_shown_but_not_judged(tmp_path, monkeypatch):
+    from dahp.datasets.fixtures import write_fixtures
+
+    monkeypatch.setenv("DAHP_DATA_DIR", str(tmp_path))
+    write_fixtures(tmp_path, ["cifar2_resnet9"])
+    # the fixture case fails the rule; were it judged, C8 would hold only in part
+    _study(tmp_path, [_case("mnist_lr", -0.01, -0.3), _case("cifar2_resnet9", -0.3, 0.1)])
+    verdict = c8(tmp_path)
+    assert verdict.holds == HOLDS
+    assert "cifar2_resnet9: fixture data only" in verdict.reason
+    assert "cifar2_resnet9" not in verdict.ours

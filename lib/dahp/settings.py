@@ -47,7 +47,10 @@ class MissingDataError(FileNotFoundError):
 
 @dataclasses.dataclass(frozen=True)
 class SplitData:
-    """Tensors of one setting's fixed split. Inputs are float32, labels int64."""
+    """Tensors of one setting's fixed split.
+
+    Inputs are float32 for images and int64 token or event ids for sequence models; labels are int64.
+    """
 
     x_train: torch.Tensor
     y_train: torch.Tensor
@@ -92,6 +95,31 @@ class Setting:
     data_instructions: str = ""  #: where to obtain the files and how to lay them out
     target: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = correct_class_margin
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy
+    #: what fixes the architecture besides the registry, read from the data directory (a local
+    #: checkpoint's config, a fixture's sizes file); it joins every cache key built on this setting
+    model_spec: Callable[[Path], dict] | None = None
+
+    def data_source(self, root: Path | None = None) -> str:
+        """Where this setting's data comes from: ``embedded``, ``supplied``, ``fixture`` or ``missing``.
+
+        ``fixture`` means the files were written by :func:`dahp.datasets.fixtures.write_fixtures`:
+        tiny files in the real format, good for running the pipeline and never for a claim.
+        """
+        from dahp.datasets.fixtures import fixture_settings
+
+        root = data_dir() if root is None else root
+        if self.embedded:
+            return "embedded"
+        if self.missing_files(root):
+            return "missing"
+        return "fixture" if self.name in fixture_settings(root) else "supplied"
+
+    def not_judged(self, root: Path | None = None) -> str | None:
+        """Why results on this setting cannot count for a claim (data missing, or fixture data), or None."""
+        reason = self.data_not_supplied(root)
+        if reason is None and self.data_source(root) == "fixture":
+            reason = "fixture data only (tiny files in the real format: the pipeline ran, nothing is measured)"
+        return reason
 
     def missing_files(self, root: Path | None = None) -> list[str]:
         """The required files (relative to the data directory) that are not there."""
@@ -143,7 +171,11 @@ class Setting:
 
     def spec(self, root: Path | None = None) -> dict:
         """What determines a model of this setting besides its seed and indices (for cache keys)."""
-        return {"setting": self.name, "data": self.data(root).fingerprint, "recipe": self.recipe.as_dict()}
+        root = data_dir() if root is None else root
+        spec = {"setting": self.name, "data": self.data(root).fingerprint, "recipe": self.recipe.as_dict()}
+        if self.model_spec is not None:
+            spec["model"] = self.model_spec(root)
+        return spec
 
 
 def data_dir() -> Path:
@@ -320,5 +352,6 @@ register(
         data_instructions=maestro.SOURCE,
         target=maestro.next_event_log_probability,
         loss=cross_entropy,
+        model_spec=lambda root: maestro.sizes(root)[0].as_dict(),
     )
 )

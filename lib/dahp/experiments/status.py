@@ -70,9 +70,10 @@ def _missing(claim: str, artifact: str, paper: str, rule: str, page: str) -> Ver
 
 
 def _setting_missing(name: str) -> str | None:
+    """Why results on setting ``name`` cannot be judged here (data missing, or fixture data), or None."""
     from dahp.settings import get_setting
 
-    reason = get_setting(name).data_not_supplied()
+    reason = get_setting(name).not_judged()
     return None if reason is None else f"{name}: {reason}"
 
 
@@ -123,7 +124,7 @@ def _epoch_grids(folder: Path, attributor: str | None = None) -> list[GridRecord
 def c2(folder: Path) -> Verdict:
     rule = "needs both settings: the best epoch of mnist_mlp differs from that of cifar2_resnet9"
     paper = "epoch 5 best on MNIST+MLP, poor on CIFAR-2+ResNet-9"
-    grids = {g.spec["setting"]: g for g in _epoch_grids(folder, "trak")}
+    grids = {g.spec["setting"]: g for g in _epoch_grids(folder, "trak") if _setting_missing(g.spec["setting"]) is None}
     if not grids:
         return _missing("C2", "Fig 1e", paper, rule, "Fig 1e")
     ours = "; ".join(
@@ -164,7 +165,7 @@ def c3(folder: Path) -> Verdict:
         ours,
         share_verdict(checks),
         rule,
-        "; ".join([*missing, "wikitext2_gpt2: loader not implemented"]),
+        "; ".join([*missing, *(m for m in (_setting_missing("wikitext2_gpt2"),) if m)]),
         _used(grid, "entanglement"),
     )
 
@@ -190,7 +191,16 @@ def c4(folder: Path) -> Verdict:
 
 
 def _studies(folder: Path) -> list[SelectionStudy]:
-    return [s for s in (SelectionStudy.load(folder, f"selection_{a}") for a in ("iffim", "trak")) if s is not None]
+    return [_judged_only(s) for s in (SelectionStudy.load(folder, f"selection_{a}") for a in ("iffim", "trak")) if s]
+
+
+def _judged_only(study: SelectionStudy) -> SelectionStudy:
+    """The study with every case on unjudged data (fixture files) turned into a case not run, with the reason."""
+    for case in study.cases:
+        reason = _setting_missing(case.setting)
+        if case.ok and reason is not None:
+            case.status = reason.split(": ", 1)[1]
+    return study
 
 
 def _not_run_cases(studies: list[SelectionStudy]) -> str:
@@ -347,6 +357,7 @@ def c10(folder: Path) -> Verdict:
     rule = "per case, the best λ moves by at most one grid step across α and the selected λ's rank changes by at most 2: holds"
     paper = "LDS-vs-λ shape and the selection robust to α ∈ {0.25, 0.5, 0.75}"
     study = SelectionStudy.load(folder, "alpha_iffim")
+    study = None if study is None else _judged_only(study)
     if study is None or not study.ran:
         return _missing("C10", "Fig 6", paper, rule, "Fig 6")
     table = study.alpha_robustness()
@@ -368,9 +379,16 @@ def c11(folder: Path) -> Verdict:
     record = RemovalRecord.load(folder)
     if record is None or record.accuracies.empty:
         return _missing("C11", "removal table", paper, rule, "Removal table")
-    head = record.headline()
+    # headline keys read "<setting> <attributor> <rate>%"; rows on fixture data are not judged
+    unjudged = {name: _setting_missing(name) for name in {key.split(" ", 1)[0] for key in record.headline()}}
+    head = {key: value for key, value in record.headline().items() if unjudged[key.split(" ", 1)[0]] is None}
+    if not head:
+        return _missing("C11", "removal table", paper, rule, "Removal table (no setting with judged data)")
     ours = "; ".join(f"{key}: {value.text(2)} points" for key, value in head.items())
-    not_run = "; ".join(f"{name}: data not supplied" for name in record.config.get("not_run", {}))
+    not_run = "; ".join(
+        [f"{name}: data not supplied" for name in record.config.get("not_run", {})]
+        + [reason for reason in unjudged.values() if reason]
+    )
     return Verdict(
         "C11",
         "removal table",

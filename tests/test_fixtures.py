@@ -1,0 +1,56 @@
+"""Fixture data is told apart from real data, and every fixture loads through its setting."""
+
+import json
+import warnings
+
+import pytest
+
+from dahp.config import InvalidParameterError
+from dahp.datasets.fixtures import FIXTURE_MODULES, MARKER, fixture_settings, write_fixtures
+from dahp.settings import get_setting
+
+
+def test_unknown_setting_is_refused_before_writing(tmp_path):
+    with pytest.raises(InvalidParameterError, match="settings"):
+        write_fixtures(tmp_path, ["mnist_lr"])
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name", ["cifar2_resnet9", "maestro_mt"])
+def test_a_written_fixture_loads_and_is_labelled_fixture(tmp_path, name):
+    setting = get_setting(name)
+    assert setting.data_source(tmp_path) == "missing"
+    assert setting.not_judged(tmp_path).startswith("data not supplied")
+    write_fixtures(tmp_path, [name])
+    assert fixture_settings(tmp_path) == [name]
+    assert setting.data_source(tmp_path) == "fixture"
+    assert "fixture data only" in setting.not_judged(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # maestro warns that its sizes are the fixture's
+        data = setting.data(tmp_path)
+    assert data.n_train >= 2 and len(data.y_val) >= 1 and len(data.y_test) >= 1
+
+
+def test_removing_the_marker_makes_the_files_count_as_supplied(tmp_path):
+    write_fixtures(tmp_path, ["cifar2_resnet9"])
+    (tmp_path / MARKER).unlink()
+    setting = get_setting("cifar2_resnet9")
+    assert setting.data_source(tmp_path) == "supplied"
+    assert setting.not_judged(tmp_path) is None
+
+
+def test_a_damaged_marker_still_marks_every_fixture(tmp_path):
+    write_fixtures(tmp_path, ["cifar2_resnet9"])
+    (tmp_path / MARKER).write_text("{not json")
+    assert fixture_settings(tmp_path) == list(FIXTURE_MODULES)
+
+
+def test_markers_accumulate(tmp_path):
+    write_fixtures(tmp_path, ["cifar2_resnet9"])
+    write_fixtures(tmp_path, ["maestro_mt"])
+    assert json.loads((tmp_path / MARKER).read_text())["settings"] == ["cifar2_resnet9", "maestro_mt"]
+
+
+def test_embedded_settings_are_embedded(tmp_path):
+    assert get_setting("mnist_lr").data_source(tmp_path) == "embedded"
+    assert get_setting("mnist_lr").not_judged(tmp_path) is None
