@@ -192,7 +192,9 @@ def test_c5_counts_only_established_peaks(tmp_path):
     )
     verdict = c5(tmp_path)
     assert verdict.holds == PARTLY
-    assert "mnist_lr, full gradients: 2 peak(s)" in verdict.ours and "mnist_mlp, full gradients: 1 peak(s)" in verdict.ours
+    assert (
+        "mnist_lr, full gradients: 2 peak(s)" in verdict.ours and "mnist_mlp, full gradients: 1 peak(s)" in verdict.ours
+    )
 
 
 def _theorem(folder, planted_rows, real_rows):
