@@ -3,6 +3,8 @@ device paths compute the CPU's numbers, and a bad ``--device`` fails before any 
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -149,3 +151,11 @@ def test_the_command_line_passes_the_device_down(monkeypatch):
     monkeypatch.setattr("dahp.__main__._cmd_select", lambda args: seen.append(args.device))
     assert main(["select", "--setting", "mnist_lr", "--attributor", "iffim", "--device", "cpu"]) == 0
     assert seen == [torch.device("cpu")]
+
+
+def test_run_plan_hands_the_device_to_the_notebook_kernels_through_the_environment(monkeypatch):
+    monkeypatch.setenv("DAHP_DEVICE", "")  # restored after the test
+    seen = []
+    monkeypatch.setattr("dahp.plan.run_plan", lambda *a, **k: seen.append(os.environ["DAHP_DEVICE"]))
+    assert main(["run-plan", "--profile", "quick", "--device", "cpu"]) == 0
+    assert seen == ["cpu"]
