@@ -6,15 +6,21 @@
 - ``grid``          LDS over a 1-D or 2-D hyperparameter grid of one attributor, saved under data/results/cli/
 - ``selection``     the ξ selection against every baseline on the paper's cases, saved under data/results/cli/
 - ``select``        choose λ for one setting and attributor from the trained model (no retraining)
+- ``run-plan``      execute the book's notebooks
+
+Every computing command takes ``--device cpu|cuda|cuda:N`` (default: ``$DAHP_DEVICE``, else CUDA
+when present, else the CPU); a bad name fails before anything is computed.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
 from dahp.config import GroundTruthConfig, InvalidParameterError
+from dahp.device import DEVICE_ENV, resolve_device
 from dahp.settings import MissingDataError, available_settings, get_setting
 
 
@@ -35,9 +41,9 @@ def _cmd_train(args: argparse.Namespace) -> None:
     setting = get_setting(args.setting)
     data = setting.data()
     started = time.perf_counter()
-    checkpoints = train_full(setting, seed=args.seed)
+    checkpoints = train_full(setting, seed=args.seed, device=args.device)
     seconds = time.perf_counter() - started
-    accuracy = accuracy_many(setting, checkpoints.states, data.x_test, data.y_test)
+    accuracy = accuracy_many(setting, checkpoints.states, data.x_test, data.y_test, device=args.device)
     for epoch, acc in enumerate(accuracy.tolist(), start=1):
         print(f"epoch {epoch:3d}  test accuracy {acc:.4f}")
     print(f"{setting.name}: full-data model, {checkpoints.epochs} checkpoints, {seconds:.1f} s (cache included)")
@@ -52,10 +58,10 @@ def _cmd_ground_truth(args: argparse.Namespace) -> None:
         alpha=args.alpha, n_models=args.n_models, seed=args.seed, models_per_chunk=args.models_per_chunk
     )
     data = setting.data()
-    checkpoints = train_full(setting, seed=args.seed)
+    checkpoints = train_full(setting, seed=args.seed, device=args.device)
     last = {name: states[-1:] for name, states in checkpoints.states.items()}
-    full_acc = accuracy_many(setting, last, data.x_test, data.y_test)
-    truth = ground_truth(setting, config)
+    full_acc = accuracy_many(setting, last, data.x_test, data.y_test, device=args.device)
+    truth = ground_truth(setting, config, device=args.device)
     print(
         f"{setting.name}: n_train={data.n_train}, full-data test accuracy {float(full_acc[0]):.4f} "
         f"(epoch {checkpoints.epochs})"
@@ -75,7 +81,7 @@ def _cmd_grid(args: argparse.Namespace) -> None:
     fixed = {name: parse_values(values)[0] for name, values in map(parse_assignment, args.fixed)}
     config = GroundTruthConfig(alpha=args.alpha, n_models=args.n_models, seed=args.seed)
     spec = make_grid_spec(args.setting, args.attributor, vary, fixed, config, args.split, args.queries)
-    record = run_grid(spec, profile="cli")
+    record = run_grid(spec, profile="cli", device=args.device)
     path = record.save(results_dir("cli"))
     with pd_options():
         print(record.table.drop(columns=["setting", "attributor"]).to_string(index=False))
@@ -90,7 +96,9 @@ def _cmd_selection(args: argparse.Namespace) -> None:
     if args.setting:
         cases = [(name, proj) for name, proj in cases if name in args.setting]
     for attributor in ("iffim", "trak"):
-        study = selection_study(f"selection_{attributor}", cases, attributor, 33, progress=True, profile="cli")
+        study = selection_study(
+            f"selection_{attributor}", cases, attributor, 33, progress=True, profile="cli", device=args.device
+        )
         path = study.save(results_dir("cli"))
         with pd_options():
             print(study.summary().to_string(index=False))
@@ -110,7 +118,7 @@ def _cmd_select(args: argparse.Namespace) -> None:
     if args.attributor not in ("iffim", "trak"):
         raise InvalidParameterError("attributor", args.attributor, ["iffim", "trak"])
     started = time.perf_counter()
-    members = attr.scorer(setting, args.attributor, params, "val").members
+    members = attr.scorer(setting, args.attributor, params, "val", device=args.device).members
     grid = default_grid(setting, args.attributor)
     rule = xi_selection(members, grid, args.threshold)
     curve, pick, grid_pick = rule.xi_bar, rule.continuous, rule.grid_pick
@@ -129,6 +137,9 @@ def _cmd_select(args: argparse.Namespace) -> None:
 def _cmd_run_plan(args: argparse.Namespace) -> None:
     from dahp.plan import NotebookFailed, run_plan
 
+    if args.device_given:
+        # the notebooks' ``device = None`` resolves through the environment their kernels inherit
+        os.environ[DEVICE_ENV] = str(args.device)
     try:
         run_plan(args.profile, only=args.only or None, force=args.force, progress=not args.no_progress)
     except NotebookFailed as error:
@@ -150,15 +161,22 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m dahp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    computing = argparse.ArgumentParser(add_help=False)
+    computing.add_argument(
+        "--device",
+        default=None,
+        help=f"where the long computations run: cpu, cuda or cuda:N (default: ${DEVICE_ENV}, else CUDA when "
+        "present, else the CPU); results do not depend on it beyond rounding",
+    )
 
     commands.add_parser("settings", help="list the settings").set_defaults(run=_cmd_settings)
 
-    train = commands.add_parser("train", help="train the full-data model of a setting")
+    train = commands.add_parser("train", parents=[computing], help="train the full-data model of a setting")
     train.add_argument("--setting", required=True)
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(run=_cmd_train)
 
-    truth = commands.add_parser("ground-truth", help="retrain the LDS subset models of a setting")
+    truth = commands.add_parser("ground-truth", parents=[computing], help="retrain the LDS subset models of a setting")
     truth.add_argument("--setting", required=True)
     truth.add_argument("--alpha", type=float, default=defaults.alpha)
     truth.add_argument("--n-models", type=int, default=defaults.n_models)
@@ -166,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     truth.add_argument("--models-per-chunk", type=int, default=defaults.models_per_chunk)
     truth.set_defaults(run=_cmd_ground_truth)
 
-    grid = commands.add_parser("grid", help="LDS over a hyperparameter grid of one attributor")
+    grid = commands.add_parser("grid", parents=[computing], help="LDS over a hyperparameter grid of one attributor")
     grid.add_argument("--setting", required=True)
     grid.add_argument("--attributor", required=True)
     grid.add_argument(
@@ -191,12 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     grid.set_defaults(run=_cmd_grid)
 
     selection = commands.add_parser(
-        "selection", help="the ξ rule against every baseline -> data/results/cli/selection_*"
+        "selection", parents=[computing], help="the ξ rule against every baseline -> data/results/cli/selection_*"
     )
     selection.add_argument("--setting", action="append", default=[], help="restrict to these settings")
     selection.set_defaults(run=_cmd_selection)
 
-    select = commands.add_parser("select", help="choose λ from the trained model by the ξ rule")
+    select = commands.add_parser("select", parents=[computing], help="choose λ from the trained model by the ξ rule")
     select.add_argument("--setting", required=True)
     select.add_argument("--attributor", required=True, choices=["iffim", "trak"])
     select.add_argument("--projection-dim", type=int, default=None)
@@ -204,7 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("--threshold", type=float, default=0.5)
     select.set_defaults(run=_cmd_select)
 
-    plan = commands.add_parser("run-plan", help="execute the book's notebooks (notebooks/plan.yml) with papermill")
+    plan = commands.add_parser(
+        "run-plan", parents=[computing], help="execute the book's notebooks (notebooks/plan.yml) with papermill"
+    )
     plan.add_argument("--profile", default="default", help="quick, default or paper")
     plan.add_argument("--only", action="append", default=[], help="run only this page (repeatable)")
     plan.add_argument("--force", action="store_true", help="re-execute pages that are up to date")
@@ -221,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; bad input prints one line and exits with status 2."""
     args = build_parser().parse_args(argv)
     try:
+        if hasattr(args, "device"):
+            # resolved (and a bad name refused) before the command computes anything
+            args.device_given = args.device is not None
+            args.device = resolve_device(args.device)
         args.run(args)
     except (InvalidParameterError, MissingDataError) as error:
         print(f"error: {error}", file=sys.stderr)

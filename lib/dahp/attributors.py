@@ -26,6 +26,7 @@ import torch
 from dahp import dattri_bridge
 from dahp.cache import Cache, default_cache
 from dahp.config import InvalidParameterError, option
+from dahp.device import resolve_device
 from dahp.features import check_proj_dim, gradient_features, one_minus_correct_probability
 from dahp.settings import Setting
 from dahp.spectral import (
@@ -308,6 +309,7 @@ class RerunScorer(Sweepable):
     split: str
     cache: Cache
     query_index: torch.Tensor | None = option(None, "run on these queries only (None: all)")
+    device: torch.device | None = option(None, "where dattri runs (None: resolved by dahp.device)")
 
     def scores(self, regularization: float) -> torch.Tensor:
         params = (
@@ -315,7 +317,9 @@ class RerunScorer(Sweepable):
             if hasattr(self.params, "regularization")
             else self.params
         )
-        return dattri_bridge.run(self.setting, self.attributor, params, self.split, self.cache, self.query_index)
+        return dattri_bridge.run(
+            self.setting, self.attributor, params, self.split, self.cache, self.query_index, device=self.device
+        )
 
 
 def checkpoint_spec(setting: Setting, seed: int, epoch: int) -> dict:
@@ -335,36 +339,48 @@ def scorer(
     cache: Cache | None = None,
     progress: bool = True,
     query_index: torch.Tensor | None = None,
+    device: str | torch.device | None = None,
 ) -> Scorer:
     """A scorer for ``attributor`` with ``params`` (λ is taken per call), after validating everything.
 
     With ``query_index`` the scores cover those queries of ``split`` only; the attributors run
     through dattri then attribute only those queries, which is what makes them affordable.
+    Training, gradients, projections, eigendecompositions and dattri's attributors run on
+    ``device`` (:func:`dahp.device.resolve_device`); the scores are on the CPU.
     """
     info = get_attributor(attributor)
     if not isinstance(params, info.params):
         raise InvalidParameterError("params", type(params).__name__, f"a {info.params.__name__}")
     check_params(setting, params)
+    device = resolve_device(device)
     cache = default_cache() if cache is None else cache
     builders = {"iffim": _iffim, "trak": _trak, "if_explicit": _if_explicit}
     if attributor in builders:
-        built = builders[attributor](setting, params, split, cache, progress)
+        built = builders[attributor](setting, params, split, cache, progress, device)
         return built if query_index is None else built.restricted(query_index)
-    return RerunScorer(setting, attributor, params, split, cache, query_index)
+    return RerunScorer(setting, attributor, params, split, cache, query_index, device)
 
 
-def attribute(setting: Setting, attributor: str, split: str = "test", **hyperparameters: Any) -> torch.Tensor:
+def attribute(
+    setting: Setting,
+    attributor: str,
+    split: str = "test",
+    device: str | torch.device | None = None,
+    **hyperparameters: Any,
+) -> torch.Tensor:
     """``(n_train, n_queries)`` scores of ``attributor`` with ``hyperparameters`` over its defaults."""
     params = make_params(attributor, **hyperparameters)
     lam = getattr(params, "regularization", 0.0)
-    return scorer(setting, attributor, params, split).scores(lam)
+    return scorer(setting, attributor, params, split, device=device).scores(lam)
 
 
-def _iffim(setting: Setting, params: IFFIMParams, split: str, cache: Cache, progress: bool) -> SpectralScorer:
+def _iffim(
+    setting: Setting, params: IFFIMParams, split: str, cache: Cache, progress: bool, device: torch.device
+) -> SpectralScorer:
     epoch = _epoch(setting, params)
-    state = train_full(setting, 0, cache, progress).state(epoch)
+    state = train_full(setting, 0, cache, progress, device=device).state(epoch)
     spec = checkpoint_spec(setting, 0, epoch)
-    kw = dict(proj_dims=(params.proj_dim,), seed=params.proj_seed, cache=cache, progress=progress)
+    kw = dict(proj_dims=(params.proj_dim,), seed=params.proj_seed, cache=cache, progress=progress, device=device)
     train = gradient_features(setting, state, spec, "train", "loss", **kw)[params.proj_dim]
     queries = gradient_features(setting, state, spec, split, "target", **kw)[params.proj_dim]
     eig = _cached_eigendecomposition(
@@ -372,29 +388,37 @@ def _iffim(setting: Setting, params: IFFIMParams, split: str, cache: Cache, prog
         {**spec, "kind": "loss", "proj_dim": params.proj_dim, "proj_seed": params.proj_seed},
         train,
         1.0 / len(train),
+        device,
     )
-    return SpectralScorer([factors(eig, train, queries, sign=-1.0)])
+    return SpectralScorer([factors(eig, train, queries, sign=-1.0, device=device)])
 
 
-def _cached_eigendecomposition(cache: Cache, spec: dict, train: torch.Tensor, scale: float) -> Eigendecomposition:
-    """The float64 eigendecomposition of a feature Gram matrix, cached beside the features."""
+def _cached_eigendecomposition(
+    cache: Cache, spec: dict, train: torch.Tensor, scale: float, device: str | torch.device | None = None
+) -> Eigendecomposition:
+    """The float64 eigendecomposition of a feature Gram matrix (computed on ``device``, cached on the
+    CPU beside the features)."""
     payload = cache.get_or_compute(
-        "eigh", {**spec, "scale": scale}, lambda: dataclasses.asdict(eigendecompose(train, scale))
+        "eigh", {**spec, "scale": scale}, lambda: dataclasses.asdict(eigendecompose(train, scale, device=device))
     )
     return Eigendecomposition(**payload)
 
 
-def trak_members(setting: Setting, ensemble_size: int, cache: Cache, progress: bool) -> list[Checkpoints]:
+def trak_members(
+    setting: Setting, ensemble_size: int, cache: Cache, progress: bool, device: str | torch.device | None = None
+) -> list[Checkpoints]:
     """The independently trained full-data models of a TRAK ensemble (seeds 0..size-1)."""
-    return [train_full(setting, seed, cache, progress) for seed in range(ensemble_size)]
+    return [train_full(setting, seed, cache, progress, device=device) for seed in range(ensemble_size)]
 
 
-def _trak(setting: Setting, params: TRAKParams, split: str, cache: Cache, progress: bool) -> SpectralScorer:
+def _trak(
+    setting: Setting, params: TRAKParams, split: str, cache: Cache, progress: bool, device: torch.device
+) -> SpectralScorer:
     epoch = _epoch(setting, params)
-    members = trak_members(setting, params.ensemble_size, cache, progress)
+    members = trak_members(setting, params.ensemble_size, cache, progress, device)
     states = [checkpoints.state(epoch) for checkpoints in members]
     specs = [checkpoint_spec(setting, k, epoch) for k in range(len(states))]
-    return trak_scorer(setting, states, specs, params, split, cache, progress)
+    return trak_scorer(setting, states, specs, params, split, cache, progress, device)
 
 
 def trak_scorer(
@@ -405,6 +429,7 @@ def trak_scorer(
     split: str,
     cache: Cache | None = None,
     progress: bool = False,
+    device: str | torch.device | None = None,
 ) -> SpectralScorer:
     """TRAK over given ensemble members (``states``, described by ``specs`` for the cache).
 
@@ -412,9 +437,17 @@ def trak_scorer(
     and multiplied by the members' mean ``1 - p_i``, as dattri's ``TRAKAttributor`` does.
     """
     cache = default_cache() if cache is None else cache
+    device = resolve_device(device)
     members, weights = [], []
     for k, (state, spec) in enumerate(zip(states, specs)):
-        kw = dict(proj_dims=(params.proj_dim,), seed=params.proj_seed, ensemble_id=k, cache=cache, progress=progress)
+        kw = dict(
+            proj_dims=(params.proj_dim,),
+            seed=params.proj_seed,
+            ensemble_id=k,
+            cache=cache,
+            progress=progress,
+            device=device,
+        )
         train = gradient_features(setting, state, spec, "train", "trak", **kw)[params.proj_dim]
         queries = gradient_features(setting, state, spec, split, "trak", **kw)[params.proj_dim]
         eig = _cached_eigendecomposition(
@@ -422,14 +455,18 @@ def trak_scorer(
             {**spec, "kind": "trak", "proj_dim": params.proj_dim, "proj_seed": params.proj_seed, "ensemble_id": k},
             train,
             1.0,
+            device,
         )
-        members.append(factors(eig, train, queries, sign=1.0))
-        weights.append(one_minus_correct_probability(setting, state))
+        members.append(factors(eig, train, queries, sign=1.0, device=device))
+        weights.append(one_minus_correct_probability(setting, state, device))
     return SpectralScorer(members, torch.stack(weights).mean(0))
 
 
-def mean_loss_hessian(setting: Setting, state: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Exact ``(d, d)`` Hessian of the mean training loss at ``state``, in float64.
+def mean_loss_hessian(
+    setting: Setting, state: dict[str, torch.Tensor], device: str | torch.device | None = None
+) -> torch.Tensor:
+    """Exact ``(d, d)`` Hessian of the mean training loss at ``state``, in float64, on the CPU
+    (computed on ``device``).
 
     A model that is one affine layer under the mean cross-entropy (softmax regression) gets the
     closed form, which is ~20x faster than differentiating twice; any other model goes through
@@ -439,23 +476,24 @@ def mean_loss_hessian(setting: Setting, state: dict[str, torch.Tensor]) -> torch
 
     from dahp.features import parameter_names
 
+    device = resolve_device(device)
     data = setting.data()
-    model = setting.make_model().eval().double()
+    model = setting.make_model().eval().double().to(device)
     model.load_state_dict(state)
-    x, y = data.x_train.double(), data.y_train
+    x, y = data.x_train.to(device, torch.float64), data.y_train.to(device)
     if _is_softmax_regression(setting, model, x):
         with torch.no_grad():
-            return softmax_regression_hessian(x.reshape(len(x), -1), torch.softmax(model(x), dim=-1))
+            return softmax_regression_hessian(x.reshape(len(x), -1), torch.softmax(model(x), dim=-1)).cpu()
     names = parameter_names(setting)
     shapes = [state[n].shape for n in names]
     sizes = [state[n].numel() for n in names]
-    flat = torch.cat([state[n].double().reshape(-1) for n in names])
+    flat = torch.cat([state[n].to(device, torch.float64).reshape(-1) for n in names])
 
     def loss(theta: torch.Tensor) -> torch.Tensor:
         parts = dict(zip(names, (t.reshape(s) for t, s in zip(torch.split(theta, sizes), shapes))))
         return setting.loss(functional_call(model, parts, (x,)), y)
 
-    return hessian(loss)(flat)
+    return hessian(loss)(flat).cpu()
 
 
 def _is_softmax_regression(setting: Setting, model: torch.nn.Module, x: torch.Tensor) -> bool:
@@ -485,8 +523,8 @@ def softmax_regression_hessian(x: torch.Tensor, probabilities: torch.Tensor) -> 
     x = x.double()
     p = probabilities.double()
     weights = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)  # (n, k, k)
-    augmented = torch.cat([x, torch.ones(n, 1, dtype=x.dtype)], dim=1)  # (n, d + 1)
-    blocks = torch.empty(k, k, d + 1, d + 1, dtype=torch.float64)
+    augmented = torch.cat([x, torch.ones(n, 1, dtype=x.dtype, device=x.device)], dim=1)  # (n, d + 1)
+    blocks = torch.empty(k, k, d + 1, d + 1, dtype=torch.float64, device=x.device)
     for a in range(k):
         for b in range(a, k):
             block = augmented.T @ (augmented * weights[:, a, b].unsqueeze(1)) / n
@@ -494,26 +532,26 @@ def softmax_regression_hessian(x: torch.Tensor, probabilities: torch.Tensor) -> 
             blocks[b, a] = block.T
     # reorder (class, feature | bias) into (all weights class-major, then the k biases)
     full = blocks.permute(0, 2, 1, 3)  # (k, d+1, k, d+1)
-    position = torch.arange(k * (d + 1)).reshape(k, d + 1)  # (class, feature | bias) -> flat index
+    position = torch.arange(k * (d + 1), device=x.device).reshape(k, d + 1)  # (class, feature | bias) -> flat index
     order = torch.cat([position[:, :d].reshape(-1), position[:, d]])
     return full.reshape(k * (d + 1), k * (d + 1))[order][:, order]
 
 
 def _if_explicit(
-    setting: Setting, params: IFExplicitParams, split: str, cache: Cache, progress: bool
+    setting: Setting, params: IFExplicitParams, split: str, cache: Cache, progress: bool, device: torch.device
 ) -> SpectralScorer:
     epoch = _epoch(setting, params)
-    state = {k: v.double() for k, v in train_full(setting, 0, cache, progress).state(epoch).items()}
+    state = {k: v.double() for k, v in train_full(setting, 0, cache, progress, device=device).state(epoch).items()}
     spec = {**checkpoint_spec(setting, 0, epoch), "dtype": "float64"}
     payload = cache.get_or_compute(
         "hessian_eigh",
         spec,
-        lambda: dataclasses.asdict(curvature_eigendecomposition(mean_loss_hessian(setting, state))),
+        lambda: dataclasses.asdict(curvature_eigendecomposition(mean_loss_hessian(setting, state, device), device)),
     )
-    kw = dict(proj_dims=(None,), cache=cache, progress=progress)
+    kw = dict(proj_dims=(None,), cache=cache, progress=progress, device=device)
     train = gradient_features(setting, state, spec, "train", "loss", **kw)[None]
     queries = gradient_features(setting, state, spec, split, "target", **kw)[None]
-    return SpectralScorer([factors(Eigendecomposition(**payload), train, queries, sign=-1.0)])
+    return SpectralScorer([factors(Eigendecomposition(**payload), train, queries, sign=-1.0, device=device)])
 
 
 def prefetch_features(
@@ -524,6 +562,7 @@ def prefetch_features(
     split: str,
     cache: Cache | None = None,
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> None:
     """Cache the features of several projection dimensions at once (one projection per model)."""
     cache = default_cache() if cache is None else cache
@@ -531,18 +570,23 @@ def prefetch_features(
     dims = tuple(proj_dims)
     for dim in dims:
         check_proj_dim(setting, dim)
+    device = resolve_device(device)
     epoch = _epoch(setting, params)
     if attributor == "iffim":
-        state = train_full(setting, 0, cache, progress).state(epoch)
+        state = train_full(setting, 0, cache, progress, device=device).state(epoch)
         spec = checkpoint_spec(setting, 0, epoch)
         for split_, kind in (("train", "loss"), (split, "target")):
-            gradient_features(setting, state, spec, split_, kind, dims, params.proj_seed, 0, cache, progress)
+            gradient_features(
+                setting, state, spec, split_, kind, dims, params.proj_seed, 0, cache, progress, device=device
+            )
     elif attributor == "trak":
-        for k, checkpoints in enumerate(trak_members(setting, params.ensemble_size, cache, progress)):
+        for k, checkpoints in enumerate(trak_members(setting, params.ensemble_size, cache, progress, device)):
             state = checkpoints.state(epoch)
             spec = checkpoint_spec(setting, k, epoch)
             for split_ in ("train", split):
-                gradient_features(setting, state, spec, split_, "trak", dims, params.proj_seed, k, cache, progress)
+                gradient_features(
+                    setting, state, spec, split_, "trak", dims, params.proj_seed, k, cache, progress, device=device
+                )
 
 
 def defaults_table():

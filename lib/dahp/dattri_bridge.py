@@ -4,6 +4,15 @@ Used to run the attributors with no closed form in λ (IF CG, IF LiSSA, LoGra, T
 variants), and by the tests to check our spectral scores against dattri at the same λ.
 Scores are returned in this package's sign convention (positive: including the training point
 raises the query's margin); dattri's influence functions return the opposite sign.
+
+Device: every attributor gets dattri's ``device=`` (the task's model is moved there; dattri moves
+each batch), and the scores come back on the CPU. A Gaussian projection stays on dattri's CPU
+projector whatever the device (dattri moves the gradients to it): its CUDA projector draws a
+different matrix, so the scores would change with the device (see :mod:`dahp.features`). The
+identity "projection" (no projection) runs on the device. One exception is dattri's own: LoGra
+builds its per-layer projections inside dattri on its ``device``, so on a CUDA device they are
+drawn by dattri's CUDA projector -- another random projection of the same kind, not the CPU's
+numbers to rounding (LoGra's scores are not cached, so no cache entry mixes the two).
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import torch
 from torch.func import functional_call
 from torch.utils.data import DataLoader, TensorDataset
 
+from dahp.device import resolve_device
 from dahp.settings import Setting
 from dahp.targets import correct_class_probability
 
@@ -36,16 +46,23 @@ def _reshape(setting: Setting, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.
     return x.reshape(-1, *sample_shape), y.reshape(-1).long()
 
 
-def task(setting: Setting, states: list[dict[str, torch.Tensor]], train_fn: str = "loss"):
+def task(
+    setting: Setting,
+    states: list[dict[str, torch.Tensor]],
+    train_fn: str = "loss",
+    device: str | torch.device = "cpu",
+):
     """A ``dattri.task.AttributionTask`` over ``states`` (one per checkpoint / ensemble member).
 
     ``train_fn`` is the function whose gradients represent training points: ``"loss"`` (the mean
     cross-entropy, for the influence functions and TracIn) or ``"target"`` (the margin, for TRAK).
-    The target of the queries is always the margin.
+    The target of the queries is always the margin. The model lives on ``device``, which must be
+    the ``device=`` of the dattri attributor given the task (dattri's own default is the CPU);
+    dattri loads each checkpoint into it there.
     """
     from dattri.task import AttributionTask
 
-    model = setting.make_model().to(next(iter(states[0].values())).dtype)
+    model = setting.make_model().to(next(iter(states[0].values())).dtype).to(device)
 
     def loss_func(params: dict, data: tuple, device: str | None = None) -> torch.Tensor:
         # LoGra calls the unflattened loss as loss(module, batch, device); the others pass parameters
@@ -102,39 +119,59 @@ def loaders(
 
 
 def run(
-    setting: Setting, attributor: str, params: Any, split: str, cache=None, query_index: torch.Tensor | None = None
+    setting: Setting,
+    attributor: str,
+    params: Any,
+    split: str,
+    cache=None,
+    query_index: torch.Tensor | None = None,
+    device: str | torch.device | None = None,
 ) -> torch.Tensor:
     """``(n_train, n_queries)`` scores of dattri's attributor for ``params`` on ``setting``
-    (only the queries in ``query_index`` when given: the iterative attributors cost per query)."""
+    (only the queries in ``query_index`` when given: the iterative attributors cost per query),
+    computed on ``device`` and returned on the CPU."""
+    device = resolve_device(device)
     # dattri draws its own progress bars; inside notebooks and grids they only add noise
     with contextlib.redirect_stderr(io.StringIO()):
-        return _run(setting, attributor, params, split, cache, query_index)
+        return _run(setting, attributor, params, split, cache, query_index, device).cpu()
 
 
-def _run(setting: Setting, attributor: str, params: Any, split: str, cache, query_index: torch.Tensor | None):
+def _run(
+    setting: Setting,
+    attributor: str,
+    params: Any,
+    split: str,
+    cache,
+    query_index: torch.Tensor | None,
+    device: torch.device,
+):
     from dahp.training import train_full
 
-    checkpoints = train_full(setting, 0, cache, progress=False)
+    checkpoints = train_full(setting, 0, cache, progress=False, device=device)
     epoch = getattr(params, "training_epoch", None) or setting.recipe.epochs
     if attributor in ("tracin", "grad_dot", "grad_cos"):
-        return _tracin(setting, checkpoints, params, split, query_index)
+        return _tracin(setting, checkpoints, params, split, query_index, device)
     state = checkpoints.state(epoch)
     if attributor == "if_cg":
         from dattri.algorithm import IFAttributorCG
 
         attr = IFAttributorCG(
-            task(setting, [state]), max_iter=params.max_iteration, regularization=params.regularization
+            task(setting, [state], device=device),
+            max_iter=params.max_iteration,
+            regularization=params.regularization,
+            device=str(device),
         )
         return -_attribute_inner_product(attr, setting, split, query_index=query_index)
     if attributor == "if_lissa":
         from dattri.algorithm import IFAttributorLiSSA
 
         attr = IFAttributorLiSSA(
-            task(setting, [state]),
+            task(setting, [state], device=device),
             batch_size=params.batch_size,
             recursion_depth=params.recursion_depth,
             damping=params.regularization,
             scaling=params.scaling,
+            device=str(device),
         )
         # LiSSA vmaps its whole recursion over the query batch: small batches bound the memory. Its
         # solve gives the same bits without autograd recording, which held 5 GB at depth 100.
@@ -142,7 +179,7 @@ def _run(setting: Setting, attributor: str, params: Any, split: str, cache, quer
             attr, setting, split, query_index=query_index, query_batch=LISSA_QUERY_BATCH, solve_grad=False
         )
     if attributor == "logra":
-        return _logra(setting, state, params, split, query_index)
+        return _logra(setting, state, params, split, query_index, device)
     raise ValueError(f"dattri_bridge.run has no route for attributor {attributor!r}")
 
 
@@ -220,34 +257,46 @@ def _inner_products(attr, train: DataLoader, query: DataLoader, solve_grad: bool
     return scores
 
 
-def _tracin(setting: Setting, checkpoints, params: Any, split: str, query_index: torch.Tensor | None) -> torch.Tensor:
+def _tracin(
+    setting: Setting,
+    checkpoints,
+    params: Any,
+    split: str,
+    query_index: torch.Tensor | None,
+    device: torch.device,
+) -> torch.Tensor:
     from dattri.algorithm import TracInAttributor
 
     epochs = params.epochs(checkpoints.epochs)
     states = [checkpoints.state(e) for e in epochs]
     weights = torch.full((len(states),), float(setting.recipe.lr))
     attr = TracInAttributor(
-        task(setting, states),
+        task(setting, states, device=device),
         weight_list=weights,
         normalized_grad=params.normalization,
-        projector_kwargs=projector_kwargs(setting, params.proj_dim, params.proj_seed),
+        projector_kwargs=projector_kwargs(setting, params.proj_dim, params.proj_seed, device),
+        device=str(device),
     )
     train, query = loaders(setting, split, train_batch=500, query_index=query_index)
     # dattri sums lr · ∇L(z_i)·∇f(z'); a step on z_i moves f by -lr · ∇f·∇L(z_i): opposite sign.
     return -attr.attribute(train, query).detach()
 
 
-def projector_kwargs(setting: Setting, proj_dim: int | None, proj_seed: int = 0) -> dict:
+def projector_kwargs(
+    setting: Setting, proj_dim: int | None, proj_seed: int = 0, device: str | torch.device | None = None
+) -> dict:
     """A complete, fresh projector dict (dattri 0.3.0 merges partial dicts into a shared default).
 
-    ``proj_dim=None`` means no projection (dattri's identity projector).
+    ``proj_dim=None`` means no projection (dattri's identity projector, on ``device``). A Gaussian
+    projection is dattri's CPU projector on every device: its matrix, unlike the CUDA projector's,
+    does not depend on the device (see the module docstring).
     """
     if proj_dim is None:
         return {
             "proj_dim": setting.n_params(),
             "proj_max_batch_size": 32,
             "proj_seed": proj_seed,
-            "device": "cpu",
+            "device": str(resolve_device(device)),
             "proj_type": "identity",
         }
     return {
@@ -269,14 +318,18 @@ def run_trak(
     train_index: torch.Tensor | None = None,
     query_index: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One ``cache`` + ``attribute`` of dattri's ``TRAKAttributor`` (the reference for our spectral TRAK)."""
+    """One ``cache`` + ``attribute`` of dattri's ``TRAKAttributor`` (the reference for our spectral TRAK).
+
+    Always on the CPU: it is the tests' reference, and dattri's TRAK mixes the CPU projector's
+    output with tensors on its own device.
+    """
     from dattri.algorithm import TRAKAttributor
 
-    attribution_task = task(setting, states, train_fn="target")
+    attribution_task = task(setting, states, train_fn="target", device="cpu")
     attr = TRAKAttributor(
         attribution_task,
         correct_probability_func(setting, attribution_task.get_model()),
-        projector_kwargs=projector_kwargs(setting, proj_dim, proj_seed),
+        projector_kwargs=projector_kwargs(setting, proj_dim, proj_seed, "cpu"),
         regularization=regularization,
     )
     train, query = loaders(
@@ -291,18 +344,24 @@ def _dtype(state: dict[str, torch.Tensor]) -> torch.dtype:
 
 
 def _logra(
-    setting: Setting, state: dict[str, torch.Tensor], params: Any, split: str, query_index: torch.Tensor | None
+    setting: Setting,
+    state: dict[str, torch.Tensor],
+    params: Any,
+    split: str,
+    query_index: torch.Tensor | None,
+    device: torch.device,
 ) -> torch.Tensor:
     from dattri.algorithm import LoGraAttributor
 
     # dattri writes a batch_metadata.json into its cache_dir (the working directory by default)
     scratch = tempfile.mkdtemp(prefix="dahp-logra-")
     attr = LoGraAttributor(
-        task(setting, [state]),
+        task(setting, [state], device=device),
         damping=params.regularization,
         proj_dim=params.proj_dim,
         offload="none",
         cache_dir=scratch,
+        device=str(device),
     )
     train, query = loaders(setting, split, train_batch=500, query_index=query_index)
     # dattri 0.3.0's LoGra sets up its compressors by running the model on ``batch[0][0]``, one

@@ -12,6 +12,15 @@ ensemble member). That projector draws its matrix in blocks of 100 columns from 
 depend on the projection dimension, so the unnormalised projection to ``k`` dimensions is the
 first ``k`` columns of the one to ``K > k`` (both at least 100): a sweep over projection dimensions
 projects once, at the largest, and slices (:func:`project_nested`; tested against dattri).
+
+Device: gradients and projections run on ``device`` (:func:`dahp.device.resolve_device`); what is
+returned (and cached) is on the CPU. The projection matrix is the same on every device: dattri's
+CUDA projector (``proj_type="normal"`` on a CUDA device, or ``"sjlt"``) draws *another* matrix
+(one block from a CUDA generator), which would change every projected number with the device, so
+on a CUDA device the blocks of dattri's CPU projector are drawn from the CPU generator exactly as
+dattri draws them, moved to the device and multiplied there (:func:`project`; tested against
+dattri on the CPU). The projector type therefore never changes with the device and is not part of
+any cache key.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from torch.func import functional_call, grad, vmap
 
 from dahp.cache import Cache, default_cache
 from dahp.config import InvalidParameterError
+from dahp.device import resolve_device
 from dahp.progress import tqdm
 from dahp.settings import Setting
 from dahp.targets import correct_class_probability
@@ -84,6 +94,7 @@ def per_example_gradients(
     progress: bool | str = False,
     sink: Callable[[int, torch.Tensor], None] | None = None,
     keep: bool | None = None,
+    device: str | torch.device | None = None,
 ) -> torch.Tensor | None:
     """Rows ``scale * ∇θ fn(model(x_i), y_i)`` for every example, flattened (shape ``(N, d)``).
 
@@ -92,11 +103,15 @@ def per_example_gradients(
     every row into the returned tensor; without it only one chunk of rows exists at a time (a
     buffer that the next chunk overwrites: a sink that keeps rows must copy them) and ``None`` is
     returned.
+
+    The gradients are formed on ``device``; the returned rows are on the CPU. A sink gets each
+    chunk on ``device`` (on the CPU: the returned rows themselves, when kept).
     """
-    model = setting.make_model().eval()
+    device = resolve_device(device)
+    model = setting.make_model().eval().to(device)
     names = parameter_names(setting)
-    params = {k: v for k, v in state.items() if k in names}
-    buffers = {k: v for k, v in state.items() if k not in names}
+    params = {k: v.to(device) for k, v in state.items() if k in names}
+    buffers = {k: v.to(device) for k, v in state.items() if k not in names}
     dtype = next(iter(params.values())).dtype
 
     def one(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
@@ -109,19 +124,21 @@ def per_example_gradients(
     step = max(1, min(chunk, VMAP_CHUNK_BYTES // row_bytes))
     keep = sink is None if keep is None else keep
     out = torch.empty(len(x), d, dtype=dtype) if keep else None
+    # on the CPU the kept rows are filled in place; elsewhere a chunk is filled on the device first
+    in_place = out is not None and device.type == "cpu"
     scratch = None
     starts = range(0, len(x), chunk)
     label = progress if isinstance(progress, str) else "per-example gradients"
     for start in tqdm(starts, desc=label, disable=not progress or len(starts) < 2, leave=False):
         stop = min(start + chunk, len(x))
-        if out is not None:
+        if in_place:
             rows = out[start:stop]
         else:
-            scratch = torch.empty(chunk, d, dtype=dtype) if scratch is None else scratch
+            scratch = torch.empty(chunk, d, dtype=dtype, device=device) if scratch is None else scratch
             rows = scratch[: stop - start]
         for first in range(start, stop, step):
             last = min(first + step, stop)
-            grads = per_example(params, x[first:last].to(dtype), y[first:last])
+            grads = per_example(params, x[first:last].to(device, dtype), y[first:last].to(device))
             column = 0
             for name in names:
                 block = grads.pop(name).reshape(last - first, -1)
@@ -132,15 +149,25 @@ def per_example_gradients(
                     target.copy_(block)
                 column += block.shape[1]
                 del block
+        if out is not None and not in_place:
+            out[start:stop].copy_(rows)
         if sink is not None:
             sink(start, rows)
     return out
 
 
-def project(features: torch.Tensor, projection: Projection) -> torch.Tensor:
-    """dattri's CPU random projection of ``features`` (rows) to ``projection.dim`` dimensions."""
+def project(features: torch.Tensor, projection: Projection, device: str | torch.device | None = None) -> torch.Tensor:
+    """dattri's CPU random projection of ``features`` (rows) to ``projection.dim`` dimensions.
+
+    On the CPU this is dattri's projector itself; on another device the same matrix, block by
+    block (:func:`project_on_device`). The result is on ``device``.
+    """
+    device = resolve_device(device)
+    if device.type != "cpu":
+        return project_on_device(features, projection, device)
     from dattri.func.projection import random_project
 
+    features = features.cpu()
     projector = random_project(
         features,
         features.shape[0],
@@ -153,24 +180,59 @@ def project(features: torch.Tensor, projection: Projection) -> torch.Tensor:
     return projector(features, ensemble_id=projection.ensemble_id)
 
 
+def projection_block(n_features: int, projection: Projection, block: int, dtype: torch.dtype) -> torch.Tensor:
+    """Block ``block`` (columns ``100 block ..``) of dattri's CPU Gaussian projection matrix, unnormalised.
+
+    dattri's ``BasicProjector`` seeds a CPU generator with ``seed + 1000 block + 100000 ensemble_id``
+    and fills a ``(n_features, min(dim, 100))`` matrix with standard normals; so does this.
+    """
+    width = min(projection.dim, PROJECTOR_BLOCK)
+    generator = torch.Generator().manual_seed(projection.seed + 1000 * block + 100000 * projection.ensemble_id)
+    return torch.empty(n_features, width, dtype=dtype).normal_(generator=generator)
+
+
+def project_on_device(features: torch.Tensor, projection: Projection, device: str | torch.device) -> torch.Tensor:
+    """:func:`project` computed on ``device``: dattri's CPU matrix, drawn block by block, applied there.
+
+    The blocks come from the CPU generator (:func:`projection_block`), so the numbers equal dattri's
+    CPU projection up to the rounding of the products, on any device.
+    """
+    device = torch.device(device)
+    dtype = features.dtype
+    features = features.to(device)
+    width = min(projection.dim, PROJECTOR_BLOCK)
+    sketch = torch.empty(features.shape[0], projection.dim, dtype=dtype, device=device)
+    for block in range(math.ceil(projection.dim / width)):
+        first, last = block * width, min((block + 1) * width, projection.dim)
+        matrix = projection_block(features.shape[1], projection, block, dtype).to(device)
+        sketch[:, first:last] = features @ matrix[:, : last - first]
+    return sketch / math.sqrt(projection.dim)
+
+
 def project_nested(
-    features: torch.Tensor, dims: Sequence[int], seed: int = 0, ensemble_id: int = 0
+    features: torch.Tensor,
+    dims: Sequence[int],
+    seed: int = 0,
+    ensemble_id: int = 0,
+    device: str | torch.device | None = None,
 ) -> dict[int, torch.Tensor]:
     """Projections of ``features`` to every dimension in ``dims`` from one projection at the largest.
 
     Equal to :func:`project` at each dimension (dattri normalises by ``sqrt(dim)``, undone and redone
-    here). Dimensions below the projector's block width are projected on their own.
+    here). Dimensions below the projector's block width are projected on their own. Computed on
+    ``device``; the results are there too.
     """
+    device = resolve_device(device)
     nested = sorted({d for d in dims if d >= PROJECTOR_BLOCK})
     out: dict[int, torch.Tensor] = {}
     if nested:
         top = nested[-1]
-        full = project(features, Projection(top, seed, ensemble_id))
+        full = project(features, Projection(top, seed, ensemble_id), device)
         for dim in nested:
             out[dim] = full[:, :dim] * math.sqrt(top / dim) if dim != top else full
     for dim in dims:
         if dim not in out:
-            out[dim] = project(features, Projection(dim, seed, ensemble_id))
+            out[dim] = project(features, Projection(dim, seed, ensemble_id), device)
     return out
 
 
@@ -185,21 +247,22 @@ def _gradient_rows(
     seed: int,
     ensemble_id: int,
     progress: bool | str,
+    device: torch.device,
 ) -> dict[int | None, torch.Tensor]:
     """Gradients, unprojected (key ``None``) and/or projected to each dimension, chunk by chunk.
 
     Raw gradients, when asked for, are written straight into their ``(N, d)`` result; otherwise only
-    one chunk of them is in memory at a time.
+    one chunk of them is in memory at a time. Computed on ``device``, returned on the CPU.
     """
     dims = [d for d in proj_dims if d is not None]
     parts: dict[int, list[torch.Tensor]] = {d: [] for d in dims}
 
     def sink(_: int, rows: torch.Tensor) -> None:
-        for dim, projected in project_nested(rows, dims, seed, ensemble_id).items():
-            parts[dim].append(projected)
+        for dim, projected in project_nested(rows, dims, seed, ensemble_id, device).items():
+            parts[dim].append(projected.cpu())
 
     raw = per_example_gradients(
-        setting, state, x, y, fn, scale, progress, sink=sink if dims else None, keep=None in proj_dims
+        setting, state, x, y, fn, scale, progress, sink=sink if dims else None, keep=None in proj_dims, device=device
     )
     found: dict[int | None, torch.Tensor] = {d: torch.cat(chunks) for d, chunks in parts.items()}
     if None in proj_dims:
@@ -221,6 +284,7 @@ def gradient_features(
     ensemble_id: int = 0,
     cache: Cache | None = None,
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> dict[int | None, torch.Tensor]:
     """Cached gradient features of one split, for each requested projection dimension.
 
@@ -230,14 +294,17 @@ def gradient_features(
         kind: ``"loss"`` (training loss), ``"target"`` (the margin) or ``"trak"`` (the margin,
             scaled by ``1/sqrt(#parameters)`` as dattri's TRAK does).
         proj_dims: ``None`` for raw gradients and/or projection dimensions.
+        device: where gradients and projections are computed (not part of the cache key: the
+            numbers do not depend on it beyond rounding).
 
     Returns:
-        dimension -> ``(N, p)`` float tensor.
+        dimension -> ``(N, p)`` float tensor, on the CPU.
     """
     if kind not in FEATURE_KINDS:
         raise InvalidParameterError("kind", kind, FEATURE_KINDS)
     for dim in proj_dims:
         check_proj_dim(setting, dim)
+    device = resolve_device(device)
     cache = default_cache() if cache is None else cache
     data = setting.data()
     x, y = (data.x_train, data.y_train) if split == "train" else data.queries(split)
@@ -252,7 +319,7 @@ def gradient_features(
     missing = [dim for dim, value in found.items() if value is None]
     if missing:
         label = f"{kind} gradients of {setting.name} {split}" if progress else False
-        computed = _gradient_rows(setting, state, x, y, fn, scale, missing, seed, ensemble_id, label)
+        computed = _gradient_rows(setting, state, x, y, fn, scale, missing, seed, ensemble_id, label, device)
         for dim, value in computed.items():
             cache.save("features", spec(dim), value)
             found[dim] = value
@@ -260,10 +327,15 @@ def gradient_features(
 
 
 @torch.no_grad()
-def one_minus_correct_probability(setting: Setting, state: dict[str, torch.Tensor]) -> torch.Tensor:
-    """TRAK's weights ``1 - p_i`` of the training points under ``state``, shape ``(n_train,)``."""
+def one_minus_correct_probability(
+    setting: Setting, state: dict[str, torch.Tensor], device: str | torch.device | None = None
+) -> torch.Tensor:
+    """TRAK's weights ``1 - p_i`` of the training points under ``state``, shape ``(n_train,)``, on the CPU
+    (the forward pass runs on ``device``)."""
+    device = resolve_device(device)
     dtype = next(iter(state.values())).dtype
-    model = setting.make_model().to(dtype).eval()
+    model = setting.make_model().to(dtype).eval().to(device)
     model.load_state_dict(state)
     data = setting.data()
-    return 1.0 - correct_class_probability(model(data.x_train.to(dtype)), data.y_train)
+    logits = model(data.x_train.to(device, dtype))
+    return (1.0 - correct_class_probability(logits, data.y_train.to(device))).cpu()

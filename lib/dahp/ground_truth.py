@@ -8,7 +8,9 @@ and each chunk is one cache entry, so an interrupted run resumes from the chunks
 Subset ``j`` and the seed of model ``j`` depend only on ``(seed, j)``; a chunk's dropout stream only
 on ``(seed, first model, last model)``. A chunk's entry is therefore keyed by the setting (with
 its data fingerprint and recipe), α, the seed and its model range, and asking for more models
-later reuses every chunk already trained.
+later reuses every chunk already trained. Models are trained and evaluated on ``device``
+(:func:`dahp.device.resolve_device`); the device is not part of any key (the cached margins come
+back to the CPU and do not depend on it beyond rounding).
 
 Book: "Data attribution and the LDS".
 """
@@ -23,6 +25,7 @@ import torch
 
 from dahp.cache import Cache, default_cache
 from dahp.config import GroundTruthConfig, InvalidParameterError
+from dahp.device import resolve_device
 from dahp.progress import tqdm
 from dahp.settings import Setting, get_setting
 from dahp.training import accuracy_many, evaluate_many, train_many
@@ -84,13 +87,16 @@ def ground_truth(
     config: GroundTruthConfig | None = None,
     cache: Cache | None = None,
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> GroundTruth:
     """Retrain ``config.n_models`` models on random subsets and record every query's margin.
 
-    Cached chunk by chunk (see the module docstring); all inputs are validated before training.
+    Cached chunk by chunk (see the module docstring); all inputs are validated before training,
+    which runs on ``device``.
     """
     setting = get_setting(setting) if isinstance(setting, str) else setting
     config = config or GroundTruthConfig()
+    device = resolve_device(device)
     cache = default_cache() if cache is None else cache
     data = setting.data()
     base_spec = {**setting.spec(), "alpha": config.alpha, "seed": config.seed}
@@ -111,7 +117,7 @@ def ground_truth(
             cache.get_or_compute(
                 "ground_truth",
                 spec,
-                lambda start=start, stop=stop: _train_chunk(setting, config, start, stop, progress),
+                lambda start=start, stop=stop: _train_chunk(setting, config, start, stop, progress, device),
             )
         )
     subsets = torch.from_numpy(np.stack([subset_indices(data.n_train, config, j) for j in range(config.n_models)]))
@@ -126,7 +132,9 @@ def ground_truth(
     )
 
 
-def _train_chunk(setting: Setting, config: GroundTruthConfig, start: int, stop: int, progress: bool) -> dict:
+def _train_chunk(
+    setting: Setting, config: GroundTruthConfig, start: int, stop: int, progress: bool, device: torch.device
+) -> dict:
     started = time.perf_counter()
     data = setting.data()
     models = range(start, stop)
@@ -139,8 +147,9 @@ def _train_chunk(setting: Setting, config: GroundTruthConfig, start: int, stop: 
         [model_seed(config, j) for j in models],
         dropout_seed=_chunk_dropout_seed(config, start, stop),
         progress=f"models {start}..{stop - 1}" if progress else False,
+        device=device,
     )
-    outputs = {split: evaluate_many(setting, state, *data.queries(split)) for split in QUERY_SPLITS}
-    outputs["test_accuracy"] = accuracy_many(setting, state, data.x_test, data.y_test)
+    outputs = {split: evaluate_many(setting, state, *data.queries(split), device=device) for split in QUERY_SPLITS}
+    outputs["test_accuracy"] = accuracy_many(setting, state, data.x_test, data.y_test, device=device)
     outputs["train_seconds"] = time.perf_counter() - started
     return outputs

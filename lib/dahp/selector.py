@@ -9,7 +9,10 @@ summed over training points with gradients divided by ``sqrt(#parameters)`` (dat
 ``TRAKAttributor``, whose ``regularization`` it can be passed to directly).
 
 Gradients come from the task's own per-example gradient functions; projections from dattri's
-projector, one ``ensemble_id`` per checkpoint, as dattri's TRAK draws them.
+projector, one ``ensemble_id`` per checkpoint, as dattri's TRAK draws them. Both, and the
+eigendecomposition, run on ``device`` (:func:`dahp.device.resolve_device`): the task's flattened
+parameters and every batch are moved there, as dattri's attributors do with ``device=`` (a model
+with buffers must itself be on that device, as for dattri).
 
 Book: "The selector on your own model".
 """
@@ -24,6 +27,7 @@ import numpy as np
 import torch
 
 from dahp.config import InvalidParameterError
+from dahp.device import resolve_device
 from dahp.features import Projection, project
 from dahp.selection import Selection, mean_xi, recipe_lambda, xi_selection
 from dahp.spectral import SpectralFactors, factorize
@@ -47,36 +51,44 @@ class SelectorResult:
     recipe_xi_bar: float | None  #: ξ̄ at the recipe pick
 
 
-def _batches_to_rows(grad_fn, params: torch.Tensor, loader, scale: float) -> torch.Tensor:
+def _batches_to_rows(grad_fn, params: torch.Tensor, loader, scale: float, device: torch.device) -> torch.Tensor:
     rows = []
     for batch in loader:
-        batch = tuple(batch) if isinstance(batch, (tuple, list)) else batch
+        batch = tuple(t.to(device) for t in batch) if isinstance(batch, (tuple, list)) else batch.to(device)
         rows.append(torch.nan_to_num(grad_fn(params, batch)).detach() * scale)
     return torch.cat(rows)
 
 
 def task_factors(
-    task, train_loader, val_loader, attributor: str, proj_dim: int | None = None, proj_seed: int = 0
+    task,
+    train_loader,
+    val_loader,
+    attributor: str,
+    proj_dim: int | None = None,
+    proj_seed: int = 0,
+    device: str | torch.device | None = None,
 ) -> list[SpectralFactors]:
     """One spectral factorization per checkpoint of ``task`` (IFFIM: loss vs target gradients;
     TRAK: gradients of the task's loss function -- the margin, in dattri's TRAK convention -- and
-    of its target, divided by ``sqrt(#parameters)``)."""
+    of its target, divided by ``sqrt(#parameters)``), computed on ``device``, returned on the CPU."""
     n_params = sum(p.numel() for p in task.get_model().parameters() if p.requires_grad)
     if proj_dim is not None and not (isinstance(proj_dim, int) and 1 <= proj_dim <= n_params):
         raise InvalidParameterError(
             "proj_dim", proj_dim, f"None or an integer in 1..{n_params} (the model's parameter count)"
         )
+    device = resolve_device(device)
     scale = 1.0 / math.sqrt(n_params) if attributor == "trak" else 1.0
     members = []
     for k in range(len(task.get_checkpoints())):
         params, _ = task.get_param(ckpt_idx=k)
-        train = _batches_to_rows(task.get_grad_loss_func(in_dims=(None, 0)), params, train_loader, scale)
-        queries = _batches_to_rows(task.get_grad_target_func(in_dims=(None, 0)), params, val_loader, scale)
+        params = params.to(device)
+        train = _batches_to_rows(task.get_grad_loss_func(in_dims=(None, 0)), params, train_loader, scale, device)
+        queries = _batches_to_rows(task.get_grad_target_func(in_dims=(None, 0)), params, val_loader, scale, device)
         if proj_dim is not None:
             projection = Projection(proj_dim, proj_seed, k)
-            train, queries = project(train, projection), project(queries, projection)
+            train, queries = project(train, projection, device), project(queries, projection, device)
         fisher_scale = 1.0 / len(train) if attributor == "iffim" else 1.0
-        members.append(factorize(train, queries, scale=fisher_scale))
+        members.append(factorize(train, queries, scale=fisher_scale, device=device))
     return members
 
 
@@ -93,6 +105,7 @@ def select_regularization(
     steps: int | None = None,
     momentum: float = 0.0,
     proj_seed: int = 0,
+    device: str | torch.device | None = None,
 ) -> SelectorResult:
     """Choose λ for IFFIM or TRAK on ``task`` from the trained model(s) alone.
 
@@ -108,6 +121,8 @@ def select_regularization(
         rule: which pick to return as ``regularization``: ``"xi"`` or ``"recipe"``.
         lr, steps, momentum: the training's learning rate, number of optimizer steps and momentum,
             for the recipe rule (both picks are reported whenever these are given).
+        device: where gradients, projections and the eigendecomposition run (default:
+            :func:`dahp.device.resolve_device`); λ does not depend on it beyond rounding.
     """
     if attributor not in SELECTABLE:
         raise InvalidParameterError("attributor", attributor, SELECTABLE)
@@ -115,7 +130,8 @@ def select_regularization(
         raise InvalidParameterError("rule", rule, RULES)
     if rule == "recipe" and (lr is None or steps is None):
         raise InvalidParameterError("rule", rule, "'xi', or 'recipe' together with lr and steps")
-    members = task_factors(task, train_loader, val_loader, attributor, proj_dim, proj_seed)
+    device = resolve_device(device)
+    members = task_factors(task, train_loader, val_loader, attributor, proj_dim, proj_seed, device)
     top = max(float(m.eigenvalues.max()) for m in members)
     grid = [float(v) for v in (candidates if candidates is not None else top * np.logspace(-11, 1, 33))]
     found = xi_selection(members, grid, threshold)

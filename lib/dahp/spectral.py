@@ -13,6 +13,12 @@ eigenvectors. One float64 eigendecomposition serves the whole grid; each λ then
 ``L`` or ``R`` vanishes on them exactly, so this changes no score at any λ, and it makes λ = 0 the
 pseudo-inverse.
 
+Device: the Gram matrix, the eigendecomposition and the factor products run on ``device``
+(:func:`dahp.device.resolve_device`) in float64; what they return is on the CPU (it is cached and
+swept there). On a CUDA device ``torch.linalg.eigh`` runs there in float64; when the matrix does
+not fit (CUDA out of memory) it falls back to the CPU (SciPy's LAPACK driver), with the same
+eigenpairs up to rounding and eigenvector signs, neither of which changes a score.
+
 Book: "Why hyperparameters matter" (how the sweeps are computed), "Walkthrough".
 """
 
@@ -24,6 +30,7 @@ from collections.abc import Iterable, Iterator
 import torch
 
 from dahp.config import InvalidParameterError
+from dahp.device import resolve_device
 
 
 class Sweepable:
@@ -81,18 +88,43 @@ class Eigendecomposition:
     vectors: torch.Tensor  #: ``(n, r)`` (dual) or ``(p, r)`` (primal, curvature), float64
 
 
-def symmetric_eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigenvalues (ascending) and eigenvectors of a symmetric float64 matrix.
+def symmetric_eigh(matrix: torch.Tensor, device: str | torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (ascending) and eigenvectors of a symmetric matrix, in float64, returned on the CPU.
 
-    LAPACK's divide-and-conquer driver through SciPy: ~1.5x faster than ``torch.linalg.eigh`` on
-    the 7,850-square Hessian here, same values to rounding.
+    On the CPU: LAPACK's divide-and-conquer driver through SciPy (~1.5x faster than
+    ``torch.linalg.eigh`` on the 7,850-square Hessian here, same values to rounding). On a CUDA
+    device: ``torch.linalg.eigh`` there, in float64; if the matrix and its workspace do not fit
+    (``torch.cuda.OutOfMemoryError``), the CPU path instead -- the same eigenpairs up to rounding.
     """
+    device = resolve_device(device)
+    if device.type != "cpu":
+        try:
+            return _device_eigh(matrix, device)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()  # and decompose on the CPU below
     import scipy.linalg
 
     values, vectors = scipy.linalg.eigh(
-        matrix.detach().double().numpy(), driver="evd", overwrite_a=False, check_finite=False
+        matrix.detach().double().cpu().numpy(), driver="evd", overwrite_a=False, check_finite=False
     )
     return torch.from_numpy(values), torch.from_numpy(vectors)
+
+
+def _device_eigh(matrix: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.linalg.eigh`` in float64 on ``device``, the eigenpairs returned on the CPU."""
+    values, vectors = torch.linalg.eigh(matrix.detach().to(device, torch.float64))
+    return values.cpu(), vectors.cpu()
+
+
+def _on_device_or_cpu(compute, device: torch.device):
+    """``compute(device)``, repeated on the CPU if the (CUDA) device runs out of memory."""
+    if device.type == "cpu":
+        return compute(device)
+    try:
+        return compute(device)
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return compute(torch.device("cpu"))
 
 
 def choose_form(n: int, p: int) -> str:
@@ -100,40 +132,74 @@ def choose_form(n: int, p: int) -> str:
     return "dual" if n <= p else "primal"
 
 
-def eigendecompose(train: torch.Tensor, scale: float = 1.0, form: str | None = None) -> Eigendecomposition:
-    """Eigenpairs of ``s GGᵀ`` (dual) or ``s GᵀG`` (primal) in float64, null directions dropped."""
+def eigendecompose(
+    train: torch.Tensor, scale: float = 1.0, form: str | None = None, device: str | torch.device | None = None
+) -> Eigendecomposition:
+    """Eigenpairs of ``s GGᵀ`` (dual) or ``s GᵀG`` (primal) in float64, null directions dropped.
+
+    The Gram matrix and its eigendecomposition are computed on ``device`` (on the CPU if the CUDA
+    device runs out of memory); the eigenpairs are returned on the CPU.
+    """
     n, p = train.shape
     form = form or choose_form(n, p)
     if form not in ("dual", "primal"):
         raise InvalidParameterError("form", form, ["dual", "primal"])
-    G = train.double()
-    gram = G @ G.T if form == "dual" else G.T @ G
-    eigenvalues, vectors = symmetric_eigh(scale * gram)
-    keep = _keep(eigenvalues, gram.shape[0])
+
+    def compute(where: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        G = train.to(where, torch.float64)
+        gram = G @ G.T if form == "dual" else G.T @ G
+        del G
+        return symmetric_eigh(scale * gram, where)
+
+    eigenvalues, vectors = _on_device_or_cpu(compute, resolve_device(device))
+    keep = _keep(eigenvalues, len(eigenvalues))
     return Eigendecomposition(form, eigenvalues[keep].contiguous(), vectors[:, keep].contiguous())
 
 
-def curvature_eigendecomposition(curvature: torch.Tensor) -> Eigendecomposition:
-    """Eigenpairs of a symmetric ``(p, p)`` curvature (e.g. a Hessian), all kept.
+def curvature_eigendecomposition(
+    curvature: torch.Tensor, device: str | torch.device | None = None
+) -> Eigendecomposition:
+    """Eigenpairs of a symmetric ``(p, p)`` curvature (e.g. a Hessian), all kept, on the CPU.
 
-    An exact Hessian can be indefinite; λ must then exceed ``-min(e)`` for the inverse to exist,
-    as for a direct solve.
+    Decomposed in float64 on ``device`` (on the CPU if the CUDA device runs out of memory). An
+    exact Hessian can be indefinite; λ must then exceed ``-min(e)`` for the inverse to exist, as for
+    a direct solve.
     """
-    eigenvalues, vectors = symmetric_eigh(curvature)
+    eigenvalues, vectors = symmetric_eigh(curvature, device)
     return Eigendecomposition("curvature", eigenvalues, vectors)
 
 
-def factors(eig: Eigendecomposition, train: torch.Tensor, queries: torch.Tensor, sign: float = 1.0) -> SpectralFactors:
-    """Spectral factors of ``G (C + λI)⁻¹ Qᵀ`` from the eigenpairs of ``C`` (or of ``s GGᵀ``)."""
-    G, Q = train.double(), queries.double()
-    d = G.shape[1]
-    if eig.form == "dual":
-        return SpectralFactors(eig.vectors, eig.eigenvalues, eig.vectors.T @ (G @ Q.T), sign, "dual", d)
-    return SpectralFactors(G @ eig.vectors, eig.eigenvalues, eig.vectors.T @ Q.T, sign, eig.form, d)
+def factors(
+    eig: Eigendecomposition,
+    train: torch.Tensor,
+    queries: torch.Tensor,
+    sign: float = 1.0,
+    device: str | torch.device | None = None,
+) -> SpectralFactors:
+    """Spectral factors of ``G (C + λI)⁻¹ Qᵀ`` from the eigenpairs of ``C`` (or of ``s GGᵀ``).
+
+    The products are formed in float64 on ``device`` (on the CPU if the CUDA device runs out of
+    memory); the factors are returned on the CPU.
+    """
+    d = train.shape[1]
+
+    def compute(where: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        G, Q, vectors = (t.to(where, torch.float64) for t in (train, queries, eig.vectors))
+        if eig.form == "dual":
+            return vectors, vectors.T @ (G @ Q.T)
+        return G @ vectors, vectors.T @ Q.T
+
+    left, right = _on_device_or_cpu(compute, resolve_device(device))
+    return SpectralFactors(left.cpu(), eig.eigenvalues.cpu(), right.cpu(), sign, eig.form, d)
 
 
 def factorize(
-    train: torch.Tensor, queries: torch.Tensor, scale: float = 1.0, sign: float = 1.0, form: str | None = None
+    train: torch.Tensor,
+    queries: torch.Tensor,
+    scale: float = 1.0,
+    sign: float = 1.0,
+    form: str | None = None,
+    device: str | torch.device | None = None,
 ) -> SpectralFactors:
     """Factor ``G (s GᵀG + λI)⁻¹ Qᵀ`` for all λ, in the dual form when n ≤ p, else the primal.
 
@@ -143,5 +209,7 @@ def factorize(
         scale: ``s``.
         sign: multiplies every score (``-1`` for influence functions, whose score is ``-gᵀ(...)⁻¹ G_i``).
         form: force ``"dual"`` or ``"primal"`` (tests compare the two).
+        device: where the eigendecomposition and the products run (the factors come back to the CPU).
     """
-    return factors(eigendecompose(train, scale, form), train, queries, sign)
+    device = resolve_device(device)
+    return factors(eigendecompose(train, scale, form, device), train, queries, sign, device)

@@ -130,7 +130,7 @@ def planted_problem(
     scales = torch.logspace(0, -2, p, dtype=torch.float64)
     G = torch.randn(n, p, generator=gen, dtype=torch.float64) * scales
     Q = torch.randn(q, p, generator=gen, dtype=torch.float64) * scales
-    f = factorize(G, Q, scale=1 / n, form=form)
+    f = factorize(G, Q, scale=1 / n, form=form, device="cpu")  # tiny: the same bits on every machine
     curvature = G.T @ G / n + true_regularization * torch.eye(p, dtype=torch.float64)
     beta = G @ torch.linalg.solve(curvature, Q.T) + noise * torch.randn(n, q, generator=gen, dtype=torch.float64)
     return f, beta, G, Q

@@ -4,7 +4,9 @@ A *case* is one (setting, attributor, projection, TRAK ensemble, subset fraction
 (:mod:`dahp.selection`) sees only the validation queries and the full-data model(s); the LDS that
 judges it uses the test queries and the retrained models. Every rule's pick gets its per-query
 test LDS, so the records (:class:`dahp.experiments.records.SelectionCase`) compare picks paired,
-query by query. Cases are cached whole, so Fig 2/3/5/6 and the removal table share them.
+query by query. Cases are cached whole, so Fig 2/3/5/6 and the removal table share them. Every
+computation runs on ``device`` (:func:`dahp.device.resolve_device`), which is not part of a
+case's key: its numbers do not depend on it beyond rounding.
 
 Book: "Fig 2", "Fig 3", "Fig 5", "Fig 6".
 """
@@ -20,6 +22,7 @@ import torch
 from dahp import attributors as attr
 from dahp.cache import Cache, default_cache
 from dahp.config import GroundTruthConfig, InvalidParameterError
+from dahp.device import resolve_device
 from dahp.experiments.records import SelectionCase, SelectionStudy
 from dahp.ground_truth import ground_truth
 from dahp.lds import lds
@@ -85,10 +88,12 @@ def run_case(
     ground_truth_config: GroundTruthConfig | None = None,
     cache: Cache | None = None,
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> SelectionCase:
     """Compute one case: ξ̄ on the validation queries over ``regularizations``, every rule's pick, and the
     per-query test LDS at every candidate and every pick."""
     _check_attributor(attributor)
+    device = resolve_device(device)
     cache = default_cache() if cache is None else cache
     truth_config = ground_truth_config or GroundTruthConfig()
     params = selection_params(attributor, proj_dim, ensemble_size)
@@ -96,10 +101,10 @@ def run_case(
 
     # the attributor's own work (full-data model, training features, factorization, test features) comes
     # first, so the two timings below are what each way of choosing λ adds on top of running the attributor
-    test = attr.scorer(setting, attributor, params, "test", cache, progress)
+    test = attr.scorer(setting, attributor, params, "test", cache, progress, device=device)
 
     started = time.perf_counter()
-    validation = attr.scorer(setting, attributor, params, "val", cache, progress)
+    validation = attr.scorer(setting, attributor, params, "val", cache, progress, device=device)
     curve = xi_bar_curve(validation.members, grid)
     picks = {f"xi{t}": select_on_grid(curve, grid, t).regularization for t in THRESHOLDS}
     picks["xi_continuous"] = select_continuous(validation.members, 0.5).regularization
@@ -110,10 +115,10 @@ def run_case(
     picks.update({f"q{q}": spectrum_quantile(validation.members, q) for q in QUANTILES})
 
     def per_query(lam: float) -> np.ndarray:
-        return lds(test.scores(lam), truth.targets("test"), truth.subsets).per_query
+        return lds(test.scores(lam), truth.targets("test"), truth.subsets, device=device).per_query
 
     started = time.perf_counter()
-    truth = ground_truth(setting, truth_config, cache, progress)
+    truth = ground_truth(setting, truth_config, cache, progress, device=device)
     lds_grid = np.stack([per_query(lam) for lam in grid])
     # retraining is timed when it runs (a cached ground truth keeps its recorded training time)
     grid_search_seconds = truth.train_seconds + time.perf_counter() - started - truth.seconds
@@ -185,6 +190,7 @@ def selection_study(
     cache: Cache | None = None,
     progress: bool = False,
     profile: str | None = None,
+    device: str | torch.device | None = None,
 ) -> SelectionStudy:
     """Every ``(setting, proj_dim)`` case under every α, as one :class:`SelectionStudy` called ``name``.
 
@@ -194,6 +200,7 @@ def selection_study(
     times are those of the first computation).
     """
     _check_attributor(attributor)
+    device = resolve_device(device)
     cache = default_cache() if cache is None else cache
     configs = [GroundTruthConfig(alpha=alpha, n_models=n_models, seed=seed) for alpha in alphas]  # checked first
     settings = [get_setting(setting) for setting, _ in cases]  # unknown names fail before any compute
@@ -218,7 +225,9 @@ def selection_study(
             spec = {**setting.spec(), **key, "grid": grid, "ground_truth": config.as_dict()}
 
             def compute(setting=setting, grid=grid, proj_dim=proj_dim, config=config) -> dict:
-                return _to_payload(run_case(setting, attributor, grid, proj_dim, members, config, cache, progress))
+                return _to_payload(
+                    run_case(setting, attributor, grid, proj_dim, members, config, cache, progress, device)
+                )
 
             built.append(_from_payload(key, cache.get_or_compute("selection_case", spec, compute)))
     config = {
@@ -244,20 +253,22 @@ def case_scores(
     ensemble_size: int | None = None,
     cache: Cache | None = None,
     progress: bool = False,
+    device: str | torch.device | None = None,
 ) -> dict[str, tuple[float, torch.Tensor]]:
     """Test scores of ``attributor`` at the λ of each rule (``default``: the published default;
     ``xi0.5``: Algorithm 1 on the validation queries): rule -> (λ, scores)."""
     _check_attributor(attributor)
+    device = resolve_device(device)
     params = selection_params(attributor, proj_dim, ensemble_size)
     chosen = {}
     for rule in rules:
         if rule == "default":
             chosen[rule] = PUBLISHED_DEFAULTS[attributor]
         elif rule.startswith("xi") and rule[2:].replace(".", "", 1).isdigit():
-            validation = attr.scorer(setting, attributor, params, "val", cache, progress)
+            validation = attr.scorer(setting, attributor, params, "val", cache, progress, device=device)
             grid = default_grid(setting, attributor, n_points)
             chosen[rule] = select_on_grid(xi_bar_curve(validation.members, grid), grid, float(rule[2:])).regularization
         else:
             raise InvalidParameterError("rule", rule, "'default' or 'xi<threshold>', e.g. 'xi0.5'")
-    test = attr.scorer(setting, attributor, params, "test", cache, progress)
+    test = attr.scorer(setting, attributor, params, "test", cache, progress, device=device)
     return {rule: (lam, test.scores(lam)) for rule, lam in chosen.items()}

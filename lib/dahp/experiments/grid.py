@@ -8,7 +8,9 @@ the attributor; projection dimensions of one grid are projected once, at the lar
 The result is a :class:`dahp.experiments.records.GridRecord`: a tidy table -- setting, attributor,
 one column per hyperparameter varied, LDS mean, its standard error, the queries dropped, seconds --
 and the per-query LDS behind it, saved under ``data/results/<profile>/`` with the full
-configuration beside it (``.json``).
+configuration beside it (``.json``). Everything runs on ``device``
+(:func:`dahp.device.resolve_device`), which is not part of the record's configuration: the numbers
+do not depend on it beyond rounding.
 
 Book: "Fig 1a" to "Fig 1f", "Fig 4".
 """
@@ -29,6 +31,7 @@ import torch
 from dahp import attributors as attr
 from dahp.cache import Cache, default_cache
 from dahp.config import GroundTruthConfig, InvalidParameterError
+from dahp.device import resolve_device
 from dahp.experiments.records import GridRecord
 from dahp.ground_truth import ground_truth
 from dahp.lds import lds
@@ -123,12 +126,18 @@ def query_index(n_total: int, n_queries: int | None) -> np.ndarray:
 
 
 def run_grid(
-    spec: GridSpec, cache: Cache | None = None, progress: bool = True, profile: str | None = None
+    spec: GridSpec,
+    cache: Cache | None = None,
+    progress: bool = True,
+    profile: str | None = None,
+    device: str | torch.device | None = None,
 ) -> GridRecord:
-    """LDS of every combination of ``spec`` (per query and summarised), as a record to save."""
+    """LDS of every combination of ``spec`` (per query and summarised), as a record to save;
+    retraining, attribution and LDS run on ``device``."""
+    device = resolve_device(device)
     cache = default_cache() if cache is None else cache
     setting = get_setting(spec.setting)
-    truth = ground_truth(setting, spec.ground_truth, cache, progress)
+    truth = ground_truth(setting, spec.ground_truth, cache, progress, device=device)
     queries = query_index(truth.targets(spec.split).shape[1], spec.n_queries)
     targets = truth.targets(spec.split)[:, queries]
     selected = None if spec.n_queries is None else torch.as_tensor(queries)
@@ -137,20 +146,22 @@ def run_grid(
     for combination in combinations(spec):
         rest = tuple((k, v) for k, v in combination.items() if k != "regularization")
         groups.setdefault(rest, []).append(combination)
-    _prefetch(setting, spec, cache, progress)
+    _prefetch(setting, spec, cache, progress, device)
 
     rows, per_query = [], []
     bar = tqdm(total=len(combinations(spec)), desc=f"{spec.attributor} on {spec.setting}", disable=not progress)
     for rest, members in groups.items():
         started = time.perf_counter()
         params = attr.make_params(spec.attributor, **spec.fixed, **dict(rest))
-        scorer = attr.scorer(setting, spec.attributor, params, spec.split, cache, progress=False, query_index=selected)
+        scorer = attr.scorer(
+            setting, spec.attributor, params, spec.split, cache, progress=False, query_index=selected, device=device
+        )
         setup_seconds = time.perf_counter() - started
         for combination in members:
             started = time.perf_counter()
             lam = combination.get("regularization", getattr(params, "regularization", None))
             scores = scorer.scores(lam if lam is not None else 0.0)
-            result = lds(scores, targets, truth.subsets)
+            result = lds(scores, targets, truth.subsets, device=device)
             rows.append(
                 {
                     "setting": spec.setting,
@@ -171,7 +182,7 @@ def run_grid(
     return GridRecord(spec.as_dict(), pd.DataFrame(rows), pd.DataFrame(per_query), profile)
 
 
-def _prefetch(setting: Setting, spec: GridSpec, cache: Cache, progress: bool) -> None:
+def _prefetch(setting: Setting, spec: GridSpec, cache: Cache, progress: bool, device: torch.device) -> None:
     """Project the features of every projection dimension of the grid in one pass per model."""
     projected = [d for d in spec.vary.get("proj_dim", ()) if d is not None]
     if not projected or spec.attributor not in ("iffim", "trak"):
@@ -180,7 +191,7 @@ def _prefetch(setting: Setting, spec: GridSpec, cache: Cache, progress: bool) ->
     for extra in [dict(zip(others, vals)) for vals in itertools.product(*others.values())] or [{}]:
         dims = list(spec.vary["proj_dim"])
         params = attr.make_params(spec.attributor, **spec.fixed, **extra, proj_dim=max(projected))
-        attr.prefetch_features(setting, spec.attributor, params, dims, spec.split, cache, progress)
+        attr.prefetch_features(setting, spec.attributor, params, dims, spec.split, cache, progress, device)
 
 
 # --------------------------------------------------------------------------------------------

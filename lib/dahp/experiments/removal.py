@@ -8,7 +8,8 @@ the method found points the test set really depends on. ``Random`` removes a fre
 random subset per seed; ``Full`` removes nothing.
 
 Retraining uses the setting's recipe and :func:`dahp.training.train_many` (all seeds of one cell
-at once); every cell is cached by the ranking it removes, the rate and the seeds.
+at once); every cell is cached by the ranking it removes, the rate and the seeds -- not by the
+``device`` the retraining runs on (:func:`dahp.device.resolve_device`).
 
 Book: "Data selection by removal".
 """
@@ -25,6 +26,7 @@ import torch
 
 from dahp.cache import Cache, default_cache
 from dahp.config import InvalidParameterError, option
+from dahp.device import resolve_device
 from dahp.experiments.records import RemovalRecord
 from dahp.progress import tqdm
 from dahp.settings import Setting
@@ -88,16 +90,24 @@ def kept_index_sets(n_train: int, order: torch.Tensor | None, rate: float, seeds
 
 
 def retrained_accuracy(
-    setting: Setting, index_sets: torch.Tensor, seeds: Sequence[int], key: dict, cache: Cache | None = None
+    setting: Setting,
+    index_sets: torch.Tensor,
+    seeds: Sequence[int],
+    key: dict,
+    cache: Cache | None = None,
+    device: str | torch.device | None = None,
 ) -> np.ndarray:
     """Test accuracy of models retrained on ``index_sets`` (one per seed), all trained in one batch
-    and cached under ``key``."""
+    on ``device`` and cached under ``key``."""
+    device = resolve_device(device)
     cache = default_cache() if cache is None else cache
     data = setting.data()
 
     def compute() -> torch.Tensor:
-        state = train_many(setting, data.x_train, data.y_train, index_sets, list(seeds), dropout_seed=seeds[0])
-        return accuracy_many(setting, state, data.x_test, data.y_test)
+        state = train_many(
+            setting, data.x_train, data.y_train, index_sets, list(seeds), dropout_seed=seeds[0], device=device
+        )
+        return accuracy_many(setting, state, data.x_test, data.y_test, device=device)
 
     spec = {**setting.spec(), **key, "seeds": list(seeds), "n_kept": int(index_sets.shape[1])}
     return cache.get_or_compute("removal", spec, compute).numpy()
@@ -109,6 +119,7 @@ def removal_table(
     config: RemovalConfig | None = None,
     cache: Cache | None = None,
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> pd.DataFrame:
     """Accuracy after removal for ``Full``, ``Random`` and every method (name -> test scores).
 
@@ -117,6 +128,7 @@ def removal_table(
     (method, rate, seed) with the test accuracy in %; ``Full`` has rate 0.
     """
     config = config or RemovalConfig()
+    device = resolve_device(device)
     n_train = setting.data().n_train
     for name, scores in methods.items():
         if scores.shape[0] != n_train:
@@ -125,12 +137,13 @@ def removal_table(
     seeds = config.seeds()
     everything = torch.arange(n_train).unsqueeze(0).repeat(len(seeds), 1)
     accuracy = {
-        ("Full", 0.0): 100 * retrained_accuracy(setting, everything, seeds, {"ranking": "full", "rate": 0.0}, cache)
+        ("Full", 0.0): 100
+        * retrained_accuracy(setting, everything, seeds, {"ranking": "full", "rate": 0.0}, cache, device)
     }
     for rate in tqdm(config.rates, desc=f"retraining {setting.name} after removal", disable=not progress):
         index_sets = torch.cat([kept_index_sets(n_train, order, rate, seeds) for order in orders.values()])
         key = {"rankings": [_digest(order) for order in orders.values()], "rate": rate}
-        batch = 100 * retrained_accuracy(setting, index_sets, seeds * len(orders), key, cache)
+        batch = 100 * retrained_accuracy(setting, index_sets, seeds * len(orders), key, cache, device)
         for k, name in enumerate(orders):
             accuracy[(name, rate)] = batch[k * len(seeds) : (k + 1) * len(seeds)]
     return pd.DataFrame(
@@ -151,6 +164,7 @@ def removal_study(
     cache: Cache | None = None,
     progress: bool = False,
     profile: str | None = None,
+    device: str | torch.device | None = None,
 ) -> tuple[RemovalRecord, dict[str, str]]:
     """The removal table over ``settings``: IFFIM and TRAK at the published default λ and at the λ the ξ rule
     selects on the validation queries (``proj_dims``: attributor -> setting -> projection).
@@ -161,6 +175,7 @@ def removal_study(
     from dahp.settings import get_setting
 
     config = config or RemovalConfig()
+    device = resolve_device(device)
     chosen = [get_setting(name) for name in settings]  # unknown names fail before any compute
     tables, lambdas, missing = [], [], {}
     for setting in chosen:
@@ -179,12 +194,13 @@ def removal_study(
                 ensemble_size=trak_ensemble if attributor == "trak" else None,
                 cache=cache,
                 progress=progress,
+                device=device,
             )
             for rule, name in (("default", "default"), ("xi0.5", "selected")):
                 lam, scores = picked[rule]
                 methods[f"{label} {name}"] = scores
                 lambdas.append({"setting": setting.name, "method": f"{label} {name}", "regularization": lam})
-        tables.append(removal_table(setting, methods, config, cache, progress))
+        tables.append(removal_table(setting, methods, config, cache, progress, device))
     accuracies = (
         pd.concat(tables, ignore_index=True)
         if tables

@@ -3,7 +3,8 @@
 On *planted* problems (:func:`dahp.surrogate.planted_problem`) the retraining effects β are exact,
 so the check verifies our algebra of ξ, ω and the exact condition. On *real* data β must be
 estimated from the retrained models (β̂, :func:`dahp.surrogate.beta_hat`); whether the premise ever
-holds there is itself a finding.
+holds there is itself a finding. The real check's retraining and attribution run on ``device``
+(:func:`dahp.device.resolve_device`); the planted problems are tiny and stay on the CPU.
 
 Book: "Theory check".
 """
@@ -14,10 +15,12 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 
 from dahp import attributors as attr
 from dahp.cache import Cache
 from dahp.config import GroundTruthConfig, InvalidParameterError
+from dahp.device import resolve_device
 from dahp.experiments.records import TheoremRecord
 from dahp.ground_truth import ground_truth
 from dahp.lds import lds
@@ -50,6 +53,7 @@ def real_check(
     ground_truth_config: GroundTruthConfig | None = None,
     cache: Cache | None = None,
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> pd.DataFrame:
     """Per test query and consecutive λ pair: is ξ < ω̂, and does the query's LDS rise?
 
@@ -63,12 +67,15 @@ def real_check(
     params = attr.make_params(attributor, proj_dim=proj_dim)
     if attributor != "iffim":
         raise InvalidParameterError("attributor", attributor, "'iffim' (a single model without training-point weights)")
-    truth = ground_truth(setting, ground_truth_config, cache, progress)
-    test = attr.scorer(setting, attributor, params, "test", cache, progress)
+    device = resolve_device(device)
+    truth = ground_truth(setting, ground_truth_config, cache, progress, device=device)
+    test = attr.scorer(setting, attributor, params, "test", cache, progress, device=device)
     factors = test.members[0]
     beta = beta_hat(truth.membership(setting.data().n_train), truth.targets("test"), truth.config.alpha)
     beta = attribution_aligned_beta(factors, beta)
-    per_query = np.stack([lds(test.scores(lam), truth.targets("test"), truth.subsets).per_query for lam in grid])
+    per_query = np.stack(
+        [lds(test.scores(lam), truth.targets("test"), truth.subsets, device=device).per_query for lam in grid]
+    )
     rows = []
     for i, lam in enumerate(grid[:-1]):
         xi_values, omega_values = xi(factors, lam).numpy(), omega(factors, beta, lam).numpy()
@@ -98,12 +105,14 @@ def theorem_check(
     cache: Cache | None = None,
     progress: bool = True,
     profile: str | None = None,
+    device: str | torch.device | None = None,
 ) -> TheoremRecord:
-    """Both checks as one record (the real one only when ``setting`` is given)."""
+    """Both checks as one record (the real one only when ``setting`` is given, run on ``device``)."""
+    device = resolve_device(device)
     planted = planted_check(n_planted, planted_regularizations, seed)
     real = (
         None
         if setting is None
-        else real_check(setting, "iffim", real_regularizations, None, ground_truth_config, cache, progress)
+        else real_check(setting, "iffim", real_regularizations, None, ground_truth_config, cache, progress, device)
     )
     return TheoremRecord(planted, real, None if setting is None else setting.name, profile)
