@@ -1,4 +1,4 @@
-"""Batched (vmap) training reproduces the plain torch.optim.SGD loop, model for model."""
+"""Batched (vmap) training reproduces the plain torch.optim loop, model for model; the recipe record."""
 
 import dataclasses
 
@@ -6,6 +6,8 @@ import pytest
 import torch
 from dattri.benchmark.models.mlp import MLPMnist
 
+from dahp.config import InvalidParameterError, TrainingRecipe, field_help
+from dahp.settings import get_setting
 from dahp.training import accuracy_many, stack_states, train_full, train_many, train_one
 from helpers import TinyBatchNormNet, quick
 
@@ -96,3 +98,53 @@ def test_full_data_checkpoints_one_per_epoch_and_cached(monkeypatch):
     monkeypatch.setattr("dahp.training.train_many", lambda *a, **k: pytest.fail("retrained despite cache"))
     again = train_full(setting, progress=False)
     assert torch.equal(again.state(2)["linear.weight"], checkpoints.state(2)["linear.weight"])
+
+
+# --------------------------------------------------------------------------------------------
+# The recipe record: new fields, their checks, and cache keys that do not move
+
+
+def test_as_dict_of_the_sgd_recipes_is_the_old_five_key_dict():
+    old = {
+        "mnist_lr": {"epochs": 20, "batch_size": 32, "lr": 0.01, "momentum": 0.0, "weight_decay": 0.0},
+        "mnist_mlp": {"epochs": 50, "batch_size": 64, "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0},
+        "cifar2_resnet9": {"epochs": 10, "batch_size": 64, "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0},
+    }
+    for name, record in old.items():
+        assert get_setting(name).recipe.as_dict() == record
+
+
+def test_as_dict_keeps_new_fields_that_differ_from_their_defaults():
+    recipe = TrainingRecipe(epochs=1, batch_size=8, lr=1e-3, optimizer="adamw", schedule="linear", warmup_steps=5)
+    record = recipe.as_dict()
+    assert record["optimizer"] == "adamw" and record["schedule"] == "linear" and record["warmup_steps"] == 5
+    assert "betas" not in record and "eps" not in record
+    assert TrainingRecipe(**record) == recipe
+    assert TrainingRecipe(**{**record, "betas": [0.9, 0.98]}).betas == (0.9, 0.98)  # as read back from JSON
+
+
+@pytest.mark.parametrize(
+    ("fields", "parameter"),
+    [
+        ({"optimizer": "rmsprop"}, "optimizer"),
+        ({"optimizer": "adam", "betas": (0.9, 1.0)}, "betas"),
+        ({"optimizer": "adam", "betas": (0.9,)}, "betas"),
+        ({"optimizer": "adam", "eps": 0.0}, "eps"),
+        ({"schedule": "cosine"}, "schedule"),
+        ({"schedule": "linear", "warmup_steps": -1}, "warmup_steps"),
+        ({"schedule": "linear", "warmup_steps": 2.5}, "warmup_steps"),
+        ({"schedule": "noam", "warmup_steps": 0}, "warmup_steps"),
+        ({"warmup_steps": 10}, "warmup_steps"),  # the constant schedule has no warm-up
+        ({"optimizer": "adam", "momentum": 0.9}, "momentum"),  # Adam's momentum is betas
+        ({"betas": (0.8, 0.9)}, "betas"),  # SGD would ignore it
+        ({"eps": 1e-6}, "eps"),
+    ],
+)
+def test_recipe_refuses_bad_or_ignored_values(fields, parameter):
+    with pytest.raises(InvalidParameterError) as error:
+        TrainingRecipe(epochs=1, batch_size=8, lr=0.1, **fields)
+    assert error.value.parameter == parameter
+
+
+def test_every_recipe_field_has_a_help_text():
+    assert all(field_help(TrainingRecipe).values())

@@ -46,19 +46,41 @@ def field_help(record: Any) -> dict[str, str]:
     return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(record)}
 
 
+#: Optimizers a :class:`TrainingRecipe` may name (torch.optim.SGD / Adam / AdamW semantics).
+OPTIMIZERS = ("sgd", "adam", "adamw")
+#: Learning-rate schedules a :class:`TrainingRecipe` may name (see :func:`dahp.training.schedule_factor`).
+SCHEDULES = ("constant", "linear", "noam")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainingRecipe:
-    """How a model is trained: plain mini-batch SGD with optional heavy-ball momentum.
+    """How a model is trained: mini-batch SGD (optionally with heavy-ball momentum), Adam or AdamW,
+    under a constant, linear warm-up/decay or Noam learning-rate schedule.
 
     The batch order of every epoch is a fresh permutation drawn from a generator seeded by
     the model's seed, so a model is determined by (recipe, training indices, seed).
+
+    A field that the chosen optimizer or schedule would ignore must stay at its default (momentum
+    with Adam, betas/eps with SGD, warm-up with the constant schedule), so two recipes that train
+    alike never differ in their cache keys.
     """
 
     epochs: int = option(help="passes over the training set; one checkpoint is kept per epoch")
-    batch_size: int = option(help="examples per SGD step (the last batch of an epoch may be smaller)")
-    lr: float = option(help="learning rate η")
-    momentum: float = option(0.0, "heavy-ball momentum, as in ``torch.optim.SGD``")
-    weight_decay: float = option(0.0, "L2 penalty added to the gradient, as in ``torch.optim.SGD``")
+    batch_size: int = option(help="examples per optimizer step (the last batch of an epoch may be smaller)")
+    lr: float = option(help="learning rate η (the peak factor of the schedule)")
+    momentum: float = option(0.0, "heavy-ball momentum, as in ``torch.optim.SGD`` (SGD only)")
+    weight_decay: float = option(
+        0.0, "L2 penalty added to the gradient (SGD, Adam) or decoupled weight decay (AdamW), as in ``torch.optim``"
+    )
+    optimizer: str = option("sgd", "``sgd``, ``adam`` or ``adamw`` (``torch.optim.SGD`` / ``Adam`` / ``AdamW``)")
+    betas: tuple[float, float] = option((0.9, 0.999), "Adam's decay rates (β₁, β₂) of the moment estimates")
+    eps: float = option(1e-8, "Adam's ε added to the root of the second moment")
+    schedule: str = option(
+        "constant",
+        "``constant``; ``linear`` (warm-up from 0 to η over ``warmup_steps`` steps, then linear decay to 0); "
+        "``noam`` (η·min(s^-1/2, s·w^-3/2), step s counted from 1)",
+    )
+    warmup_steps: int = option(0, "warm-up length w in optimizer steps (``linear``: >= 0, ``noam``: >= 1)")
 
     def __post_init__(self) -> None:
         if not (isinstance(self.epochs, int) and self.epochs >= 1):
@@ -71,14 +93,60 @@ class TrainingRecipe:
             raise InvalidParameterError("momentum", self.momentum, "a number in [0, 1)")
         if not self.weight_decay >= 0:
             raise InvalidParameterError("weight_decay", self.weight_decay, "a number >= 0")
+        if self.optimizer not in OPTIMIZERS:
+            raise InvalidParameterError("optimizer", self.optimizer, OPTIMIZERS)
+        if isinstance(self.betas, list):  # a recipe read back from JSON
+            object.__setattr__(self, "betas", tuple(self.betas))
+        if not (
+            isinstance(self.betas, tuple)
+            and len(self.betas) == 2
+            and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in self.betas)
+        ):
+            raise InvalidParameterError("betas", self.betas, "a tuple of two numbers in [0, 1)")
+        if not (isinstance(self.eps, (int, float)) and self.eps > 0):
+            raise InvalidParameterError("eps", self.eps, "a number > 0")
+        if self.schedule not in SCHEDULES:
+            raise InvalidParameterError("schedule", self.schedule, SCHEDULES)
+        if not (isinstance(self.warmup_steps, int) and self.warmup_steps >= 0):
+            raise InvalidParameterError("warmup_steps", self.warmup_steps, "an integer >= 0")
+        self._check_combination()
+
+    def _check_combination(self) -> None:
+        """Refuse fields the chosen optimizer or schedule would silently ignore."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        if self.optimizer != "sgd" and self.momentum != 0:
+            raise InvalidParameterError(
+                "momentum", self.momentum, f"0 with optimizer={self.optimizer!r} (use betas for Adam's momentum)"
+            )
+        if self.optimizer == "sgd":
+            for name in ("betas", "eps"):
+                if getattr(self, name) != defaults[name]:
+                    raise InvalidParameterError(
+                        name, getattr(self, name), f"the default {defaults[name]!r} with optimizer='sgd' (Adam only)"
+                    )
+        if self.schedule == "constant" and self.warmup_steps != 0:
+            raise InvalidParameterError(
+                "warmup_steps", self.warmup_steps, "0 with schedule='constant' (warm-up needs 'linear' or 'noam')"
+            )
+        if self.schedule == "noam" and self.warmup_steps < 1:
+            raise InvalidParameterError("warmup_steps", self.warmup_steps, "an integer >= 1 with schedule='noam'")
 
     def steps_per_epoch(self, n_examples: int) -> int:
-        """Number of SGD steps one epoch over ``n_examples`` takes."""
+        """Number of optimizer steps one epoch over ``n_examples`` takes."""
         return -(-n_examples // self.batch_size)
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain-dict form, used in cache keys and beside results."""
-        return _as_dict(self)
+        """Plain-dict form, used in cache keys and beside results.
+
+        The fields added after the first cached models (optimizer, betas, eps, schedule,
+        warmup_steps) are left out while at their defaults, so the keys of plain SGD recipes, and
+        with them the models already cached, stay what they were.
+        """
+        record = _as_dict(self)
+        for name in _LATER_FIELDS:
+            if record[name] == _DEFAULTS[name]:
+                del record[name]
+        return record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,3 +182,7 @@ class GroundTruthConfig:
     def as_dict(self) -> dict[str, Any]:
         """Plain-dict form, used in cache keys and beside results."""
         return _as_dict(self)
+
+
+_LATER_FIELDS = ("optimizer", "betas", "eps", "schedule", "warmup_steps")
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainingRecipe)}

@@ -17,14 +17,15 @@ Book: "Data attribution and the LDS" (how the retrained models are trained).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, grad, stack_module_state, vmap
 
 from dahp.cache import Cache, default_cache
 from dahp.config import InvalidParameterError, TrainingRecipe
+from dahp.device import resolve_device
 from dahp.progress import tqdm
 from dahp.settings import Setting
 
@@ -51,6 +52,39 @@ def _check_index_sets(index_sets: torch.Tensor, seeds: Sequence[int], n_train: i
         raise InvalidParameterError("index_sets", "out of range", f"indices in [0, {n_train})")
 
 
+def schedule_factor(recipe: TrainingRecipe, step: int, total_steps: int) -> float:
+    """The multiple of ``recipe.lr`` used by the optimizer step that follows ``step`` steps already taken.
+
+    ``step`` counts from 0, as ``torch.optim.lr_scheduler.LambdaLR`` does; both training paths call
+    this one function, so their learning rates agree exactly.
+
+    - ``constant``: 1.
+    - ``linear``: ``step / w`` while ``step < w``, then ``(T - step) / (T - w)`` (at least 0), with
+      ``w = warmup_steps`` and ``T = total_steps`` -- the arithmetic of transformers'
+      ``get_linear_schedule_with_warmup`` (so the very first step has rate 0 when ``w > 0``).
+    - ``noam``: ``min(s ** -0.5, s * w ** -1.5)`` with ``s = step + 1`` (the Transformer schedule,
+      steps counted from 1, so the first step is not wasted at rate 0).
+    """
+    if recipe.schedule == "constant":
+        return 1.0
+    warmup = recipe.warmup_steps
+    if recipe.schedule == "linear":
+        if step < warmup:
+            return step / max(1, warmup)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+    counted = step + 1
+    return min(counted**-0.5, counted * warmup**-1.5)
+
+
+def _make_optimizer(parameters: Iterable[nn.Parameter], recipe: TrainingRecipe) -> torch.optim.Optimizer:
+    """The ``torch.optim`` optimizer the recipe names (the reference the batched path reproduces)."""
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    adam = torch.optim.Adam if recipe.optimizer == "adam" else torch.optim.AdamW
+    # weight_decay passed explicitly: AdamW's own default (1e-2) must not sneak in
+    return adam(parameters, lr=recipe.lr, betas=recipe.betas, eps=recipe.eps, weight_decay=recipe.weight_decay)
+
+
 def train_one(
     setting: Setting,
     x: torch.Tensor,
@@ -59,31 +93,43 @@ def train_one(
     seed: int,
     recipe: TrainingRecipe | None = None,
     on_epoch_end: Callable[[int, nn.Module], None] | None = None,
+    *,
+    device: str | torch.device | None = None,
 ) -> nn.Module:
-    """Train one model with the ordinary ``torch.optim.SGD`` loop (the reference path).
+    """Train one model with the ordinary ``torch.optim`` loop (the reference path).
 
     Args:
         x, y: the whole training set; ``indices`` selects the points this model sees.
         seed: determines the initial weights, the batch orders and the dropout masks.
-        on_epoch_end: called as ``on_epoch_end(epoch, model)`` after epochs 1..E.
+        on_epoch_end: called as ``on_epoch_end(epoch, model)`` after epochs 1..E (the model is on
+            ``device``).
+        device: where to train (:func:`dahp.device.resolve_device`); the model comes back on the CPU.
     """
     recipe = recipe or setting.recipe
-    model = setting.init_model(seed)
+    device = resolve_device(device)
+    model = setting.init_model(seed).to(device)  # initialised on the CPU: the same weights on every device
     model.train()
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
-    )
+    x, y = x.to(device), y.to(device)
+    optimizer = _make_optimizer(model.parameters(), recipe)
+    total_steps = recipe.epochs * recipe.steps_per_epoch(len(indices))
+    scheduler = None
+    if recipe.schedule != "constant":  # the constant path stays the plain optimizer loop
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: schedule_factor(recipe, step, total_steps)
+        )
     generator = order_generator(seed)
     for epoch in range(1, recipe.epochs + 1):
-        order = epoch_orders(indices, generator)
+        order = epoch_orders(indices, generator).to(device)
         for start in range(0, len(order), recipe.batch_size):
             batch = order[start : start + recipe.batch_size]
             optimizer.zero_grad()
             setting.loss(model(x[batch]), y[batch]).backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
         if on_epoch_end is not None:
             on_epoch_end(epoch, model)
-    return model.eval()
+    return model.cpu().eval()
 
 
 def stack_states(models: Sequence[nn.Module]) -> StackedState:
@@ -103,52 +149,86 @@ def train_many(
     recipe: TrainingRecipe | None = None,
     on_epoch_end: EpochCallback | None = None,
     progress: bool | str = False,
+    device: str | torch.device | None = None,
 ) -> StackedState:
     """Train ``len(seeds)`` models at once; model ``k`` sees ``index_sets[k]`` and uses ``seeds[k]``.
 
-    Every model runs the same number of steps, so all index sets have the same size. Models with
-    buffers (batch norm) cannot update running statistics inside ``vmap``; they are trained one by
-    one with :func:`train_one` and stacked.
+    Every model runs the same number of steps, so all index sets have the same size. Parameters
+    and buffers are stacked along a leading model axis. Models with batch norm train batched too:
+    each model's running statistics are its own slice of the stacked buffers, which batch norm
+    updates in place inside ``vmap(grad(...))`` (legal because the buffers carry the model axis).
 
     Args:
         index_sets: shape ``(n_models, subset_size)``, indices into ``x``.
         dropout_seed: seeds the global stream the stacked models draw dropout masks from.
-        on_epoch_end: called as ``on_epoch_end(epoch, stacked_state)`` after epochs 1..E.
+        on_epoch_end: called as ``on_epoch_end(epoch, stacked_state)`` after epochs 1..E, with the
+            state on the CPU.
         progress: show a progress bar over epochs (a string is used as its label).
+        device: where to train (:func:`dahp.device.resolve_device`).
 
     Returns:
-        The final state of every model, stacked: name -> ``(n_models, *shape)``.
+        The final state of every model (parameters and buffers, in ``state_dict`` order), stacked on
+        the CPU: name -> ``(n_models, *shape)``.
     """
     recipe = recipe or setting.recipe
     _check_index_sets(index_sets, seeds, len(y))
-    if any(True for _ in setting.make_model().buffers()):
-        return _train_many_sequentially(setting, x, y, index_sets, seeds, recipe, on_epoch_end)
-    models = [setting.init_model(seed) for seed in seeds]
-    base = models[0].train()
+    device = resolve_device(device)
+    models = [setting.init_model(seed) for seed in seeds]  # on the CPU: the same weights on every device
+    names = list(models[0].state_dict())
+    stacked_params, stacked_buffers = stack_module_state(models)
+    params = {n: p.detach().to(device) for n, p in stacked_params.items()}  # plain tensors, updated in place
+    buffers = {n: b.to(device) for n, b in stacked_buffers.items()}
+    base = models[0].to(device).train()  # its own tensors are never used: functional_call swaps all in
+    x, y = x.to(device), y.to(device)
 
-    params = {name: p.detach().clone() for name, p in stack_states(models).items()}
-    momentum_buffers: dict[str, torch.Tensor] = {}
-
-    def batch_loss(p: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        return setting.loss(functional_call(base, p, (xb,)), yb)
+    def batch_loss(p: StackedState, b: StackedState, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        return setting.loss(functional_call(base, (p, b), (xb,)), yb)
 
     batched_grad = vmap(grad(batch_loss), randomness="different")
+    optimizer = _StackedOptimizer(recipe, recipe.epochs * recipe.steps_per_epoch(index_sets.shape[1]))
     generators = [order_generator(seed) for seed in seeds]
     torch.manual_seed(dropout_seed)
     epochs = range(1, recipe.epochs + 1)
     label = progress if isinstance(progress, str) else f"training {len(seeds)} {setting.name} models"
     for epoch in tqdm(epochs, desc=label, disable=not progress, leave=False):
-        orders = torch.stack([epoch_orders(ix, g) for ix, g in zip(index_sets, generators)])
+        orders = torch.stack([epoch_orders(ix, g) for ix, g in zip(index_sets, generators)]).to(device)
         for start in range(0, orders.shape[1], recipe.batch_size):
             batch = orders[:, start : start + recipe.batch_size]
-            grads = batched_grad(params, x[batch], y[batch])
-            _sgd_step(params, grads, momentum_buffers, recipe)
+            optimizer.step(params, batched_grad(params, buffers, x[batch], y[batch]))
         if on_epoch_end is not None:
-            on_epoch_end(epoch, params)
-    return params
+            on_epoch_end(epoch, _on_cpu({**params, **buffers}, names))
+    return _on_cpu({**params, **buffers}, names)
 
 
-def _sgd_step(params: StackedState, grads: StackedState, buffers: StackedState, recipe: TrainingRecipe) -> None:
+def _on_cpu(state: StackedState, names: Sequence[str]) -> StackedState:
+    """The stacked state on the CPU, in ``state_dict`` order (copies when the state is elsewhere)."""
+    return {name: state[name].detach().cpu() for name in names}
+
+
+class _StackedOptimizer:
+    """The recipe's optimizer and schedule applied to stacked parameters (all models step together)."""
+
+    def __init__(self, recipe: TrainingRecipe, total_steps: int) -> None:
+        self.recipe = recipe
+        self.total_steps = total_steps
+        self.steps_taken = 0
+        self.state: dict[str, StackedState] = {}
+
+    def step(self, params: StackedState, grads: StackedState) -> None:
+        """One optimizer step of every model, in place, at the scheduled learning rate."""
+        recipe = self.recipe
+        # the same product LambdaLR forms (base lr times factor); exactly recipe.lr when constant
+        lr = recipe.lr * schedule_factor(recipe, self.steps_taken, self.total_steps)
+        self.steps_taken += 1
+        if recipe.optimizer == "sgd":
+            _sgd_step(params, grads, self.state.setdefault("momentum_buffer", {}), recipe, lr)
+        else:
+            _adam_step(params, grads, self.state, recipe, lr, self.steps_taken)
+
+
+def _sgd_step(
+    params: StackedState, grads: StackedState, buffers: StackedState, recipe: TrainingRecipe, lr: float
+) -> None:
     """One step of ``torch.optim.SGD`` (dampening 0, no Nesterov) on stacked parameters, in place.
 
     The same arithmetic as torch's own multi-tensor SGD, so the two paths agree to rounding.
@@ -166,29 +246,44 @@ def _sgd_step(params: StackedState, grads: StackedState, buffers: StackedState, 
             b_list = [g.clone() for g in g_list]
             buffers.update(zip(names, b_list))
         g_list = b_list
-    torch._foreach_add_(p_list, g_list, alpha=-recipe.lr)
+    torch._foreach_add_(p_list, g_list, alpha=-lr)
 
 
-def _train_many_sequentially(
-    setting: Setting,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    index_sets: torch.Tensor,
-    seeds: Sequence[int],
+def _adam_step(
+    params: StackedState,
+    grads: StackedState,
+    state: dict[str, StackedState],
     recipe: TrainingRecipe,
-    on_epoch_end: EpochCallback | None,
-) -> StackedState:
-    per_epoch: list[list[dict[str, torch.Tensor]]] = [[] for _ in range(recipe.epochs)]
+    lr: float,
+    step: int,
+) -> None:
+    """Step ``step`` (counted from 1) of ``torch.optim.Adam`` / ``AdamW`` on stacked parameters, in place.
 
-    def keep(epoch: int, model: nn.Module) -> None:
-        if on_epoch_end is not None:
-            per_epoch[epoch - 1].append({k: v.detach().clone() for k, v in model.state_dict().items()})
-
-    models = [train_one(setting, x, y, ix, seed, recipe, keep) for ix, seed in zip(index_sets, seeds)]
-    if on_epoch_end is not None:
-        for epoch, states in enumerate(per_epoch, start=1):
-            on_epoch_end(epoch, {k: torch.stack([s[k] for s in states]) for k in states[0]})
-    return stack_states(models)
+    The arithmetic of torch's multi-tensor Adam (no amsgrad): L2 added to the gradient for Adam,
+    decoupled decay ``p *= 1 - lr * weight_decay`` for AdamW, bias-corrected moments.
+    """
+    names = list(params)
+    if not state:
+        state["exp_avg"] = {n: torch.zeros_like(params[n]) for n in names}
+        state["exp_avg_sq"] = {n: torch.zeros_like(params[n]) for n in names}
+    p_list, g_list = [params[n] for n in names], [grads[n] for n in names]
+    m_list, v_list = [state["exp_avg"][n] for n in names], [state["exp_avg_sq"][n] for n in names]
+    beta1, beta2 = recipe.betas
+    if recipe.weight_decay:
+        if recipe.optimizer == "adamw":
+            torch._foreach_mul_(p_list, 1 - lr * recipe.weight_decay)
+        else:
+            g_list = torch._foreach_add(g_list, p_list, alpha=recipe.weight_decay)
+    torch._foreach_lerp_(m_list, g_list, 1 - beta1)
+    torch._foreach_mul_(v_list, beta2)
+    torch._foreach_addcmul_(v_list, g_list, g_list, 1 - beta2)
+    bias_correction1 = 1 - beta1 ** float(step)
+    bias_correction2 = 1 - beta2 ** float(step)
+    step_size = (lr / bias_correction1) * -1
+    denom = torch._foreach_sqrt(v_list)
+    torch._foreach_div_(denom, bias_correction2**0.5)
+    torch._foreach_add_(denom, recipe.eps)
+    torch._foreach_addcdiv_(p_list, m_list, denom, step_size)
 
 
 @torch.no_grad()
@@ -199,27 +294,44 @@ def evaluate_many(
     y: torch.Tensor,
     fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     chunk: int = 2048,
+    *,
+    device: str | torch.device | None = None,
 ) -> torch.Tensor:
     """Apply ``fn(logits, y)`` (default: the setting's target) for every stacked model, in eval mode.
 
+    ``state`` holds parameters and buffers (batch norm evaluates with each model's own running
+    statistics).
+
     Returns:
-        Shape ``(n_models, len(x))``.
+        Shape ``(n_models, len(x))``, on the CPU.
     """
     fn = fn or setting.target
-    base = setting.make_model().eval()
+    device = resolve_device(device)
+    base = setting.make_model().to(device).eval()
+    state = {name: t.to(device) for name, t in state.items()}
 
     def one(s: StackedState, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         return fn(functional_call(base, s, (xb,)), yb)
 
     parts = [
-        vmap(one, in_dims=(0, None, None))(state, x[i : i + chunk], y[i : i + chunk]) for i in range(0, len(x), chunk)
+        vmap(one, in_dims=(0, None, None))(state, x[i : i + chunk].to(device), y[i : i + chunk].to(device)).cpu()
+        for i in range(0, len(x), chunk)
     ]
     return torch.cat(parts, dim=1)
 
 
-def accuracy_many(setting: Setting, state: StackedState, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Accuracy of every stacked model on ``(x, y)``, shape ``(n_models,)``."""
-    hits = evaluate_many(setting, state, x, y, fn=lambda logits, labels: (logits.argmax(-1) == labels).float())
+def accuracy_many(
+    setting: Setting,
+    state: StackedState,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
+    """Accuracy of every stacked model on ``(x, y)``, shape ``(n_models,)``, on the CPU."""
+    hits = evaluate_many(
+        setting, state, x, y, fn=lambda logits, labels: (logits.argmax(-1) == labels).float(), device=device
+    )
     return hits.mean(dim=1)
 
 
@@ -262,8 +374,16 @@ def check_epoch(setting: Setting, epoch: int, trained_epochs: int | None = None)
         )
 
 
-def train_full(setting: Setting, seed: int = 0, cache: Cache | None = None, progress: bool = True) -> Checkpoints:
-    """The full-data model of ``setting`` with a checkpoint after every epoch (cached)."""
+def train_full(
+    setting: Setting,
+    seed: int = 0,
+    cache: Cache | None = None,
+    progress: bool = True,
+    *,
+    device: str | torch.device | None = None,
+) -> Checkpoints:
+    """The full-data model of ``setting`` with a checkpoint after every epoch (cached on the CPU; the
+    device is not part of the key)."""
     cache = default_cache() if cache is None else cache
     data = setting.data()
     spec = {**setting.spec(), "seed": seed}
@@ -280,6 +400,7 @@ def train_full(setting: Setting, seed: int = 0, cache: Cache | None = None, prog
             dropout_seed=seed,
             on_epoch_end=lambda epoch, state: kept.append({k: v[0].clone() for k, v in state.items()}),
             progress=f"training the full-data {setting.name} model" if progress else False,
+            device=device,
         )
         return {name: torch.stack([s[name] for s in kept]) for name in kept[0]}
 
