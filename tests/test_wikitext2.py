@@ -105,6 +105,13 @@ def test_fingerprint_is_deterministic(fixture_root, tmp_path):
     assert first.fingerprint == second.fingerprint
 
 
+def test_raw_texts_are_the_lines_of_the_file(tmp_path):
+    """One text per line ending in a newline (other line separators stay inside), blank lines empty."""
+    path = tmp_path / "wiki.train.raw"
+    path.write_bytes(" = Title = \n \n One\u2028two . \r\n = = Part = = \nlast".encode())
+    assert wikitext2.read_raw_texts(path) == [" = Title = \n", "", " One\u2028two . \n", " = = Part = = \n", "last"]
+
+
 class _CountingTokenizer:
     """Every text is three tokens: its index in the call, three times (hand-checkable grouping)."""
 
@@ -253,6 +260,7 @@ def _fast(setting, **changes):
     return dataclasses.replace(setting, recipe=dataclasses.replace(setting.recipe, lr=1e-2, **changes))
 
 
+@pytest.mark.slow
 def test_fine_tuning_is_dattris_training_loop(data, data_root):
     """train_one reproduces dattri's loop: HF GPT-2, model(**batch).loss, AdamW and transformers' linear schedule."""
     from transformers import get_linear_schedule_with_warmup
@@ -285,6 +293,7 @@ def test_fine_tuning_is_dattris_training_loop(data, data_root):
         assert torch.linalg.norm(moved - reference_moved) <= 1e-3 * torch.linalg.norm(reference_moved), name
 
 
+@pytest.mark.slow
 def test_batched_training_matches_one_by_one(data):
     """train_many (vmap over the stacked GPT-2s) equals train_one model for model without dropout."""
     from dahp.training import train_many, train_one
@@ -299,6 +308,22 @@ def test_batched_training_matches_one_by_one(data):
         for name, value in one.items():
             moved, batched_moved = value - start[name], stacked[name][k] - start[name]
             assert torch.linalg.norm(batched_moved - moved) <= 1e-3 * torch.linalg.norm(moved) + 1e-7, name
+
+
+def test_targets_of_stacked_models(data):
+    """evaluate_many (the LDS ground truth's path: vmap over stacked states) gives each model's target."""
+    from dahp.training import evaluate_many, stack_states
+
+    setting = get_setting(SETTING)
+    models = [setting.init_model(0), _without_dropout(setting.init_model(0))]
+    with torch.no_grad():
+        for parameter in models[1].parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))
+    values = evaluate_many(setting, stack_states(models), data.x_test, data.y_test)
+    with torch.no_grad():
+        expected = torch.stack([setting.target(m.eval()(data.x_test), data.y_test) for m in models])
+    torch.testing.assert_close(values, expected, rtol=1e-5, atol=1e-5)
+    assert (values < 0).all() and not torch.allclose(values[0], values[1])  # negative losses, two models
 
 
 def test_batched_training_with_dropout_differs_by_seed(data):
@@ -372,6 +397,7 @@ def _logra(setting, state, train_x, query_x, hessian: str, damping: float | None
     return attributor.attribute(train, query).detach()
 
 
+@pytest.mark.slow
 def test_logra_on_gpt2_recovers_gradient_inner_products(data, tmp_path):
     """dattri's LoGra hooks every Linear layer of the blocks; without curvature its scores are projected
     inner products of the per-example loss gradients of those layers, weights and biases (positive: the

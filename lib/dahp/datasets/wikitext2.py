@@ -115,7 +115,10 @@ def read_raw_texts(path: Path) -> list[str]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise _bad(path, f"not UTF-8 text ({error.reason} at byte {error.start})", WIKITEXT_SOURCE) from None
-    lines = text.splitlines(keepends=True)
+    # lines end at "\n" only (read_text has turned "\r\n" and "\r" into "\n"), as iterating the
+    # file does; str.splitlines would also split at the rarer separators the text may contain
+    pieces = text.split("\n")
+    lines = [piece + "\n" for piece in pieces[:-1]] + ([pieces[-1]] if pieces[-1] else [])
     if not any(_HEADING.match(line.rstrip("\n")) for line in lines):
         raise _bad(path, "not a WikiText raw file (no heading line such as ' = Title = ')", WIKITEXT_SOURCE)
     # the texts of the Hugging Face dataset: lines keep their newline, blank lines are empty
