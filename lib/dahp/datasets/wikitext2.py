@@ -73,8 +73,10 @@ REQUIRED_FILES = (
 
 WIKITEXT_SOURCE = (
     "WikiText-2 raw comes from the Hugging Face dataset Salesforce/wikitext, configuration "
-    "wikitext-2-raw-v1 (the files wiki.train.raw, wiki.valid.raw and wiki.test.raw of its "
-    "wikitext-2-raw-v1.zip archive), to be placed in data/wikitext-2-raw/."
+    "wikitext-2-raw-v1: put the files wiki.train.raw, wiki.valid.raw and wiki.test.raw of its "
+    "wikitext-2-raw-v1.zip archive in data/wikitext-2-raw/ (or write each split's 'text' column there, "
+    "one row per line, an empty row as a line holding one space: train -> wiki.train.raw, "
+    "validation -> wiki.valid.raw, test -> wiki.test.raw)."
 )
 GPT2_SOURCE = (
     "GPT-2 small comes from the Hugging Face model 'gpt2' (openai-community/gpt2), saved with "
