@@ -65,7 +65,7 @@ CODE_VERSIONS: dict[str, int] = {
 }
 
 #: The registry and the per-dataset modules its settings take loaders and model factories from.
-_MODELS = ("settings.py", "datasets/cifar.py", "datasets/maestro.py")
+_MODELS = ("settings.py", "datasets/cifar.py", "datasets/maestro.py", "datasets/wikitext2.py")
 _TRAINING = ("config.py", *_MODELS, "targets.py", "training.py")
 _SCORING = ("attributors.py", "features.py", "lds.py", "selection.py", "spectral.py", "surrogate.py")
 

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from dahp.config import InvalidParameterError, TrainingRecipe
-from dahp.datasets import cifar, maestro
+from dahp.datasets import cifar, maestro, wikitext2
 from dahp.datasets.cifar import CIFAR_DIR, load_cifar2  # CIFAR-2's loader lives in its own module
 from dahp.targets import correct_class_margin, cross_entropy
 
@@ -223,16 +223,6 @@ def load_mnist_embedded(root: Path) -> SplitData:
     return _standardized_split(x / 255.0, y, index)
 
 
-def _loader_not_yet_available(name: str) -> Callable[[Path], SplitData]:
-    def load(root: Path) -> SplitData:
-        raise NotImplementedError(
-            f"the data files for setting {name!r} are present, but its loader is not part of this "
-            "version of dahp yet; the embedded settings are mnist_lr and mnist_mlp"
-        )
-
-    return load
-
-
 # --------------------------------------------------------------------------------------------
 # Model factories (dattri's benchmark models, so numbers compare with dattri's benchmark)
 
@@ -247,10 +237,6 @@ def _mnist_mlp() -> nn.Module:
     from dattri.benchmark.models.mlp import MLPMnist
 
     return MLPMnist()
-
-
-def _not_yet_available_model() -> nn.Module:
-    raise NotImplementedError("the model of this setting is not part of this version of dahp yet")
 
 
 # --------------------------------------------------------------------------------------------
@@ -324,17 +310,17 @@ register(
 register(
     Setting(
         name="wikitext2_gpt2",
-        description="WikiText-2, GPT-2 small",
-        load=_loader_not_yet_available("wikitext2_gpt2"),
-        make_model=_not_yet_available_model,
-        # Placeholder until the loader lands: dattri fine-tunes GPT-2 for 3 epochs at lr 5e-5 with
-        # AdamW, and the recipe record will gain an optimizer field then.
-        recipe=TrainingRecipe(epochs=3, batch_size=8, lr=5e-5),
-        required_files=("wikitext-2-raw/wiki.train.raw", "wikitext-2-raw/wiki.valid.raw", "gpt2/config.json"),
-        data_instructions=(
-            "Put the WikiText-2 raw files in data/wikitext-2-raw/ (wiki.train.raw, wiki.valid.raw) and "
-            "the GPT-2 small weights (Hugging Face layout: config.json, model.safetensors) in data/gpt2/."
-        ),
+        description="WikiText-2 (raw, blocks of 512 GPT-2 tokens), GPT-2 small fine-tuned from its pretrained weights",
+        load=wikitext2.load_wikitext2,
+        make_model=wikitext2.make_gpt2,
+        model_spec=wikitext2.checkpoint_spec,
+        # dattri's GPT-2 fine-tuning (experiments/gpt2_wikitext/train.py, which made its benchmark's
+        # models): AdamW, lr 5e-5, batch 8, 3 epochs, weight decay 0, linear decay to 0 without warm-up.
+        recipe=TrainingRecipe(epochs=3, batch_size=8, lr=5e-5, optimizer="adamw", schedule="linear"),
+        required_files=wikitext2.REQUIRED_FILES,
+        data_instructions=wikitext2.DATA_INSTRUCTIONS,
+        target=wikitext2.query_log_likelihood,
+        loss=wikitext2.language_model_loss,
     )
 )
 
