@@ -28,7 +28,7 @@ from dahp.cache import Cache, default_cache
 from dahp.config import InvalidParameterError, option
 from dahp.device import resolve_device
 from dahp.features import check_proj_dim, gradient_features, one_minus_correct_probability
-from dahp.settings import Setting
+from dahp.settings import Setting, as_model_input
 from dahp.spectral import (
     Eigendecomposition,
     SpectralFactors,
@@ -480,7 +480,7 @@ def mean_loss_hessian(
     data = setting.data()
     model = setting.make_model().eval().double().to(device)
     model.load_state_dict(state)
-    x, y = data.x_train.to(device, torch.float64), data.y_train.to(device)
+    x, y = as_model_input(data.x_train, torch.float64, device), data.y_train.to(device)
     if _is_softmax_regression(setting, model, x):
         with torch.no_grad():
             return softmax_regression_hessian(x.reshape(len(x), -1), torch.softmax(model(x), dim=-1)).cpu()

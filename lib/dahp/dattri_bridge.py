@@ -29,7 +29,7 @@ from torch.func import functional_call
 from torch.utils.data import DataLoader, TensorDataset
 
 from dahp.device import resolve_device
-from dahp.settings import Setting
+from dahp.settings import Setting, as_model_input
 from dahp.targets import correct_class_probability
 
 QUERY_BATCH = 500
@@ -104,9 +104,9 @@ def loaders(
 ):
     """Unshuffled ``(train_loader, query_loader)`` (optionally restricted to index subsets)."""
     data = setting.data()
-    x_train, y_train = data.x_train.to(dtype), data.y_train
+    x_train, y_train = as_model_input(data.x_train, dtype), data.y_train
     x_query, y_query = data.queries(split)
-    x_query = x_query.to(dtype)
+    x_query = as_model_input(x_query, dtype)
     if train_index is not None:
         x_train, y_train = x_train[train_index], y_train[train_index]
     if query_index is not None:

@@ -36,7 +36,7 @@ from dahp.cache import Cache, default_cache
 from dahp.config import InvalidParameterError
 from dahp.device import resolve_device
 from dahp.progress import tqdm
-from dahp.settings import Setting
+from dahp.settings import Setting, as_model_input
 from dahp.targets import correct_class_probability
 
 #: Block width of dattri's CPU projector; nesting holds for dimensions at least this large.
@@ -138,7 +138,7 @@ def per_example_gradients(
             rows = scratch[: stop - start]
         for first in range(start, stop, step):
             last = min(first + step, stop)
-            grads = per_example(params, x[first:last].to(device, dtype), y[first:last].to(device))
+            grads = per_example(params, as_model_input(x[first:last], dtype, device), y[first:last].to(device))
             column = 0
             for name in names:
                 block = grads.pop(name).reshape(last - first, -1)
@@ -337,5 +337,5 @@ def one_minus_correct_probability(
     model = setting.make_model().to(dtype).eval().to(device)
     model.load_state_dict(state)
     data = setting.data()
-    logits = model(data.x_train.to(device, dtype))
+    logits = model(as_model_input(data.x_train, dtype, device))
     return (1.0 - correct_class_probability(logits, data.y_train.to(device))).cpu()

@@ -81,6 +81,11 @@ class SplitData:
         return digest.hexdigest()[:16]
 
 
+def as_model_input(x: torch.Tensor, dtype: torch.dtype, device: torch.device | str | None = None) -> torch.Tensor:
+    """``x`` on ``device``, cast to ``dtype`` when it holds numbers (images); token or event ids stay integers."""
+    return x.to(device, dtype) if x.is_floating_point() else x.to(device)
+
+
 @dataclasses.dataclass(frozen=True)
 class Setting:
     """One experimental setting of the paper."""
