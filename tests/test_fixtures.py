@@ -6,7 +6,7 @@ import warnings
 import pytest
 
 from dahp.config import InvalidParameterError
-from dahp.datasets.fixtures import FIXTURE_MODULES, MARKER, fixture_settings, write_fixtures
+from dahp.datasets.fixtures import FIXTURE_MODULES, MARKER, fixture_notice, fixture_settings, write_fixtures
 from dahp.settings import get_setting
 
 
@@ -54,3 +54,20 @@ def test_markers_accumulate(tmp_path):
 def test_embedded_settings_are_embedded(tmp_path):
     assert get_setting("mnist_lr").data_source(tmp_path) == "embedded"
     assert get_setting("mnist_lr").not_judged(tmp_path) is None
+
+
+def test_pages_get_a_notice_only_for_settings_on_fixture_data(tmp_path):
+    assert fixture_notice(["mnist_lr", "cifar2_resnet9"], tmp_path) is None  # cifar2 missing: no notice
+    write_fixtures(tmp_path, ["cifar2_resnet9"])
+    notice = fixture_notice(["mnist_lr", "cifar2_resnet9", "cifar2_resnet9"], tmp_path)
+    assert "`cifar2_resnet9`" in notice and "mnist_lr" not in notice and "not measurements" in notice
+
+
+def test_command_line_writes_fixtures_and_refuses_unknown_settings(tmp_path, capsys):
+    from dahp.__main__ import main
+
+    assert main(["fixtures", "--out", str(tmp_path / "fx"), "--setting", "cifar2_resnet9"]) == 0
+    assert fixture_settings(tmp_path / "fx") == ["cifar2_resnet9"]
+    assert main(["fixtures", "--out", str(tmp_path / "other"), "--setting", "mnist_mlp"]) == 2
+    assert "invalid settings='mnist_mlp'" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()

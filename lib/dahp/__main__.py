@@ -6,6 +6,7 @@
 - ``grid``          LDS over a 1-D or 2-D hyperparameter grid of one attributor, saved under data/results/cli/
 - ``selection``     the ξ selection against every baseline on the paper's cases, saved under data/results/cli/
 - ``select``        choose λ for one setting and attributor from the trained model (no retraining)
+- ``fixtures``      write tiny files in the real formats of the large settings (marked as fixture data)
 - ``run-plan``      execute the book's notebooks
 
 Every computing command takes ``--device cpu|cuda|cuda:N`` (default: ``$DAHP_DEVICE``, else CUDA
@@ -234,7 +235,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="no progress bars: neither papermill's per-cell bar nor the notebooks' own",
     )
     plan.set_defaults(run=_cmd_run_plan)
+
+    fixtures = commands.add_parser(
+        "fixtures", help="write tiny files in the real formats of the large settings (marked as fixture data)"
+    )
+    fixtures.add_argument("--out", required=True, help="the data directory to write into (then DAHP_DATA_DIR=OUT)")
+    fixtures.add_argument("--setting", action="append", default=None, help="only this setting (repeatable)")
+    fixtures.set_defaults(run=_cmd_fixtures)
     return parser
+
+
+def _cmd_fixtures(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from dahp.datasets.fixtures import write_fixtures
+
+    written = write_fixtures(Path(args.out), args.setting)
+    print(f"fixture data for {', '.join(written)} written to {args.out} (marked in its DAHP_FIXTURE_DATA.json)")
+    print(f"use it with: DAHP_DATA_DIR={args.out} make book PROFILE=quick")
 
 
 def main(argv: list[str] | None = None) -> int:

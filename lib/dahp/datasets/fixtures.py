@@ -67,6 +67,12 @@ def fixture_settings(root: Path) -> list[str]:
         return list(FIXTURE_MODULES)
 
 
-def fixture_notice(settings: list[str], root: Path) -> str:
-    """The notice pages show above results on fixture data (markdown)."""
-    return NOTICE.format(settings=", ".join(f"`{s}`" for s in settings), root=root)
+def fixture_notice(settings: list[str], root: Path | None = None) -> str | None:
+    """The notice a page shows above its results when any of ``settings`` ran on fixture data (markdown), or None."""
+    from dahp.settings import data_dir, get_setting
+
+    root = data_dir() if root is None else Path(root)
+    on_fixtures = [name for name in dict.fromkeys(settings) if get_setting(name).data_source(root) == "fixture"]
+    if not on_fixtures:
+        return None
+    return "**" + NOTICE.format(settings=", ".join(f"`{s}`" for s in on_fixtures), root=root) + "**"
