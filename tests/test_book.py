@@ -24,7 +24,14 @@ def book_root(tmp_path, monkeypatch):
     return root
 
 
+#: The large settings whose pages run on fixture data in this test (tiny files in the real formats).
+FIXTURE_SETTINGS = ["cifar2_resnet9", "maestro_mt"]
+
+
 def test_plan_runs_in_quick_profile_and_book_builds_warning_free(book_root, tmp_path):
+    from dahp.datasets.fixtures import write_fixtures
+
+    write_fixtures(tmp_path / "data", FIXTURE_SETTINGS)
     started = time.time()
     executed = run_plan("quick", out_dir=book_root / "book" / "executed")
     assert executed == [entry.page for entry in load_plan()]
@@ -36,8 +43,12 @@ def test_plan_runs_in_quick_profile_and_book_builds_warning_free(book_root, tmp_
     assert list(status.columns[:5]) == ["claim", "artifact", "paper", "ours", "holds"]
     assert list(status.claim) == [f"C{k}" for k in range(1, 13)]
     assert set(status.holds) <= {"holds", "holds in part", "does not hold", "not run here"}
-    assert status.set_index("claim").holds["C2"] == "not run here"  # CIFAR-2 is not supplied in the tests
-    assert "data not supplied" in status.set_index("claim").reason["C2"]
+    # CIFAR-2 ran on fixture data only: Fig 1e's panel exists, and no claim is judged from it
+    assert status.set_index("claim").holds["C2"] == "not run here"
+    assert "cifar2_resnet9: fixture data only" in status.set_index("claim").reason["C2"]
+    for claim in ("C5", "C8"):
+        assert "maestro_mt: fixture data only" in status.set_index("claim").reason[claim]
+        assert "maestro_mt" not in status.set_index("claim").ours[claim]
     check_status_numbers_are_the_pages_headlines(results)
     defaults = pd.read_csv(results / "table_a1_defaults.csv")
     trak = defaults[defaults.attributor == "TRAK"].set_index("hyperparameter")["default"]
@@ -86,6 +97,7 @@ def check_status_numbers_are_the_pages_headlines(results: Path) -> None:
 
 #: Figures the quick-profile plan must write (one per artifact page that draws one).
 EXPECTED_FIGURES = [
+    "grid_cifar2_resnet9_trak_proj_dim_regularization.png",  # Fig 1c on fixture data
     "grid_mnist_mlp_if_cg_regularization.png",
     "grid_mnist_mlp_trak_proj_dim_regularization.png",
     "grid_mnist_mlp_if_lissa_scaling_recursion_depth.png",
