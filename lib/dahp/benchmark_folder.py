@@ -21,8 +21,10 @@ says what is wrong with which file; :func:`benchmark_ground_truth` turns it into
 ``(targets, subsets)`` pair that :func:`dahp.lds.lds` takes. Scores judged by it must be computed
 on dattri's points, which for MNIST are not our embedded digits (dattri takes the first 5,000 of
 torchvision's MNIST training set): :func:`benchmark_split` reads them from ``DIR/dataset`` and
-:func:`benchmark_setting` is our setting on them. :func:`write_fixture` writes a tiny folder in
-exactly this layout.
+:func:`benchmark_setting` is our setting on them, whose attributed full-data models are dattri's
+(:func:`benchmark_models`; its cache spec carries the folder's content digest).
+:func:`dahp.ground_truth.attributed_setting` builds it for ``GroundTruthConfig(source="dattri")``.
+:func:`write_fixture` writes a tiny folder in exactly this layout.
 
 Not verifiable offline, and therefore checked only where the folder itself says so: that
 ``models_half/i`` is the model of row ``i`` of ``indices_lds.pt`` (checked when ``indices.txt``
