@@ -4,6 +4,7 @@
 - ``train``         train (or load) the full-data model of a setting and report accuracy per epoch
 - ``ground-truth``  retrain the LDS subset models of a setting (cached, resumable)
 - ``grid``          LDS over a 1-D or 2-D hyperparameter grid of one attributor, saved under data/results/cli/
+                    (``--ground-truth dattri``: judged by dattri's published benchmark, nothing retrained)
 - ``selection``     the ξ selection against every baseline on the paper's cases, saved under data/results/cli/
 - ``select``        choose λ for one setting and attributor from the trained model (no retraining)
 - ``fixtures``      write tiny files in the real formats of the large settings (marked as fixture data)
@@ -80,12 +81,16 @@ def _cmd_grid(args: argparse.Namespace) -> None:
 
     vary = dict((name, parse_values(values)) for name, values in map(parse_assignment, args.vary))
     fixed = {name: parse_values(values)[0] for name, values in map(parse_assignment, args.fixed)}
-    config = GroundTruthConfig(alpha=args.alpha, n_models=args.n_models, seed=args.seed)
+    config = GroundTruthConfig(alpha=args.alpha, n_models=args.n_models, seed=args.seed, source=args.ground_truth)
     spec = make_grid_spec(args.setting, args.attributor, vary, fixed, config, args.split, args.queries)
     record = run_grid(spec, profile="cli", device=args.device)
     path = record.save(results_dir("cli"))
     with pd_options():
         print(record.table.drop(columns=["setting", "attributor"]).to_string(index=False))
+    if config.source == "dattri":
+        from dahp.benchmark_folder import protocol_difference
+
+        print(protocol_difference(args.setting))
     print(f"wrote {path}")
 
 
@@ -207,6 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--alpha", type=float, default=defaults.alpha)
     grid.add_argument("--n-models", type=int, default=defaults.n_models)
     grid.add_argument("--seed", type=int, default=defaults.seed)
+    grid.add_argument(
+        "--ground-truth",
+        default=defaults.source,
+        metavar="SOURCE",
+        help="retrain (ours, default) or dattri (dattri's published benchmark under $DAHP_DATTRI_DIR, default "
+        "data/dattri: its full-data models are attributed on its points and nothing is trained; see data/README.md)",
+    )
     grid.set_defaults(run=_cmd_grid)
 
     selection = commands.add_parser(

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from dahp import dattri_bridge
+from dahp.benchmark_folder import benchmark_models
 from dahp.cache import Cache, default_cache
 from dahp.config import InvalidParameterError, option
 from dahp.device import resolve_device
@@ -259,6 +260,7 @@ def make_params(attributor: str, **values: Any) -> Any:
 
 def check_params(setting: Setting, params: Any) -> None:
     """Checks that need the setting (epoch range, projection size), before any compute."""
+    _check_dattri_models(setting, params)
     epoch = getattr(params, "training_epoch", None)
     if epoch is not None:
         check_epoch(setting, epoch)
@@ -270,6 +272,38 @@ def check_params(setting: Setting, params: Any) -> None:
             "if_explicit",
             f"settings with at most {MAX_EXPLICIT_HESSIAN_PARAMS} parameters ({setting.name} has "
             f"{setting.n_params()}; the exact Hessian would not fit); use if_cg or if_lissa",
+        )
+
+
+#: Attributors that can attribute dattri's published full-data models (the others run through
+#: :mod:`dahp.dattri_bridge`, which takes the model from our training).
+DATTRI_MODEL_ATTRIBUTORS = ("iffim", "trak", "if_explicit")
+
+
+def _check_dattri_models(setting: Setting, params: Any) -> None:
+    """On dattri's benchmark points the attributed models are dattri's: final weights only, as many
+    as it published, and only the attributors that take a given state."""
+    models = benchmark_models(setting)
+    if models is None:
+        return
+    if not isinstance(params, (IFFIMParams, TRAKParams, IFExplicitParams)):
+        name = next(a.name for a in ATTRIBUTORS.values() if type(params) is a.params)
+        raise InvalidParameterError(
+            "attributor", name, f"{', '.join(DATTRI_MODEL_ATTRIBUTORS)} with dattri's published models"
+        )
+    if params.training_epoch is not None:
+        raise InvalidParameterError(
+            "training_epoch",
+            params.training_epoch,
+            "None with dattri's published models: dattri publishes only their final weights "
+            "(models_full/i/model_weights_0.pt), so no other epoch can be attributed",
+        )
+    if isinstance(params, TRAKParams) and params.ensemble_size > models.n_full:
+        raise InvalidParameterError(
+            "ensemble_size",
+            params.ensemble_size,
+            f"an integer in 1..{models.n_full} (the full-data models dattri published under "
+            f"{models.source / 'models_full'})",
         )
 
 
@@ -331,6 +365,23 @@ def _epoch(setting: Setting, params: Any) -> int:
     return params.training_epoch or setting.recipe.epochs
 
 
+def full_data_state(
+    setting: Setting, seed: int, epoch: int, cache: Cache, progress: bool, device: torch.device
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """The attributed state -- full-data model ``seed`` after ``epoch`` -- and the spec that keys what
+    is cached from it.
+
+    Ours is trained (and cached) by :func:`dahp.training.train_full`. On dattri's benchmark points
+    (:func:`dahp.benchmark_folder.benchmark_setting`) it is dattri's published full-data model
+    ``seed`` (its final weights; :func:`check_params` has refused any other epoch) and nothing is
+    trained; the setting's spec then carries the folder's identity.
+    """
+    models = benchmark_models(setting)
+    if models is not None:
+        return models.state(seed), {**setting.spec(), "dattri_full_model": seed}
+    return train_full(setting, seed, cache, progress, device=device).state(epoch), checkpoint_spec(setting, seed, epoch)
+
+
 def scorer(
     setting: Setting,
     attributor: str,
@@ -377,9 +428,7 @@ def attribute(
 def _iffim(
     setting: Setting, params: IFFIMParams, split: str, cache: Cache, progress: bool, device: torch.device
 ) -> SpectralScorer:
-    epoch = _epoch(setting, params)
-    state = train_full(setting, 0, cache, progress, device=device).state(epoch)
-    spec = checkpoint_spec(setting, 0, epoch)
+    state, spec = full_data_state(setting, 0, _epoch(setting, params), cache, progress, device)
     kw = dict(proj_dims=(params.proj_dim,), seed=params.proj_seed, cache=cache, progress=progress, device=device)
     train = gradient_features(setting, state, spec, "train", "loss", **kw)[params.proj_dim]
     queries = gradient_features(setting, state, spec, split, "target", **kw)[params.proj_dim]
@@ -415,9 +464,8 @@ def _trak(
     setting: Setting, params: TRAKParams, split: str, cache: Cache, progress: bool, device: torch.device
 ) -> SpectralScorer:
     epoch = _epoch(setting, params)
-    members = trak_members(setting, params.ensemble_size, cache, progress, device)
-    states = [checkpoints.state(epoch) for checkpoints in members]
-    specs = [checkpoint_spec(setting, k, epoch) for k in range(len(states))]
+    members = [full_data_state(setting, k, epoch, cache, progress, device) for k in range(params.ensemble_size)]
+    states, specs = [state for state, _ in members], [spec for _, spec in members]
     return trak_scorer(setting, states, specs, params, split, cache, progress, device)
 
 
@@ -540,9 +588,9 @@ def softmax_regression_hessian(x: torch.Tensor, probabilities: torch.Tensor) -> 
 def _if_explicit(
     setting: Setting, params: IFExplicitParams, split: str, cache: Cache, progress: bool, device: torch.device
 ) -> SpectralScorer:
-    epoch = _epoch(setting, params)
-    state = {k: v.double() for k, v in train_full(setting, 0, cache, progress, device=device).state(epoch).items()}
-    spec = {**checkpoint_spec(setting, 0, epoch), "dtype": "float64"}
+    state, spec = full_data_state(setting, 0, _epoch(setting, params), cache, progress, device)
+    state = {k: v.double() for k, v in state.items()}
+    spec = {**spec, "dtype": "float64"}
     payload = cache.get_or_compute(
         "hessian_eigh",
         spec,
@@ -573,16 +621,14 @@ def prefetch_features(
     device = resolve_device(device)
     epoch = _epoch(setting, params)
     if attributor == "iffim":
-        state = train_full(setting, 0, cache, progress, device=device).state(epoch)
-        spec = checkpoint_spec(setting, 0, epoch)
+        state, spec = full_data_state(setting, 0, epoch, cache, progress, device)
         for split_, kind in (("train", "loss"), (split, "target")):
             gradient_features(
                 setting, state, spec, split_, kind, dims, params.proj_seed, 0, cache, progress, device=device
             )
     elif attributor == "trak":
-        for k, checkpoints in enumerate(trak_members(setting, params.ensemble_size, cache, progress, device)):
-            state = checkpoints.state(epoch)
-            spec = checkpoint_spec(setting, k, epoch)
+        for k in range(params.ensemble_size):
+            state, spec = full_data_state(setting, k, epoch, cache, progress, device)
             for split_ in ("train", split):
                 gradient_features(
                     setting, state, spec, split_, "trak", dims, params.proj_seed, k, cache, progress, device=device

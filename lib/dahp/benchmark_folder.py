@@ -21,8 +21,10 @@ says what is wrong with which file; :func:`benchmark_ground_truth` turns it into
 ``(targets, subsets)`` pair that :func:`dahp.lds.lds` takes. Scores judged by it must be computed
 on dattri's points, which for MNIST are not our embedded digits (dattri takes the first 5,000 of
 torchvision's MNIST training set): :func:`benchmark_split` reads them from ``DIR/dataset`` and
-:func:`benchmark_setting` is our setting on them. :func:`write_fixture` writes a tiny folder in
-exactly this layout.
+:func:`benchmark_setting` is our setting on them, whose attributed full-data models are dattri's
+(:func:`benchmark_models`; its cache spec carries the folder's content digest).
+:func:`dahp.ground_truth.attributed_setting` builds it for ``GroundTruthConfig(source="dattri")``.
+:func:`write_fixture` writes a tiny folder in exactly this layout.
 
 Not verifiable offline, and therefore checked only where the folder itself says so: that
 ``models_half/i`` is the model of row ``i`` of ``indices_lds.pt`` (checked when ``indices.txt``
@@ -45,6 +47,8 @@ Book: "Data attribution and the LDS" (the protocol difference, :func:`protocol_d
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import pickle
 import zipfile
 from pathlib import Path
@@ -478,7 +482,6 @@ def _read_checkpoints(paths: tuple[Path, ...], setting: str, problems: _Problems
         except RuntimeError as error:
             problems.add(states[0][0], f"does not load into the model of our setting: {str(error).splitlines()[0]}")
     return tuple(state for _, state in states)
-    return tuple(states)
 
 
 # --------------------------------------------------------------------------------------------
@@ -538,9 +541,11 @@ class DattriPoints:
 
 
 def benchmark_setting(folder: BenchmarkFolder) -> Setting:
-    """Our setting with dattri's data points in place of ours (same model, recipe and target).
+    """Our setting with dattri's data points in place of ours (same model, recipe and target), whose
+    attributed full-data models are dattri's (:func:`benchmark_models`).
 
-    Its data fingerprint differs from the original's, so nothing cached on our split is reused.
+    Its data fingerprint differs from the original's and its cache spec carries the folder's
+    identity (:meth:`DattriModels.__call__`), so nothing cached on our split or our models is reused.
     """
     base = get_setting(folder.setting)
     return dataclasses.replace(
@@ -550,7 +555,77 @@ def benchmark_setting(folder: BenchmarkFolder) -> Setting:
         embedded=False,
         required_files=(),
         data_instructions=provenance(folder.setting),
+        model_spec=DattriModels(folder.setting, folder.source, folder.full_paths),
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class DattriModels:
+    """dattri's full-data models of a benchmark setting: the models attributed on its points.
+
+    As a setting's ``model_spec`` it returns the folder's identity, which so joins every cache key
+    built on that setting (features, eigendecompositions). The identity is the SHA-256 of the
+    *contents* of the files anything here is computed from -- ``lds/indices_lds.pt``,
+    ``lds/target_values_lds.pt`` and every ``models_full/i/model_weights_0.pt`` -- not of their
+    sizes or times, so a copied folder keeps its cache and a replaced checkpoint does not. The
+    half-data models are not hashed: only their targets are used. Each file is hashed once per
+    process while its size and modification time stay the same.
+    """
+
+    setting: str  #: our setting key
+    source: Path  #: the folder ``DIR/benchmark/ID``
+    full_paths: tuple[Path, ...]  #: ``models_full/i/model_weights_0.pt``, i = 0, 1, …
+
+    @property
+    def n_full(self) -> int:
+        """Number of published full-data models (the largest TRAK ensemble they allow)."""
+        return len(self.full_paths)
+
+    def state(self, i: int) -> dict[str, torch.Tensor]:
+        """State dict (CPU) of dattri's full-data model ``i`` (its final weights: dattri keeps no other epoch)."""
+        if not (isinstance(i, int) and 0 <= i < self.n_full):
+            raise InvalidParameterError(
+                "full-data model",
+                i,
+                f"an integer in [0, {self.n_full}) (the models under {self.source / 'models_full'})",
+            )
+        return _torch_load(self.full_paths[i])
+
+    def identity(self) -> dict[str, str]:
+        """``{"ground_truth_source": "dattri", "benchmark": ID, "sha256": …}`` (see the class docstring)."""
+        files = (self.source / INDICES_FILE, self.source / TARGETS_FILE, *self.full_paths)
+        combined = hashlib.sha256()
+        for path in files:
+            combined.update(f"{path.relative_to(self.source)}\0{_file_sha256(path)}\n".encode())
+        return {
+            "ground_truth_source": "dattri",
+            "benchmark": dattri_benchmark(self.setting).identifier,
+            "sha256": combined.hexdigest(),
+        }
+
+    def __call__(self, root: Path) -> dict[str, str]:
+        """The identity (``root``, our data directory, is not used: the models live under ``source``)."""
+        return self.identity()
+
+
+def benchmark_models(setting: Setting) -> DattriModels | None:
+    """dattri's full-data models when ``setting`` is a :func:`benchmark_setting`, else None (ours are trained)."""
+    return setting.model_spec if isinstance(setting.model_spec, DattriModels) else None
+
+
+@functools.cache
+def _sha256_of(path: Path, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    """SHA-256 of a file's contents, computed again only when its size or modification time changed."""
+    stat = path.stat()
+    return _sha256_of(path, stat.st_size, stat.st_mtime_ns)
 
 
 def _read_points(setting: str, root: Path) -> SplitData:

@@ -156,12 +156,21 @@ class GroundTruthConfig:
     ``n_models`` random subsets, each of ``round(alpha * n_train)`` training points drawn without
     replacement, one model retrained on each. Subset ``j`` and its model's seed depend only on
     ``(seed, j)``, so raising ``n_models`` reuses every model already trained.
+
+    With ``source="dattri"`` nothing is retrained: dattri's published benchmark (its subsets,
+    subset-model targets and full-data models, see :mod:`dahp.benchmark_folder`) is the ground
+    truth, so α, M and the seed are the folder's and must stay at their defaults here.
     """
 
     alpha: float = option(0.5, "subset fraction α")
     n_models: int = option(50, "number of retrained subset models M")
     seed: int = option(0, "seed of the subsets, the model initialisations and the batch orders")
     models_per_chunk: int = option(25, "models trained together in one vectorised batch and cached as one entry")
+    source: str = option(
+        "retrain",
+        "``retrain`` (our subset models, retrained here) or ``dattri`` (dattri's published benchmark under "
+        "``$DAHP_DATTRI_DIR``, default ``data/dattri``: its subsets, targets and full-data models)",
+    )
 
     def __post_init__(self) -> None:
         if not (isinstance(self.alpha, (int, float)) and 0 < self.alpha < 1):
@@ -174,15 +183,39 @@ class GroundTruthConfig:
             raise InvalidParameterError("seed", self.seed, "an integer >= 0")
         if not (isinstance(self.models_per_chunk, int) and self.models_per_chunk >= 1):
             raise InvalidParameterError("models_per_chunk", self.models_per_chunk, "an integer >= 1")
+        if self.source not in GROUND_TRUTH_SOURCES:
+            raise InvalidParameterError("source", self.source, GROUND_TRUTH_SOURCES)
+        if self.source == "dattri":
+            # dattri's folder fixes these; a value given here would be silently ignored
+            for name in _FOLDER_FIELDS:
+                default = _GROUND_TRUTH_DEFAULTS[name]
+                if getattr(self, name) != default:
+                    raise InvalidParameterError(
+                        name,
+                        getattr(self, name),
+                        f"the default {default!r} with source='dattri' (dattri's benchmark folder fixes α, M "
+                        "and the subsets)",
+                    )
 
     def subset_size(self, n_train: int) -> int:
         """Size m = round(α n) of every subset (at least 1 and at most n - 1)."""
         return min(max(1, round(self.alpha * n_train)), n_train - 1)
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain-dict form, used in cache keys and beside results."""
-        return _as_dict(self)
+        """Plain-dict form, used in cache keys and beside results.
+
+        ``source`` is left out at its default (``retrain``), so the keys of today's ground truths stay
+        what they were.
+        """
+        record = _as_dict(self)
+        if record["source"] == "retrain":
+            del record["source"]
+        return record
 
 
+#: Where a :class:`GroundTruthConfig` takes its ground truth from.
+GROUND_TRUTH_SOURCES = ("retrain", "dattri")
+_FOLDER_FIELDS = ("alpha", "n_models", "seed")
+_GROUND_TRUTH_DEFAULTS = {f.name: f.default for f in dataclasses.fields(GroundTruthConfig)}
 _LATER_FIELDS = ("optimizer", "betas", "eps", "schedule", "warmup_steps")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainingRecipe)}

@@ -12,25 +12,60 @@ later reuses every chunk already trained. Models are trained and evaluated on ``
 (:func:`dahp.device.resolve_device`); the device is not part of any key (the cached margins come
 back to the CPU and do not depend on it beyond rounding).
 
+With ``GroundTruthConfig(source="dattri")`` nothing is retrained: the ground truth is dattri's
+published benchmark, read from ``$DAHP_DATTRI_DIR`` (default ``data/dattri``, see
+:mod:`dahp.benchmark_folder`). Scores judged by it must come from dattri's full-data model on
+dattri's points: :func:`attributed_setting` is the setting to attribute, and :func:`ground_truth`
+refuses any other.
+
 Book: "Data attribution and the LDS".
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from dahp.benchmark_folder import (
+    BenchmarkGroundTruth,
+    benchmark_ground_truth,
+    benchmark_models,
+    benchmark_setting,
+    read_benchmark,
+)
 from dahp.cache import Cache, default_cache
 from dahp.config import GroundTruthConfig, InvalidParameterError
 from dahp.device import resolve_device
 from dahp.progress import tqdm
-from dahp.settings import Setting, get_setting
+from dahp.settings import Setting, data_dir, get_setting
 from dahp.training import accuracy_many, evaluate_many, train_many
 
 QUERY_SPLITS = ("val", "test")
+#: The environment variable naming the folder of dattri's published benchmark (its ``download_path``).
+DATTRI_DIR_ENV = "DAHP_DATTRI_DIR"
+
+
+def dattri_dir() -> Path:
+    """dattri's benchmark folder: ``$DAHP_DATTRI_DIR`` if set, else ``dattri/`` in the data directory."""
+    env = os.environ.get(DATTRI_DIR_ENV)
+    return Path(env).expanduser() if env else data_dir() / "dattri"
+
+
+def attributed_setting(setting: str | Setting, config: GroundTruthConfig | None = None) -> Setting:
+    """The setting whose full-data model is attributed and whose points are scored for ``config``'s
+    ground truth: ``setting`` itself when we retrain; with ``source="dattri"``, our setting on
+    dattri's points with dattri's full-data models (read and checked from :func:`dattri_dir` now,
+    before any compute; :class:`dahp.settings.MissingDataError` names what is missing)."""
+    setting = get_setting(setting) if isinstance(setting, str) else setting
+    config = config or GroundTruthConfig()
+    if config.source == "retrain" or benchmark_models(setting) is not None:
+        return setting
+    return benchmark_setting(read_benchmark(dattri_dir(), setting.name))
 
 
 def subset_indices(n_train: int, config: GroundTruthConfig, j: int) -> np.ndarray:
@@ -88,14 +123,27 @@ def ground_truth(
     cache: Cache | None = None,
     progress: bool = True,
     device: str | torch.device | None = None,
-) -> GroundTruth:
+) -> GroundTruth | BenchmarkGroundTruth:
     """Retrain ``config.n_models`` models on random subsets and record every query's margin.
 
     Cached chunk by chunk (see the module docstring); all inputs are validated before training,
-    which runs on ``device``.
+    which runs on ``device``. With ``config.source == "dattri"`` dattri's published ground truth
+    is returned instead (no training, no cache); ``setting`` must then be
+    :func:`attributed_setting`'s, whose folder it is read from.
     """
     setting = get_setting(setting) if isinstance(setting, str) else setting
     config = config or GroundTruthConfig()
+    if config.source == "dattri":
+        models = benchmark_models(setting)
+        if models is None:
+            raise InvalidParameterError(
+                "setting",
+                setting.name,
+                "the setting on dattri's benchmark points when source='dattri' "
+                "(dahp.ground_truth.attributed_setting(setting, config)): dattri's ground truth judges "
+                "scores of dattri's full-data model on dattri's points, not of ours on our split",
+            )
+        return benchmark_ground_truth(read_benchmark(models.source, setting.name))
     device = resolve_device(device)
     cache = default_cache() if cache is None else cache
     data = setting.data()

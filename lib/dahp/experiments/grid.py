@@ -12,6 +12,12 @@ configuration beside it (``.json``). Everything runs on ``device``
 (:func:`dahp.device.resolve_device`), which is not part of the record's configuration: the numbers
 do not depend on it beyond rounding.
 
+With a ground-truth config whose ``source`` is ``"dattri"`` the grid is judged by dattri's published
+benchmark instead of our retraining: the attributed models are dattri's full-data models (final
+weights only, so no ``training_epoch`` other than None), the scores are on dattri's points (test
+queries only), nothing is trained, and the record's configuration names the folder and its
+content digest (its file stem ends in ``_dattri``, so it never replaces the retrained grid).
+
 Book: "Fig 1a" to "Fig 1f", "Fig 4".
 """
 
@@ -29,11 +35,12 @@ import pandas as pd
 import torch
 
 from dahp import attributors as attr
+from dahp.benchmark_folder import BenchmarkGroundTruth, benchmark_models
 from dahp.cache import Cache, default_cache
 from dahp.config import GroundTruthConfig, InvalidParameterError
 from dahp.device import resolve_device
 from dahp.experiments.records import GridRecord
-from dahp.ground_truth import ground_truth
+from dahp.ground_truth import GroundTruth, attributed_setting, ground_truth
 from dahp.lds import lds
 from dahp.progress import tqdm
 from dahp.settings import Setting, get_setting
@@ -106,9 +113,18 @@ def make_grid_spec(
         raise InvalidParameterError("split", split, ["val", "test"])
     if n_queries is not None and not (isinstance(n_queries, int) and n_queries >= 2):
         raise InvalidParameterError("n_queries", n_queries, "None (all queries) or an integer >= 2")
-    spec = GridSpec(setting, attributor, vary, fixed, ground_truth_config or GroundTruthConfig(), split, n_queries)
+    config = ground_truth_config or GroundTruthConfig()
+    attributed = get_setting(setting)
+    if config.source == "dattri":
+        if split != "test":
+            raise InvalidParameterError(
+                "split", split, "'test' with source='dattri' (dattri's benchmark has no validation queries)"
+            )
+        attributed = attributed_setting(attributed, config)  # dattri's folder, read and checked now
+        attributed.data()  # and its data points: what is missing is named before any compute
+    spec = GridSpec(setting, attributor, vary, fixed, config, split, n_queries)
     for combination in combinations(spec):
-        attr.check_params(get_setting(setting), attr.make_params(attributor, **fixed, **combination))
+        attr.check_params(attributed, attr.make_params(attributor, **fixed, **combination))
     return spec
 
 
@@ -136,7 +152,7 @@ def run_grid(
     retraining, attribution and LDS run on ``device``."""
     device = resolve_device(device)
     cache = default_cache() if cache is None else cache
-    setting = get_setting(spec.setting)
+    setting = attributed_setting(spec.setting, spec.ground_truth)
     truth = ground_truth(setting, spec.ground_truth, cache, progress, device=device)
     queries = query_index(truth.targets(spec.split).shape[1], spec.n_queries)
     targets = truth.targets(spec.split)[:, queries]
@@ -179,7 +195,25 @@ def run_grid(
             setup_seconds = 0.0
             bar.update()
     bar.close()
-    return GridRecord(spec.as_dict(), pd.DataFrame(rows), pd.DataFrame(per_query), profile)
+    return GridRecord(_record_spec(spec, setting, truth), pd.DataFrame(rows), pd.DataFrame(per_query), profile)
+
+
+def _record_spec(spec: GridSpec, setting: Setting, truth: GroundTruth | BenchmarkGroundTruth) -> dict:
+    """The configuration written beside the table; with dattri's ground truth, the folder it came from,
+    its content digest and its own M and α in place of our (unused) retraining fields."""
+    record = spec.as_dict()
+    models = benchmark_models(setting)
+    if models is not None:
+        identity = models.identity()
+        record["ground_truth"] = {
+            "source": "dattri",
+            "benchmark": identity["benchmark"],
+            "folder": str(models.source),
+            "sha256": identity["sha256"],
+            "n_models": truth.n_models,
+            "alpha": truth.alpha,
+        }
+    return record
 
 
 def _prefetch(setting: Setting, spec: GridSpec, cache: Cache, progress: bool, device: torch.device) -> None:

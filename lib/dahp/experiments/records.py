@@ -189,8 +189,10 @@ class GridRecord:
 
     @property
     def stem(self) -> str:
-        """``grid_<setting>_<attributor>_<varied names>``."""
-        return "grid_" + "_".join([self.spec["setting"], self.spec["attributor"], *self.spec["vary"]])
+        """``grid_<setting>_<attributor>_<varied names>``, with ``_dattri`` appended when judged by
+        dattri's published ground truth (so it never replaces the retrained grid)."""
+        stem = "grid_" + "_".join([self.spec["setting"], self.spec["attributor"], *self.spec["vary"]])
+        return stem + "_dattri" if self.spec.get("ground_truth", {}).get("source") == "dattri" else stem
 
     @property
     def varied(self) -> list[str]:
