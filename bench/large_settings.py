@@ -158,6 +158,7 @@ class Measured:
 
     seconds: float = float("nan")
     host_peak_gib: float = float("nan")
+    host_start_gib: float = float("nan")  #: resident set size when the block began (part of the peak)
     device_peak_gib: float | None = None  #: CUDA only
 
     @property
@@ -179,6 +180,16 @@ def _reset_host_peak() -> bool:
 HOST_PEAK_RESETS = _reset_host_peak()
 
 
+def _resident_gib() -> float:
+    """This process's resident set size now (``VmRSS``), NaN where ``/proc`` is not there."""
+    try:
+        with open("/proc/self/status") as handle:
+            kib = next(int(line.split()[1]) for line in handle if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return float("nan")
+    return kib / 1024**2
+
+
 @contextlib.contextmanager
 def measure(device: torch.device) -> Iterator[Measured]:
     """Time the block (synchronised on CUDA) and record its peak device and host memory."""
@@ -187,6 +198,7 @@ def measure(device: torch.device) -> Iterator[Measured]:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     _reset_host_peak()
+    found.host_start_gib = _resident_gib()
     started = time.perf_counter()
     yield found
     if device.type == "cuda":
@@ -208,6 +220,7 @@ class Reporter:
 
     def measured(self, name: str, found: Measured, seconds_name: str = "seconds") -> None:
         """``<name>_<seconds_name>``, ``<name>_peak_gpu_gib`` (CUDA) and ``<name>_peak_rss_gib``."""
+        print(f"# {name}: resident set size {found.host_start_gib:.3f} GiB at the start (inside the RSS peak)")
         self.value(f"{name}_{seconds_name}", found.seconds, 2)
         if found.device_peak_gib is not None:
             self.value(f"{name}_peak_gpu_gib", found.device_peak_gib)
@@ -398,6 +411,13 @@ def _fig1c_grid(sizes: Sizes, device: torch.device, out: Reporter, found: dict) 
     )
     _warm_up(device)
     peaks: dict[str, float] = {}
+    width = min(dims[-1], features.PROJECTOR_BLOCK)
+    print(
+        f"projection matrix: drawn per gradient chunk in blocks of {d:,} x {width} float32 "
+        f"({d * width * 4 / GIB:.2f} GiB each, on the CPU from dattri's seeds, then moved to the device); "
+        f"{math.ceil(dims[-1] / width)} blocks per chunk at {dims[-1]}",
+        flush=True,
+    )
 
     # (a) per-example gradients of one chunk, nothing else
     with measure(device) as gradients:
