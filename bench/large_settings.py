@@ -35,11 +35,15 @@ Memory: on CUDA, ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_s
 only; the CUDA context and the caching allocator's slack come on top); on every device also the
 host's peak resident set size of this process (``getrusage`` ``ru_maxrss``, its high-water mark
 reset before each measurement through ``/proc/self/clear_refs``; where that is not allowed the
-number is the process's peak so far, and the script says so).
+number is the process's peak so far, and the script says so). An RSS peak includes what the
+process already holds when the block starts (imports, data, memory the allocator kept from
+earlier parts); that starting size is printed on a ``#`` line beside it.
 
 Sizes: the paper's (above) on CUDA; ``--small`` (the default on a CPU device) is a smoke run at
 reduced, printed sizes whose ``RESULT`` names start with ``small_`` -- those numbers measure
-nothing about the paper. ``--paper-sizes`` forces the paper's sizes on a CPU.
+nothing about the paper. ``--paper-sizes`` forces the paper's sizes on a CPU. At the paper's sizes
+the projection of one chunk to each dimension (part 3) draws ~160 blocks of the projection matrix
+on the CPU and takes minutes; where a command is time-limited, run the parts one at a time.
 
     python bench/large_settings.py [--part all|resnet9_training|resnet9_ground_truth|fig1c_grid|
                                     mnist_mlp_grid_ratio] [--device cuda] [--small|--paper-sizes]
