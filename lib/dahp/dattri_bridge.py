@@ -346,8 +346,9 @@ def _dtype(state: dict[str, torch.Tensor]) -> torch.dtype:
 
 #: Examples per batch of LoGra's gradient passes (training points and queries) where a setting needs
 #: fewer than :data:`LOGRA_BATCH`. GPT-2 holds the activations of every 512-token block of a batch
-#: for its backward pass (about 0.6 GB a block for GPT-2 small in float32): dattri's GPT-2 LoGra
-#: script uses batches of 4, and so does this package.
+#: for its backward pass: one LoGra gradient pass of a GPT-2-small-sized model in float32 peaked
+#: 1.25 GB higher with two blocks than with one (CPU, eager attention), so 500 blocks would need
+#: some 600 GB. dattri's GPT-2 LoGra script uses batches of 4 (about 5 GB), and so does this package.
 LOGRA_BATCH_BY_SETTING = {"wikitext2_gpt2": 4}
 #: Examples per LoGra batch otherwise (the image settings).
 LOGRA_BATCH = 500
@@ -458,7 +459,8 @@ class LoGraScorer(Sweepable):
     (``compute_preconditioners`` and ``compute_ifvp``, what ``cache`` runs) and reuses the queries'
     projected gradients. Each λ gives what a fresh attributor with ``damping=λ`` gives (tested).
     ``hessian="Identity"`` drops the curvature (the scores are projected gradient inner products,
-    the same at every λ). Scores are on the CPU.
+    the same at every λ). Scores are on the CPU. The gradient pass runs at the first call, so a grid's
+    time for its first λ of each projection dimension includes it.
 
     dattri's LoGra differentiates the loss on both sides, so it attributes the query's loss: its
     positive score (the query's loss falls) has the sign of this package's (the target rises).
