@@ -150,3 +150,77 @@ def test_closed_form_softmax_regression_hessian_equals_autodiff():
     generic = mean_loss_hessian(dataclasses.replace(setting, loss=lambda z, y: cross_entropy(z, y)), state)
     torch.testing.assert_close(closed_form, generic, rtol=0, atol=1e-12)
     assert closed_form.shape == (7850, 7850)
+
+
+# --------------------------------------------------------------------------------------------
+# LoGra through the bridge
+
+
+def test_loss_reporting_model_is_the_bare_model():
+    """Same modules in the same order (so dattri hooks the same layers with the same projection seeds),
+    same state-dict keys, same outputs; given labels it reports the setting's loss."""
+    setting = get_setting("mnist_mlp")
+    bare = setting.init_model(0).eval()
+    wrapped = dattri_bridge.LossReportingModel(setting.make_model(), setting.loss)
+    assert [name for name, _ in wrapped.named_modules()] == [name for name, _ in bare.named_modules()]
+    wrapped.load_state_dict(bare.state_dict())
+    wrapped.eval()
+    assert not wrapped.inner.training and not any(m.training for m in wrapped.modules())
+    x, y = setting.data().x_test[:5], setting.data().y_test[:5]
+    with torch.no_grad():
+        torch.testing.assert_close(wrapped(x), bare(x), rtol=0, atol=0)
+        torch.testing.assert_close(wrapped(x, labels=y).loss, setting.loss(bare(x), y), rtol=0, atol=0)
+
+    class OwnWeight(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(1))
+
+    with pytest.raises(ValueError, match="scale"):
+        dattri_bridge.LossReportingModel(OwnWeight(), setting.loss)
+
+
+def _logra_on_bare_model(setting, state, proj_dim: int, lam: float) -> torch.Tensor:
+    """dattri's LoGra as the bridge ran it before dict batches: the bare model, tuple batches of 500
+    with a singleton axis per example (its compressor set-up runs the model on one example)."""
+    import tempfile
+
+    from dattri.algorithm import LoGraAttributor
+    from dattri.task import AttributionTask
+    from torch.utils.data import DataLoader, TensorDataset
+
+    def loss(model, batch, device="cpu"):
+        x, y = batch
+        return setting.loss(model(x.reshape(len(y), -1)), y)
+
+    task = AttributionTask(loss_func=loss, model=setting.make_model(), checkpoints=[state])
+    with tempfile.TemporaryDirectory() as scratch:
+        attr = LoGraAttributor(task, damping=lam, proj_dim=proj_dim, offload="none", cache_dir=scratch)
+        data = setting.data()
+        x_query, y_query = data.queries("test")
+        train = DataLoader(TensorDataset(data.x_train.unsqueeze(1), data.y_train), batch_size=500, shuffle=False)
+        query = DataLoader(TensorDataset(x_query[QUERIES].unsqueeze(1), y_query[QUERIES]), batch_size=500)
+        attr.cache(train)
+        return attr.attribute(train, query).detach()
+
+
+def test_logra_on_mnist_is_unchanged_and_independent_of_the_batch_size(cache):
+    """The bridge's LoGra (dict batches, the setting's loss) gives dattri's LoGra on the bare model bit
+    for bit; batches of 150 (400 = 150 + 150 + 100) give the same scores to rounding; a λ sweep gives
+    what fresh attributors give; the grid's scorer is this scorer."""
+    setting = small("mnist_mlp", epochs=2)
+    state = train_full(setting, 0, cache, progress=False).state()
+    sweep = dattri_bridge.LoGraScorer(setting, state, 64, "test", QUERIES)
+    at_small, at_large = sweep.scores(1e-4), sweep.scores(1e-1)
+    assert torch.equal(at_large, _logra_on_bare_model(setting, state, 64, 1e-1))
+    assert torch.equal(at_small, _logra_on_bare_model(setting, state, 64, 1e-4))
+    assert relative_error(at_small, at_large) > 1e-2  # λ matters
+
+    ragged = dattri_bridge.LoGraScorer(setting, state, 64, "test", QUERIES, batch_size=150).scores(1e-1)
+    assert relative_error(ragged, at_large) <= 1e-5
+
+    grid_scorer = scorer(setting, "logra", make_params("logra", proj_dim=64), "test", cache, False, QUERIES)
+    assert isinstance(grid_scorer, dattri_bridge.LoGraScorer)
+    assert torch.equal(grid_scorer.scores(1e-1), at_large)
+    params = make_params("logra", proj_dim=64, regularization=1e-4)
+    assert torch.equal(dattri_bridge.run(setting, "logra", params, "test", cache, QUERIES), at_small)

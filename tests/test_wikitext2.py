@@ -2,7 +2,8 @@
 
 The loader, every malformed-file message, the model against Hugging Face's own GPT2LMHeadModel,
 one fine-tuning run against dattri's training loop (AdamW + transformers' linear schedule),
-the batched trainer, per-example gradients and dattri's LoGra on the fine-tuned model.
+the batched trainer, per-example gradients, and dattri's LoGra through ``dahp.dattri_bridge`` and
+``dahp.experiments.grid`` on a fine-tuned model.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -364,70 +364,133 @@ def test_per_example_gradients_through_torch_func(data):
     torch.testing.assert_close(target_rows, -loss_rows, rtol=1e-5, atol=1e-7)  # one example: target = -loss
 
 
-class _Blocks(torch.utils.data.Dataset):
-    """Batches as dicts (``input_ids``, ``labels``): dattri's LoGra reads the query's loss as ``model(**batch).loss``."""
-
-    def __init__(self, x: torch.Tensor) -> None:
-        self.x = x
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"input_ids": self.x[i], "labels": self.x[i]}
+HOOKED = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  #: the Linear layers of every block
 
 
-def _logra(setting, state, train_x, query_x, hessian: str, damping: float | None, tmp_path: Path) -> torch.Tensor:
-    from dattri.algorithm import LoGraAttributor
-    from dattri.task import AttributionTask
+def _projected_gradients(setting, state, x, scorer) -> torch.Tensor:
+    """Exact per-example gradients of each hooked layer, weight and bias as LoGra lays them out (the
+    bias as the last input column), projected by the scorer's own projection matrices: ``(len(x), D)``.
 
-    def loss(model, batch, device="cpu"):
-        return model(**{k: v.to(device) for k, v in batch.items()}).loss
+    dattri projects the factors of each layer's gradient, ``(P1ᵀ δ_t)(P2ᵀ a_t)ᵀ`` summed over positions;
+    the projections are linear, so this is ``P1ᵀ G P2`` of the whole gradient ``G`` (rows: outputs),
+    flattened row-major, which this function forms from plain autograd, one example at a time.
+    """
+    model = setting.make_model().eval()
+    model.load_state_dict(state)
+    modules = dict(model.named_modules())
+    attributor = scorer._attr
+    rows = []
+    for i in range(len(x)):
+        model.zero_grad()
+        setting.loss(model(x[i : i + 1]), x[i : i + 1]).backward()
+        parts = []
+        for k, name in enumerate(attributor.layer_names):
+            layer = modules[name]
+            gradient = torch.cat([layer.weight.grad, layer.bias.grad.unsqueeze(1)], dim=1)
+            left, right = attributor.compressors[k].sparsifier.sparsifier_comp
+            projected = right(left(gradient.T.contiguous(), ensemble_id=0).T.contiguous(), ensemble_id=0)
+            parts.append(projected.reshape(-1))
+        rows.append(torch.cat(parts))
+    return torch.stack(rows)
 
-    task = AttributionTask(loss_func=loss, model=setting.make_model(), checkpoints=[state])
-    # a fresh cache_dir per attributor: LoGra reads back the batch metadata it finds there
-    scratch = tempfile.mkdtemp(dir=tmp_path)
-    attributor = LoGraAttributor(
-        task, hessian=hessian, damping=damping, proj_dim=256, offload="none", cache_dir=scratch
-    )
-    # one example per batch: LoGra's per-example gradients are those of the batch-mean loss
-    train = torch.utils.data.DataLoader(_Blocks(train_x), batch_size=1, shuffle=False)
-    query = torch.utils.data.DataLoader(_Blocks(query_x), batch_size=1, shuffle=False)
-    attributor.cache(train)
-    return attributor.attribute(train, query).detach()
+
+def _fine_tuned_state(setting, data):
+    """A model some AdamW steps away from the pretrained weights (no dropout: one deterministic state)."""
+    from dahp.training import train_one
+
+    fast = dataclasses.replace(_fast(setting, epochs=1), make_model=lambda: _without_dropout(wikitext2.make_gpt2()))
+    return train_one(fast, data.x_train, data.y_train, torch.arange(data.n_train), 0).state_dict()
 
 
 @pytest.mark.slow
-def test_logra_on_gpt2_recovers_gradient_inner_products(data, tmp_path):
-    """dattri's LoGra hooks every Linear layer of the blocks; without curvature its scores are projected
-    inner products of the per-example loss gradients of those layers, weights and biases (positive: the
-    training point's gradient step lowers the query's loss)."""
-    from dahp.features import parameter_names, per_example_gradients
+def test_logra_without_curvature_is_the_exact_gradient_inner_product(data):
+    """Through the bridge, LoGra with the identity Hessian scores the inner products of the per-example
+    loss gradients of every block's Linear layers (weights and biases), projected by its own matrices,
+    whatever the batch size: 16 training points in batches of 3 and 4 queries in batches of 3 leave
+    a smaller last batch on both sides, and batches of 16 give the same scores."""
+    from dahp.dattri_bridge import LoGraScorer
 
     setting = get_setting(SETTING)
-    state = setting.init_model(0).state_dict()
-    train_x, query_x = data.x_train, data.x_test
-    scores = _logra(setting, state, train_x, query_x, "Identity", None, tmp_path)
-    assert scores.shape == (len(train_x), len(query_x)) and torch.isfinite(scores).all()
+    state = _fine_tuned_state(setting, data)
+    x_query = data.queries("val")[0]
+    assert data.n_train % 3 and len(x_query) % 3  # ragged last batches on both sides
+    ragged = LoGraScorer(setting, state, 64, "val", hessian="Identity", batch_size=3)
+    scores = ragged.scores(0.0)
+    assert scores.shape == (data.n_train, len(x_query)) and scores.dtype == torch.float32
+    assert torch.isfinite(scores).all()
+    blocks = len(setting.make_model().transformer.h)
+    assert ragged._attr.layer_names == [f"transformer.h.{b}.{layer}" for b in range(blocks) for layer in HOOKED]
 
-    names = parameter_names(setting)
-    shapes = {k: state[k].numel() for k in names}
-    columns, start = [], 0
-    for name in names:
-        if ".c_attn." in name or ".c_proj." in name or ".c_fc." in name:  # weights and biases
-            columns.append(torch.arange(start, start + shapes[name]))
-        start += shapes[name]
-    keep = torch.cat(columns)
-    train_g = per_example_gradients(setting, state, train_x, data.y_train, setting.loss)[:, keep]
-    query_g = per_example_gradients(setting, state, query_x, data.y_test, setting.loss)[:, keep]
-    exact = train_g @ query_g.T
-    correlation = torch.corrcoef(torch.stack([scores.flatten(), exact.flatten()]))[0, 1]
-    assert correlation > 0.9
+    train = _projected_gradients(setting, state, data.x_train, ragged)
+    queries = _projected_gradients(setting, state, x_query, ragged)
+    assert train.shape[1] == len(ragged._attr.layer_names) * 64
+    exact = train @ queries.T
+    torch.testing.assert_close(scores, exact, rtol=1e-4, atol=1e-5 * float(exact.abs().max()))
+    assert not torch.allclose(scores, 2 * exact, rtol=0.1)  # the scale is one example's loss, not a batch's
 
-    # with the eFIM curvature the score is a symmetric bilinear form of the two gradients
-    square = _logra(setting, state, train_x[:8], train_x[:8], "eFIM", 1e-3, tmp_path)
-    torch.testing.assert_close(square, square.T, rtol=1e-3, atol=1e-3 * float(square.abs().max()))
-    assert (torch.diagonal(square) > 0).all()
+    whole = LoGraScorer(setting, state, 64, "val", hessian="Identity", batch_size=16).scores(0.0)
+    torch.testing.assert_close(whole, scores, rtol=1e-4, atol=1e-5 * float(scores.abs().max()))
+
+
+@pytest.mark.slow
+def test_logra_scores_are_the_damped_fisher_inverse_at_every_lambda(data):
+    """With the eFIM, each layer's block is ``H = mean g gᵀ`` of the training points' projected
+    gradients and λ is relative: ``score = Σ_layers g_trainᵀ (H + λ trace(H)/d I)⁻¹ g_query``. A sweep
+    over λ (one gradient pass) gives what a fresh attributor gives at each λ."""
+    from dahp.dattri_bridge import LoGraScorer
+
+    setting = get_setting(SETTING)
+    state = _fine_tuned_state(setting, data)
+    sweep = LoGraScorer(setting, state, 16, "test", batch_size=4)
+    first, second = sweep.scores(1e-3), sweep.scores(1.0)
+    fresh = LoGraScorer(setting, state, 16, "test", batch_size=4).scores(1.0)
+    assert torch.equal(second, fresh)
+
+    train = _projected_gradients(setting, state, data.x_train, sweep).double()
+    queries = _projected_gradients(setting, state, data.x_test, sweep).double()
+    for lam, scores in ((1e-3, first), (1.0, second)):
+        expected = torch.zeros(len(train), len(queries), dtype=torch.float64)
+        for block_train, block_query in zip(train.split(16, dim=1), queries.split(16, dim=1)):
+            fisher = block_train.T @ block_train / len(block_train)
+            damped = fisher + lam * torch.trace(fisher) / len(fisher) * torch.eye(len(fisher), dtype=torch.float64)
+            expected += block_train @ torch.linalg.solve(damped, block_query.T)
+        torch.testing.assert_close(scores.double(), expected, rtol=2e-3, atol=2e-3 * float(expected.abs().max()))
+    assert not torch.allclose(first, second, rtol=0.1)
+
+
+@pytest.mark.slow
+def test_logra_grid_runs_on_the_fixture(data, tmp_path):
+    """A 2 λ × 1 projection grid of LoGra through dahp.experiments.grid: the fine-tuned full-data model,
+    two fine-tuned subset models as the ground truth, one LDS row per λ on the fixture's 3 test queries;
+    the grid's scores are the bridge's on the same checkpoint."""
+    from dahp.attributors import make_params, scorer
+    from dahp.cache import Cache
+    from dahp.config import GroundTruthConfig
+    from dahp.dattri_bridge import LoGraScorer
+    from dahp.experiments.grid import make_grid_spec, run_grid
+    from dahp.training import train_full
+
+    cache = Cache(tmp_path / "cache")
+    spec = make_grid_spec(
+        SETTING,
+        "logra",
+        vary={"proj_dim": [16], "regularization": [1e-3, 1e-1]},
+        ground_truth_config=GroundTruthConfig(n_models=2, seed=0),
+    )
+    record = run_grid(spec, cache=cache, progress=False)
+    table = record.table
+    assert list(table["regularization"]) == [1e-3, 1e-1] and set(table["proj_dim"]) == {16}
+    assert (table["n_queries"] == len(data.y_test)).all()
+    # with two models a query's Spearman correlation is ±1, or dropped when its targets tie
+    assert ((table["lds_mean"].abs() <= 1) | (table["n_dropped"] == len(data.y_test))).all()
+    assert len(record.per_query) == 2 * len(data.y_test)
+
+    setting = get_setting(SETTING)
+    state = train_full(setting, 0, cache, progress=False).state(setting.recipe.epochs)
+    ours = scorer(setting, "logra", make_params("logra", proj_dim=16), cache=cache, progress=False)
+    assert isinstance(ours, LoGraScorer)
+    direct = LoGraScorer(setting, state, 16, "test").scores(1e-1)
+    assert torch.equal(ours.scores(1e-1), direct)
 
 
 def test_another_pretrained_checkpoint_changes_the_cache_key(data_root):

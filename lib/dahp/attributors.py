@@ -7,8 +7,9 @@ on the scale of that attributor (see :attr:`AttributorInfo.regularization_scale`
 Scores are ``(n_train, n_queries)`` with one sign convention: positive means that including the
 training point raises the query's margin. The inverse-curvature attributors with a closed form
 (IFFIM, TRAK, IF explicit) are computed spectrally (:mod:`dahp.spectral`) so a λ grid costs one
-factorization; the iterative ones (IF CG, IF LiSSA) and LoGra run dattri's own attributor, which
-has no λ-free part to reuse; TracIn and its variants have no λ.
+factorization; the iterative ones (IF CG, IF LiSSA) run dattri's own attributor afresh per λ, which
+has no λ-free part to reuse; LoGra runs dattri's attributor too, forming its projected gradients once
+per configuration and only the damped inverses per λ; TracIn and its variants have no λ.
 
 Book: "Data attribution and the LDS" (the methods), "Table A.1" (their defaults).
 """
@@ -409,6 +410,8 @@ def scorer(
     if attributor in builders:
         built = builders[attributor](setting, params, split, cache, progress, device)
         return built if query_index is None else built.restricted(query_index)
+    if attributor == "logra":
+        return _logra(setting, params, split, cache, progress, query_index, device)
     return RerunScorer(setting, attributor, params, split, cache, query_index, device)
 
 
@@ -423,6 +426,21 @@ def attribute(
     params = make_params(attributor, **hyperparameters)
     lam = getattr(params, "regularization", 0.0)
     return scorer(setting, attributor, params, split, device=device).scores(lam)
+
+
+def _logra(
+    setting: Setting,
+    params: LoGraParams,
+    split: str,
+    cache: Cache,
+    progress: bool,
+    query_index: torch.Tensor | None,
+    device: torch.device,
+) -> dattri_bridge.LoGraScorer:
+    """dattri's LoGra on the full-data model at the epoch of ``params``: its projected gradients are
+    formed once, and a λ grid forms only the damped inverses again."""
+    state = train_full(setting, 0, cache, progress, device=device).state(_epoch(setting, params))
+    return dattri_bridge.LoGraScorer(setting, state, params.proj_dim, split, query_index, device)
 
 
 def _iffim(

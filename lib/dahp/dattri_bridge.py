@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import io
-import shutil
 import tempfile
 from typing import Any
 
@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from dahp.device import resolve_device
 from dahp.settings import Setting, as_model_input
+from dahp.spectral import Sweepable, check_regularization
 from dahp.targets import correct_class_probability
 
 QUERY_BATCH = 500
@@ -42,7 +43,7 @@ TRAIN_REP_BATCH = 500
 
 def _reshape(setting: Setting, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     sample_shape = setting.data().x_train.shape[1:]
-    # dattri's LiSSA collate casts labels to float; LoGra hands examples without a batch axis
+    # dattri's LiSSA collate casts labels to float; dattri adds a leading axis to some batches
     return x.reshape(-1, *sample_shape), y.reshape(-1).long()
 
 
@@ -64,11 +65,8 @@ def task(
 
     model = setting.make_model().to(next(iter(states[0].values())).dtype).to(device)
 
-    def loss_func(params: dict, data: tuple, device: str | None = None) -> torch.Tensor:
-        # LoGra calls the unflattened loss as loss(module, batch, device); the others pass parameters
+    def loss_func(params: dict, data: tuple) -> torch.Tensor:
         x, y = _reshape(setting, *data)
-        if isinstance(params, torch.nn.Module):
-            return setting.loss(params(x.to(device or "cpu")), y.to(device or "cpu"))
         return setting.loss(functional_call(model, params, (x,)), y)
 
     def target_func(params: dict, data: tuple) -> torch.Tensor:
@@ -343,6 +341,187 @@ def _dtype(state: dict[str, torch.Tensor]) -> torch.dtype:
     return next(iter(state.values())).dtype
 
 
+# --------------------------------------------------------------------------------------------
+# LoGra
+
+#: Examples per batch of LoGra's gradient passes (training points and queries) where a setting needs
+#: fewer than :data:`LOGRA_BATCH`. GPT-2 holds the activations of every 512-token block of a batch
+#: for its backward pass: one LoGra gradient pass of a GPT-2-small-sized model in float32 peaked
+#: 1.25 GB higher with two blocks than with one (CPU, eager attention), so 500 blocks would need
+#: some 600 GB. dattri's GPT-2 LoGra script uses batches of 4 (about 5 GB), and so does this package.
+LOGRA_BATCH_BY_SETTING = {"wikitext2_gpt2": 4}
+#: Examples per LoGra batch otherwise (the image settings).
+LOGRA_BATCH = 500
+
+
+def logra_batch_size(setting: Setting) -> int:
+    """Examples per batch of LoGra's gradient passes on ``setting``.
+
+    Only the memory depends on it, never the scores: dattri's compressor multiplies each batch's
+    per-example gradients of the batch-mean loss by the batch size (the last, smaller batch by its
+    own size), so every example is represented by the gradient of its own loss (tested).
+    """
+    return LOGRA_BATCH_BY_SETTING.get(setting.name, LOGRA_BATCH)
+
+
+@dataclasses.dataclass
+class _LossOutput:
+    """What :class:`LossReportingModel` returns given labels (the Hugging Face convention)."""
+
+    loss: torch.Tensor
+    logits: torch.Tensor
+
+
+class LossReportingModel(torch.nn.Module):
+    """``model(inputs, labels)`` returns ``.loss = loss(model(inputs), labels)``: the setting's own loss.
+
+    dattri's LoGra differentiates ``model(**batch).loss`` for a dict batch on the query side (for a
+    tuple batch it would take ``cross_entropy(model(x), y)``, which is not a language model's loss)
+    and the task's ``loss_func`` on the training side; with this model and dict batches both sides
+    differentiate the setting's loss.
+
+    The wrapped model's children are this module's children, under the same names and in the same
+    order, and the wrapped model itself is not registered: dattri sees exactly the named modules of
+    the bare model -- the same hooked layers, and the same projections, whose seeds dattri derives
+    from each layer's position in ``named_modules()`` -- and the bare model's state dicts load as they are.
+    """
+
+    def __init__(self, model: torch.nn.Module, loss) -> None:
+        own = [name for name, _ in model.named_parameters(recurse=False)] + [
+            name for name, _ in model.named_buffers(recurse=False)
+        ]
+        if own:
+            raise ValueError(f"LossReportingModel needs a model whose tensors live in its children; it holds {own}")
+        super().__init__()
+        object.__setattr__(self, "inner", model)  # reachable, not registered (see the class docstring)
+        for name, child in model.named_children():
+            self.add_module(name, child)
+        self.loss = loss
+
+    def train(self, mode: bool = True) -> LossReportingModel:
+        self.inner.training = mode
+        return super().train(mode)
+
+    def forward(self, inputs: torch.Tensor, labels: torch.Tensor | None = None):
+        """The model's output for ``inputs``; given ``labels``, an object with ``.loss`` and ``.logits``."""
+        outputs = self.inner(inputs)
+        return outputs if labels is None else _LossOutput(loss=self.loss(outputs, labels), logits=outputs)
+
+
+class _Examples(torch.utils.data.Dataset):
+    """Examples as dicts ``{"inputs", "labels"}``, which dattri's LoGra hands to ``model(**batch)``."""
+
+    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor) -> None:
+        self.inputs, self.labels = inputs, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"inputs": self.inputs[i], "labels": self.labels[i]}
+
+
+def logra_task(setting: Setting, state: dict[str, torch.Tensor], device: str | torch.device = "cpu"):
+    """A one-checkpoint ``AttributionTask`` for dattri's LoGra: a :class:`LossReportingModel` on
+    ``device`` whose loss (the setting's) is what both sides of LoGra differentiate."""
+    from dattri.task import AttributionTask
+
+    model = LossReportingModel(setting.make_model().to(_dtype(state)), setting.loss).to(device)
+
+    def loss_func(model: torch.nn.Module, batch: dict, device: str | None = None) -> torch.Tensor:
+        # dattri calls LoGra's training loss unflattened, as loss(module, batch, device)
+        return model(**{k: v.to(device or "cpu") for k, v in batch.items()}).loss
+
+    return AttributionTask(loss_func=loss_func, model=model, checkpoints=[copy.deepcopy(state)])
+
+
+def logra_loaders(
+    setting: Setting,
+    split: str,
+    batch_size: int,
+    dtype: torch.dtype = torch.float32,
+    query_index: torch.Tensor | None = None,
+) -> tuple[DataLoader, DataLoader]:
+    """Unshuffled ``(train, query)`` loaders of dict batches, ``batch_size`` examples each."""
+    train, query = loaders(setting, split, dtype, train_batch=1, query_index=query_index, query_batch=1)
+    return tuple(
+        DataLoader(_Examples(*loader.dataset.tensors), batch_size=batch_size, shuffle=False)
+        for loader in (train, query)
+    )
+
+
+class LoGraScorer(Sweepable):
+    """dattri's LoGra on one checkpoint at any λ, from one pass of gradients.
+
+    The first call runs dattri's ``cache`` (the projected per-example gradients of every hooked
+    layer, then the damped eFIM inverses and the training points' inverse-FIM products at that λ);
+    a later λ forms the inverses and the products again from the stored gradients
+    (``compute_preconditioners`` and ``compute_ifvp``, what ``cache`` runs) and reuses the queries'
+    projected gradients. Each λ gives what a fresh attributor with ``damping=λ`` gives (tested).
+    ``hessian="Identity"`` drops the curvature (the scores are projected gradient inner products,
+    the same at every λ). Scores are on the CPU. The gradient pass runs at the first call, so a grid's
+    time for its first λ of each projection dimension includes it.
+
+    dattri's LoGra differentiates the loss on both sides, so it attributes the query's loss: its
+    positive score (the query's loss falls) has the sign of this package's (the target rises).
+    """
+
+    def __init__(
+        self,
+        setting: Setting,
+        state: dict[str, torch.Tensor],
+        proj_dim: int,
+        split: str = "test",
+        query_index: torch.Tensor | None = None,
+        device: str | torch.device | None = None,
+        hessian: str = "eFIM",
+        batch_size: int | None = None,
+    ) -> None:
+        from dattri.algorithm import LoGraAttributor
+
+        self.device = resolve_device(device)
+        self.hessian = hessian
+        # dattri writes a batch_metadata.json into its cache_dir (the working directory by default)
+        self._scratch = tempfile.TemporaryDirectory(prefix="dahp-logra-")
+        self._attr = LoGraAttributor(
+            logra_task(setting, state, self.device),
+            hessian=hessian,
+            proj_dim=proj_dim,
+            offload="none",
+            cache_dir=self._scratch.name,
+            device=str(self.device),
+        )
+        self._train, self._query = logra_loaders(
+            setting, split, batch_size or logra_batch_size(setting), _dtype(state), query_index
+        )
+        self._memoize_query_gradients()
+        self._cached = False
+
+    def _memoize_query_gradients(self) -> None:
+        """The queries' projected gradients do not depend on λ: dattri's ``attribute`` forms them once."""
+        compute, memo = self._attr._compute_test_gradients, {}
+
+        def once(loader: DataLoader):
+            if memo.get("loader") is not loader:
+                memo.update(loader=loader, value=compute(loader))
+            return memo["value"]
+
+        self._attr._compute_test_gradients = once
+
+    def scores(self, regularization: float) -> torch.Tensor:
+        """``(n_train, n_queries)`` LoGra scores at relative damping λ (dattri's ``damping``)."""
+        check_regularization(regularization)
+        with contextlib.redirect_stderr(io.StringIO()):  # dattri's progress bars
+            self._attr.damping = float(regularization)
+            if not self._cached:
+                self._attr.cache(self._train)
+                self._cached = True
+            elif self.hessian == "eFIM":
+                self._attr.compute_preconditioners(damping=float(regularization))
+                self._attr.compute_ifvp()
+            return self._attr.attribute(self._train, self._query).detach().cpu()
+
+
 def _logra(
     setting: Setting,
     state: dict[str, torch.Tensor],
@@ -351,33 +530,4 @@ def _logra(
     query_index: torch.Tensor | None,
     device: torch.device,
 ) -> torch.Tensor:
-    from dattri.algorithm import LoGraAttributor
-
-    # dattri writes a batch_metadata.json into its cache_dir (the working directory by default)
-    scratch = tempfile.mkdtemp(prefix="dahp-logra-")
-    attr = LoGraAttributor(
-        task(setting, [state], device=device),
-        damping=params.regularization,
-        proj_dim=params.proj_dim,
-        offload="none",
-        cache_dir=scratch,
-        device=str(device),
-    )
-    train, query = loaders(setting, split, train_batch=500, query_index=query_index)
-    # dattri 0.3.0's LoGra sets up its compressors by running the model on ``batch[0][0]``, one
-    # example without its batch axis; a singleton axis per example keeps every model's forward valid.
-    train, query = (
-        DataLoader(
-            TensorDataset(loader.dataset.tensors[0].unsqueeze(1), loader.dataset.tensors[1]),
-            batch_size=loader.batch_size,
-            shuffle=False,
-        )
-        for loader in (train, query)
-    )
-    try:
-        attr.cache(train)
-        # dattri's LoGra differentiates the loss on both sides, so it attributes the query's loss:
-        # its positive score (the query's loss falls) already matches our sign (the margin rises).
-        return attr.attribute(train, query).detach()
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    return LoGraScorer(setting, state, params.proj_dim, split, query_index, device).scores(params.regularization)
