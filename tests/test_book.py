@@ -27,7 +27,7 @@ def book_root(tmp_path, monkeypatch):
 #: The large settings whose pages run on fixture data in this test (tiny files in the real formats).
 #: CIFAR-2 runs its own page below: ResNet-9's 4.8M-dimensional gradients make dattri's CPU
 #: projector to the selection cases' 2048 dimensions take minutes per case on two cores.
-FIXTURE_SETTINGS = ["maestro_mt"]
+FIXTURE_SETTINGS = ["maestro_mt", "wikitext2_gpt2"]
 
 
 def test_plan_runs_in_quick_profile_and_book_builds_warning_free(book_root, tmp_path):
@@ -47,7 +47,8 @@ def test_plan_runs_in_quick_profile_and_book_builds_warning_free(book_root, tmp_
     assert set(status.holds) <= {"holds", "holds in part", "does not hold", "not run here"}
     assert status.set_index("claim").holds["C2"] == "not run here"  # CIFAR-2 is not supplied here
     assert "data not supplied" in status.set_index("claim").reason["C2"]
-    # MAESTRO's cases ran on fixture data: shown on the pages, no claim judged from them
+    # MAESTRO's cases and Fig 1f ran on fixture data: shown on the pages, no claim judged from them
+    assert "wikitext2_gpt2: fixture data only" in status.set_index("claim").reason["C3"]
     for claim in ("C5", "C8"):
         assert "maestro_mt: fixture data only" in status.set_index("claim").reason[claim]
         assert "maestro_mt" not in status.set_index("claim").ours[claim]
@@ -118,6 +119,7 @@ def check_status_numbers_are_the_pages_headlines(results: Path) -> None:
 
 #: Figures the quick-profile plan must write (one per artifact page that draws one).
 EXPECTED_FIGURES = [
+    "grid_wikitext2_gpt2_logra_proj_dim_regularization.png",  # Fig 1f on fixture data
     "grid_mnist_mlp_if_cg_regularization.png",
     "grid_mnist_mlp_trak_proj_dim_regularization.png",
     "grid_mnist_mlp_if_lissa_scaling_recursion_depth.png",
