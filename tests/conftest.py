@@ -1,4 +1,4 @@
-"""Shared fixtures: every test gets a private cache directory."""
+"""Shared fixtures: every test gets a private cache directory and runs on the CPU."""
 
 from __future__ import annotations
 
@@ -11,6 +11,13 @@ from dahp.cache import Cache
 def _private_cache(tmp_path, monkeypatch):
     """Every test writes to its own cache directory, never to data/cache."""
     monkeypatch.setenv("DAHP_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture(autouse=True)
+def _cpu_by_default(monkeypatch):
+    """Tests pin CPU numbers: on a CUDA machine a device left unnamed must still mean the CPU
+    (the tests of the device choice itself clear this variable)."""
+    monkeypatch.setenv("DAHP_DEVICE", "cpu")
 
 
 @pytest.fixture()

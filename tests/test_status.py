@@ -21,7 +21,9 @@ from dahp.experiments.status import (
     NOT_RUN,
     PARTLY,
     c1,
+    c2,
     c3,
+    c4,
     c5,
     c6,
     c8,
@@ -299,3 +301,21 @@ def test_cases_on_fixture_data_are_shown_but_not_judged(tmp_path, monkeypatch):
     assert verdict.holds == HOLDS
     assert "cifar2_resnet9: fixture data only" in verdict.reason
     assert "cifar2_resnet9" not in verdict.ours
+
+
+def test_epoch_grids_on_fixture_data_judge_nothing(tmp_path, monkeypatch):
+    from dahp.datasets.fixtures import write_fixtures
+
+    monkeypatch.setenv("DAHP_DATA_DIR", str(tmp_path))
+    write_fixtures(tmp_path, ["cifar2_resnet9"])
+    later_is_worse = [
+        ({"training_epoch": 1}, RNG.normal(0.5, 0.01, 30)),
+        ({"training_epoch": 10}, RNG.normal(0.1, 0.01, 30)),
+    ]
+    _grid(tmp_path, "cifar2_resnet9", "trak", {"training_epoch": [1, 10]}, later_is_worse)
+    # the only epoch sweep is on fixture data: C4 has nothing to judge, C2 says why
+    assert c4(tmp_path).holds == NOT_RUN
+    assert c2(tmp_path).holds == NOT_RUN
+    level = [({"training_epoch": 1}, RNG.normal(0.3, 0.01, 30)), ({"training_epoch": 10}, RNG.normal(0.3, 0.01, 30))]
+    _grid(tmp_path, "mnist_mlp", "trak", {"training_epoch": [1, 10]}, level)
+    assert c4(tmp_path).holds == FAILS and "cifar2_resnet9" not in c4(tmp_path).ours

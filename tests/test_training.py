@@ -283,3 +283,26 @@ def test_mnist_recipes_train_bit_for_bit_as_before(name):
     now = train_many(setting, data.x_train, data.y_train, index_sets, [7, 8], dropout_seed=3)
     assert list(now) == list(before)
     assert all(torch.equal(now[k], before[k]) for k in before)  # identical tensors, dropout masks included
+
+
+def test_dropout_masks_key_the_device_they_are_drawn_on():
+    from dahp.settings import get_setting
+    from dahp.training import dropout_stream
+
+    cuda = torch.device("cuda")  # only named, never used: the key alone is checked
+    assert dropout_stream(get_setting("mnist_mlp"), torch.device("cpu")) == {}  # CPU keys never change
+    assert dropout_stream(get_setting("mnist_mlp"), cuda) == {"dropout_stream": "cuda"}  # MLP has dropout
+    assert dropout_stream(get_setting("mnist_lr"), cuda) == {}  # no dropout: same model on every device
+
+
+def test_evaluation_does_not_depend_on_its_chunk():
+    from dahp.settings import get_setting
+    from dahp.training import evaluate_many
+
+    setting = get_setting("mnist_mlp")
+    data = setting.data()
+    state = stack_states([setting.init_model(0).eval(), setting.init_model(1).eval()])
+    whole = evaluate_many(setting, state, data.x_test[:50], data.y_test[:50])
+    pieces = evaluate_many(setting, state, data.x_test[:50], data.y_test[:50], chunk=7)
+    assert whole.shape == (2, 50)
+    torch.testing.assert_close(whole, pieces, rtol=0, atol=1e-6)

@@ -503,3 +503,11 @@ def test_another_pretrained_checkpoint_changes_the_cache_key(data_root):
     weights.write_bytes(bytes(blob))
     assert setting.spec()["model"] != before["model"]
     assert setting.spec()["data"] == before["data"]
+
+
+def test_accuracy_counts_next_tokens():
+    logits = torch.full((1, 4, 5), -1.0)
+    logits[0, 0, 2] = logits[0, 1, 3] = logits[0, 2, 0] = logits[0, 3, 4] = 1.0  # predicts 2, 3, 0 (last: unused)
+    labels = torch.tensor([[9, 2, 3, 1]])  # next tokens 2, 3, 1: two of three right
+    assert wikitext2.next_token_accuracy(logits, labels).tolist() == [pytest.approx(2 / 3)]
+    assert get_setting(SETTING).correct is wikitext2.next_token_accuracy

@@ -43,7 +43,7 @@ from dahp.config import GroundTruthConfig, InvalidParameterError
 from dahp.device import resolve_device
 from dahp.progress import tqdm
 from dahp.settings import Setting, data_dir, get_setting
-from dahp.training import accuracy_many, evaluate_many, train_many
+from dahp.training import accuracy_many, dropout_stream, evaluate_many, train_many
 
 QUERY_SPLITS = ("val", "test")
 #: The environment variable naming the folder of dattri's published benchmark (its ``download_path``).
@@ -147,7 +147,7 @@ def ground_truth(
     device = resolve_device(device)
     cache = default_cache() if cache is None else cache
     data = setting.data()
-    base_spec = {**setting.spec(), "alpha": config.alpha, "seed": config.seed}
+    base_spec = {**setting.spec(), "alpha": config.alpha, "seed": config.seed, **dropout_stream(setting, device)}
 
     started = time.perf_counter()
     starts = range(0, config.n_models, config.models_per_chunk)

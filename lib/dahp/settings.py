@@ -35,7 +35,7 @@ from torch import nn
 from dahp.config import InvalidParameterError, TrainingRecipe
 from dahp.datasets import cifar, maestro, wikitext2
 from dahp.datasets.cifar import CIFAR_DIR, load_cifar2  # CIFAR-2's loader lives in its own module
-from dahp.targets import correct_class_margin, cross_entropy
+from dahp.targets import correct_class_margin, correct_prediction, cross_entropy
 
 MNIST_SPLIT_SEED = 0
 MNIST_PER_CLASS = {"train": 400, "val": 50, "test": 50}
@@ -100,6 +100,9 @@ class Setting:
     data_instructions: str = ""  #: where to obtain the files and how to lay them out
     target: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = correct_class_margin
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy
+    #: per-example accuracy ``correct(logits, labels) -> (batch,)`` in [0, 1] (a language model: its
+    #: share of next tokens predicted right)
+    correct: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = correct_prediction
     #: what fixes the architecture besides the registry, read from the data directory (a local
     #: checkpoint's config, a fixture's sizes file); it joins every cache key built on this setting
     model_spec: Callable[[Path], dict] | None = None
@@ -318,6 +321,7 @@ register(
         description="WikiText-2 (raw, blocks of 512 GPT-2 tokens), GPT-2 small fine-tuned from its pretrained weights",
         load=wikitext2.load_wikitext2,
         make_model=wikitext2.make_gpt2,
+        correct=wikitext2.next_token_accuracy,
         model_spec=wikitext2.checkpoint_spec,
         # dattri's GPT-2 fine-tuning (experiments/gpt2_wikitext/train.py, which made its benchmark's
         # models): AdamW, lr 5e-5, batch 8, 3 epochs, weight decay 0, linear decay to 0 without warm-up.

@@ -40,3 +40,8 @@ def correct_class_probability(logits: torch.Tensor, labels: torch.Tensor) -> tor
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over the batch: the training loss of every classification setting."""
     return F.cross_entropy(logits, labels)
+
+
+def correct_prediction(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """1.0 where the top class is the label, else 0.0, shape ``(batch,)`` (test accuracy per example)."""
+    return (logits.argmax(-1) == labels).float()

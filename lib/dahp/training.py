@@ -36,6 +36,8 @@ from dahp.progress import tqdm
 from dahp.settings import Setting
 
 StackedState = dict[str, torch.Tensor]  #: name -> tensor with a leading model axis
+#: Upper bound (bytes) of the logits of all stacked models held at once by :func:`evaluate_many`.
+EVAL_CHUNK_BYTES = 1 << 30
 EpochCallback = Callable[[int, StackedState], None]
 
 
@@ -136,6 +138,20 @@ def train_one(
         if on_epoch_end is not None:
             on_epoch_end(epoch, model)
     return model.cpu().eval()
+
+
+def dropout_stream(setting: Setting, device: torch.device) -> dict[str, str]:
+    """What a model's dropout masks are drawn from, for cache keys: ``{}`` on the CPU or without dropout.
+
+    The CPU and CUDA generators draw different masks from one seed, so a model with dropout trained
+    on CUDA is another (statistically equivalent) model than the one trained on the CPU; the key
+    says which stream, and CPU keys stay what they always were.
+    """
+    if device.type == "cpu" or not any(
+        isinstance(m, nn.modules.dropout._DropoutNd) for m in setting.make_model().modules()
+    ):
+        return {}
+    return {"dropout_stream": device.type}
 
 
 def stack_states(models: Sequence[nn.Module]) -> StackedState:
@@ -299,14 +315,17 @@ def evaluate_many(
     x: torch.Tensor,
     y: torch.Tensor,
     fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-    chunk: int = 2048,
+    chunk: int | None = None,
     *,
     device: str | torch.device | None = None,
 ) -> torch.Tensor:
     """Apply ``fn(logits, y)`` (default: the setting's target) for every stacked model, in eval mode.
 
     ``state`` holds parameters and buffers (batch norm evaluates with each model's own running
-    statistics).
+    statistics). ``chunk`` examples go through all models at once; by default as many as keep the
+    models' logits within :data:`EVAL_CHUNK_BYTES` (at most 2,048): a language model's logits over a
+    512-token block and GPT-2's vocabulary are 100 MB per example and model. Each example's value does
+    not depend on the chunk.
 
     Returns:
         Shape ``(n_models, len(x))``, on the CPU.
@@ -318,6 +337,13 @@ def evaluate_many(
 
     def one(s: StackedState, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         return fn(functional_call(base, s, (xb,)), yb)
+
+    if chunk is None:
+        n_models = next(iter(state.values())).shape[0]
+        first = {name: t[0] for name, t in state.items()}
+        probe = functional_call(base, first, (x[:1].to(device),))
+        logits_bytes = probe.element_size() * probe.numel()
+        chunk = max(1, min(2048, EVAL_CHUNK_BYTES // max(1, n_models * logits_bytes)))
 
     parts = [
         vmap(one, in_dims=(0, None, None))(state, x[i : i + chunk].to(device), y[i : i + chunk].to(device)).cpu()
@@ -335,10 +361,7 @@ def accuracy_many(
     device: str | torch.device | None = None,
 ) -> torch.Tensor:
     """Accuracy of every stacked model on ``(x, y)``, shape ``(n_models,)``, on the CPU."""
-    hits = evaluate_many(
-        setting, state, x, y, fn=lambda logits, labels: (logits.argmax(-1) == labels).float(), device=device
-    )
-    return hits.mean(dim=1)
+    return evaluate_many(setting, state, x, y, fn=setting.correct, device=device).mean(dim=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -393,7 +416,7 @@ def train_full(
     cache = default_cache() if cache is None else cache
     device = resolve_device(device)  # a bad name fails here, before the data are loaded
     data = setting.data()
-    spec = {**setting.spec(), "seed": seed}
+    spec = {**setting.spec(), "seed": seed, **dropout_stream(setting, device)}
 
     def compute() -> StackedState:
         kept: list[StackedState] = []

@@ -247,6 +247,11 @@ def next_token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     return losses.view(following.shape).mean(dim=-1)
 
 
+def next_token_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Share of each block's next tokens the model ranks first, shape ``(batch,)``."""
+    return (logits[:, :-1].argmax(-1) == labels[:, 1:]).float().mean(dim=-1)
+
+
 def language_model_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The training loss: mean next-token cross-entropy over the batch (every block has the same
     length, so this is the mean over all predicted tokens, as ``GPT2LMHeadModel``'s loss)."""

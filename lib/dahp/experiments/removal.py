@@ -30,7 +30,7 @@ from dahp.device import resolve_device
 from dahp.experiments.records import RemovalRecord
 from dahp.progress import tqdm
 from dahp.settings import Setting
-from dahp.training import accuracy_many, train_many
+from dahp.training import accuracy_many, dropout_stream, train_many
 
 #: Removal rates of the poster's table.
 REMOVAL_RATES = (0.1, 0.3, 0.5)
@@ -110,6 +110,7 @@ def retrained_accuracy(
         return accuracy_many(setting, state, data.x_test, data.y_test, device=device)
 
     spec = {**setting.spec(), **key, "seeds": list(seeds), "n_kept": int(index_sets.shape[1])}
+    spec.update(dropout_stream(setting, device))
     return cache.get_or_compute("removal", spec, compute).numpy()
 
 

@@ -98,7 +98,7 @@ def c1(folder: Path) -> Verdict:
     ratio, rise = head["ratio_high_low"], head["difference_high_low"]
     spreads = "; ".join(
         f"{g.stem[5:]}: {g.headline()['min_lds']:.2f}..{g.headline()['max_lds']:.2f}"
-        for g in GridRecord.load_all(folder)
+        for g in _judged_grids(folder)
     )
     ours = (
         f"ratio {ratio.text(2)}, difference {rise.text(3)} ({grid.queries_used()} test queries); "
@@ -116,15 +116,20 @@ def c1(folder: Path) -> Verdict:
     )
 
 
+def _judged_grids(folder: Path, pattern: str = "grid_*.json") -> list[GridRecord]:
+    """The saved grids whose setting's data can be judged here (fixture data and missing data left out)."""
+    return [g for g in GridRecord.load_all(folder, pattern) if _setting_missing(g.spec["setting"]) is None]
+
+
 def _epoch_grids(folder: Path, attributor: str | None = None) -> list[GridRecord]:
-    grids = GridRecord.load_all(folder, "grid_*_training_epoch.json")
+    grids = _judged_grids(folder, "grid_*_training_epoch.json")
     return [g for g in grids if attributor is None or g.spec["attributor"] == attributor]
 
 
 def c2(folder: Path) -> Verdict:
     rule = "needs both settings: the best epoch of mnist_mlp differs from that of cifar2_resnet9"
     paper = "epoch 5 best on MNIST+MLP, poor on CIFAR-2+ResNet-9"
-    grids = {g.spec["setting"]: g for g in _epoch_grids(folder, "trak") if _setting_missing(g.spec["setting"]) is None}
+    grids = {g.spec["setting"]: g for g in _epoch_grids(folder, "trak")}
     if not grids:
         return _missing("C2", "Fig 1e", paper, rule, "Fig 1e")
     ours = "; ".join(
