@@ -31,12 +31,12 @@ def test_a_written_fixture_loads_and_is_labelled_fixture(tmp_path, name):
     assert data.n_train >= 2 and len(data.y_val) >= 1 and len(data.y_test) >= 1
 
 
-def test_removing_the_marker_makes_the_files_count_as_supplied(tmp_path):
-    write_fixtures(tmp_path, ["cifar2_resnet9"])
+@pytest.mark.parametrize("name", ["cifar2_resnet9", "maestro_mt", "wikitext2_gpt2"])
+def test_fixture_files_copied_without_the_marker_are_still_fixtures(tmp_path, name):
+    write_fixtures(tmp_path, [name])
     (tmp_path / MARKER).unlink()
-    setting = get_setting("cifar2_resnet9")
-    assert setting.data_source(tmp_path) == "supplied"
-    assert setting.not_judged(tmp_path) is None
+    assert get_setting(name).data_source(tmp_path) == "fixture"
+    assert "fixture data only" in get_setting(name).not_judged(tmp_path)
 
 
 def test_a_damaged_marker_still_marks_every_fixture(tmp_path):

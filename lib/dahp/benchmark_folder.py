@@ -94,15 +94,7 @@ DATTRI_BENCHMARKS: dict[str, DattriBenchmark] = {
         DattriBenchmark("mnist_mlp", "mnist", "mlp", 5000, 500, _LOSS, True),
         DattriBenchmark("cifar2_resnet9", "cifar2", "resnet9", 5000, 500, _LOSS, True),
         DattriBenchmark("maestro_mt", "maestro", "musictransformer", 5000, 178, _LOSS, True),
-        DattriBenchmark(
-            "wikitext2_gpt2",
-            "wikitext2",
-            "gpt2",
-            4656,
-            481,
-            "the log-odds log p − log(1 − p) of each block's probability p = exp(−mean token loss),",
-            False,
-        ),
+        DattriBenchmark("wikitext2_gpt2", "wikitext2", "gpt2", 4656, 481, _LOSS, True),
     )
 }
 
@@ -131,10 +123,8 @@ def protocol_difference(setting: str) -> str:
     """One paragraph, for pages, on how dattri's published ground truth differs from ours."""
     b = dattri_benchmark(setting)
     orientation = (
-        "dattri stores the negated loss so that a larger value is a better outcome, the orientation of our "
-        "margin, and the values enter our LDS unchanged"
-        if b.loss_target
-        else "a larger value is a better outcome, the orientation of our margin, and the values enter our LDS unchanged"
+        "dattri stores its target function's values negated; the reader turns them, by their sign, into "
+        "values where larger is a better outcome (the orientation of our margin)"
     )
     return (
         f"This LDS uses dattri's published benchmark {b.identifier!r} in place of our retraining, so "

@@ -67,7 +67,7 @@ class TrainingRecipe:
 
     epochs: int = option(help="passes over the training set; one checkpoint is kept per epoch")
     batch_size: int = option(help="examples per optimizer step (the last batch of an epoch may be smaller)")
-    lr: float = option(help="learning rate η (the peak factor of the schedule)")
+    lr: float = option(help="learning rate η, multiplied by the schedule's factor at every step")
     momentum: float = option(0.0, "heavy-ball momentum, as in ``torch.optim.SGD`` (SGD only)")
     weight_decay: float = option(
         0.0, "L2 penalty added to the gradient (SGD, Adam) or decoupled weight decay (AdamW), as in ``torch.optim``"

@@ -10,7 +10,9 @@ with :func:`resolve_device`, in this order:
 3. CUDA when it is present, else the CPU.
 
 Results must not depend on the device beyond rounding, so no cache key carries the device's name:
-tensors are moved to the device for the computation and what is cached comes back to the CPU.
+tensors are moved to the device for the computation and what is cached comes back to the CPU. The
+one exception is dropout, whose masks CUDA draws differently from the same seed: the training
+keys of a model with dropout record that stream (:func:`dahp.training.dropout_stream`).
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ the real files: a result on fixture data shows that the pipeline runs end to end
 formats and measures nothing about the paper (``Setting.data_source`` returns ``"fixture"``).
 
 ``python -m dahp fixtures --out DIR`` writes them; ``DAHP_DATA_DIR=DIR make book PROFILE=quick``
-then renders the large settings' pages from them (the book test does exactly this).
+then renders the large settings' pages from them (the book test does so with the MAESTRO and
+WikiText-2 fixtures, and runs the Fig 1c page on the CIFAR-2 fixture).
 """
 
 from __future__ import annotations
@@ -55,16 +56,39 @@ def write_fixtures(root: Path, settings: list[str] | None = None) -> list[str]:
     return settings
 
 
-def fixture_settings(root: Path) -> list[str]:
-    """The settings whose files under ``root`` are fixtures (empty when there is no marker)."""
-    path = Path(root) / MARKER
-    if not path.exists():
-        return []
+#: Real CIFAR-10 batches hold 10,000 images (about 31 MB); a fixture's hold a handful.
+REAL_CIFAR_BATCH_BYTES = 30_000_000
+#: GPT-2's vocabulary has 50,257 tokens; the fixture's tokenizer a few hundred.
+REAL_GPT2_MIN_VOCAB = 10_000
+
+
+def _looks_like_fixture(name: str, root: Path) -> bool:
+    """Whether the files themselves are fixture-sized, so that copying them without the marker
+    cannot pass them off as real data."""
     try:
-        return list(json.loads(path.read_text())["settings"])
-    except (ValueError, KeyError, TypeError):
-        # a damaged marker must not make fixture files pass for real ones
-        return list(FIXTURE_MODULES)
+        if name == "cifar2_resnet9":
+            return (root / "cifar-10-batches-py" / "data_batch_1").stat().st_size < REAL_CIFAR_BATCH_BYTES
+        if name == "maestro_mt":
+            return (root / "maestro-v2.0.0" / "DAHP_FIXTURE_SIZES.json").exists()
+        if name == "wikitext2_gpt2":
+            return json.loads((root / "gpt2" / "config.json").read_text())["vocab_size"] < REAL_GPT2_MIN_VOCAB
+    except (OSError, ValueError, KeyError, TypeError):
+        return False  # files missing or unreadable: the loader names what is wrong
+    return False
+
+
+def fixture_settings(root: Path) -> list[str]:
+    """The settings whose files under ``root`` are fixtures: named by the marker, or fixture-sized."""
+    root = Path(root)
+    path = root / MARKER
+    marked: list[str] = []
+    if path.exists():
+        try:
+            marked = list(json.loads(path.read_text())["settings"])
+        except (ValueError, KeyError, TypeError):
+            # a damaged marker must not make fixture files pass for real ones
+            marked = list(FIXTURE_MODULES)
+    return [name for name in FIXTURE_MODULES if name in marked or _looks_like_fixture(name, root)]
 
 
 def fixture_notice(settings: list[str], root: Path | None = None) -> str | None:

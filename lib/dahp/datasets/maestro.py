@@ -48,8 +48,9 @@ Target and loss
 ``CrossEntropyLoss(ignore_index=TOKEN_PAD)``: no target of a full window is padding). ``target`` is
 the query's log-probability of its next event, the *negated* loss, so that, as everywhere in this
 package, a larger target is a better prediction and a positive score means the training point
-raised it; dattri's ground truth for this benchmark is the same quantity (its
-``loss_maestro_musictransformer`` returns ``-loss``).
+raised it. dattri's published ground truth for this benchmark stores the opposite sign (its
+``loss_maestro_musictransformer`` returns ``-loss`` and ``calculate_lds_ground_truth`` negates
+that again, leaving the loss), which :mod:`dahp.benchmark_folder` turns around by the values' sign.
 
 Model
 -----

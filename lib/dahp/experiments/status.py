@@ -97,8 +97,7 @@ def c1(folder: Path) -> Verdict:
     head = grid.headline()
     ratio, rise = head["ratio_high_low"], head["difference_high_low"]
     spreads = "; ".join(
-        f"{g.stem[5:]}: {g.headline()['min_lds']:.2f}..{g.headline()['max_lds']:.2f}"
-        for g in _judged_grids(folder)
+        f"{g.stem[5:]}: {g.headline()['min_lds']:.2f}..{g.headline()['max_lds']:.2f}" for g in _judged_grids(folder)
     )
     ours = (
         f"ratio {ratio.text(2)}, difference {rise.text(3)} ({grid.queries_used()} test queries); "
