@@ -48,8 +48,13 @@ def as_float64(state: dict) -> dict:
 
 
 def registered(setting: Setting, name: str) -> str:
-    """Register ``setting`` under ``name`` (once per process) so name-based APIs can use it."""
+    """Register ``setting`` under ``name`` (once per process) so name-based APIs can use it.
+
+    Test settings end in ``_quick``, so that tests of the registry can tell them from the paper's.
+    """
     from dahp.settings import _SETTINGS, register
+
+    assert name.endswith("_quick"), f"test settings are named *_quick, got {name!r}"
 
     if name not in _SETTINGS:
         register(dataclasses.replace(setting, name=name))

@@ -45,7 +45,7 @@ PINNED: dict[tuple[str, int | None, float], tuple[float, float]] = {
 
 
 def pin_setting() -> str:
-    return registered(small("mnist_lr"), "mnist_lr_small_pin")
+    return registered(small("mnist_lr"), "mnist_lr_small_pin_quick")
 
 
 def grid_values(attributor: str, **run) -> dict[tuple[str, int | None, float], tuple[float, float]]:

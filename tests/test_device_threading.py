@@ -26,7 +26,7 @@ CPU_SPELLINGS = [None, "cpu", torch.device("cpu")]
 
 
 def small_lr() -> str:
-    return registered(small("mnist_lr"), "mnist_lr_small_device")
+    return registered(small("mnist_lr"), "mnist_lr_small_device_quick")
 
 
 def test_cpu_results_are_identical_whatever_the_cpu_is_called(tmp_path, monkeypatch):
