@@ -81,6 +81,19 @@ def test_dot_contributions_sum_to_dattris_scores(cache, name, attributor):
     assert relative_error(contributions.sum(0)[:, QUERIES], theirs) <= 1e-4
 
 
+@pytest.mark.parametrize(
+    "name,proj_dim", [("mnist_lr", 256), ("mnist_lr", 1024), ("mnist_lr", None), ("mnist_mlp", 512)]
+)  # primal (p < n = 400), dual, unprojected, and the MLP
+def test_trak_contributions_sum_to_its_scores_with_its_single_projection(cache, name, proj_dim):
+    setting = small(name, epochs=2)
+    params = make_params("trak", proj_dim=proj_dim, ensemble_size=2)
+    contributions = setting_contributions(setting, "trak", params, split="test", cache=cache)
+    reference = scorer(setting, "trak", params, "test", cache, progress=False)
+    for lam in (1e-3, 1e-1):
+        # the per-group projections are float32 products summed in another order than dattri's
+        assert relative_error(contributions.at(lam).sum(0), reference.scores(lam)) <= 1e-5, lam
+
+
 @pytest.mark.parametrize("n", [12, 40])  # dual (n <= p = 30) and primal (n > p) forms
 def test_spectral_group_contribution_is_the_direct_solve_with_the_query_masked(n):
     torch.manual_seed(0)

@@ -21,8 +21,12 @@ Weights are reported relative to uniform: ``weights = M · softmax(θ)`` (mean 1
 objective is scale invariant, so this changes nothing in the fit; the penalty λ_w acts on the
 softmax itself (the spec's ``‖w‖²`` on the simplex).
 
-Implemented: Grad-Dot, TracIn (lr-weighted sum over checkpoints, one shared w) and IFFIM, without a
-random projection. TRAK (one projection, ``φ_{q,j} = Pᵀ g_[j]``) and projected features are not yet.
+Implemented on this package's settings: Grad-Dot, TracIn (lr-weighted sum over checkpoints, one
+shared w) and IFFIM without a random projection, and TRAK with its single projection: each member's
+query gradient is projected group by group with that member's matrix, ``φ_{q,j} = Pᵀ g_[j]``
+(``Σ_j φ_{q,j} = φ_q``), the training side is TRAK's own cached projected features, and the
+contributions are averaged over the ensemble (one shared w) and weighted by ``1 - p_i``. For a
+user's ``AttributionTask``: Grad-Dot and IFFIM (unprojected).
 
 Book: none yet (issue 12).
 """
@@ -30,6 +34,7 @@ Book: none yet (issue 12).
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -40,7 +45,14 @@ from torch import nn
 from dahp.cache import Cache, default_cache
 from dahp.config import InvalidParameterError, option
 from dahp.device import resolve_device
-from dahp.features import gradient_features, per_example_gradients
+from dahp.features import (
+    PROJECTOR_BLOCK,
+    Projection,
+    gradient_features,
+    one_minus_correct_probability,
+    per_example_gradients,
+    projection_block,
+)
 from dahp.settings import Setting, as_model_input
 from dahp.spectral import Eigendecomposition, check_regularization, eigendecompose
 
@@ -49,7 +61,7 @@ GROUPINGS = ("tensor", "layer")
 #: Labels of the queries the weights are learned on: the true class, or the model's prediction.
 LABELS = ("true", "predicted")
 #: Attributors whose per-group contributions are implemented.
-LEARNABLE = ("grad_dot", "tracin", "iffim")
+LEARNABLE = ("grad_dot", "tracin", "iffim", "trak")
 #: Attributors a user's ``AttributionTask`` can learn weights for (:func:`learn_group_weights`).
 TASK_ATTRIBUTORS = ("grad_dot", "iffim")
 
@@ -194,6 +206,18 @@ class SummedContributions(GroupContributions):
         return sum(w * part.at(regularization) for w, part in zip(self.weights, self.parts))
 
 
+@dataclasses.dataclass(frozen=True)
+class RowWeightedContributions(GroupContributions):
+    """Contributions times a weight per training point (TRAK's mean ``1 - p_i``)."""
+
+    inner: GroupContributions
+    row_weights: torch.Tensor  #: ``(n_train,)``
+
+    def at(self, regularization: float | None = None) -> torch.Tensor:
+        """``row_weights[i] · C_j(q, i)``."""
+        return self.inner.at(regularization) * self.row_weights.double().view(1, -1, 1)
+
+
 def dot_contributions(
     train: torch.Tensor, queries: torch.Tensor, groups: Sequence[ParameterGroup], sign: float = 1.0
 ) -> torch.Tensor:
@@ -228,6 +252,36 @@ def spectral_contributions(
     return SpectralContributions(left, eig.eigenvalues.double(), group_rights(eig, train, queries, groups), sign)
 
 
+def projected_rights(eig: Eigendecomposition, train: torch.Tensor, per_group: torch.Tensor) -> torch.Tensor:
+    """Right factors of projected per-group queries ``φ_j`` (``(M, q, p)``, ``Σ_j φ_j = φ``): ``(M, r, q)``.
+
+    Dual form: ``Vᵀ Φ φ_jᵀ``; primal: ``Wᵀ φ_jᵀ`` -- :func:`dahp.spectral.factors` applied to each ``φ_j``.
+    """
+    vectors, phi = eig.vectors.double(), per_group.double()
+    if eig.form == "dual":
+        return torch.stack([vectors.T @ (train.double() @ part.T) for part in phi])
+    return torch.stack([vectors.T @ part.T for part in phi])
+
+
+def projection_matrix(n_features: int, projection: Projection, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """dattri's CPU Gaussian projection matrix, normalised: ``(n_features, dim)``, ``project(x) = x @ P``.
+
+    Drawn block by block as :func:`dahp.features.project_on_device` draws it, so that the rows of a
+    group can be applied to that group's coordinates alone.
+    """
+    width = min(projection.dim, PROJECTOR_BLOCK)
+    blocks = []
+    for block in range(math.ceil(projection.dim / width)):
+        first, last = block * width, min((block + 1) * width, projection.dim)
+        blocks.append(projection_block(n_features, projection, block, dtype)[:, : last - first])
+    return torch.cat(blocks, dim=1) / math.sqrt(projection.dim)
+
+
+def project_by_group(rows: torch.Tensor, matrix: torch.Tensor, groups: Sequence[ParameterGroup]) -> torch.Tensor:
+    """``φ_j = g_[j]ᵀ P`` for every group: ``(M, q, p)`` (their sum over groups is ``g P``)."""
+    return torch.stack([rows[:, g.start : g.stop] @ matrix[g.start : g.stop] for g in groups])
+
+
 # --------------------------------------------------------------------------------------------
 # Contributions on a setting of this package (from the cached features)
 
@@ -235,9 +289,11 @@ def spectral_contributions(
 def _check_learnable(attributor: str, params: Any) -> None:
     if attributor not in LEARNABLE:
         raise InvalidParameterError("attributor", attributor, LEARNABLE)
-    if getattr(params, "proj_dim", None) is not None:
+    if attributor != "trak" and getattr(params, "proj_dim", None) is not None:
         raise InvalidParameterError(
-            "proj_dim", params.proj_dim, "None (per-group contributions of projected features are not implemented)"
+            "proj_dim",
+            params.proj_dim,
+            f"None for {attributor} (per-group contributions of projected features: TRAK only)",
         )
     if getattr(params, "normalization", False):
         raise InvalidParameterError("normalization", params.normalization, "False (Grad-Cos is not implemented)")
@@ -312,6 +368,8 @@ def setting_contributions(
         eig_spec = {**spec, "kind": "loss", "proj_dim": None, "proj_seed": params.proj_seed}
         eig = _cached_eigendecomposition(cache, eig_spec, train, 1.0 / len(train), device)
         return spectral_contributions(eig, train, queries, groups, sign=-1.0)
+    if attributor == "trak":
+        return _trak_contributions(setting, params, split, labels, groups, cache, progress, device)
     from dahp.training import train_full
 
     checkpoints = train_full(setting, 0, cache, progress, device=device)
@@ -323,6 +381,52 @@ def setting_contributions(
         part = dot_contributions(train, queries, groups, sign=-float(setting.recipe.lr))
         total = part if total is None else total + part
     return DotContributions(total)
+
+
+def _trak_contributions(
+    setting: Setting,
+    params: Any,
+    split: str,
+    labels: str,
+    groups: list[ParameterGroup],
+    cache: Cache,
+    progress: bool,
+    device: torch.device,
+) -> GroupContributions:
+    """TRAK's per-group contributions: each member's cached projected training features and
+    eigendecomposition, its query gradients projected group by group with the member's own matrix
+    (not cached), averaged over members and multiplied by the mean ``1 - p_i``, as
+    :func:`dahp.attributors.trak_scorer` does."""
+    from dahp.attributors import _cached_eigendecomposition, full_data_state
+
+    epoch = params.training_epoch or setting.recipe.epochs
+    scale = 1.0 / math.sqrt(setting.n_params())
+    x, y = setting.data().queries(split)
+    parts, row_weights = [], []
+    for k in range(params.ensemble_size):
+        state, spec = full_data_state(setting, k, epoch, cache, progress, device)
+        kw = dict(seed=params.proj_seed, ensemble_id=k, cache=cache, progress=progress, device=device)
+        train = gradient_features(setting, state, spec, "train", "trak", (params.proj_dim,), **kw)[params.proj_dim]
+        eig_spec = {**spec, "kind": "trak", "proj_dim": params.proj_dim, "proj_seed": params.proj_seed}
+        eig = _cached_eigendecomposition(cache, {**eig_spec, "ensemble_id": k}, train, 1.0, device)
+        labels_k = y if labels == "true" else predicted_labels(setting, state, x, device)
+        if params.proj_dim is None:
+            queries = per_example_gradients(setting, state, x, labels_k, setting.target, scale, device=device)
+            parts.append(spectral_contributions(eig, train, queries, groups))
+        else:
+            matrix = projection_matrix(setting.n_params(), Projection(params.proj_dim, params.proj_seed, k))
+            chunks: list[torch.Tensor] = []
+
+            def sink(_: int, rows: torch.Tensor, matrix: torch.Tensor = matrix, chunks: list = chunks) -> None:
+                chunks.append(project_by_group(rows.cpu(), matrix, groups))
+
+            per_example_gradients(setting, state, x, labels_k, setting.target, scale, sink=sink, device=device)
+            rights = projected_rights(eig, train, torch.cat(chunks, dim=1))
+            left = eig.vectors.double() if eig.form == "dual" else train.double() @ eig.vectors.double()
+            parts.append(SpectralContributions(left, eig.eigenvalues.double(), rights))
+        row_weights.append(one_minus_correct_probability(setting, state, device))
+    mean = SummedContributions(tuple(parts), (1.0 / len(parts),) * len(parts))
+    return RowWeightedContributions(mean, torch.stack(row_weights).mean(0))
 
 
 # --------------------------------------------------------------------------------------------
