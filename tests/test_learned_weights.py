@@ -19,6 +19,7 @@ from dahp.learned_weights import (
     learn_group_weights,
     objective,
     parameter_groups,
+    predicted_labels,
     query_objective,
     relative_weights,
     setting_contributions,
@@ -27,6 +28,7 @@ from dahp.learned_weights import (
 )
 from dahp.spectral import eigendecompose
 from dahp.targets import correct_class_margin
+from dahp.training import train_full
 from helpers import small
 
 QUERIES = torch.arange(0, 500, 50)  # 10 test queries for the comparisons with dattri
@@ -65,7 +67,7 @@ def test_iffim_contributions_sum_to_its_scores_at_every_lambda(cache, name):
     reference = scorer(setting, "iffim", make_params("iffim"), "test", cache, progress=False)
     for lam in (1e-5, 1e-2, 1.0):
         c = contributions.at(lam)
-        assert c.shape == (len(parameter_groups(setting.make_model())), 400, 500)
+        assert c.shape == (len(parameter_groups(setting.make_model(), "tensor")), 400, 500)
         assert relative_error(c.sum(0), reference.scores(lam)) <= 1e-10, lam
 
 
@@ -92,6 +94,24 @@ def test_trak_contributions_sum_to_its_scores_with_its_single_projection(cache, 
     for lam in (1e-3, 1e-1):
         # the per-group projections are float32 products summed in another order than dattri's
         assert relative_error(contributions.at(lam).sum(0), reference.scores(lam)) <= 1e-5, lam
+
+
+def test_layer_groups_add_their_tensors_and_predicted_labels_change_only_misclassified_queries(cache):
+    setting = small("mnist_mlp", epochs=2)
+    tensors = setting_contributions(setting, "grad_dot", split="val", cache=cache).at()
+    layers = setting_contributions(
+        setting, "grad_dot", split="val", config=GroupWeightConfig(grouping="layer"), cache=cache
+    )
+    assert torch.allclose(layers.at(), tensors.reshape(3, 2, *tensors.shape[1:]).sum(1), rtol=1e-12, atol=1e-12)
+    predicted = setting_contributions(
+        setting, "grad_dot", split="val", config=GroupWeightConfig(labels="predicted"), cache=cache
+    ).at()
+    state = train_full(setting, 0, cache, progress=False).state()
+    x, y = setting.data().queries("val")
+    right = predicted_labels(setting, state, x) == y
+    assert 0 < int((~right).sum()) < len(y)
+    assert torch.allclose(predicted[:, :, right], tensors[:, :, right], rtol=1e-6, atol=1e-9)
+    assert not torch.isclose(predicted[:, :, ~right], tensors[:, :, ~right]).all(dim=(0, 1)).any()
 
 
 @pytest.mark.parametrize("n", [12, 40])  # dual (n <= p = 30) and primal (n > p) forms
@@ -293,8 +313,6 @@ def test_bad_task_input_is_refused_before_compute(digits_task, kwargs, parameter
     [
         ("if_cg", {}, "attributor"),
         ("grad_cos", {}, "attributor"),
-        ("iffim", {"labels": "soft"}, "labels"),
-        ("grad_dot", {"grouping": "block"}, "grouping"),
         ("iffim", {"params": make_params("iffim", proj_dim=64)}, "proj_dim"),
     ],
 )

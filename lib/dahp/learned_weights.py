@@ -130,7 +130,7 @@ def _layer_of(name: str) -> str:
     return name.rsplit(".", 1)[0] if "." in name else name
 
 
-def parameter_groups(model: nn.Module, grouping: str = "tensor") -> list[ParameterGroup]:
+def parameter_groups(model: nn.Module, grouping: str) -> list[ParameterGroup]:
     """The groups of ``model``'s trainable parameters, as index ranges into dattri's flattening.
 
     ``layer`` merges consecutive tensors owned by the same module (``fc1.weight``, ``fc1.bias`` ->
@@ -335,8 +335,7 @@ def setting_contributions(
     attributor: str,
     params: Any = None,
     split: str = "val",
-    labels: str = "true",
-    grouping: str = "tensor",
+    config: GroupWeightConfig | None = None,
     cache: Cache | None = None,
     progress: bool = False,
     device: str | torch.device | None = None,
@@ -346,17 +345,18 @@ def setting_contributions(
     Grad-Dot and TracIn: ``-lr · G_[:, j] g_jᵀ`` summed over the selected checkpoints (dattri's
     TracIn, in this package's sign); IFFIM: the spectral split of ``-G (F + λI)⁻¹ gᵀ`` at the
     attributed checkpoint, from the same cached features and eigendecomposition as
-    :func:`dahp.attributors.scorer`. ``labels="predicted"`` forms the query gradients at the model's
-    predicted classes (not cached).
+    :func:`dahp.attributors.scorer`; TRAK: see the module docstring. Of ``config`` only ``grouping``
+    and ``labels`` matter here; with ``labels == "predicted"`` the query gradients are formed at the
+    classes the attributed model predicts (not cached).
     """
     from dahp.attributors import _cached_eigendecomposition, check_params, full_data_state, make_params
 
     params = make_params(attributor) if params is None and attributor in LEARNABLE else params
     _check_learnable(attributor, params)
     check_params(setting, params)
-    if labels not in LABELS:
-        raise InvalidParameterError("labels", labels, LABELS)
-    groups = parameter_groups(setting.make_model(), grouping)
+    config = config or GroupWeightConfig()
+    labels = config.labels
+    groups = parameter_groups(setting.make_model(), config.grouping)
     device = resolve_device(device)
     cache = default_cache() if cache is None else cache
     kw = dict(cache=cache, progress=progress, device=device)
