@@ -314,6 +314,7 @@ def test_bad_task_input_is_refused_before_compute(digits_task, kwargs, parameter
         ("if_cg", {}, "attributor"),
         ("grad_cos", {}, "attributor"),
         ("iffim", {"params": make_params("iffim", proj_dim=64)}, "proj_dim"),
+        ("grad_dot", {"config": GroupWeightConfig(k=401)}, "k"),
     ],
 )
 def test_bad_setting_input_is_refused_before_compute(cache, attributor, kwargs, parameter):

@@ -345,8 +345,8 @@ def setting_contributions(
     Grad-Dot and TracIn: ``-lr · G_[:, j] g_jᵀ`` summed over the selected checkpoints (dattri's
     TracIn, in this package's sign); IFFIM: the spectral split of ``-G (F + λI)⁻¹ gᵀ`` at the
     attributed checkpoint, from the same cached features and eigendecomposition as
-    :func:`dahp.attributors.scorer`; TRAK: see the module docstring. Of ``config`` only ``grouping``
-    and ``labels`` matter here; with ``labels == "predicted"`` the query gradients are formed at the
+    :func:`dahp.attributors.scorer`; TRAK: see the module docstring. Of ``config`` only ``grouping``,
+    ``labels`` and the bound ``k <= n_train`` matter here; with ``labels == "predicted"`` the query gradients are formed at the
     classes the attributed model predicts (not cached).
     """
     from dahp.attributors import _cached_eigendecomposition, check_params, full_data_state, make_params
@@ -355,6 +355,7 @@ def setting_contributions(
     _check_learnable(attributor, params)
     check_params(setting, params)
     config = config or GroupWeightConfig()
+    config.check_n_train(len(setting.data().x_train))  # the fit will rank these; refuse k > n now
     labels = config.labels
     groups = parameter_groups(setting.make_model(), config.grouping)
     device = resolve_device(device)
