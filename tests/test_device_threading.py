@@ -22,7 +22,8 @@ from dahp.settings import get_setting
 from helpers import registered, small
 
 TRUTH = GroundTruthConfig(n_models=6, models_per_chunk=6)
-CPU_SPELLINGS = [None, "cpu", torch.device("cpu")]
+#: Every way to name the CPU; no name at all means the CPU only where CUDA is absent.
+CPU_SPELLINGS = ["cpu", torch.device("cpu")] + ([] if torch.cuda.is_available() else [None])
 
 
 def small_lr() -> str:

@@ -524,14 +524,15 @@ def _rows(grad_fn, params: torch.Tensor, loader: Iterable, device: torch.device)
     return torch.cat(rows).cpu()
 
 
-def _with_predicted_labels(task, loader: Iterable, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _with_predicted_labels(task, loader: Iterable) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The batches of ``loader`` (``(inputs, labels)``) with the labels the last checkpoint predicts."""
     task.get_param(ckpt_idx=len(task.get_checkpoints()) - 1)  # loads that checkpoint into the model
     model = task.get_model()
+    where = next(model.parameters()).device  # the forward pass runs where the task keeps its model
     out = []
     with torch.no_grad():
         for x, _ in loader:
-            out.append((x, model(x.to(device)).argmax(-1).cpu()))
+            out.append((x, model(x.to(where)).argmax(-1).cpu()))
     return out
 
 
@@ -613,7 +614,7 @@ def learn_group_weights(
         train = _rows(loss_grad, params, train_loader, device)
         eig = eigendecompose(train, 1.0 / len(train), device=device) if attributor == "iffim" else None
         members.append(_TaskMember(params, train, eig))
-    queries = _with_predicted_labels(task, val_loader, device) if config.labels == "predicted" else val_loader
+    queries = _with_predicted_labels(task, val_loader) if config.labels == "predicted" else val_loader
     contributions = _task_contributions(task, members, queries, groups, device).at(regularization)
     formed = time.perf_counter() - start
     fit = fit_weights(contributions, config)
