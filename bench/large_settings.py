@@ -50,6 +50,7 @@ on the CPU and takes minutes; where a command is time-limited, run the parts one
                                    [--epochs E] [--gt-models k] [--models-per-chunk c]
                                    [--chunk-scan 1,5,10,25] [--feature-chunks 1] [--proj-dims ...]
                                    [--gradient-chunk-bytes B] [--vmap-chunk-bytes B]
+                                   [--projector dattri|device]
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+import os
 import resource
 import tempfile
 import time
@@ -443,7 +445,7 @@ def _fig1c_grid(sizes: Sizes, device: torch.device, out: Reporter, found: dict) 
     rows = torch.randn(chunk, d, device=device)
     for dim in dims:
         with measure(device) as projected:
-            features.project(rows, features.Projection(dim, 0, 0), device)
+            features.project(rows, features.Projection(dim, 0, 0, features.projection_generator(device)), device)
         blocks = math.ceil(dim / min(dim, features.PROJECTOR_BLOCK))
         print(
             f"projection of one chunk to {dim:5d} ({blocks} blocks of the matrix drawn): {projected.seconds:.2f} s, "
@@ -633,7 +635,14 @@ def main() -> None:
     parser.add_argument("--proj-dims", type=_ints, help="projection dimensions of the grid")
     parser.add_argument("--gradient-chunk-bytes", type=int, help="dahp.features.GRADIENT_CHUNK_BYTES for this run")
     parser.add_argument("--vmap-chunk-bytes", type=int, help="dahp.features.VMAP_CHUNK_BYTES for this run")
+    parser.add_argument(
+        "--projector",
+        choices=features.PROJECTORS,
+        help="how projection matrices are drawn (sets $DAHP_PROJECTOR; default: dattri's CPU matrix)",
+    )
     args = parser.parse_args()
+    if args.projector is not None:
+        os.environ[features.PROJECTOR_ENV] = args.projector
 
     device = resolve_device(args.device)
     small = args.small or (device.type == "cpu" and not args.paper_sizes)
@@ -658,7 +667,11 @@ def main() -> None:
     if not (1 <= sizes.gt_models <= sizes.n_models) or sizes.models_per_chunk < 1 or sizes.feature_chunks < 1:
         raise SystemExit(f"--gt-models must be in 1..{sizes.n_models}; --models-per-chunk and --feature-chunks >= 1")
 
-    print(f"device {describe(device)}; torch {torch.__version__}; sizes: {sizes.name}", flush=True)
+    print(
+        f"device {describe(device)}; torch {torch.__version__}; sizes: {sizes.name}; "
+        f"projection matrices drawn by the {features.projection_generator(device)} generator",
+        flush=True,
+    )
     if small:
         print(
             "SMOKE RUN at reduced sizes (--small): every part runs, but no number below is a measurement of the "

@@ -111,3 +111,26 @@ def test_the_pinned_cpu_grid_is_reproduced_on_cuda_up_to_rank_ties(attributor):
     for key, (mean, _) in PINNED.items():
         if key[0] == attributor:
             assert abs(found[key][0] - mean) < 0.01, (key, found[key][0], mean)
+
+
+def test_the_device_projector_draws_its_own_gaussian_on_cuda_under_its_own_key(cache, monkeypatch):
+    from dahp.features import PROJECTOR_ENV, gradient_features
+
+    rows = torch.randn(64, 3000, generator=torch.Generator().manual_seed(5))
+    dattri_matrix = project(rows, Projection(512), CUDA)
+    own = project(rows, Projection(512, generator="cuda"), CUDA)
+    assert own.device.type == "cuda"
+    assert max_relative(own, dattri_matrix) > 0.5, "another matrix"
+    again = project(rows, Projection(512, generator="cuda"), CUDA)
+    assert torch.equal(own, again), "seeded: the same matrix every time"
+    ratio = (own.norm(dim=1) ** 2 / rows.cuda().norm(dim=1) ** 2).mean().item()
+    assert abs(ratio - 1) < 0.1, "a Gaussian sketch scaled by 1/sqrt(dim) keeps squared norms on average"
+
+    setting = small("mnist_lr", epochs=1)
+    state = train_full(setting, 0, cache, progress=False, device="cpu").state()
+    spec = checkpoint_spec(setting, 0, 1)
+    kw = dict(cache=cache, progress=False, device=CUDA)
+    default = gradient_features(setting, state, spec, "test", "trak", (256,), **kw)[256]
+    monkeypatch.setenv(PROJECTOR_ENV, "device")
+    drawn_on_cuda = gradient_features(setting, state, spec, "test", "trak", (256,), **kw)[256]
+    assert max_relative(drawn_on_cuda, default) > 0.5, "not served the default projector's cached entry"

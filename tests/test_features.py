@@ -6,7 +6,17 @@ import pytest
 import torch
 
 from dahp.config import InvalidParameterError
-from dahp.features import Projection, gradient_features, per_example_gradients, project, project_nested
+from dahp.features import (
+    PROJECTOR_ENV,
+    Projection,
+    gradient_features,
+    per_example_gradients,
+    project,
+    project_nested,
+    project_on_device,
+    projection_block,
+    projection_generator,
+)
 from dahp.settings import get_setting
 from dahp.training import train_full
 from helpers import quick
@@ -69,3 +79,26 @@ def test_projection_larger_than_parameter_count_is_refused():
     setting = get_setting("mnist_lr")
     with pytest.raises(InvalidParameterError, match=r"proj_dim=8000.*1\.\.7850"):
         gradient_features(setting, {}, {}, "test", "loss", proj_dims=(8000,))
+
+
+def test_the_device_projector_is_dattris_on_the_cpu_and_keys_change_only_off_it(monkeypatch):
+    features = torch.randn(5, 700, generator=torch.Generator().manual_seed(2))
+    assert projection_generator("cpu", "device") == "cpu"  # the CPU's own generator is dattri's
+    assert projection_generator("cpu") == "cpu"
+    monkeypatch.setenv(PROJECTOR_ENV, "device")
+    assert projection_generator("cpu") == "cpu"
+    # a generator named in the projection is used even on the CPU path, and gives dattri's numbers there
+    forced = project_on_device(features, Projection(300, seed=4, ensemble_id=1, generator="cpu"), "cpu")
+    torch.testing.assert_close(forced, project(features, Projection(300, seed=4, ensemble_id=1)), rtol=1e-5, atol=1e-6)
+    assert Projection(300).as_dict() == {"dim": 300, "seed": 0, "ensemble_id": 0}  # keys from before the option
+    assert Projection(300, generator="cuda").as_dict()["generator"] == "cuda"
+
+
+def test_bad_projector_and_a_generator_for_another_device_are_refused(monkeypatch):
+    with pytest.raises(InvalidParameterError, match="projector"):
+        projection_generator("cpu", "fast")
+    monkeypatch.setenv(PROJECTOR_ENV, "sjlt")
+    with pytest.raises(InvalidParameterError, match="projector"):
+        projection_generator("cpu")
+    with pytest.raises(InvalidParameterError, match="generator"):
+        projection_block(10, Projection(128, generator="cuda"), 0, torch.float32, "cpu")

@@ -52,6 +52,7 @@ from dahp.features import (
     one_minus_correct_probability,
     per_example_gradients,
     projection_block,
+    projection_generator,
 )
 from dahp.settings import Setting, as_model_input
 from dahp.spectral import Eigendecomposition, check_regularization, eigendecompose
@@ -264,16 +265,19 @@ def projected_rights(eig: Eigendecomposition, train: torch.Tensor, per_group: to
 
 
 def projection_matrix(n_features: int, projection: Projection, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """dattri's CPU Gaussian projection matrix, normalised: ``(n_features, dim)``, ``project(x) = x @ P``.
+    """The Gaussian projection matrix of ``projection``, normalised, on the CPU: ``(n_features, dim)``,
+    ``project(x) = x @ P``.
 
-    Drawn block by block as :func:`dahp.features.project_on_device` draws it, so that the rows of a
-    group can be applied to that group's coordinates alone.
+    Drawn block by block as :func:`dahp.features.project_on_device` draws it (by the generator the
+    features were projected with), so that the rows of a group can be applied to that group's
+    coordinates alone.
     """
     width = min(projection.dim, PROJECTOR_BLOCK)
+    where = "cpu" if projection.generator == "cpu" else projection.generator
     blocks = []
     for block in range(math.ceil(projection.dim / width)):
         first, last = block * width, min((block + 1) * width, projection.dim)
-        blocks.append(projection_block(n_features, projection, block, dtype)[:, : last - first])
+        blocks.append(projection_block(n_features, projection, block, dtype, where)[:, : last - first].cpu())
     return torch.cat(blocks, dim=1) / math.sqrt(projection.dim)
 
 
@@ -415,7 +419,8 @@ def _trak_contributions(
             queries = per_example_gradients(setting, state, x, labels_k, setting.target, scale, device=device)
             parts.append(spectral_contributions(eig, train, queries, groups))
         else:
-            matrix = projection_matrix(setting.n_params(), Projection(params.proj_dim, params.proj_seed, k))
+            projection = Projection(params.proj_dim, params.proj_seed, k, projection_generator(device))
+            matrix = projection_matrix(setting.n_params(), projection)
             chunks: list[torch.Tensor] = []
 
             def sink(_: int, rows: torch.Tensor, matrix: torch.Tensor = matrix, chunks: list = chunks) -> None:
