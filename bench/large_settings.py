@@ -420,8 +420,13 @@ def _fig1c_grid(sizes: Sizes, device: torch.device, out: Reporter, found: dict) 
     width = min(dims[-1], features.PROJECTOR_BLOCK)
     print(
         f"projection matrix: drawn per gradient chunk in blocks of {d:,} x {width} float32 "
-        f"({d * width * 4 / GIB:.2f} GiB each, on the CPU from dattri's seeds, then moved to the device); "
-        f"{math.ceil(dims[-1] / width)} blocks per chunk at {dims[-1]}",
+        f"({d * width * 4 / GIB:.2f} GiB each, "
+        + (
+            "on the CPU from dattri's seeds, then moved to the device); "
+            if features.projection_generator(device) == "cpu"
+            else f"by the {device.type} generator from dattri's seeds, on the device); "
+        )
+        + f"{math.ceil(dims[-1] / width)} blocks per chunk at {dims[-1]}",
         flush=True,
     )
 
