@@ -204,14 +204,15 @@ def _continuous_crossing(members: Sequence[SpectralFactors], level: float) -> tu
 def _crossing_diagnosis(curve: np.ndarray, grid: Sequence[float], threshold: float, lam: float) -> str:
     """Where ξ̄ stands relative to ``threshold`` over the grid, in one line."""
     if curve.min() > threshold:
+        where = "the grid's low end " if lam == grid[0] else "the candidate of lowest ξ̄ "
         return (
             f"ξ̄ > {threshold} over the whole grid (min {curve.min():.2f}): the curvature is well conditioned "
-            f"relative to the grid; the pick is the grid's low end {_fmt(lam)}"
+            f"relative to the grid; the pick is {where}{_fmt(lam)}"
         )
     if curve.max() < threshold:
         return (
             f"ξ̄ < {threshold} over the whole grid (max {curve.max():.2f}): every candidate is too small "
-            f"for the spectrum; the pick is the grid's high end {_fmt(lam)}"
+            f"for the spectrum; the pick is {'the grid' + chr(39) + 's high end' if lam == grid[-1] else 'the candidate of highest ξ̄'} {_fmt(lam)}"
         )
     k = int(np.argmax(curve >= threshold))
     return f"ξ̄ crosses {threshold} between {_fmt(grid[k - 1])} and {_fmt(grid[k])}; pick {_fmt(lam)}"
