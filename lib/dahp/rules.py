@@ -564,6 +564,8 @@ def fit_rule(name: str, problems_rows: Iterable[Mapping]) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------------
 # the registry
 
+BUDGET_SIZES = (2, 5, 10)  #: the M' of the ``budget_val_lds_M`` rules in :data:`RULES`
+
 RULES: dict[str, Callable[[RuleInput], RulePick]] = {
     **{f"xi_grid_{t}": (lambda inp, t=t: xi_grid(inp, t)) for t in (0.4, 0.5, 0.6)},
     "xi_continuous": xi_continuous,
@@ -574,7 +576,7 @@ RULES: dict[str, Callable[[RuleInput], RulePick]] = {
     **{f"spectrum_q{q}": (lambda inp, q=q: spectrum_rule(inp, q)) for q in (0.1, 0.25, 0.5, 0.75, 0.9)},
     "mean_eig_0.1": mean_eig_rule,
     "published_default": published_default_rule,
-    **{f"budget_val_lds_{m}": (lambda inp, m=m: budget_val_lds(inp, m)) for m in (2, 5, 10)},
+    **{f"budget_val_lds_{m}": (lambda inp, m=m: budget_val_lds(inp, m)) for m in BUDGET_SIZES},
     "budget_bracket_5": lambda inp: budget_bracket(inp, 5),
     "xi_fitted": xi_fitted,
     "recipe_fitted": recipe_fitted,
