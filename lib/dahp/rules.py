@@ -380,6 +380,35 @@ def recipe_rule(inp: RuleInput) -> RulePick:
 
 
 # ------------------------------------------------------------------------------------------------
+# a hedge of independent estimates
+
+
+def median_xi_recipe(inp: RuleInput) -> RulePick:
+    """The median, in log λ, of three retraining-free estimates that err in different directions.
+
+    Theorem 4.3 says the LDS rises while ξ < ω; ω at the LDS peak is unknown without retraining
+    (it lies in (0, 1) and varies from problem to problem), so the ξ̄ curve bounds the peak only
+    from both sides: the crossing ξ̄ = 0.5 (``xi_continuous``, too small whenever ω > 0.5 at the
+    peak) and the saturation point (``xi_saturation_0.9``, past which the LDS is flat, too large when
+    the peak is sharp). The recipe rule is an independent estimate from the training dynamics (early
+    stopping as ridge); without a recipe, ξ̄'s steepest point (``xi_max_slope``) stands in. The median
+    of three is right whenever two of them are, and never outside the span of the ξ bounds.
+    """
+
+    def compute() -> tuple[float, str]:
+        parts = {"xi_continuous": xi_continuous(inp), "xi_saturation_0.9": xi_relative(inp, 0.9, "")}
+        third = recipe_rule(inp) if inp.recipe is not None else xi_max_slope(inp)
+        parts["recipe" if inp.recipe is not None else "xi_max_slope"] = third
+        logs = {name: math.log(max(p.regularization, 1e-300)) for name, p in parts.items()}
+        middle = sorted(logs, key=logs.get)[1]
+        listed = ", ".join(f"{name} {_fmt(parts[name].regularization)}" for name in sorted(logs, key=logs.get))
+        lam = parts[middle].regularization
+        return lam, f"median of {listed}: {middle}'s {_fmt(lam)}{_grid_position(lam, inp.grid)}"
+
+    return _timed("median_xi_recipe", compute)
+
+
+# ------------------------------------------------------------------------------------------------
 # zero-cost baselines
 
 
@@ -509,7 +538,8 @@ def xi_fitted(inp: RuleInput) -> RulePick:
 
 def recipe_fitted(inp: RuleInput) -> RulePick:
     """The recipe rule times a factor fitted on other problems (:func:`fit_rule`)."""
-    factor = _params(inp, "recipe_fitted")["factor"]
+    params = _params(inp, "recipe_fitted")
+    factor = params.get(f"factor_{inp.attributor}", params["factor"])
     pick = recipe_rule(inp)
     lam = pick.regularization * factor
     return dataclasses.replace(
@@ -532,7 +562,9 @@ def fit_rule(name: str, problems_rows: Iterable[Mapping]) -> dict[str, float]:
     Each row describes one problem of the fitting half: ``grid`` (ascending λ), ``lds`` (the LDS at
     each grid λ that the fit aims at -- use validation queries, never the test queries of the
     problems the rule is reported on), ``xi_bar`` (ξ̄ at each grid λ, for ``xi_fitted``) and
-    ``recipe`` (the recipe rule's λ, for ``recipe_fitted``).
+    ``recipe`` (the recipe rule's λ, for ``recipe_fitted``) and optionally ``attributor``:
+    ``recipe_fitted`` then fits one factor per attributor as well (``factor_iffim``, ``factor_trak``;
+    ``factor`` over all rows serves an attributor not seen).
     """
     if name not in FITTED:
         raise InvalidParameterError("name", name, sorted(FITTED))
@@ -557,8 +589,16 @@ def fit_rule(name: str, problems_rows: Iterable[Mapping]) -> dict[str, float]:
 
         best = max(_THRESHOLD_CANDIDATES, key=lambda t: score([relative(r, t) for r in rows]))
         return {"threshold": float(best)}
-    best = max(_FACTOR_CANDIDATES, key=lambda c: score([_relative_lds(r, c * r["recipe"]) for r in rows]))
-    return {"factor": float(best)}
+
+    def factor(subset: list[Mapping]) -> float:
+        return float(max(_FACTOR_CANDIDATES, key=lambda c: score([_relative_lds(r, c * r["recipe"]) for r in subset])))
+
+    # the recipe's λ is converted to each attributor's scale by a fixed formula; its error differs
+    # per attributor (TRAK's margin gradients are not loss gradients), so each gets its own factor
+    params = {"factor": factor(rows)}
+    for attributor in sorted({r["attributor"] for r in rows if r.get("attributor")}):
+        params[f"factor_{attributor}"] = factor([r for r in rows if r.get("attributor") == attributor])
+    return params
 
 
 # ------------------------------------------------------------------------------------------------
@@ -573,6 +613,7 @@ RULES: dict[str, Callable[[RuleInput], RulePick]] = {
     "xi_saturation_0.9": lambda inp: xi_relative(inp, 0.9, "xi_saturation_0.9"),
     "xi_max_slope": xi_max_slope,
     "recipe": recipe_rule,
+    "median_xi_recipe": median_xi_recipe,
     **{f"spectrum_q{q}": (lambda inp, q=q: spectrum_rule(inp, q)) for q in (0.1, 0.25, 0.5, 0.75, 0.9)},
     "mean_eig_0.1": mean_eig_rule,
     "published_default": published_default_rule,
