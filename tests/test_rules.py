@@ -174,7 +174,7 @@ def test_all_picks_skips_rules_without_their_inputs_and_refuses_named_ones():
     full = RuleInput(
         "iffim", inp.members, GRID, RecipeFacts.sgd(0.1, 10, 2, 2), 1e-5, lambda m, lams: np.ones(len(lams))
     )
-    assert [p.rule for p in all_picks(full)] == list(RULES)
+    assert [p.rule for p in all_picks(full)] == [n for n in RULES if n != "recipe_gauss_newton"]  # TRAK's only
     assert RULES["published_default"](full).regularization == 1e-5
 
 
@@ -232,3 +232,20 @@ def test_median_rule_returns_the_middle_of_its_three_estimates():
     without = RuleInput("iffim", members, GRID)
     three = [RULES[name](without).regularization for name in ("xi_continuous", "xi_saturation_0.9", "xi_max_slope")]
     assert RULES["median_xi_recipe"](without).regularization == sorted(three)[1]
+
+
+def test_gauss_newton_conversion_of_traks_recipe_by_hand():
+    # TRAK kernel diagonal (3, 1); margins 0 and log 3 give p = 1/2 and 3/4, p(1 − p) = 1/4 and 3/16
+    facts = RecipeFacts.sgd(0.1, 10, n_train=2, n_params=4)
+    inp = RuleInput("trak", [diagonal([3.0, 1.0], [1.0, 1.0])], GRID, facts, train_margins=np.array([0.0, math.log(3)]))
+    weight = (3 * 0.25 + 1 * 3 / 16) / 4
+    pick = RULES["recipe_gauss_newton"](inp)
+    assert pick.regularization == pytest.approx(RULES["recipe"](inp).regularization / weight)
+    assert "p(1−p)" in pick.diagnosis
+    with pytest.raises(InvalidParameterError, match="attributor"):
+        RULES["recipe_gauss_newton"](RuleInput("iffim", inp.members, GRID, facts, train_margins=np.zeros(2)))
+    with pytest.raises(InvalidParameterError, match="train_margins"):
+        RuleInput("trak", inp.members, GRID, facts, train_margins=np.zeros(3))
+    # the median rule uses the converted recipe for TRAK when the margins are known
+    three = [RULES[n](inp).regularization for n in ("xi_continuous", "xi_saturation_0.9", "recipe_gauss_newton")]
+    assert RULES["median_xi_recipe"](inp).regularization == sorted(three)[1]

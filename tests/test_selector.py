@@ -227,3 +227,19 @@ def test_budget_mode_bad_input_refused_before_any_retraining(digits_task):
     with pytest.raises(InvalidParameterError, match="retrain"):
         select_regularization(task, train_loader, val_loader, retrain=retrain, max_retrainings=2)  # returns None
     assert len(calls) == 1  # the only call: the one whose None result was refused
+
+
+def test_trak_margins_and_the_gauss_newton_recipe(digits_task):
+    from dahp.selector import train_margins
+
+    task, (train_loader, val_loader), (x, y, _, _, state, model), steps = digits_task
+    model.load_state_dict(state)
+    with torch.no_grad():
+        expected = correct_class_margin(model(x), y).double().numpy()
+    margins = train_margins(task, train_loader, "cpu")
+    assert margins.shape == (1, 300) and np.allclose(margins[0], expected, atol=1e-5)
+    result = select_regularization(task, train_loader, val_loader, "trak", proj_dim=64, lr=0.1, steps=steps)
+    converted, plain = result.pick("recipe_gauss_newton"), result.pick("recipe")
+    assert converted.regularization > plain.regularization  # divided by a mean p(1 − p) <= 1/4
+    iffim = select_regularization(task, train_loader, val_loader, "iffim", lr=0.1, steps=steps)
+    assert "recipe_gauss_newton" not in [p.rule for p in iffim.picks]

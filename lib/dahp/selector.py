@@ -157,7 +157,7 @@ def _check_arguments(
         unknown = sorted(set(fitted) - rules.FITTED)
         if unknown:
             raise InvalidParameterError("fitted", unknown, sorted(rules.FITTED))
-    allowed = ["xi", *_free_rule_names(has_recipe, fitted)]
+    allowed = ["xi", *_free_rule_names(attributor, has_recipe, fitted)]
     if retrain is not None:
         allowed += _budget_rule_names(max_retrainings)
     if rule not in allowed:
@@ -168,13 +168,15 @@ def _check_arguments(
         raise InvalidParameterError("rule", rule, allowed)
 
 
-def _free_rule_names(has_recipe: bool, fitted: Mapping | None) -> list[str]:
+def _free_rule_names(attributor: str, has_recipe: bool, fitted: Mapping | None) -> list[str]:
     """The retraining-free rules the selector runs (fitted rules only with their constants)."""
     names = []
     for name in rules.RULES:
         if name in rules.RETRAINING or (name in rules.FITTED and not (fitted and name in fitted)):
             continue
-        if name in ("recipe", "recipe_fitted") and not has_recipe:
+        if name in ("recipe", "recipe_fitted", "recipe_gauss_newton") and not has_recipe:
+            continue
+        if name == "recipe_gauss_newton" and attributor != "trak":
             continue
         names.append(name)
     return names
@@ -222,6 +224,22 @@ def _validation_outputs(task, trained, val_loader, val_outputs: Callable | None,
             batch = tuple(t.to(device) for t in batch) if isinstance(batch, (tuple, list)) else batch.to(device)
             rows.append(per_example(params, batch).detach().double().reshape(-1).cpu())
     return torch.cat(rows)
+
+
+def train_margins(task, train_loader, device) -> np.ndarray:
+    """``(checkpoints, n)`` the task's target (the correct-class margin) on every training point, per checkpoint."""
+    target = torch.func.vmap(task.get_target_func(), in_dims=(None, 0), randomness="different")
+    rows = []
+    for k in range(len(task.get_checkpoints())):
+        params, _ = task.get_param(ckpt_idx=k)
+        params = params.to(device)
+        values = []
+        with torch.no_grad():
+            for batch in train_loader:
+                batch = tuple(t.to(device) for t in batch) if isinstance(batch, (tuple, list)) else batch.to(device)
+                values.append(target(params, batch).detach().double().reshape(-1).cpu())
+        rows.append(torch.cat(values).numpy())
+    return np.stack(rows)
 
 
 class _Retrainings:
@@ -286,9 +304,9 @@ def select_regularization(
         candidates: λ grid for Algorithm 1 and the budget rules (default: 33 values, 4 per decade,
             over 12 decades ending 10× above the largest eigenvalue).
         threshold: the target ξ̄ of ``xi_pick`` / ``grid_pick`` (0.5 in the paper).
-        rule: whose pick ``regularization`` is: ``"xi"`` (the continuous crossing at ``threshold``;
-            the default without ``retrain``), ``"recipe"``, any rule in ``picks``; with ``retrain``
-            the default is ``budget_bracket_<max_retrainings>``.
+        rule: whose pick ``regularization`` is: ``"xi"`` (the continuous crossing at ``threshold``),
+            ``"recipe"`` or any rule in ``picks``. Default: :data:`dahp.rules.DEFAULT_NO_RETRAINING`
+            (``"xi"``) without ``retrain``, ``budget_bracket_<max_retrainings>`` with it.
         lr, steps, momentum: the training's learning rate, number of optimizer steps and momentum
             (plain SGD), for the recipe rule; ``recipe`` gives the full facts instead (Adam,
             schedules, weight decay: :class:`dahp.rules.RecipeFacts`).
@@ -306,8 +324,10 @@ def select_regularization(
         fitted: constants for the fitted rules (``rule name -> dahp.rules.fit_rule(...)``).
     """
     has_recipe = recipe is not None or (lr is not None and steps is not None)
-    budget_default = f"budget_bracket_{max_retrainings}" if isinstance(max_retrainings, int) else "budget_bracket"
-    rule = rule if rule is not None else (budget_default if retrain is not None else "xi")
+    if rule is None and retrain is not None:
+        rule = f"{rules.DEFAULT_BUDGET}_{max_retrainings}"
+    elif rule is None:  # "xi" is xi_continuous at the threshold asked for
+        rule = "xi" if rules.DEFAULT_NO_RETRAINING == "xi_continuous" else rules.DEFAULT_NO_RETRAINING
     _check_arguments(
         attributor, rule, threshold, candidates, has_recipe, retrain, max_retrainings, alpha, val_outputs, fitted
     )
@@ -337,10 +357,11 @@ def select_regularization(
             scores = [sign * sum(m.scores(lam) for m in members) / len(members) for lam in lambdas]
             return np.array([lds(s, targets, subsets).mean for s in scores])
 
+    margins = train_margins(task, train_loader, device) if attributor == "trak" and recipe is not None else None
     inp = RuleInput(
-        attributor, members, grid, recipe, PUBLISHED_DEFAULTS[attributor], validation_lds, dict(fitted or {})
+        attributor, members, grid, recipe, PUBLISHED_DEFAULTS[attributor], validation_lds, dict(fitted or {}), margins
     )
-    names = _free_rule_names(recipe is not None, fitted)
+    names = _free_rule_names(attributor, recipe is not None, fitted)
     if retrain is not None:
         names += _budget_rule_names(max_retrainings)
     picks = []
