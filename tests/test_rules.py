@@ -174,7 +174,7 @@ def test_all_picks_skips_rules_without_their_inputs_and_refuses_named_ones():
     full = RuleInput(
         "iffim", inp.members, GRID, RecipeFacts.sgd(0.1, 10, 2, 2), 1e-5, lambda m, lams: np.ones(len(lams))
     )
-    assert [p.rule for p in all_picks(full)] == [n for n in RULES if n != "recipe_gauss_newton"]  # TRAK's only
+    assert [p.rule for p in all_picks(full)] == list(RULES)
     assert RULES["published_default"](full).regularization == 1e-5
 
 
@@ -242,8 +242,13 @@ def test_gauss_newton_conversion_of_traks_recipe_by_hand():
     pick = RULES["recipe_gauss_newton"](inp)
     assert pick.regularization == pytest.approx(RULES["recipe"](inp).regularization / weight)
     assert "p(1−p)" in pick.diagnosis
-    with pytest.raises(InvalidParameterError, match="attributor"):
-        RULES["recipe_gauss_newton"](RuleInput("iffim", inp.members, GRID, facts, train_margins=np.zeros(2)))
+    # IFFIM, or TRAK without margins: the plain recipe rule, and the diagnosis says why
+    for other in (
+        RuleInput("iffim", inp.members, GRID, facts, train_margins=np.zeros(2)),
+        RuleInput("trak", inp.members, GRID, facts),
+    ):
+        same = RULES["recipe_gauss_newton"](other)
+        assert same.regularization == RULES["recipe"](other).regularization and "no conversion" in same.diagnosis
     with pytest.raises(InvalidParameterError, match="train_margins"):
         RuleInput("trak", inp.members, GRID, facts, train_margins=np.zeros(3))
     # the median rule uses the converted recipe for TRAK when the margins are known

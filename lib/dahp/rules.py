@@ -417,14 +417,16 @@ def recipe_gauss_newton(inp: RuleInput) -> RulePick:
     cross-entropy, ``d²L/df² = p(1 − p)`` along the margin ``f``); TRAK's kernel ``ΦᵀΦ`` weighs every
     margin gradient alike, ``ΦᵀΦ ≈ n / (#params · w) · H``. :func:`dahp.selection.recipe_lambda`
     converts by ``n / #params`` only, which leaves λ too small by ``1/w`` -- large when the training
-    points are fitted confidently. IFFIM's curvature is already of loss gradients; the rule is TRAK's.
+    points are fitted confidently. IFFIM's curvature is already of loss gradients, and TRAK's margins
+    may be unknown: then the rule is the plain recipe rule, and its diagnosis says so.
     """
-    _require(inp, "attributor", inp.attributor == "trak", "'trak' (the conversion is for TRAK's kernel)")
     _require(inp, "recipe", inp.recipe is not None, "RecipeFacts of the full-data training")
-    _require(inp, "train_margins", inp.train_margins is not None, "the training points' margins")
 
     def compute() -> tuple[float, str]:
         lam, text = recipe_lambda_effective(inp)
+        if inp.attributor != "trak" or inp.train_margins is None:
+            why = "IFFIM's Fisher is of loss gradients" if inp.attributor != "trak" else "training margins unknown"
+            return lam, f"no conversion ({why}): the recipe rule, {text} = {_fmt(lam)}{_xi_note(inp, lam)}"
         weight = gauss_newton_weight(inp)
         lam = lam / weight
         return lam, f"{text} = {_fmt(lam * weight)}, / mean p(1−p) {weight:.3g} = {_fmt(lam)}{_xi_note(inp, lam)}"
@@ -451,7 +453,7 @@ def median_xi_recipe(inp: RuleInput) -> RulePick:
 
     def compute() -> tuple[float, str]:
         parts = {"xi_continuous": xi_continuous(inp), "xi_saturation_0.9": xi_relative(inp, 0.9, "")}
-        if applicable("recipe_gauss_newton", inp):
+        if inp.recipe is not None and inp.attributor == "trak" and inp.train_margins is not None:
             parts["recipe_gauss_newton"] = recipe_gauss_newton(inp)
         elif inp.recipe is not None:
             parts["recipe"] = recipe_rule(inp)
@@ -696,10 +698,8 @@ def applicable(name: str, inp: RuleInput) -> bool:
     """Whether rule ``name`` can run on ``inp`` (the recipe, default or retrained models it needs are there)."""
     if name in RETRAINING:
         return inp.validation_lds is not None
-    if name in ("recipe", "recipe_fitted"):
+    if name in ("recipe", "recipe_fitted", "recipe_gauss_newton"):
         return inp.recipe is not None
-    if name == "recipe_gauss_newton":
-        return inp.attributor == "trak" and inp.recipe is not None and inp.train_margins is not None
     if name == "published_default":
         return inp.published_default is not None
     return True
