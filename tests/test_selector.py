@@ -9,6 +9,7 @@ from torch.func import functional_call
 from torch.utils.data import DataLoader, TensorDataset
 
 from dahp.config import InvalidParameterError
+from dahp.rules import RecipeFacts
 from dahp.selector import select_regularization
 from dahp.targets import correct_class_margin
 
@@ -184,7 +185,7 @@ def test_budget_mode_spends_at_most_its_budget_and_matches_a_brute_force_argmax(
     result = select_regularization(
         task, train_loader, val_loader, "iffim", candidates=grid, retrain=retrain, max_retrainings=4
     )
-    assert len(calls) == 4 == result.trainings and result.mode == "budget"
+    assert len(calls) == 4 == result.trainings and result.mode == "budget" and result.retrain_seconds > 0
     assert all(len(s) == 150 and len(set(s.tolist())) == 150 for s in seen)  # α = 0.5 of 300, no repeats
     assert result.rule == "budget_bracket_4" and result.regularization == result.pick("budget_bracket_4").regularization
     names = [p.rule for p in result.picks]
@@ -222,6 +223,10 @@ def test_budget_mode_bad_input_refused_before_any_retraining(digits_task):
         select_regularization(task, train_loader, val_loader, retrain=retrain, rule="budget_val_lds_10")
     with pytest.raises(InvalidParameterError, match="candidates"):
         select_regularization(task, train_loader, val_loader, candidates=[1.0, 0.1])
+    with pytest.raises(InvalidParameterError, match=r"recipe\.n_train"):
+        select_regularization(
+            task, train_loader, val_loader, recipe=RecipeFacts.sgd(0.1, 10, n_train=299, n_params=410)
+        )
     with pytest.raises(InvalidParameterError, match="fitted"):
         select_regularization(task, train_loader, val_loader, fitted={"recipe": {"factor": 2.0}})
     with pytest.raises(InvalidParameterError, match="retrain"):

@@ -14,8 +14,9 @@ budget*: pass ``retrain(train_indices, seed)``, which trains your model your way
 selector calls it at most ``max_retrainings`` times (default 5) on random halves of the training set,
 evaluates each retrained model on the validation queries and adds the budget rules: the grid λ with
 the best validation-query LDS, and ξ̄ bracketing λ before that LDS chooses inside the bracket (the
-default pick of this mode). TRAK's scores there leave out its per-training-point factor ``1 − p_i``
-(the selector has no correct-class probability); IFFIM's are exact.
+default pick of this mode). TRAK's scores there leave out its per-training-point factor ``1 − p_i``;
+IFFIM's are exact. With a recipe and TRAK, the training points' margins (the task's target function
+on the training loader, once per checkpoint) feed ``recipe_gauss_newton``.
 
 Gradients come from the task's own per-example gradient functions; projections from dattri's
 projector, one ``ensemble_id`` per checkpoint, as dattri's TRAK draws them. Both, and the
@@ -31,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -67,6 +69,7 @@ class SelectorResult:
     picks: tuple[RulePick, ...] = ()
     mode: str = "no_retraining"  #: ``"no_retraining"`` or ``"budget"`` (``retrain`` was given)
     trainings: int = 0  #: how many times ``retrain`` was called
+    retrain_seconds: float = 0.0  #: wall time of those calls and of the retrained models' validation outputs
 
     def pick(self, rule: str) -> RulePick:
         """The pick of rule ``rule``."""
@@ -333,6 +336,9 @@ def select_regularization(
     )
     if recipe is not None and not isinstance(recipe, RecipeFacts):
         raise InvalidParameterError("recipe", recipe, "None or a dahp.rules.RecipeFacts")
+    size = len(train_loader.dataset) if hasattr(getattr(train_loader, "dataset", None), "__len__") else None
+    if recipe is not None and size is not None and recipe.n_train != size:
+        raise InvalidParameterError("recipe.n_train", recipe.n_train, f"the training loader's size {size}")
     device = resolve_device(device)
     members = task_factors(task, train_loader, val_loader, attributor, proj_dim, proj_seed, device)
     top = max(float(m.eigenvalues.max()) for m in members)
@@ -345,6 +351,7 @@ def select_regularization(
 
     retrainings = None
     validation_lds = None
+    retrain_seconds = 0.0
     if retrain is not None:
         outputs = functools.partial(
             _validation_outputs, task, val_loader=val_loader, val_outputs=val_outputs, device=device
@@ -356,6 +363,12 @@ def select_regularization(
             subsets, targets = retrainings.first(models)
             scores = [sign * sum(m.scores(lam) for m in members) / len(members) for lam in lambdas]
             return np.array([lds(s, targets, subsets).mean for s in scores])
+
+        # the whole budget up front: the default pick uses all of it, and the rules' own seconds then
+        # exclude the retraining, which is reported once (retrain_seconds)
+        started = time.perf_counter()
+        retrainings.first(max_retrainings)
+        retrain_seconds = time.perf_counter() - started
 
     margins = train_margins(task, train_loader, device) if attributor == "trak" and recipe is not None else None
     inp = RuleInput(
@@ -390,4 +403,5 @@ def select_regularization(
         tuple(picks),
         "budget" if retrain is not None else "no_retraining",
         len(retrainings.targets) if retrainings is not None else 0,
+        retrain_seconds,
     )
