@@ -16,7 +16,8 @@ The method -- modules named after the concepts of the paper:
 - :mod:`dahp.dattri_bridge` -- dattri's own attributors on our settings (tasks, loaders, signs)
 - :mod:`dahp.surrogate`    -- the surrogate indicator ξ, its partner ω, the exact condition
 - :mod:`dahp.selection`    -- Algorithm 1 and the zero-cost baselines (pure rules)
-- :mod:`dahp.selector`     -- λ for any ``dattri`` ``AttributionTask`` (for practitioners)
+- :mod:`dahp.selector`     -- λ for any ``dattri`` ``AttributionTask`` (for practitioners): no retraining, or a few
+- :mod:`dahp.rules`        -- every rule for λ behind one interface: picks with diagnoses and costs
 - :mod:`dahp.learned_weights` -- learned parameter-group weights (seed 002): per-group contributions, the top-k objective
 - :mod:`dahp.profiles`     -- run sizes: quick (CI), default (the book on a CPU), paper
 - :mod:`dahp.plan`         -- the book's plan: notebooks executed by papermill, skipped when unchanged
