@@ -1,4 +1,4 @@
-"""The reproduction status: each claim of the paper (C1-C12), the paper's number, ours, and a verdict.
+"""The reproduction status: each claim of the paper (C1-C12) and of a seed (C13), its number, ours, and a verdict.
 
 Every number comes from the records (:mod:`dahp.experiments.records`) the book's pages saved under
 ``data/results/<profile>/``, through the same headline methods the pages display; nothing here
@@ -23,6 +23,7 @@ import pandas as pd
 from dahp.experiments.records import (
     SELECTED,
     GridRecord,
+    LearnedWeightsRecord,
     RemovalRecord,
     SelectionStudy,
     TheoremRecord,
@@ -434,7 +435,48 @@ def c12(folder: Path) -> Verdict:
     )
 
 
-CLAIMS: list[Callable[[Path], Verdict]] = [c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12]
+#: Attributors C13 is judged on: Grad-Dot is TracIn at the final checkpoint only, and TRAK.
+C13_ATTRIBUTORS = ("grad_dot", "trak")
+
+
+def c13(folder: Path) -> Verdict:
+    rule = (
+        "per setting, for Grad-Dot (TracIn at the last checkpoint) and TRAK: LDS with learned weights at its best λ "
+        "above LDS with uniform weights at theirs by > 2 SE (paired over test queries); all: holds, some: in part"
+    )
+    paper = (
+        "seed 002 (arXiv 2506.05647, as summarised, not checked against the paper): LDS x100 on ImageNet ResNet-18, "
+        "TracIn 11.39 -> 23.92, TRAK 16.86 -> 23.30"
+    )
+    record = LearnedWeightsRecord.load(folder)
+    if record is None or record.per_query.empty:
+        return _missing("C13", "learned weights", paper, rule, "Learned weights")
+    unjudged = {s: _setting_missing(s) for s, _ in record.cases}
+    cases = [(s, a) for s, a in record.cases if a in C13_ATTRIBUTORS and unjudged[s] is None]
+    if not cases:
+        return _missing("C13", "learned weights", paper, rule, "Learned weights (no TracIn/TRAK case on judged data)")
+    head = record.headline()
+    keys = [record.label(s, a) for s, a in cases]
+    ours = "; ".join(
+        f"{key}: uniform {head[key]['lds_uniform'].text(3)}, learned {head[key]['lds_learned'].text(3)}, "
+        f"difference {head[key]['learned_minus_uniform'].text(3)}"
+        for key in keys
+    )
+    checks = [head[key]["learned_minus_uniform"].exceeds(0) for key in keys]
+    reason = "; ".join(r for r in unjudged.values() if r)
+    return Verdict(
+        "C13",
+        "learned weights (new measurements on MNIST, not the seed's settings)",
+        paper,
+        ours,
+        share_verdict(checks),
+        rule,
+        reason,
+        _used(record, *keys),
+    )
+
+
+CLAIMS: list[Callable[[Path], Verdict]] = [c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13]
 
 
 @dataclasses.dataclass

@@ -1,0 +1,243 @@
+"""Learned parameter-group weights against uniform ones, over λ, judged by the test LDS (issue 12).
+
+For each (setting, attributor) the per-group contributions (:mod:`dahp.learned_weights`) are formed
+once on the validation queries and once on the test queries. At every λ of the grid (IFFIM, TRAK;
+Grad-Dot has none) the weights are fitted on the validation contributions with a configuration fixed
+before any LDS is computed (:class:`dahp.learned_weights.GroupWeightConfig`), and both weightings are
+then judged on the same test queries: uniform weights (the attributor's own scores) and the learned
+ones, per query, so the two compare paired (:func:`dahp.experiments.records.paired_difference`).
+
+The ξ rule (:mod:`dahp.selection`) is run for both weightings on the validation queries: with uniform
+weights it is Algorithm 1 on the attributor's spectral factors; with learned weights the same rule
+on the same factors whose query side is ``Σ_j w_j R_j`` (the weights learned at each λ), i.e. ξ of the
+weighted attributor. Neither sees a test query.
+
+Timing: the seconds to form the validation contributions and to fit the weights (all λ), next to the
+seconds the attributor itself takes to score the test queries (:func:`dahp.attributors.scorer` plus
+its scores at every λ). Both as measured in this run: features already cached are loaded, not
+recomputed, in either.
+
+Book: "Learned parameter-group weights".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from dahp import attributors as attr
+from dahp.cache import Cache, default_cache
+from dahp.config import GroundTruthConfig, InvalidParameterError
+from dahp.device import resolve_device
+from dahp.experiments.cases import default_grid
+from dahp.experiments.grid import query_index
+from dahp.experiments.records import LearnedWeightsRecord
+from dahp.ground_truth import ground_truth
+from dahp.lds import lds
+from dahp.learned_weights import (
+    GroupWeightConfig,
+    RowWeightedContributions,
+    SpectralContributions,
+    SummedContributions,
+    fit_weights,
+    parameter_groups,
+    setting_contributions,
+    weighted_scores,
+)
+from dahp.selection import select_on_grid, xi_bar_curve
+from dahp.settings import Setting, get_setting
+from dahp.spectral import SpectralFactors
+
+#: The study's settings and attributors (issue 12: both embedded settings; Grad-Dot, TRAK, IFFIM).
+STUDY_SETTINGS = ("mnist_lr", "mnist_mlp")
+STUDY_ATTRIBUTORS = ("grad_dot", "trak", "iffim")
+#: The weightings compared.
+WEIGHTINGS = ("uniform", "learned")
+#: ξ̄ target of the selector (Algorithm 1's default).
+XI_THRESHOLD = 0.5
+
+
+def study_grid(setting: Setting, attributor: str, n_lambdas: int) -> list[float | None]:
+    """λ of one case: none for Grad-Dot; for IFFIM and TRAK ``n_lambdas`` points of the package's
+    default grid on the attributor's own scale (:func:`dahp.experiments.cases.default_grid`)."""
+    if attributor == "grad_dot":
+        return [None]
+    return default_grid(setting, attributor, n_lambdas)
+
+
+def study_params(attributor: str, trak_ensemble: int):
+    """The attributor's defaults (TRAK with the profile's ensemble); IFFIM unprojected (learned weights
+    of projected IFFIM are not implemented)."""
+    if attributor == "trak":
+        return attr.make_params("trak", ensemble_size=trak_ensemble)
+    return attr.make_params(attributor)
+
+
+def _spectral_parts(contributions) -> list[SpectralContributions]:
+    """The per-member spectral contributions of IFFIM (one) or TRAK (one per ensemble member)."""
+    if isinstance(contributions, RowWeightedContributions):
+        contributions = contributions.inner
+    if isinstance(contributions, SummedContributions):
+        return list(contributions.parts)
+    return [contributions]
+
+
+def weighted_members(members: Sequence[SpectralFactors], contributions, weights: torch.Tensor) -> list[SpectralFactors]:
+    """The validation scorer's spectral factors with query side ``Σ_j w_j R_j`` (ξ of the weighted attributor).
+
+    Checks that the contributions split exactly these factors (``Σ_j R_j = R`` per member).
+    """
+    parts = _spectral_parts(contributions)
+    if len(parts) != len(members):
+        raise InvalidParameterError("members", len(members), f"{len(parts)} (one per contribution part)")
+    out = []
+    for member, part in zip(members, parts):
+        if not torch.allclose(part.rights.sum(0), member.right.double(), rtol=1e-6, atol=1e-9):
+            raise InvalidParameterError("contributions", "per-group rights", "a split of the scorer's own factors")
+        right = torch.einsum("m,mrq->rq", weights.double(), part.rights)
+        out.append(dataclasses.replace(member, right=right.to(member.right.dtype)))
+    return out
+
+
+def _per_query(scores: torch.Tensor, truth, columns: np.ndarray, device: torch.device) -> np.ndarray:
+    targets = truth.targets("test")[:, columns]
+    return lds(scores, targets, truth.subsets, device=device).per_query
+
+
+def run_learned_case(
+    setting: Setting,
+    attributor: str,
+    n_lambdas: int,
+    trak_ensemble: int,
+    truth,
+    n_queries: int | None,
+    config: GroupWeightConfig,
+    cache: Cache,
+    progress: bool,
+    device: torch.device,
+) -> dict[str, list[dict]]:
+    """One (setting, attributor): rows of the record's tables (per_query, groups, picks, timing)."""
+    params = study_params(attributor, trak_ensemble)
+    grid = study_grid(setting, attributor, n_lambdas)
+    columns = query_index(len(setting.data().queries("test")[1]), n_queries)
+    key = {"setting": setting.name, "attributor": attributor}
+    groups = parameter_groups(setting.make_model(), config.grouping)
+
+    # the attributor's own cost: its test scorer and its scores at every λ
+    started = time.perf_counter()
+    test_scorer = attr.scorer(setting, attributor, params, "test", cache, progress, device=device)
+    own = [test_scorer.scores(lam) if lam is not None else test_scorer.scores(0.0) for lam in grid]
+    attributor_seconds = time.perf_counter() - started
+    del own
+
+    started = time.perf_counter()
+    val = setting_contributions(setting, attributor, params, "val", config, cache, progress, device)
+    contributions_seconds = time.perf_counter() - started
+    test = setting_contributions(setting, attributor, params, "test", config, cache, progress, device)
+    members = None
+    if attributor != "grad_dot":
+        members = attr.scorer(setting, attributor, params, "val", cache, progress, device=device).members
+
+    rows: dict[str, list[dict]] = {"per_query": [], "groups": [], "picks": [], "timing": []}
+    fit_seconds, xi_learned = 0.0, []
+    for lam in grid:
+        fit = fit_weights(val.at(lam), config)
+        fit_seconds += fit.seconds
+        point = {**key, "regularization": lam}
+        rows["groups"] += [
+            {**point, "group": g.name, "size": g.size, "weight": float(w)} for g, w in zip(groups, fit.weights)
+        ]
+        c_test = test.at(lam)[:, :, columns]
+        for weighting, weights in (("uniform", torch.ones(len(groups))), ("learned", fit.weights)):
+            per_query = _per_query(weighted_scores(c_test, weights), truth, columns, device)
+            rows["per_query"] += [
+                {**point, "weighting": weighting, "query": int(q), "lds": float(v)} for q, v in zip(columns, per_query)
+            ]
+        if members is not None:
+            xi_learned.append(float(xi_bar_curve(weighted_members(members, val, fit.weights), [lam])[0]))
+    if members is not None:
+        for weighting, curve in (("uniform", xi_bar_curve(members, grid)), ("learned", np.asarray(xi_learned))):
+            pick = select_on_grid(curve, grid, XI_THRESHOLD)
+            rows["picks"].append(
+                {**key, "weighting": weighting, "regularization": pick.regularization, "xi_bar": pick.xi_bar}
+            )
+    rows["timing"].append(
+        {
+            **key,
+            "attributor_seconds": attributor_seconds,
+            "contributions_seconds": contributions_seconds,
+            "fit_seconds": fit_seconds,
+            "n_fits": len(grid),
+        }
+    )
+    return rows
+
+
+def learned_weights_study(
+    settings: Sequence[str] = STUDY_SETTINGS,
+    attributors: Sequence[str] = STUDY_ATTRIBUTORS,
+    n_lambdas: int = 5,
+    trak_ensemble: int = 2,
+    n_models: int = 50,
+    n_queries: int | None = None,
+    seed: int = 0,
+    config: GroupWeightConfig | None = None,
+    cache: Cache | None = None,
+    progress: bool = False,
+    profile: str | None = None,
+    device: str | torch.device | None = None,
+) -> LearnedWeightsRecord:
+    """Every (setting, attributor) case: LDS on the test queries over λ with uniform and learned weights.
+
+    Args:
+        settings: embedded settings (``mnist_lr``, ``mnist_mlp``).
+        attributors: of ``grad_dot``, ``trak``, ``iffim``.
+        n_lambdas: λ points per IFFIM / TRAK case (log-spaced over the default grid's 8 decades).
+        trak_ensemble: TRAK's ensemble size.
+        n_models: retrained models of the LDS ground truth.
+        n_queries: evenly spaced test queries judged (None: all).
+        seed: seed of the retraining subsets and models.
+        config: how the weights are learned (defaults: spec §4), fixed before any LDS.
+    """
+    config = config or GroupWeightConfig()
+    for name in attributors:
+        if name not in STUDY_ATTRIBUTORS:
+            raise InvalidParameterError("attributor", name, STUDY_ATTRIBUTORS)
+    if not (isinstance(n_lambdas, int) and n_lambdas >= 2):
+        raise InvalidParameterError("n_lambdas", n_lambdas, "an integer >= 2")
+    if n_queries is not None and not (isinstance(n_queries, int) and n_queries >= 2):
+        raise InvalidParameterError("n_queries", n_queries, "None (all queries) or an integer >= 2")
+    resolved = [get_setting(name) for name in settings]  # unknown names fail before any compute
+    for s in resolved:
+        if s.name not in STUDY_SETTINGS:
+            raise InvalidParameterError("setting", s.name, STUDY_SETTINGS)
+    truth_config = GroundTruthConfig(n_models=n_models, seed=seed)
+    device = resolve_device(device)
+    cache = default_cache() if cache is None else cache
+    tables: dict[str, list[dict]] = {"per_query": [], "groups": [], "picks": [], "timing": []}
+    for setting in resolved:
+        truth = ground_truth(setting, truth_config, cache, progress, device=device)
+        for attributor in attributors:
+            rows = run_learned_case(
+                setting, attributor, n_lambdas, trak_ensemble, truth, n_queries, config, cache, progress, device
+            )
+            for part, values in rows.items():
+                tables[part] += values
+    study_config = {
+        "settings": [s.name for s in resolved],
+        "attributors": list(attributors),
+        "n_lambdas": n_lambdas,
+        "trak_ensemble": trak_ensemble,
+        "n_models": n_models,
+        "n_queries": n_queries,
+        "seed": seed,
+        "xi_threshold": XI_THRESHOLD,
+        "weights": config.as_dict(),
+    }
+    frames = {part: pd.DataFrame(rows) for part, rows in tables.items()}
+    return LearnedWeightsRecord.from_per_query(frames, study_config, profile)

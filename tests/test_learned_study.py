@@ -1,0 +1,163 @@
+"""The learned-weights study's record (issue 12): tables, headline, round trip, the C13 rule, and ξ of weighted factors."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dahp.config import InvalidParameterError
+from dahp.experiments.learned import learned_weights_study, weighted_members
+from dahp.experiments.records import LEARNED_COLUMNS, LearnedWeightsRecord, _plain, paired_difference
+from dahp.experiments.status import FAILS, HOLDS, NOT_RUN, PARTLY, c13
+from dahp.learned_weights import SpectralContributions
+from dahp.selection import xi_bar_curve
+from dahp.spectral import SpectralFactors
+
+RNG = np.random.default_rng(0)
+GRID = (1e-3, 1e-1)
+
+
+def _record(shifts, n=40, profile="quick"):
+    """A record with Grad-Dot (no λ) and TRAK (two λ) on mnist_lr; ``shifts[attributor]`` is added to the
+    learned weighting's per-query LDS at every λ. TRAK's uniform LDS is best at λ=1e-1."""
+    per_query, groups, timing = [], [], []
+    for attributor, grid in (("grad_dot", (None,)), ("trak", GRID)):
+        for i, lam in enumerate(grid):
+            base = RNG.normal(0.2 + 0.1 * i, 0.05, n)
+            for weighting, values in (("uniform", base), ("learned", base + shifts[attributor])):
+                per_query += [
+                    {
+                        "setting": "mnist_lr",
+                        "attributor": attributor,
+                        "regularization": lam,
+                        "weighting": weighting,
+                        "query": q,
+                        "lds": v,
+                    }
+                    for q, v in enumerate(values)
+                ]
+            groups += [
+                {
+                    "setting": "mnist_lr",
+                    "attributor": attributor,
+                    "regularization": lam,
+                    "group": g,
+                    "size": s,
+                    "weight": w,
+                }
+                for g, s, w in (("linear.weight", 7840, 1.5), ("linear.bias", 10, 0.5))
+            ]
+        timing.append(
+            {
+                "setting": "mnist_lr",
+                "attributor": attributor,
+                "attributor_seconds": 2.0,
+                "contributions_seconds": 1.0,
+                "fit_seconds": 0.5,
+                "n_fits": len(grid),
+            }
+        )
+    picks = pd.DataFrame(
+        [
+            {
+                "setting": "mnist_lr",
+                "attributor": "trak",
+                "weighting": "uniform",
+                "regularization": GRID[0],
+                "xi_bar": 0.4,
+            },
+            {
+                "setting": "mnist_lr",
+                "attributor": "trak",
+                "weighting": "learned",
+                "regularization": GRID[1],
+                "xi_bar": 0.6,
+            },
+        ]
+    )
+    frames = {
+        "per_query": pd.DataFrame(per_query),
+        "groups": pd.DataFrame(groups),
+        "picks": picks,
+        "timing": pd.DataFrame(timing),
+    }
+    return LearnedWeightsRecord.from_per_query(frames, {"n_lambdas": 2}, profile)
+
+
+def test_table_headline_and_round_trip(tmp_path):
+    record = _record({"grad_dot": 0.1, "trak": 0.0})
+    table = record.table()
+    assert list(table.columns) == list(LEARNED_COLUMNS)
+    assert len(table) == 2 * (1 + len(GRID))  # Grad-Dot's one point and TRAK's two, each weighting
+    assert table.regularization.isna().sum() == 2  # Grad-Dot has no λ
+    head = record.headline()
+    assert set(head) == {"mnist_lr grad_dot", "mnist_lr trak"}
+    gd = head["mnist_lr grad_dot"]
+    assert gd["lambda_uniform"] is None and "xi" not in gd
+    assert gd["learned_minus_uniform"].value == pytest.approx(0.1) and gd["learned_minus_uniform"].se < 1e-12
+    trak = head["mnist_lr trak"]
+    assert trak["lambda_uniform"] == GRID[1] and trak["lambda_learned"] == GRID[1]
+    uniform = record.per_query_at("mnist_lr", "trak", GRID[1], "uniform")
+    assert trak["lds_uniform"].value == pytest.approx(uniform.mean())
+    assert trak["lds_uniform"].se == pytest.approx(uniform.std(ddof=1) / np.sqrt(len(uniform)))
+    # the ξ picks: learned at 1e-1 against uniform at 1e-3, paired over the same queries
+    expected = paired_difference(
+        record.per_query_at("mnist_lr", "trak", GRID[1], "learned"),
+        record.per_query_at("mnist_lr", "trak", GRID[0], "uniform"),
+    )
+    assert trak["xi"]["learned_minus_uniform"] == expected
+    assert record.weights_at("mnist_lr", "trak", GRID[0]).to_dict() == {"linear.weight": 1.5, "linear.bias": 0.5}
+    assert gd["seconds"] == {"attributor": 2.0, "contributions": 1.0, "fit": 0.5}
+
+    record.save(tmp_path)
+    saved = pd.read_csv(tmp_path / "learned_weights.csv")
+    assert list(saved.columns) == list(LEARNED_COLUMNS)
+    loaded = LearnedWeightsRecord.load(tmp_path)
+    assert loaded is not None and loaded.profile == "quick" and loaded.config == {"n_lambdas": 2}
+    # the headline computed from the files equals the one saved beside them, value for value
+    assert _plain(loaded.headline()) == json.loads((tmp_path / "learned_weights.json").read_text())["headline"]
+    assert _plain(loaded.headline()) == _plain(head)
+    assert LearnedWeightsRecord.load(tmp_path / "nowhere") is None
+
+
+def test_c13_rule(tmp_path):
+    assert c13(tmp_path).holds == NOT_RUN
+    _record({"grad_dot": 0.1, "trak": 0.1}).save(tmp_path)
+    verdict = c13(tmp_path)
+    assert verdict.holds == HOLDS and "mnist_lr trak: uniform" in verdict.ours
+    assert verdict.numbers["learned_weights"]["mnist_lr trak"]["learned_minus_uniform"]["value"] == pytest.approx(0.1)
+    _record({"grad_dot": 0.1, "trak": 0.0}).save(tmp_path)
+    assert c13(tmp_path).holds == PARTLY
+    _record({"grad_dot": -0.1, "trak": 0.0}).save(tmp_path)  # worse, and no established change
+    assert c13(tmp_path).holds == FAILS
+
+
+def test_weighted_factors_reproduce_xi_at_uniform_weights_and_refuse_a_foreign_split():
+    torch.manual_seed(0)
+    n, r, q, m = 12, 5, 7, 3
+    rights = torch.randn(m, r, q, dtype=torch.float64)
+    left, eig = torch.randn(n, r, dtype=torch.float64), torch.rand(r, dtype=torch.float64) + 0.1
+    member = SpectralFactors(left, eig, rights.sum(0), sign=-1.0)
+    split = SpectralContributions(left, eig, rights, sign=-1.0)
+    grid = [1e-2, 1e-1, 1.0]
+    (same,) = weighted_members([member], split, torch.ones(m))
+    assert torch.allclose(same.right, member.right)
+    assert np.allclose(xi_bar_curve([same], grid), xi_bar_curve([member], grid))
+    weights = torch.tensor([2.0, 0.5, 0.5], dtype=torch.float64)
+    (weighted,) = weighted_members([member], split, weights)
+    # the weighted factors score exactly Σ_j w_j C_j
+    assert torch.allclose(weighted.scores(0.1), torch.einsum("m,mnq->nq", weights, split.at(0.1)))
+    other = SpectralFactors(left, eig, rights.sum(0) + 1.0, sign=-1.0)
+    with pytest.raises(InvalidParameterError, match="contributions"):
+        weighted_members([other], split, torch.ones(m))
+
+
+def test_bad_arguments_are_refused_before_any_compute():
+    with pytest.raises(InvalidParameterError, match="attributor"):
+        learned_weights_study(attributors=("if_cg",))
+    with pytest.raises(InvalidParameterError, match="n_lambdas"):
+        learned_weights_study(n_lambdas=1)
+    with pytest.raises(InvalidParameterError, match="setting"):
+        learned_weights_study(settings=("cifar2_resnet9",))
