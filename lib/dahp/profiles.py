@@ -36,6 +36,9 @@ class Profile:
         help="earlier epochs at which IF explicit factorizes the exact Hessian (Fig 4)"
     )
     removal_seeds: int = option(help="retraining seeds per cell of the removal table")
+    learned_lambdas: int = option(
+        help="λ per IFFIM / TRAK case of the learned-weights study (weights fitted once per λ; log-spaced)"
+    )
 
 
 PROFILES = {
@@ -54,6 +57,7 @@ PROFILES = {
         cg_iterations=(2, 10),
         hessian_epochs=(),
         removal_seeds=2,
+        learned_lambdas=3,
     ),
     "default": Profile(
         "default",
@@ -70,6 +74,7 @@ PROFILES = {
         cg_iterations=(2, 5, 10, 20),
         hessian_epochs=(),
         removal_seeds=3,
+        learned_lambdas=5,
     ),
     "paper": Profile(
         "paper",
@@ -86,6 +91,7 @@ PROFILES = {
         cg_iterations=(2, 5, 10, 20, 50),
         hessian_epochs=(1, 5, 10),
         removal_seeds=5,
+        learned_lambdas=9,
     ),
 }
 
