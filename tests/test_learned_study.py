@@ -159,5 +159,7 @@ def test_bad_arguments_are_refused_before_any_compute():
         learned_weights_study(attributors=("if_cg",))
     with pytest.raises(InvalidParameterError, match="n_lambdas"):
         learned_weights_study(n_lambdas=1)
+    with pytest.raises(InvalidParameterError, match="fit_queries"):
+        learned_weights_study(fit_queries=1)
     with pytest.raises(InvalidParameterError, match="setting"):
         learned_weights_study(settings=("cifar2_resnet9",))

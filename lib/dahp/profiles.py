@@ -39,6 +39,9 @@ class Profile:
     learned_lambdas: int = option(
         help="λ per IFFIM / TRAK case of the learned-weights study (weights fitted once per λ; log-spaced)"
     )
+    learned_fit_queries: int | None = option(
+        help="validation queries the group weights are fitted on (None: all 500; evenly spaced)"
+    )
 
 
 PROFILES = {
@@ -58,6 +61,7 @@ PROFILES = {
         hessian_epochs=(),
         removal_seeds=2,
         learned_lambdas=3,
+        learned_fit_queries=50,
     ),
     "default": Profile(
         "default",
@@ -75,6 +79,7 @@ PROFILES = {
         hessian_epochs=(),
         removal_seeds=3,
         learned_lambdas=5,
+        learned_fit_queries=None,
     ),
     "paper": Profile(
         "paper",
@@ -92,6 +97,7 @@ PROFILES = {
         hessian_epochs=(1, 5, 10),
         removal_seeds=5,
         learned_lambdas=9,
+        learned_fit_queries=None,
     ),
 }
 

@@ -118,6 +118,7 @@ def run_learned_case(
     trak_ensemble: int,
     truth,
     n_queries: int | None,
+    fit_queries: int | None,
     config: GroupWeightConfig,
     cache: Cache,
     progress: bool,
@@ -127,6 +128,7 @@ def run_learned_case(
     params = study_params(attributor, trak_ensemble)
     grid = study_grid(setting, attributor, n_lambdas)
     columns = query_index(len(setting.data().queries("test")[1]), n_queries)
+    fit_columns = torch.from_numpy(query_index(len(setting.data().queries("val")[1]), fit_queries))
     key = {"setting": setting.name, "attributor": attributor}
     groups = parameter_groups(setting.make_model(), config.grouping)
 
@@ -148,7 +150,7 @@ def run_learned_case(
     rows: dict[str, list[dict]] = {"per_query": [], "groups": [], "picks": [], "timing": []}
     fit_seconds, xi_learned = 0.0, []
     for lam in grid:
-        fit = fit_weights(val.at(lam), config)
+        fit = fit_weights(val.at(lam)[:, :, fit_columns], config)
         fit_seconds += fit.seconds
         point = {**key, "regularization": lam}
         rows["groups"] += [
@@ -187,6 +189,7 @@ def learned_weights_study(
     trak_ensemble: int = 2,
     n_models: int = 50,
     n_queries: int | None = None,
+    fit_queries: int | None = None,
     seed: int = 0,
     config: GroupWeightConfig | None = None,
     cache: Cache | None = None,
@@ -203,6 +206,7 @@ def learned_weights_study(
         trak_ensemble: TRAK's ensemble size.
         n_models: retrained models of the LDS ground truth.
         n_queries: evenly spaced test queries judged (None: all).
+        fit_queries: evenly spaced validation queries the weights are fitted on (None: all); ξ uses all.
         seed: seed of the retraining subsets and models.
         config: how the weights are learned (defaults: spec §4), fixed before any LDS.
     """
@@ -212,8 +216,9 @@ def learned_weights_study(
             raise InvalidParameterError("attributor", name, STUDY_ATTRIBUTORS)
     if not (isinstance(n_lambdas, int) and n_lambdas >= 2):
         raise InvalidParameterError("n_lambdas", n_lambdas, "an integer >= 2")
-    if n_queries is not None and not (isinstance(n_queries, int) and n_queries >= 2):
-        raise InvalidParameterError("n_queries", n_queries, "None (all queries) or an integer >= 2")
+    for label, value in (("n_queries", n_queries), ("fit_queries", fit_queries)):
+        if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 2):
+            raise InvalidParameterError(label, value, "None (all queries) or an integer >= 2")
     resolved = [get_setting(name) for name in settings]  # unknown names fail before any compute
     for s in resolved:
         if s.name not in STUDY_SETTINGS:
@@ -226,7 +231,17 @@ def learned_weights_study(
         truth = ground_truth(setting, truth_config, cache, progress, device=device)
         for attributor in attributors:
             rows = run_learned_case(
-                setting, attributor, n_lambdas, trak_ensemble, truth, n_queries, config, cache, progress, device
+                setting,
+                attributor,
+                n_lambdas,
+                trak_ensemble,
+                truth,
+                n_queries,
+                fit_queries,
+                config,
+                cache,
+                progress,
+                device,
             )
             for part, values in rows.items():
                 tables[part] += values
@@ -237,6 +252,7 @@ def learned_weights_study(
         "trak_ensemble": trak_ensemble,
         "n_models": n_models,
         "n_queries": n_queries,
+        "fit_queries": fit_queries,
         "seed": seed,
         "xi_threshold": XI_THRESHOLD,
         "weights": config.as_dict(),
