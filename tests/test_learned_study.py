@@ -161,5 +161,7 @@ def test_bad_arguments_are_refused_before_any_compute():
         learned_weights_study(n_lambdas=1)
     with pytest.raises(InvalidParameterError, match="fit_queries"):
         learned_weights_study(fit_queries=1)
+    with pytest.raises(InvalidParameterError, match="left_out"):
+        learned_weights_study(settings=("mnist_lr",), left_out=("mnist_mlp iffim",))
     with pytest.raises(InvalidParameterError, match="setting"):
         learned_weights_study(settings=("cifar2_resnet9",))

@@ -42,6 +42,9 @@ class Profile:
     learned_fit_queries: int | None = option(
         help="validation queries the group weights are fitted on (None: all 500; evenly spaced)"
     )
+    learned_left_out: tuple[str, ...] = option(
+        help="cases '<setting> <attributor>' of the learned-weights study not run at this size (the page lists them)"
+    )
 
 
 PROFILES = {
@@ -62,6 +65,7 @@ PROFILES = {
         removal_seeds=2,
         learned_lambdas=3,
         learned_fit_queries=50,
+        learned_left_out=("mnist_mlp iffim",),
     ),
     "default": Profile(
         "default",
@@ -80,6 +84,7 @@ PROFILES = {
         removal_seeds=3,
         learned_lambdas=5,
         learned_fit_queries=None,
+        learned_left_out=(),
     ),
     "paper": Profile(
         "paper",
@@ -98,6 +103,7 @@ PROFILES = {
         removal_seeds=5,
         learned_lambdas=9,
         learned_fit_queries=None,
+        learned_left_out=(),
     ),
 }
 

@@ -190,6 +190,7 @@ def learned_weights_study(
     n_models: int = 50,
     n_queries: int | None = None,
     fit_queries: int | None = None,
+    left_out: Sequence[str] = (),
     seed: int = 0,
     config: GroupWeightConfig | None = None,
     cache: Cache | None = None,
@@ -207,6 +208,7 @@ def learned_weights_study(
         n_models: retrained models of the LDS ground truth.
         n_queries: evenly spaced test queries judged (None: all).
         fit_queries: evenly spaced validation queries the weights are fitted on (None: all); ξ uses all.
+        left_out: cases ``"<setting> <attributor>"`` not run (kept in the record's config, so a page says so).
         seed: seed of the retraining subsets and models.
         config: how the weights are learned (defaults: spec §4), fixed before any LDS.
     """
@@ -223,13 +225,20 @@ def learned_weights_study(
     for s in resolved:
         if s.name not in STUDY_SETTINGS:
             raise InvalidParameterError("setting", s.name, STUDY_SETTINGS)
+    valid_cases = [f"{s.name} {a}" for s in resolved for a in attributors]
+    for case in left_out:
+        if case not in valid_cases:
+            raise InvalidParameterError("left_out", case, valid_cases)
     truth_config = GroundTruthConfig(n_models=n_models, seed=seed)
     device = resolve_device(device)
     cache = default_cache() if cache is None else cache
     tables: dict[str, list[dict]] = {"per_query": [], "groups": [], "picks": [], "timing": []}
     for setting in resolved:
+        running = [a for a in attributors if f"{setting.name} {a}" not in left_out]
+        if not running:
+            continue
         truth = ground_truth(setting, truth_config, cache, progress, device=device)
-        for attributor in attributors:
+        for attributor in running:
             rows = run_learned_case(
                 setting,
                 attributor,
@@ -253,6 +262,7 @@ def learned_weights_study(
         "n_models": n_models,
         "n_queries": n_queries,
         "fit_queries": fit_queries,
+        "left_out": list(left_out),
         "seed": seed,
         "xi_threshold": XI_THRESHOLD,
         "weights": config.as_dict(),
