@@ -65,7 +65,7 @@ PROFILES = {
         removal_seeds=2,
         learned_lambdas=3,
         learned_fit_queries=50,
-        learned_left_out=("mnist_mlp iffim",),
+        learned_left_out=("mnist_mlp grad_dot", "mnist_mlp iffim"),
     ),
     "default": Profile(
         "default",

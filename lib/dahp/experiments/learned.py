@@ -13,8 +13,8 @@ on the same factors whose query side is ``Σ_j w_j R_j`` (the weights learned at
 weighted attributor. Neither sees a test query.
 
 Timing: the seconds to form the validation contributions and to fit the weights (all λ), next to the
-seconds the attributor itself takes to score the test queries (:func:`dahp.attributors.scorer` plus
-its scores at every λ). Both as measured in this run: features already cached are loaded, not
+seconds the attributor itself takes to score the judged test queries (:func:`dahp.attributors.scorer`
+plus its scores at every λ). Both as measured in this run: features already cached are loaded, not
 recomputed, in either.
 
 Book: "Learned parameter-group weights".
@@ -132,9 +132,10 @@ def run_learned_case(
     key = {"setting": setting.name, "attributor": attributor}
     groups = parameter_groups(setting.make_model(), config.grouping)
 
-    # the attributor's own cost: its test scorer and its scores at every λ
+    # the attributor's own cost: its test scorer on the judged queries and its scores at every λ
     started = time.perf_counter()
-    test_scorer = attr.scorer(setting, attributor, params, "test", cache, progress, device=device)
+    judged = torch.from_numpy(columns)
+    test_scorer = attr.scorer(setting, attributor, params, "test", cache, progress, judged, device)
     own = [test_scorer.scores(lam) if lam is not None else test_scorer.scores(0.0) for lam in grid]
     attributor_seconds = time.perf_counter() - started
     del own
