@@ -64,7 +64,7 @@ PROFILES = {
         hessian_epochs=(),
         removal_seeds=2,
         learned_lambdas=3,
-        learned_fit_queries=50,
+        learned_fit_queries=20,
         learned_left_out=("mnist_mlp grad_dot", "mnist_mlp iffim"),
     ),
     "default": Profile(
