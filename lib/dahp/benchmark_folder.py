@@ -47,7 +47,6 @@ Book: "Data attribution and the LDS" (the protocol difference, :func:`protocol_d
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import pickle
 import zipfile
@@ -57,6 +56,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dahp.cache import file_sha256
 from dahp.config import InvalidParameterError
 from dahp.settings import MissingDataError, Setting, SplitData, get_setting, load_cifar2
 
@@ -586,7 +586,7 @@ class DattriModels:
         files = (self.source / INDICES_FILE, self.source / TARGETS_FILE, *self.full_paths)
         combined = hashlib.sha256()
         for path in files:
-            combined.update(f"{path.relative_to(self.source)}\0{_file_sha256(path)}\n".encode())
+            combined.update(f"{path.relative_to(self.source)}\0{file_sha256(path)}\n".encode())
         return {
             "ground_truth_source": "dattri",
             "benchmark": dattri_benchmark(self.setting).identifier,
@@ -601,21 +601,6 @@ class DattriModels:
 def benchmark_models(setting: Setting) -> DattriModels | None:
     """dattri's full-data models when ``setting`` is a :func:`benchmark_setting`, else None (ours are trained)."""
     return setting.model_spec if isinstance(setting.model_spec, DattriModels) else None
-
-
-@functools.cache
-def _sha256_of(path: Path, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    """SHA-256 of a file's contents, computed again only when its size or modification time changed."""
-    stat = path.stat()
-    return _sha256_of(path, stat.st_size, stat.st_mtime_ns)
 
 
 def _read_points(setting: str, root: Path) -> SplitData:

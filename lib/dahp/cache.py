@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import hashlib
 import io
 import json
@@ -51,6 +52,23 @@ from dahp.config import InvalidParameterError
 FORMAT_VERSION = 1
 MAGIC = b"dahp-cache"
 T = TypeVar("T")
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's contents, read again only when its size or modification time changed
+    (checkpoints and benchmark files are large, and cache keys ask for them often)."""
+    stat = Path(path).stat()
+    return _sha256_of(Path(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.cache
+def _sha256_of(path: Path, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
 
 #: Code version of each kind of entry. Bump a kind when a change alters what its producer computes
 #: (then run ``python -m dahp.cache --update-lock``); a kind not listed here is refused.

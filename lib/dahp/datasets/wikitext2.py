@@ -383,25 +383,17 @@ def gpt2_from_checkpoint(root: Path | None = None) -> GPT2LanguageModel:
     return copy.deepcopy(_pretrained(str(directory.resolve()), stamp))
 
 
-@functools.lru_cache(maxsize=4)
-def _files_digest(directory: str, stamp: tuple) -> str:
-    """SHA-256 over the checkpoint's files (read once per version of the files, ``stamp``)."""
-    digest = hashlib.sha256()
-    for name in MODEL_FILES:
-        digest.update(name.encode())
-        with open(Path(directory) / name, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 24), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
-
-
 def checkpoint_spec(root: Path) -> dict:
     """What fixes the fine-tuned models besides the data: the pretrained checkpoint's files (for cache keys).
 
     Every fine-tune starts from these weights, so two different checkpoints must never share a cached model.
     """
-    directory = root / MODEL_DIR
-    return {"pretrained": _files_digest(str(directory.resolve()), _stamp(directory))}
+    from dahp.cache import file_sha256  # lazily: `python -m dahp.cache` imports this module via the registry
+
+    digest = hashlib.sha256()
+    for name in MODEL_FILES:
+        digest.update(f"{name}\0{file_sha256(root / MODEL_DIR / name)}\n".encode())
+    return {"pretrained": digest.hexdigest()[:16]}
 
 
 def make_gpt2() -> GPT2LanguageModel:
