@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dahp.config import InvalidParameterError
 from dahp.experiments.records import (
     Estimate,
     GridRecord,
@@ -19,7 +20,9 @@ from dahp.experiments.status import (
     FAILS,
     HOLDS,
     NOT_RUN,
+    PAPER_CLAIMS,
     PARTLY,
+    SEED_CLAIMS,
     c1,
     c2,
     c3,
@@ -257,6 +260,19 @@ def test_every_claim_reports_not_run_without_results(tmp_path):
     assert list(table.columns) == list(COLUMNS)
     assert list(table.claim) == [f"C{k}" for k in range(1, 14)]
     assert set(table.holds) == {NOT_RUN} and table.reason.str.len().min() > 0
+
+
+def test_counts_split_the_papers_claims_from_the_seeds(tmp_path):
+    """C1..C12 are the paper's, C13 the seed's; counts over a subset count only that subset."""
+    _removal(tmp_path, (0.5, 0.0))  # C11 judged (does not hold); everything else not run
+    status = reproduction_status(tmp_path)
+    assert [v.claim for v in status.verdicts] == [*PAPER_CLAIMS, *SEED_CLAIMS]
+    assert status.counts(PAPER_CLAIMS) == {HOLDS: 0, PARTLY: 0, FAILS: 1, NOT_RUN: 11}
+    assert status.counts(SEED_CLAIMS) == {HOLDS: 0, PARTLY: 0, FAILS: 0, NOT_RUN: 1}
+    assert sum(status.counts().values()) == 13
+    assert status.verdict("C11").holds == FAILS and status.verdict("C13").holds == NOT_RUN
+    with pytest.raises(InvalidParameterError):
+        status.verdict("C14")
 
 
 def test_status_numbers_are_the_saved_headlines(tmp_path):

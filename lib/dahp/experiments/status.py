@@ -14,12 +14,13 @@ Book: "Reproduction status".
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from dahp.config import InvalidParameterError
 from dahp.experiments.records import (
     SELECTED,
     GridRecord,
@@ -33,6 +34,14 @@ from dahp.experiments.records import (
 
 HOLDS, PARTLY, FAILS, NOT_RUN = "holds", "holds in part", "does not hold", "not run here"
 VERDICTS = (HOLDS, PARTLY, FAILS, NOT_RUN)
+
+#: The paper's own claims (its checklist).
+PAPER_CLAIMS = tuple(f"C{k}" for k in range(1, 13))
+#: Claims of seed papers this package adds, with the claim in words (the pages name it from here).
+SEED_CLAIMS = {
+    "C13": "learned parameter-group weights improve LDS for TracIn and TRAK "
+    "(seed 002: Li, Le, Xu and Salzmann, arXiv 2506.05647)",
+}
 
 #: Columns of ``reproduction_status.csv``.
 COLUMNS = ("claim", "artifact", "paper", "ours", "holds", "reason", "rule")
@@ -491,9 +500,17 @@ class StatusRecord:
         """One row per claim (the CSV)."""
         return pd.DataFrame([v.row() for v in self.verdicts], columns=list(COLUMNS))
 
-    def counts(self) -> dict[str, int]:
-        """How many claims got each verdict."""
-        return {verdict: sum(v.holds == verdict for v in self.verdicts) for verdict in VERDICTS}
+    def counts(self, claims: Collection[str] | None = None) -> dict[str, int]:
+        """How many claims (of ``claims``; None: all) got each verdict."""
+        chosen = [v for v in self.verdicts if claims is None or v.claim in claims]
+        return {verdict: sum(v.holds == verdict for v in chosen) for verdict in VERDICTS}
+
+    def verdict(self, claim: str) -> Verdict:
+        """The verdict of one claim (``"C13"``)."""
+        for v in self.verdicts:
+            if v.claim == claim:
+                return v
+        raise InvalidParameterError("claim", claim, [v.claim for v in self.verdicts])
 
     def headline(self) -> dict[str, Any]:
         """Claim -> verdict."""
