@@ -153,6 +153,35 @@ def test_objective_is_bounded_by_one_over_root_k_and_reaches_it():
     assert query_objective(planted, k).item() == pytest.approx(-1 / math.sqrt(k), rel=1e-12)
 
 
+def test_top_and_bottom_signal_by_hand_and_bounded():
+    s = torch.tensor([[3.0], [1.0], [0.0], [-2.0]], dtype=torch.float64)  # ‖s‖ = √14
+    assert query_objective(s, 1).item() == pytest.approx(-3 / math.sqrt(14), rel=1e-12)
+    assert query_objective(s, 1, "top_and_bottom").item() == pytest.approx(-2.5 / math.sqrt(14), rel=1e-12)
+    # k = 2: top mean (3 + 1)/2 = 2, bottom mean (0 - 2)/2 = -1, half their gap 1.5
+    assert query_objective(s, 2, "top_and_bottom").item() == pytest.approx(-1.5 / math.sqrt(14), rel=1e-12)
+    torch.manual_seed(2)
+    k = 5
+    scores = torch.randn(100, 30, dtype=torch.float64) * torch.logspace(-3, 3, 30, dtype=torch.float64)
+    assert (query_objective(scores, k, "top_and_bottom").abs() <= 1 / math.sqrt(k) + 1e-12).all()
+    with pytest.raises(InvalidParameterError):
+        query_objective(scores, k, "bottom")
+
+
+def test_only_both_tails_reward_a_group_of_strong_negative_scores():
+    """Group 0 holds k strongly negative scores per query (and zeros), group 1 Gaussian noise: the top-k
+    signal sees group 0 only in the norm and turns it down; the two-tailed signal turns it up."""
+    torch.manual_seed(5)
+    n, q, k = 200, 20, 10
+    negative = torch.zeros(n, q, dtype=torch.float64)
+    for col in range(q):
+        negative[torch.randperm(n)[:k], col] = -3.0
+    c = torch.stack([negative, torch.randn(n, q, dtype=torch.float64)])
+    both = fit_weights(c, GroupWeightConfig(k=k, steps=100, signal="top_and_bottom"))
+    top = fit_weights(c, GroupWeightConfig(k=k, steps=100))
+    assert both.weights[0] > 1.2 and top.weights[0] < 0.8
+    assert both.trace[-1] < both.trace[0] and top.trace[-1] < top.trace[0]
+
+
 def test_objective_is_scale_invariant_and_shift_invariant_in_theta():
     torch.manual_seed(3)
     c = torch.randn(3, 60, 9, dtype=torch.float64)
@@ -271,7 +300,7 @@ def test_task_weights_with_predicted_labels_by_layer(digits_task):
 
 @pytest.mark.parametrize(
     "field,value",
-    [("k", 0), ("k", 2.5), ("grouping", "module"), ("labels", "soft"), ("steps", -1), ("lr", 0.0)],
+    [("k", 0), ("k", 2.5), ("grouping", "module"), ("labels", "soft"), ("steps", -1), ("lr", 0.0), ("signal", "x")],
 )
 def test_bad_config_is_refused(field, value):
     with pytest.raises(InvalidParameterError) as raised:
