@@ -16,6 +16,7 @@ from dahp.learned_weights import (
     GroupWeightConfig,
     ParameterGroup,
     fit_weights,
+    group_products,
     learn_group_weights,
     objective,
     parameter_groups,
@@ -132,6 +133,15 @@ def test_spectral_group_contribution_is_the_direct_solve_with_the_query_masked(n
 
 # --------------------------------------------------------------------------------------------
 # The objective
+
+
+@pytest.mark.parametrize("block", [1, 3, 4, 100])
+def test_group_products_in_column_blocks_equal_the_whole_products(block):
+    torch.manual_seed(6)
+    train, queries = torch.randn(9, 11), torch.randn(5, 11)
+    groups = [ParameterGroup("a", 0, 4, ("a",)), ParameterGroup("b", 4, 11, ("b",))]
+    whole = torch.stack([train.double()[:, g.start : g.stop] @ queries.double()[:, g.start : g.stop].T for g in groups])
+    assert torch.allclose(group_products(train, queries, groups, block), whole, rtol=0, atol=1e-12)
 
 
 def test_uniform_weights_reproduce_the_baseline_scores_exactly():

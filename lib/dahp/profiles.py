@@ -45,6 +45,12 @@ class Profile:
     learned_left_out: tuple[str, ...] = option(
         help="cases '<setting> <attributor>' of the learned-weights study not run at this size (the page lists them)"
     )
+    learned_ablation_ks: tuple[int, ...] = option(
+        help="k (top-k pseudo-positives) of the learned weights' ablations (one fit per value and case)"
+    )
+    learned_ablation_penalties: tuple[float, ...] = option(
+        help="λ_w (penalty pulling the weights toward uniform) of the learned weights' ablations"
+    )
 
 
 PROFILES = {
@@ -66,6 +72,8 @@ PROFILES = {
         learned_lambdas=3,
         learned_fit_queries=20,
         learned_left_out=("mnist_mlp grad_dot", "mnist_mlp iffim"),
+        learned_ablation_ks=(5, 10),
+        learned_ablation_penalties=(0.0, 1e-2),
     ),
     "default": Profile(
         "default",
@@ -85,6 +93,8 @@ PROFILES = {
         learned_lambdas=5,
         learned_fit_queries=None,
         learned_left_out=(),
+        learned_ablation_ks=(1, 5, 10, 20, 50, 100),
+        learned_ablation_penalties=(0.0, 1e-3, 1e-2),
     ),
     "paper": Profile(
         "paper",
@@ -104,6 +114,8 @@ PROFILES = {
         learned_lambdas=9,
         learned_fit_queries=None,
         learned_left_out=(),
+        learned_ablation_ks=(1, 5, 10, 20, 50, 100),
+        learned_ablation_penalties=(0.0, 1e-3, 1e-2),
     ),
 }
 

@@ -37,10 +37,12 @@ from dahp.config import GroundTruthConfig, InvalidParameterError
 from dahp.device import resolve_device
 from dahp.experiments.cases import default_grid
 from dahp.experiments.grid import query_index
-from dahp.experiments.records import LearnedWeightsRecord
+from dahp.experiments.records import GROUP, REFERENCE, LearnedAblationRecord, LearnedWeightsRecord, _ablation_text
 from dahp.ground_truth import ground_truth
 from dahp.lds import lds
 from dahp.learned_weights import (
+    LABELS,
+    SIGNALS,
     GroupWeightConfig,
     RowWeightedContributions,
     SpectralContributions,
@@ -50,6 +52,7 @@ from dahp.learned_weights import (
     setting_contributions,
     weighted_scores,
 )
+from dahp.profiles import get_profile
 from dahp.selection import select_on_grid, xi_bar_curve
 from dahp.settings import Setting, get_setting
 from dahp.spectral import SpectralFactors
@@ -61,6 +64,8 @@ STUDY_ATTRIBUTORS = ("grad_dot", "trak", "iffim")
 WEIGHTINGS = ("uniform", "learned")
 #: ξ̄ target of the selector (Algorithm 1's default).
 XI_THRESHOLD = 0.5
+#: Cases of the ablations: the cheap ones (the MLP's Grad-Dot and IFFIM need its full gradients).
+ABLATION_CASES = ("mnist_lr trak", "mnist_lr iffim", "mnist_mlp trak")
 
 
 def study_grid(setting: Setting, attributor: str, n_lambdas: int) -> list[float | None]:
@@ -285,3 +290,174 @@ def learned_weights_study(
     }
     frames = {part: pd.DataFrame(rows) for part, rows in tables.items()}
     return LearnedWeightsRecord.from_per_query(frames, study_config, profile)
+
+
+# --------------------------------------------------------------------------------------------
+# Ablations (spec §4, §6): one item of the fit varied at a time, at one λ per case
+
+
+def ablation_variants(
+    base: GroupWeightConfig, ks: Sequence[int], penalties: Sequence[float]
+) -> list[tuple[str, str, GroupWeightConfig]]:
+    """``(ablation, value, config)`` of every variant: k, the signal, the query labels, λ_w; the rest as ``base``."""
+    variants = [("k", _ablation_text(k), dataclasses.replace(base, k=k)) for k in ks]
+    variants += [("signal", v, dataclasses.replace(base, signal=v)) for v in SIGNALS]
+    variants += [("labels", v, dataclasses.replace(base, labels=v)) for v in LABELS]
+    variants += [
+        ("weight_penalty", _ablation_text(float(p)), dataclasses.replace(base, weight_penalty=p)) for p in penalties
+    ]
+    return variants
+
+
+def run_ablation_case(
+    setting: Setting,
+    attributor: str,
+    regularization: float | None,
+    params,
+    truth,
+    columns: np.ndarray,
+    fit_columns: torch.Tensor,
+    base: GroupWeightConfig,
+    ks: Sequence[int],
+    penalties: Sequence[float],
+    cache: Cache,
+    progress: bool,
+    device: torch.device,
+) -> dict[str, list[dict]]:
+    """One case's rows (``per_query``, ``weights``): the reference rows, every variant, every group alone.
+
+    The validation contributions are formed once per label choice and every variant's weights are
+    fitted on them (one fit per distinct configuration: the study's own appears in every ablation);
+    all are judged on the same test contributions, so every row compares paired.
+    """
+    key = {"setting": setting.name, "attributor": attributor}
+    groups = parameter_groups(setting.make_model(), base.grouping)
+    test = setting_contributions(setting, attributor, params, "test", base, cache, progress, device)
+    c_test = test.at(regularization)[:, :, columns]
+    fitted_on: dict[str, torch.Tensor] = {}
+    for labels in LABELS:
+        config = dataclasses.replace(base, labels=labels)
+        val = setting_contributions(setting, attributor, params, "val", config, cache, progress, device)
+        fitted_on[labels] = val.at(regularization)[:, :, fit_columns].contiguous()
+
+    rows: dict[str, list[dict]] = {"per_query": [], "weights": []}
+
+    def judge(ablation: str, value: str, scores: torch.Tensor) -> None:
+        per_query = _per_query(scores, truth, columns, device)
+        rows["per_query"] += [
+            {**key, "ablation": ablation, "value": value, "query": int(q), "lds": float(v)}
+            for q, v in zip(columns, per_query)
+        ]
+
+    fits: dict[GroupWeightConfig, torch.Tensor] = {}
+    judge(REFERENCE, "uniform", weighted_scores(c_test, torch.ones(len(groups))))
+    for ablation, value, config in [(REFERENCE, "learned", base), *ablation_variants(base, ks, penalties)]:
+        if config not in fits:
+            with _one_thread():
+                fits[config] = fit_weights(fitted_on[config.labels], config).weights
+        rows["weights"] += [
+            {**key, "ablation": ablation, "value": value, "group": g.name, "weight": float(w)}
+            for g, w in zip(groups, fits[config])
+        ]
+        judge(ablation, value, weighted_scores(c_test, fits[config]))
+    for j, group in enumerate(groups):
+        judge(GROUP, group.name, c_test[j])
+    return rows
+
+
+def learned_weights_ablations(
+    record: LearnedWeightsRecord,
+    cases: Sequence[str] = ABLATION_CASES,
+    ks: Sequence[int] | None = None,
+    penalties: Sequence[float] | None = None,
+    cache: Cache | None = None,
+    progress: bool = False,
+    profile: str | None = None,
+    device: str | torch.device | None = None,
+) -> LearnedAblationRecord:
+    """The spec's ablations on the study's cheap cases, at the uniform weighting's best λ of ``record``.
+
+    Varied one at a time from the study's configuration (``record.config["weights"]``): k over
+    ``ks``, the signal (top-k, or both tails), the query labels the weights are learned with (true,
+    or the model's prediction), λ_w over ``penalties``; plus the LDS of each group's contributions
+    ``C_j`` alone (for IFFIM and TRAK: the group's share of the full attributor's score, not the
+    attributor rerun on that group's parameters). Sizes (queries judged and fitted on, ground truth,
+    TRAK's ensemble) are the study's own, from ``record.config``. A case the study did not run is
+    skipped and listed in the result's ``config["not_run"]``.
+
+    Args:
+        record: the study's record (:func:`learned_weights_study`).
+        cases: ``"<setting> <attributor>"`` of :data:`ABLATION_CASES`.
+        ks: values of k (integers >= 1; None: the default profile's, the spec's 1, 5, 10, 20, 50, 100).
+        penalties: values of λ_w (>= 0; None: the default profile's, the spec's 0, 1e-3, 1e-2).
+    """
+    default = get_profile("default")
+    ks = default.learned_ablation_ks if ks is None else tuple(ks)
+    penalties = default.learned_ablation_penalties if penalties is None else tuple(penalties)
+    for case in cases:
+        if case not in ABLATION_CASES:
+            raise InvalidParameterError("cases", case, ABLATION_CASES)
+    for k in ks:
+        if not (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
+            raise InvalidParameterError("ks", k, "integers >= 1")
+    for penalty in penalties:
+        if not (isinstance(penalty, (int, float)) and not isinstance(penalty, bool) and penalty >= 0):
+            raise InvalidParameterError("penalties", penalty, "numbers >= 0")
+    sizes = record.config
+    missing = [name for name in ("trak_ensemble", "n_models", "seed", "weights") if name not in sizes]
+    if missing:
+        raise InvalidParameterError("record", missing, "a study record whose config has its sizes and weights")
+    base = GroupWeightConfig(**sizes["weights"])
+    ran = {LearnedWeightsRecord.label(s, a) for s, a in record.cases}
+    running = [c for c in cases if c in ran]
+    for case in running:  # k above a training set is refused now, not after the first fits
+        n_train = len(get_setting(case.split(" ")[0]).data().x_train)
+        for k in ks:
+            dataclasses.replace(base, k=k).check_n_train(n_train)
+    truth_config = GroundTruthConfig(n_models=sizes["n_models"], seed=sizes["seed"])
+    device = resolve_device(device)
+    cache = default_cache() if cache is None else cache
+    tables: dict[str, list[dict]] = {"per_query": [], "weights": []}
+    lambdas: dict[str, float | None] = {}
+    truths: dict[str, object] = {}
+    for case in running:
+        name, attributor = case.split(" ")
+        setting = get_setting(name)
+        lam = record.best(name, attributor, "uniform")
+        lambdas[case] = lam
+        if name not in truths:
+            truths[name] = ground_truth(setting, truth_config, cache, progress, device=device)
+        columns = query_index(len(setting.data().queries("test")[1]), sizes.get("n_queries"))
+        fit_columns = torch.from_numpy(query_index(len(setting.data().queries("val")[1]), sizes.get("fit_queries")))
+        rows = run_ablation_case(
+            setting,
+            attributor,
+            lam,
+            study_params(attributor, sizes["trak_ensemble"]),
+            truths[name],
+            columns,
+            fit_columns,
+            base,
+            ks,
+            penalties,
+            cache,
+            progress,
+            device,
+        )
+        for part, values in rows.items():
+            tables[part] += values
+    config = {
+        "cases": list(cases),
+        "not_run": [c for c in cases if c not in ran],
+        "regularization": lambdas,
+        "ks": list(ks),
+        "penalties": [float(p) for p in penalties],
+        "base": base.as_dict(),
+        **{name: sizes.get(name) for name in ("trak_ensemble", "n_models", "n_queries", "fit_queries", "seed")},
+    }
+    key = ["setting", "attributor", "ablation", "value"]
+    frames = {
+        part: pd.DataFrame(rows, columns=[*key, *columns])
+        for (part, rows), columns in zip(tables.items(), (["query", "lds"], ["group", "weight"]))
+    }
+    return LearnedAblationRecord(frames["per_query"], frames["weights"], config, profile)

@@ -926,6 +926,154 @@ class LearnedWeightsRecord:
         return cls(**parts, config=meta.get("config", {}), profile=meta.get("profile"), stem=stem)
 
 
+#: Columns of ``learned_weights_ablations.csv``.
+ABLATION_COLUMNS = ("setting", "attributor", "ablation", "value", "lds", "lds_se")
+#: The reference rows of every ablation case: the attributor itself and the study's learned weights.
+REFERENCE = "weighting"
+#: The diagnostic rows: the LDS of one group's contributions C_j alone.
+GROUP = "group"
+
+
+@dataclasses.dataclass
+class LearnedAblationRecord:
+    """Ablations of the learned weights at one λ per case (:func:`dahp.experiments.learned.learned_weights_ablations`).
+
+    ``per_query``: one row per (setting, attributor, ablation, value, query) with the test ``lds``.
+    ``ablation`` is ``weighting`` (values ``uniform``, ``learned``: the reference rows), one of the
+    varied settings of the fit (``k``, ``signal``, ``labels``, ``weight_penalty``; every other
+    setting as in the study), or ``group`` (value: a group's name; the LDS of its ``C_j`` alone, a
+    diagnostic). ``value`` is text (``"10"``, ``"top_and_bottom"``, ``"0.001"``). ``weights``: the
+    fitted weight of every group for every fitted variant. ``config["regularization"]``: the λ of
+    each case (the uniform weighting's best on the study's grid; None for Grad-Dot);
+    ``config["base"]``: the study's configuration, from which one item is varied at a time.
+    """
+
+    per_query: pd.DataFrame
+    weights: pd.DataFrame
+    config: dict = dataclasses.field(default_factory=dict)
+    profile: str | None = None
+    stem: str = "learned_weights_ablations"
+
+    @property
+    def cases(self) -> list[tuple[str, str]]:
+        """(setting, attributor) in the order they ran."""
+        return list(dict.fromkeys(zip(self.per_query.setting, self.per_query.attributor)))
+
+    def _rows(self, setting: str, attributor: str) -> pd.DataFrame:
+        return self.per_query[(self.per_query.setting == setting) & (self.per_query.attributor == attributor)]
+
+    def values(self, setting: str, attributor: str, ablation: str) -> list[str]:
+        """The values one ablation took in a case, in the order they ran."""
+        rows = self._rows(setting, attributor)
+        return list(dict.fromkeys(rows[rows.ablation == ablation].value.astype(str)))
+
+    def per_query_at(self, setting: str, attributor: str, ablation: str, value: str) -> np.ndarray:
+        """Per-query test LDS of one row, in query order."""
+        rows = self._rows(setting, attributor)
+        rows = rows[(rows.ablation == ablation) & (rows.value.astype(str) == str(value))]
+        if rows.empty:
+            raise InvalidParameterError("row", (setting, attributor, ablation, value), "a row of the ablations")
+        return rows.sort_values("query").lds.to_numpy(dtype=float)
+
+    def lds(self, setting: str, attributor: str, ablation: str, value: str) -> Estimate:
+        """Mean test LDS of one row, with its standard error over queries."""
+        return mean_estimate(self.per_query_at(setting, attributor, ablation, value))
+
+    def difference(self, setting: str, attributor: str, a: tuple[str, str], b: tuple[str, str]) -> Estimate:
+        """LDS of row ``a`` minus row ``b`` (each ``(ablation, value)``), paired over the test queries."""
+        return paired_difference(self.per_query_at(setting, attributor, *a), self.per_query_at(setting, attributor, *b))
+
+    def weights_of(self, setting: str, attributor: str, ablation: str, value: str) -> pd.Series:
+        """Group -> fitted weight of one variant (mean 1)."""
+        rows = self.weights[(self.weights.setting == setting) & (self.weights.attributor == attributor)]
+        rows = rows[(rows.ablation == ablation) & (rows.value.astype(str) == str(value))]
+        return pd.Series(rows.weight.to_numpy(dtype=float), index=rows.group.astype(str).tolist(), name="weight")
+
+    def table(self) -> pd.DataFrame:
+        """``learned_weights_ablations.csv``: one row per (setting, attributor, ablation, value) with the mean LDS and SE."""
+        rows = []
+        for setting, attributor in self.cases:
+            for ablation in dict.fromkeys(self._rows(setting, attributor).ablation):
+                for value in self.values(setting, attributor, ablation):
+                    estimate = self.lds(setting, attributor, ablation, value)
+                    rows.append((setting, attributor, ablation, value, estimate.value, estimate.se))
+        return pd.DataFrame(rows, columns=list(ABLATION_COLUMNS))
+
+    def case_headline(self, setting: str, attributor: str) -> dict[str, Any]:
+        """One case: λ, uniform and learned LDS, each varied item's LDS per value and its paired difference
+        to the study's own value, and the per-group diagnostic (each group alone, and which group is best
+        alone against which gets the largest learned weight)."""
+        base = self.config.get("base", {})
+        label = f"{setting} {attributor}"
+        learned = (REFERENCE, "learned")
+        head: dict[str, Any] = {
+            "regularization": self.config.get("regularization", {}).get(label),
+            "uniform": self.lds(setting, attributor, REFERENCE, "uniform"),
+            "learned": self.lds(setting, attributor, *learned),
+            "learned_minus_uniform": self.difference(setting, attributor, learned, (REFERENCE, "uniform")),
+        }
+        rows = self._rows(setting, attributor)
+        for ablation in dict.fromkeys(rows.ablation):
+            if ablation in (REFERENCE, GROUP):
+                continue
+            values = self.values(setting, attributor, ablation)
+            head[ablation] = {
+                "base": _ablation_text(base.get(ablation)),
+                "lds": {v: self.lds(setting, attributor, ablation, v) for v in values},
+                "minus_base": {v: self.difference(setting, attributor, (ablation, v), learned) for v in values},
+            }
+        groups = self.values(setting, attributor, GROUP)
+        if groups:
+            alone = {g: self.lds(setting, attributor, GROUP, g) for g in groups}
+            weights = self.weights_of(setting, attributor, *learned)
+            head[GROUP] = {
+                "lds": alone,
+                "best_alone": max(alone, key=lambda g: alone[g].value),
+                "largest_weight": str(weights.idxmax()) if len(weights) else None,
+            }
+        return head
+
+    def headline(self) -> dict[str, Any]:
+        """Per case (``"<setting> <attributor>"``): :meth:`case_headline`."""
+        return {f"{s} {a}": self.case_headline(s, a) for s, a in self.cases}
+
+    def save(self, folder: Path) -> Path:
+        """Write ``learned_weights_ablations.csv`` (setting, attributor, ablation, value, LDS, SE),
+        ``..._per_query.csv``, ``..._weights.csv`` and ``....json``; returns the first."""
+        path = folder / f"{self.stem}.csv"
+        self.table().to_csv(path, index=False)
+        self.per_query.to_csv(folder / f"{self.stem}_per_query.csv", index=False)
+        self.weights.to_csv(folder / f"{self.stem}_weights.csv", index=False)
+        write_json(
+            folder / f"{self.stem}.json",
+            {
+                "record": "learned_ablations",
+                "profile": self.profile,
+                "config": self.config,
+                "headline": self.headline(),
+            },
+        )
+        return path
+
+    @classmethod
+    def load(cls, folder: Path, stem: str = "learned_weights_ablations") -> LearnedAblationRecord | None:
+        """The record saved as ``stem`` under ``folder``, or None."""
+        if not (folder / f"{stem}.json").exists():
+            return None
+        meta = read_json(folder / f"{stem}.json")
+        text = {"value": str, "group": str}  # "0.001" and "10" stay the text the rows were written with
+        per_query = pd.read_csv(folder / f"{stem}_per_query.csv", dtype=text)
+        weights = pd.read_csv(folder / f"{stem}_weights.csv", dtype=text)
+        return cls(per_query, weights, meta.get("config", {}), meta.get("profile"), stem)
+
+
+def _ablation_text(value: Any) -> str | None:
+    """A configuration value as the ablation rows write it (``10``, ``top``, ``0.001``)."""
+    if value is None:
+        return None
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 # --------------------------------------------------------------------------------------------
 # Theorem 4.3
 
