@@ -39,8 +39,8 @@ VERDICTS = (HOLDS, PARTLY, FAILS, NOT_RUN)
 PAPER_CLAIMS = tuple(f"C{k}" for k in range(1, 13))
 #: Claims of seed papers this package adds, with the claim in words (the pages name it from here).
 SEED_CLAIMS = {
-    "C13": "learned parameter-group weights improve LDS for TracIn and TRAK "
-    "(seed 002: Li, Le, Xu and Salzmann, arXiv 2506.05647)",
+    "C13": "learned parameter-group weights improve LDS for TracIn and TRAK, from seed 002 "
+    "(Li, Le, Xu and Salzmann, arXiv 2506.05647)",
 }
 
 #: Columns of ``reproduction_status.csv``.
