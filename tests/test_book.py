@@ -134,6 +134,11 @@ def check_learned_page_shows_the_headline(page: Path, results: Path) -> None:
             **{k: float("nan") if v is None else v for k, v in values["learned_minus_uniform"].items()}
         )
         assert f"{case}: {difference.text(3)}" in outputs, (case, difference)
+    ablations = json.loads((results / "learned_weights_ablations.json").read_text())["headline"]
+    assert ablations, "the ablations record has no case"
+    for case, values in ablations.items():
+        both_tails = Estimate(**values["signal"]["minus_base"]["top_and_bottom"])
+        assert f"**{case}**" in outputs and f"both tails minus top-k: {both_tails.text(3)}" in outputs, case
 
 
 #: Figures the quick-profile plan must write (one per artifact page that draws one).
