@@ -43,7 +43,7 @@ def test_plan_runs_in_quick_profile_and_book_builds_warning_free(book_root, tmp_
         check_figure(results / name, started)
     status = pd.read_csv(results / "reproduction_status.csv")
     assert list(status.columns[:5]) == ["claim", "artifact", "paper", "ours", "holds"]
-    assert list(status.claim) == [f"C{k}" for k in range(1, 13)]
+    assert list(status.claim) == [f"C{k}" for k in range(1, 14)]
     assert set(status.holds) <= {"holds", "holds in part", "does not hold", "not run here"}
     assert status.set_index("claim").holds["C2"] == "not run here"  # CIFAR-2 is not supplied here
     assert "data not supplied" in status.set_index("claim").reason["C2"]
@@ -53,6 +53,7 @@ def test_plan_runs_in_quick_profile_and_book_builds_warning_free(book_root, tmp_
         assert "maestro_mt: fixture data only" in status.set_index("claim").reason[claim]
         assert "maestro_mt" not in status.set_index("claim").ours[claim]
     check_status_numbers_are_the_pages_headlines(results)
+    check_learned_page_shows_the_headline(book_root / "book" / "executed" / "learned_weights.ipynb", results)
     defaults = pd.read_csv(results / "table_a1_defaults.csv")
     trak = defaults[defaults.attributor == "TRAK"].set_index("hyperparameter")["default"]
     assert trak["regularization"] == "0.0" and trak["proj_dim"] == "512" and trak["ensemble_size"] == "10"
@@ -117,6 +118,29 @@ def check_status_numbers_are_the_pages_headlines(results: Path) -> None:
     assert checked >= 10, numbers
 
 
+def check_learned_page_shows_the_headline(page: Path, results: Path) -> None:
+    """The learned-weights page prints, per case, the paired difference its saved record's headline holds."""
+    import json
+
+    from dahp.experiments.records import Estimate
+
+    outputs = json.dumps(
+        [cell.get("outputs", []) for cell in json.loads(page.read_text())["cells"]], ensure_ascii=False
+    )
+    headline = json.loads((results / "learned_weights.json").read_text())["headline"]
+    assert headline, "the learned-weights record has no case"
+    for case, values in headline.items():
+        difference = Estimate(
+            **{k: float("nan") if v is None else v for k, v in values["learned_minus_uniform"].items()}
+        )
+        assert f"{case}: {difference.text(3)}" in outputs, (case, difference)
+    ablations = json.loads((results / "learned_weights_ablations.json").read_text())["headline"]
+    assert ablations, "the ablations record has no case"
+    for case, values in ablations.items():
+        both_tails = Estimate(**values["signal"]["minus_base"]["top_and_bottom"])
+        assert f"**{case}**" in outputs and f"both tails minus top-k: {both_tails.text(3)}" in outputs, case
+
+
 #: Figures the quick-profile plan must write (one per artifact page that draws one).
 EXPECTED_FIGURES = [
     "grid_wikitext2_gpt2_logra_proj_dim_regularization.png",  # Fig 1f on fixture data
@@ -131,6 +155,7 @@ EXPECTED_FIGURES = [
     "fig6_alpha_robustness.png",
     "theorem_check_mnist_lr_iffim.png",
     "own_model_selection.png",
+    "learned_weights.png",
 ]
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
 
@@ -149,7 +174,20 @@ def check_in_browser(html: Path) -> None:
         assert seen["screenshot"].stat().st_size > 10_000, page
     # notebook figures are copied to _images/ by the build; a theme logo would not be
     with_figures = [p for p, seen in report.items() if any("_images/" in src for src in seen["images"])]
-    drawn = ["fig1a", "fig1b", "fig1d", "fig1e", "fig4", "fig2", "fig3", "fig5", "fig6", "theory", "own_model"]
+    drawn = [
+        "fig1a",
+        "fig1b",
+        "fig1d",
+        "fig1e",
+        "fig4",
+        "fig2",
+        "fig3",
+        "fig5",
+        "fig6",
+        "theory",
+        "own_model",
+        "learned_weights",
+    ]
     for stem in drawn:
         assert any(stem in p for p in with_figures), (stem, {p: s["images"] for p, s in report.items()})
 

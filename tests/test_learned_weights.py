@@ -16,6 +16,7 @@ from dahp.learned_weights import (
     GroupWeightConfig,
     ParameterGroup,
     fit_weights,
+    group_products,
     learn_group_weights,
     objective,
     parameter_groups,
@@ -134,6 +135,15 @@ def test_spectral_group_contribution_is_the_direct_solve_with_the_query_masked(n
 # The objective
 
 
+@pytest.mark.parametrize("block", [1, 3, 4, 100])
+def test_group_products_in_column_blocks_equal_the_whole_products(block):
+    torch.manual_seed(6)
+    train, queries = torch.randn(9, 11), torch.randn(5, 11)
+    groups = [ParameterGroup("a", 0, 4, ("a",)), ParameterGroup("b", 4, 11, ("b",))]
+    whole = torch.stack([train.double()[:, g.start : g.stop] @ queries.double()[:, g.start : g.stop].T for g in groups])
+    assert torch.allclose(group_products(train, queries, groups, block), whole, rtol=0, atol=1e-12)
+
+
 def test_uniform_weights_reproduce_the_baseline_scores_exactly():
     torch.manual_seed(1)
     c = torch.randn(4, 50, 7, dtype=torch.float64)
@@ -151,6 +161,35 @@ def test_objective_is_bounded_by_one_over_root_k_and_reaches_it():
     planted = torch.zeros(100, 1, dtype=torch.float64)
     planted[:k] = 3.0  # k equal positive scores, the rest zero: the bound is attained
     assert query_objective(planted, k).item() == pytest.approx(-1 / math.sqrt(k), rel=1e-12)
+
+
+def test_top_and_bottom_signal_by_hand_and_bounded():
+    s = torch.tensor([[3.0], [1.0], [0.0], [-2.0]], dtype=torch.float64)  # ‖s‖ = √14
+    assert query_objective(s, 1).item() == pytest.approx(-3 / math.sqrt(14), rel=1e-12)
+    assert query_objective(s, 1, "top_and_bottom").item() == pytest.approx(-2.5 / math.sqrt(14), rel=1e-12)
+    # k = 2: top mean (3 + 1)/2 = 2, bottom mean (0 - 2)/2 = -1, half their gap 1.5
+    assert query_objective(s, 2, "top_and_bottom").item() == pytest.approx(-1.5 / math.sqrt(14), rel=1e-12)
+    torch.manual_seed(2)
+    k = 5
+    scores = torch.randn(100, 30, dtype=torch.float64) * torch.logspace(-3, 3, 30, dtype=torch.float64)
+    assert (query_objective(scores, k, "top_and_bottom").abs() <= 1 / math.sqrt(k) + 1e-12).all()
+    with pytest.raises(InvalidParameterError):
+        query_objective(scores, k, "bottom")
+
+
+def test_only_both_tails_reward_a_group_of_strong_negative_scores():
+    """Group 0 holds k strongly negative scores per query (and zeros), group 1 Gaussian noise: the top-k
+    signal sees group 0 only in the norm and turns it down; the two-tailed signal turns it up."""
+    torch.manual_seed(5)
+    n, q, k = 200, 20, 10
+    negative = torch.zeros(n, q, dtype=torch.float64)
+    for col in range(q):
+        negative[torch.randperm(n)[:k], col] = -3.0
+    c = torch.stack([negative, torch.randn(n, q, dtype=torch.float64)])
+    both = fit_weights(c, GroupWeightConfig(k=k, steps=100, signal="top_and_bottom"))
+    top = fit_weights(c, GroupWeightConfig(k=k, steps=100))
+    assert both.weights[0] > 1.2 and top.weights[0] < 0.8
+    assert both.trace[-1] < both.trace[0] and top.trace[-1] < top.trace[0]
 
 
 def test_objective_is_scale_invariant_and_shift_invariant_in_theta():
@@ -271,7 +310,7 @@ def test_task_weights_with_predicted_labels_by_layer(digits_task):
 
 @pytest.mark.parametrize(
     "field,value",
-    [("k", 0), ("k", 2.5), ("grouping", "module"), ("labels", "soft"), ("steps", -1), ("lr", 0.0)],
+    [("k", 0), ("k", 2.5), ("grouping", "module"), ("labels", "soft"), ("steps", -1), ("lr", 0.0), ("signal", "x")],
 )
 def test_bad_config_is_refused(field, value):
     with pytest.raises(InvalidParameterError) as raised:

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dahp.config import InvalidParameterError
 from dahp.experiments.records import (
     Estimate,
     GridRecord,
@@ -19,7 +20,9 @@ from dahp.experiments.status import (
     FAILS,
     HOLDS,
     NOT_RUN,
+    PAPER_CLAIMS,
     PARTLY,
+    SEED_CLAIMS,
     c1,
     c2,
     c3,
@@ -255,8 +258,21 @@ def test_c12_compares_measured_costs(tmp_path):
 def test_every_claim_reports_not_run_without_results(tmp_path):
     table = reproduction_status(tmp_path).table()
     assert list(table.columns) == list(COLUMNS)
-    assert list(table.claim) == [f"C{k}" for k in range(1, 13)]
+    assert list(table.claim) == [f"C{k}" for k in range(1, 14)]
     assert set(table.holds) == {NOT_RUN} and table.reason.str.len().min() > 0
+
+
+def test_counts_split_the_papers_claims_from_the_seeds(tmp_path):
+    """C1..C12 are the paper's, C13 the seed's; counts over a subset count only that subset."""
+    _removal(tmp_path, (0.5, 0.0))  # C11 judged (does not hold); everything else not run
+    status = reproduction_status(tmp_path)
+    assert [v.claim for v in status.verdicts] == [*PAPER_CLAIMS, *SEED_CLAIMS]
+    assert status.counts(PAPER_CLAIMS) == {HOLDS: 0, PARTLY: 0, FAILS: 1, NOT_RUN: 11}
+    assert status.counts(SEED_CLAIMS) == {HOLDS: 0, PARTLY: 0, FAILS: 0, NOT_RUN: 1}
+    assert sum(status.counts().values()) == 13
+    assert status.verdict("C11").holds == FAILS and status.verdict("C13").holds == NOT_RUN
+    with pytest.raises(InvalidParameterError):
+        status.verdict("C14")
 
 
 def test_status_numbers_are_the_saved_headlines(tmp_path):
@@ -276,6 +292,7 @@ def test_status_numbers_are_the_saved_headlines(tmp_path):
     _trak_grid(tmp_path, -0.18, 0.11)
     _study(tmp_path, [_case("mnist_lr", -0.01, -0.3)])
     _removal(tmp_path, (-2.0, -3.0))
+    _learned(tmp_path)
     status = reproduction_status(tmp_path, "quick")
     checked = 0
     for verdict in status.verdicts:
@@ -287,7 +304,54 @@ def test_status_numbers_are_the_saved_headlines(tmp_path):
                     expected = {k: v for k, v in saved[key].items() if k in value}
                 assert _plain(value) == expected, (verdict.claim, stem, key)
                 checked += 1
-    assert checked >= 6
+    assert checked >= 7 and "learned_weights" in status.verdicts[-1].numbers
+
+
+def _learned(folder):
+    """A learned-weights record (Grad-Dot on mnist_lr, learned weights 0.05 better on every query)."""
+    from dahp.experiments.records import LearnedWeightsRecord
+
+    base = RNG.normal(0.3, 0.05, 20)
+    per_query = pd.DataFrame(
+        [
+            {
+                "setting": "mnist_lr",
+                "attributor": "grad_dot",
+                "regularization": None,
+                "weighting": w,
+                "query": q,
+                "lds": v,
+            }
+            for w, values in (("uniform", base), ("learned", base + 0.05))
+            for q, v in enumerate(values)
+        ]
+    )
+    groups = pd.DataFrame(
+        [
+            {
+                "setting": "mnist_lr",
+                "attributor": "grad_dot",
+                "regularization": None,
+                "group": "linear.weight",
+                "size": 1,
+                "weight": 1.0,
+            }
+        ]
+    )
+    timing = pd.DataFrame(
+        [
+            {
+                "setting": "mnist_lr",
+                "attributor": "grad_dot",
+                "attributor_seconds": 1.0,
+                "contributions_seconds": 1.0,
+                "fit_seconds": 1.0,
+                "n_fits": 1,
+            }
+        ]
+    )
+    frames = {"per_query": per_query, "groups": groups, "picks": pd.DataFrame(), "timing": timing}
+    LearnedWeightsRecord.from_per_query(frames, {}, "quick").save(folder)
 
 
 def test_cases_on_fixture_data_are_shown_but_not_judged(tmp_path, monkeypatch):

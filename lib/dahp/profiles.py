@@ -36,6 +36,21 @@ class Profile:
         help="earlier epochs at which IF explicit factorizes the exact Hessian (Fig 4)"
     )
     removal_seeds: int = option(help="retraining seeds per cell of the removal table")
+    learned_lambdas: int = option(
+        help="λ per IFFIM / TRAK case of the learned-weights study (weights fitted once per λ; log-spaced)"
+    )
+    learned_fit_queries: int | None = option(
+        help="validation queries the group weights are fitted on (None: all 500; evenly spaced)"
+    )
+    learned_left_out: tuple[str, ...] = option(
+        help="cases '<setting> <attributor>' of the learned-weights study not run at this size (the page lists them)"
+    )
+    learned_ablation_ks: tuple[int, ...] = option(
+        help="k (top-k pseudo-positives) of the learned weights' ablations (one fit per value and case)"
+    )
+    learned_ablation_penalties: tuple[float, ...] = option(
+        help="λ_w (penalty pulling the weights toward uniform) of the learned weights' ablations"
+    )
 
 
 PROFILES = {
@@ -54,6 +69,11 @@ PROFILES = {
         cg_iterations=(2, 10),
         hessian_epochs=(),
         removal_seeds=2,
+        learned_lambdas=3,
+        learned_fit_queries=20,
+        learned_left_out=("mnist_mlp grad_dot", "mnist_mlp iffim"),
+        learned_ablation_ks=(5, 10),
+        learned_ablation_penalties=(0.0, 1e-2),
     ),
     "default": Profile(
         "default",
@@ -70,6 +90,11 @@ PROFILES = {
         cg_iterations=(2, 5, 10, 20),
         hessian_epochs=(),
         removal_seeds=3,
+        learned_lambdas=5,
+        learned_fit_queries=None,
+        learned_left_out=(),
+        learned_ablation_ks=(1, 5, 10, 20, 50, 100),
+        learned_ablation_penalties=(0.0, 1e-3, 1e-2),
     ),
     "paper": Profile(
         "paper",
@@ -86,6 +111,11 @@ PROFILES = {
         cg_iterations=(2, 5, 10, 20, 50),
         hessian_epochs=(1, 5, 10),
         removal_seeds=5,
+        learned_lambdas=9,
+        learned_fit_queries=None,
+        learned_left_out=(),
+        learned_ablation_ks=(1, 5, 10, 20, 50, 100),
+        learned_ablation_penalties=(0.0, 1e-3, 1e-2),
     ),
 }
 

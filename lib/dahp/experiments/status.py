@@ -1,4 +1,4 @@
-"""The reproduction status: each claim of the paper (C1-C12), the paper's number, ours, and a verdict.
+"""The reproduction status: each claim of the paper (C1-C12) and of a seed (C13), its number, ours, and a verdict.
 
 Every number comes from the records (:mod:`dahp.experiments.records`) the book's pages saved under
 ``data/results/<profile>/``, through the same headline methods the pages display; nothing here
@@ -14,15 +14,17 @@ Book: "Reproduction status".
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from dahp.config import InvalidParameterError
 from dahp.experiments.records import (
     SELECTED,
     GridRecord,
+    LearnedWeightsRecord,
     RemovalRecord,
     SelectionStudy,
     TheoremRecord,
@@ -32,6 +34,14 @@ from dahp.experiments.records import (
 
 HOLDS, PARTLY, FAILS, NOT_RUN = "holds", "holds in part", "does not hold", "not run here"
 VERDICTS = (HOLDS, PARTLY, FAILS, NOT_RUN)
+
+#: The paper's own claims (its checklist).
+PAPER_CLAIMS = tuple(f"C{k}" for k in range(1, 13))
+#: Claims of seed papers this package adds, with the claim in words (the pages name it from here).
+SEED_CLAIMS = {
+    "C13": "learned parameter-group weights improve LDS for TracIn and TRAK, from seed 002 "
+    "(Li, Le, Xu and Salzmann, arXiv 2506.05647)",
+}
 
 #: Columns of ``reproduction_status.csv``.
 COLUMNS = ("claim", "artifact", "paper", "ours", "holds", "reason", "rule")
@@ -434,7 +444,48 @@ def c12(folder: Path) -> Verdict:
     )
 
 
-CLAIMS: list[Callable[[Path], Verdict]] = [c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12]
+#: Attributors C13 is judged on: Grad-Dot is TracIn at the final checkpoint only, and TRAK.
+C13_ATTRIBUTORS = ("grad_dot", "trak")
+
+
+def c13(folder: Path) -> Verdict:
+    rule = (
+        "per setting, for Grad-Dot (TracIn at the last checkpoint) and TRAK: LDS with learned weights at its best λ "
+        "above LDS with uniform weights at theirs by > 2 SE (paired over test queries); all: holds, some: in part"
+    )
+    paper = (
+        "seed 002 (arXiv 2506.05647, as summarised, not checked against the paper): LDS x100 on ImageNet ResNet-18, "
+        "TracIn 11.39 -> 23.92, TRAK 16.86 -> 23.30"
+    )
+    record = LearnedWeightsRecord.load(folder)
+    if record is None or record.per_query.empty:
+        return _missing("C13", "learned weights", paper, rule, "Learned weights")
+    unjudged = {s: _setting_missing(s) for s, _ in record.cases}
+    cases = [(s, a) for s, a in record.cases if a in C13_ATTRIBUTORS and unjudged[s] is None]
+    if not cases:
+        return _missing("C13", "learned weights", paper, rule, "Learned weights (no TracIn/TRAK case on judged data)")
+    head = record.headline()
+    keys = [record.label(s, a) for s, a in cases]
+    ours = "; ".join(
+        f"{key}: uniform {head[key]['lds_uniform'].text(3)}, learned {head[key]['lds_learned'].text(3)}, "
+        f"difference {head[key]['learned_minus_uniform'].text(3)}"
+        for key in keys
+    )
+    checks = [head[key]["learned_minus_uniform"].exceeds(0) for key in keys]
+    reason = "; ".join(r for r in unjudged.values() if r)
+    return Verdict(
+        "C13",
+        "learned weights (new measurements on MNIST, not the seed's settings)",
+        paper,
+        ours,
+        share_verdict(checks),
+        rule,
+        reason,
+        _used(record, *keys),
+    )
+
+
+CLAIMS: list[Callable[[Path], Verdict]] = [c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13]
 
 
 @dataclasses.dataclass
@@ -449,9 +500,17 @@ class StatusRecord:
         """One row per claim (the CSV)."""
         return pd.DataFrame([v.row() for v in self.verdicts], columns=list(COLUMNS))
 
-    def counts(self) -> dict[str, int]:
-        """How many claims got each verdict."""
-        return {verdict: sum(v.holds == verdict for v in self.verdicts) for verdict in VERDICTS}
+    def counts(self, claims: Collection[str] | None = None) -> dict[str, int]:
+        """How many claims (of ``claims``; None: all) got each verdict."""
+        chosen = [v for v in self.verdicts if claims is None or v.claim in claims]
+        return {verdict: sum(v.holds == verdict for v in chosen) for verdict in VERDICTS}
+
+    def verdict(self, claim: str) -> Verdict:
+        """The verdict of one claim (``"C13"``)."""
+        for v in self.verdicts:
+            if v.claim == claim:
+                return v
+        raise InvalidParameterError("claim", claim, [v.claim for v in self.verdicts])
 
     def headline(self) -> dict[str, Any]:
         """Claim -> verdict."""
