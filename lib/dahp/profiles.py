@@ -36,6 +36,9 @@ class Profile:
         help="earlier epochs at which IF explicit factorizes the exact Hessian (Fig 4)"
     )
     removal_seeds: int = option(help="retraining seeds per cell of the removal table")
+    suite: str = option(help="problems of the robustness suite: ``quick`` (a handful) or ``default`` (all)")
+    suite_models: int = option(help="retrained models (M) of each robustness-suite problem's ground truth")
+    suite_trak_ensemble: int = option(help="TRAK ensemble size on the robustness suite")
 
 
 PROFILES = {
@@ -54,6 +57,9 @@ PROFILES = {
         cg_iterations=(2, 10),
         hessian_epochs=(),
         removal_seeds=2,
+        suite="quick",
+        suite_models=10,
+        suite_trak_ensemble=2,
     ),
     "default": Profile(
         "default",
@@ -70,6 +76,9 @@ PROFILES = {
         cg_iterations=(2, 5, 10, 20),
         hessian_epochs=(),
         removal_seeds=3,
+        suite="default",
+        suite_models=40,
+        suite_trak_ensemble=5,
     ),
     "paper": Profile(
         "paper",
@@ -86,6 +95,9 @@ PROFILES = {
         cg_iterations=(2, 5, 10, 20, 50),
         hessian_epochs=(1, 5, 10),
         removal_seeds=5,
+        suite="default",
+        suite_models=50,
+        suite_trak_ensemble=10,
     ),
 }
 
