@@ -1,53 +1,14 @@
-"""A tiny stand-in for ``dahp.rules`` with its fixed interface (robust_common.md), for the study's tests.
-
-The records mirror the real module's; the rules are deliberately simple so the study's table can be
-recomputed by hand. :func:`install` puts this module in place of ``dahp.rules`` only when the real
-one is absent (the suite branch is written before the rules branch is merged).
-"""
+"""Stand-in rules with :mod:`dahp.rules`'s interface, simple enough that the study's table can be
+recomputed by hand (the study's tests judge the study, not the real rules)."""
 
 from __future__ import annotations
 
-import dataclasses
-import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 
-
-@dataclasses.dataclass(frozen=True)
-class RecipeFacts:
-    optimizer: str
-    lr: float
-    momentum: float
-    betas: tuple[float, float]
-    eps: float
-    weight_decay: float
-    schedule: str
-    warmup_steps: int
-    steps: int
-    batch_size: int
-    n_train: int
-    n_params: int
-
-
-@dataclasses.dataclass(frozen=True)
-class RuleInput:
-    attributor: str
-    members: list
-    grid: list[float]
-    recipe: RecipeFacts | None
-    published_default: float | None
-    validation_lds: Callable[[int, Sequence[float]], np.ndarray] | None
-
-
-@dataclasses.dataclass(frozen=True)
-class RulePick:
-    rule: str
-    regularization: float
-    diagnosis: str
-    trainings: int
-    seconds: float
+from dahp.rules import RuleInput, RulePick
 
 
 def fourth_point(inp: RuleInput) -> RulePick:
@@ -62,31 +23,21 @@ def val_best_2(inp: RuleInput) -> RulePick:
     return RulePick("val_best_2", inp.grid[int(np.nanargmax(scores))], "", 2, time.perf_counter() - started)
 
 
-def shifted(inp: RuleInput, params: float) -> RulePick:
-    """A fitted rule: the grid point ``params`` positions above the top eigenvalue's position."""
-    index = int(np.clip(len(inp.grid) - 5 + params, 0, len(inp.grid) - 1))
+def shifted(inp: RuleInput) -> RulePick:
+    """A fitted rule: the grid point ``offset`` (fitted) positions above the fifth from the top."""
+    offset = inp.fitted.get("shifted", {}).get("offset", 0.0)
+    index = int(np.clip(len(inp.grid) - 5 + offset, 0, len(inp.grid) - 1))
     return RulePick("shifted", inp.grid[index], "", 0, 0.0)
 
 
 RULES = {"fourth_point": fourth_point, "val_best_2": val_best_2, "shifted": shifted}
 FITTED = {"shifted"}
-#: Every call of fit_rule: (rule, families of the rows it was given).
-FIT_CALLS: list[tuple[str, set[str]]] = []
+#: Every call of fit_rule: (rule, families of the rows it was given, the rows).
+FIT_CALLS: list[tuple[str, set[str], list[Mapping]]] = []
 
 
-def fit_rule(name: str, problems_rows: list[dict]) -> float:
-    """Records which families it was fitted on; the fitted constant is the number of rows mod 3."""
-    FIT_CALLS.append((name, {row["family"] for row in problems_rows}))
-    return float(len(problems_rows) % 3)
-
-
-def all_picks(inp: RuleInput, rules: Iterable[str] | None = None) -> list[RulePick]:
-    return [RULES[name](inp) for name in (rules or [r for r in RULES if r not in FITTED])]
-
-
-def install() -> None:
-    """Make ``import dahp.rules`` find this module when the real one is not there."""
-    try:
-        import dahp.rules  # noqa: F401
-    except ModuleNotFoundError:
-        sys.modules["dahp.rules"] = sys.modules[__name__]
+def fit_rule(name: str, problems_rows: list[Mapping]) -> dict[str, float]:
+    """Records what it was fitted on; the fitted offset is the number of rows mod 3."""
+    rows = list(problems_rows)
+    FIT_CALLS.append((name, {row["family"] for row in rows}, rows))
+    return {"offset": float(len(rows) % 3)}

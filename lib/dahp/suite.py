@@ -43,10 +43,10 @@ from dahp.cache import Cache, default_cache
 from dahp.config import GroundTruthConfig, InvalidParameterError, TrainingRecipe, option
 from dahp.device import resolve_device
 from dahp.ground_truth import GroundTruth, ground_truth
-from dahp.lds import lds
+from dahp.lds import columnwise_spearman
 from dahp.selection import xi_bar_curve
 from dahp.settings import Setting, SplitData, _split_by_class, load_mnist_embedded, register
-from dahp.spectral import SpectralFactors
+from dahp.spectral import SpectralFactors, check_regularization
 
 FAMILIES = ("mnist_subset", "digits", "iris", "gauss_mix", "teacher")
 #: Seed of every split and synthetic draw of the suite (fixed: the problems are the same everywhere).
@@ -213,7 +213,7 @@ class Problem:
 #: Family -> (loader, base SGD recipe, input size, classes).
 _FAMILY_DATA = {
     "digits": (load_digits_split, TrainingRecipe(epochs=20, batch_size=32, lr=0.05), 64, 10),
-    "iris": (load_iris_split, TrainingRecipe(epochs=100, batch_size=16, lr=0.05), 4, 3),
+    "iris": (load_iris_split, TrainingRecipe(epochs=40, batch_size=16, lr=0.1), 4, 3),
     "gauss_mix": (
         functools.partial(load_gauss_mix, dim=20, classes=4, separation=3.0, seed=0),
         TrainingRecipe(epochs=20, batch_size=32, lr=0.05),
@@ -395,10 +395,11 @@ class Curves:
     truth: GroundTruth
     grid: list[float]  #: the dense λ grid
     test_lds: np.ndarray  #: mean test-query LDS at every grid λ
+    val_lds: np.ndarray  #: mean validation-query LDS (all M models) at every grid λ: what fitted rules fit
     xi_bar: np.ndarray  #: ξ̄ over the validation queries at every grid λ
     factor_seconds: float  #: the shared factorization (full-data models, gradients, eigendecompositions)
     truth_seconds: float  #: training of the M retrained models (as recorded when they were trained)
-    device: torch.device | None = None
+    _reduced: dict = dataclasses.field(default_factory=dict, repr=False)  #: split -> [(membership @ L, factors)]
 
     @property
     def members(self) -> list[SpectralFactors]:
@@ -416,18 +417,36 @@ class Curves:
         return self.grid[int(np.nanargmax(self.test_lds))]
 
     def lds_at(self, regularization: float) -> float:
-        """The exact mean test-query LDS at any λ (one product with the spectral factors)."""
-        scores = self.test.scores(regularization)
-        return lds(scores, self.truth.targets("test"), self.truth.subsets, device=self.device).mean
+        """The exact mean test-query LDS at any λ (a few small products with the spectral factors)."""
+        return _mean_lds(self._sums("test", regularization), self.truth.targets("test"))
 
     def validation_lds(self, n_models: int, regularizations: Sequence[float]) -> np.ndarray:
         """Mean validation-query LDS at each λ from the first ``n_models`` retrained models only."""
         if not (isinstance(n_models, int) and 2 <= n_models <= self.truth.n_models):
             raise InvalidParameterError("n_models", n_models, f"an integer in 2..{self.truth.n_models}")
-        targets, subsets = self.truth.targets("val")[:n_models], self.truth.subsets[:n_models]
-        return np.array(
-            [lds(self.validation.scores(lam), targets, subsets, device=self.device).mean for lam in regularizations]
+        targets = self.truth.targets("val")[:n_models]
+        return np.array([_mean_lds(self._sums("val", lam)[:n_models], targets) for lam in regularizations])
+
+    def _sums(self, split: str, regularization: float) -> np.ndarray:
+        """``(M, q)`` attribution summed over each retrained model's subset, at one λ.
+
+        The membership matrix is multiplied into each member's left factor once, so a λ costs an
+        ``(M × r) @ (r × q)`` product instead of forming the ``(n, q)`` scores: the same sums as
+        :func:`dahp.lds.subset_sums` of ``scores(λ)``, up to summation order.
+        """
+        check_regularization(regularization)
+        if split not in self._reduced:
+            scorer = self.validation if split == "val" else self.test
+            membership = self.truth.membership(len(scorer.members[0].left)).double()
+            if scorer.train_weights is not None:
+                membership = membership * scorer.train_weights.double().unsqueeze(0)
+            self._reduced[split] = [(membership @ m.left, m) for m in scorer.members]
+        parts = self._reduced[split]
+        total = sum(
+            m.sign * (reduced @ ((1.0 / (m.eigenvalues + regularization)).unsqueeze(1) * m.right))
+            for reduced, m in parts
         )
+        return (total / len(parts)).numpy()
 
     def seconds_per_training(self) -> float:
         """Wall time of one retrained model (the ground truth's training time over M)."""
@@ -457,6 +476,14 @@ def recipe_facts(setting: Setting):
         n_train=n_train,
         n_params=setting.n_params(),
     )
+
+
+def _mean_lds(sums: np.ndarray, targets: torch.Tensor) -> float:
+    """Mean over queries of the Spearman correlation of subset sums with retrained targets (as
+    :func:`dahp.lds.lds`: queries with a constant column left out)."""
+    per_query = columnwise_spearman(sums, targets.numpy().astype(np.float64))
+    valid = per_query[~np.isnan(per_query)]
+    return float(valid.mean()) if len(valid) else float("nan")
 
 
 def _params(attributor: str, proj_dim: int | None, config: CurveConfig):
@@ -499,28 +526,27 @@ def problem_curves(
     }
 
     def compute() -> dict:
-        targets, subsets = truth.targets("test"), truth.subsets
-        test_lds = [lds(test.scores(lam), targets, subsets, device=device).mean for lam in grid]
+        test_lds = [curves.lds_at(lam) for lam in grid]
+        val_lds = curves.validation_lds(truth.n_models, grid)
         return {
             "grid": grid,
             "test_lds": torch.tensor(test_lds, dtype=torch.float64),
+            "val_lds": torch.tensor(val_lds, dtype=torch.float64),
             "xi_bar": torch.from_numpy(np.asarray(xi_bar_curve(validation.members, grid), dtype=np.float64)),
             "factor_seconds": factor_seconds,
         }
 
+    empty = np.full(len(grid), np.nan)
+    curves = Curves(
+        problem, attributor, proj_dim, config, validation, test, truth, grid, empty, empty, empty, factor_seconds, 0.0
+    )
     payload = cache.get_or_compute("suite_curves", spec, compute)
-    return Curves(
-        problem,
-        attributor,
-        proj_dim,
-        config,
-        validation,
-        test,
-        truth,
-        list(payload["grid"]),
-        payload["test_lds"].numpy(),
-        payload["xi_bar"].numpy(),
-        float(payload["factor_seconds"]),
-        float(truth.train_seconds),
-        device,
+    return dataclasses.replace(
+        curves,
+        grid=list(payload["grid"]),
+        test_lds=payload["test_lds"].numpy(),
+        val_lds=payload["val_lds"].numpy(),
+        xi_bar=payload["xi_bar"].numpy(),
+        factor_seconds=float(payload["factor_seconds"]),
+        truth_seconds=float(truth.train_seconds),
     )

@@ -50,7 +50,12 @@ def family_halves(families: Iterable[str]) -> tuple[list[str], list[str]]:
 
 @dataclasses.dataclass(frozen=True)
 class RuleSet:
-    """The rules judged: name -> rule, the fitted ones, and how to fit and apply a fitted rule."""
+    """The rules judged: name -> rule, the fitted ones, and the function that fits one.
+
+    A fitted rule is fitted by ``fit_rule(name, rows)`` (one row per case of the fitting half, see
+    :func:`fit_rows`) and applied as ``rule(inp)`` with the constants in ``inp.fitted[name]``, as
+    :mod:`dahp.rules` defines.
+    """
 
     rules: Mapping[str, Callable]
     fitted: frozenset[str]
@@ -75,10 +80,13 @@ class RuleSet:
             raise InvalidParameterError("fit_rule", None, "a function (name, rows) -> params for the fitted rules")
 
     def apply_fitted(self, name: str, params: Any, inp) -> Any:
-        """A fitted rule's pick: ``params`` itself when fitting returned a rule, else ``rule(inp, params)``."""
-        if callable(params):
-            return params(inp)
-        return self.rules[name](inp, params)
+        """A fitted rule's pick with the constants ``params`` (passed as ``inp.fitted[name]``)."""
+        return self.rules[name](dataclasses.replace(inp, fitted={**inp.fitted, name: params}))
+
+    def recipe_lambda(self, inp) -> float | None:
+        """The plain recipe rule's λ on a case (what ``recipe_fitted`` scales), when there is one."""
+        rule = self.rules.get("recipe")
+        return None if rule is None or inp.recipe is None else float(rule(inp).regularization)
 
 
 @dataclasses.dataclass
@@ -145,8 +153,28 @@ def _curve_rows(curves: suite.Curves) -> list[dict[str, Any]]:
             "lambda": lam,
             "xi_bar": float(xi),
             "test_lds": float(value),
+            "val_lds": float(val),
         }
-        for lam, xi, value in zip(curves.grid, curves.xi_bar, curves.test_lds)
+        for lam, xi, value, val in zip(curves.grid, curves.xi_bar, curves.test_lds, curves.val_lds)
+    ]
+
+
+def fit_rows(cases: Sequence[Case], rule_set: RuleSet) -> list[dict[str, Any]]:
+    """What a fitted rule is fitted on, one row per case: the grid, the *validation*-query LDS of all M
+    retrained models at every grid λ (never the test queries), ξ̄ and the recipe rule's λ."""
+    return [
+        {
+            "family": case.family,
+            "problem": case.curves.problem.name,
+            "attributor": case.curves.attributor,
+            "proj_dim": case.curves.proj_dim,
+            "grid": list(case.curves.grid),
+            "lds": case.curves.val_lds,
+            "xi_bar": case.curves.xi_bar,
+            "recipe": rule_set.recipe_lambda(case.inp),
+            "input": case.inp,
+        }
+        for case in cases
     ]
 
 
@@ -162,23 +190,12 @@ def judge(cases: Sequence[Case], rule_set: RuleSet) -> pd.DataFrame:
                 rows.append(_row(case, name, rule(case.inp), half_of[case.family], ()))
     for name in sorted(rule_set.fitted):
         for label, held_out in halves.items():
-            train = [f for f in half_of if f not in held_out]
-            fit_rows = [
-                {
-                    "family": c.family,
-                    "problem": c.curves.problem.name,
-                    "attributor": c.curves.attributor,
-                    "proj_dim": c.curves.proj_dim,
-                    "input": c.inp,
-                }
-                for c in cases
-                if c.family in train
-            ]
-            params = rule_set.fit_rule(name, fit_rows)
+            train = sorted(f for f in half_of if f not in held_out)
+            params = rule_set.fit_rule(name, fit_rows([c for c in cases if c.family in train], rule_set))
             for case in cases:
                 if case.family in held_out:
                     pick = rule_set.apply_fitted(name, params, case.inp)
-                    rows.append(_row(case, name, pick, label, sorted(train)))
+                    rows.append(_row(case, name, pick, label, train))
     return pd.DataFrame(rows)
 
 
