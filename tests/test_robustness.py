@@ -34,25 +34,35 @@ def by_hand_lds(scores, targets, subsets) -> float:
     return float(np.nanmean(per_query))
 
 
+#: Tiny curves: 6 retrained models, TRAK on one model.
+TINY = suite.CurveConfig(n_models=6, trak_ensemble=1)
+
+
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    """The study on two tiny problems of two families with the stand-in rules (quick sizes: M = 10)."""
+def study_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def study(study_cache):
+    """The study on two tiny problems of two families with the stand-in rules."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DAHP_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        patch.setenv("DAHP_CACHE_DIR", str(study_cache))
         patch.setenv("DAHP_DEVICE", "cpu")
         rules_standin.FIT_CALLS.clear()
         record = robustness.robustness_study(
-            "quick", rules_standin.RULES, rules_standin.FITTED, rules_standin.fit_rule, problems=TWO_FAMILIES
+            "quick", rules_standin.RULES, rules_standin.FITTED, rules_standin.fit_rule, TWO_FAMILIES, TINY
         )
         yield record, list(rules_standin.FIT_CALLS)
 
 
-def test_the_table_equals_a_computation_by_hand(study):
+def test_the_table_equals_a_computation_by_hand(study, study_cache, monkeypatch):
     record, _ = study
+    monkeypatch.setenv("DAHP_CACHE_DIR", str(study_cache))  # the study's models, retrained models and factors
     table = record.table
     assert len(table) == 2 * 2 * 3  # problems x attributors (full gradients only here) x rules
     for (problem, attributor), rows in table.groupby(["problem", "attributor"]):
-        curves = suite.problem_curves(problem, attributor, None, suite.CurveConfig(n_models=10, trak_ensemble=2))
+        curves = suite.problem_curves(problem, attributor, None, TINY)
         truth = curves.truth
         top = max(float(m.eigenvalues.max()) for m in curves.members)
         grid = [top * 10.0**e for e in np.linspace(-11, 1, 49)]

@@ -221,6 +221,7 @@ def robustness_study(
     fitted: Iterable[str] | None = None,
     fit_rule: Callable[[str, list[dict]], Any] | None = None,
     problems: Sequence[str] | None = None,
+    config: suite.CurveConfig | None = None,
     cache: Cache | None = None,
     progress: bool = False,
     device: str | torch.device | None = None,
@@ -231,6 +232,7 @@ def robustness_study(
         rules, fitted, fit_rule: the rules judged (default: ``dahp.rules.RULES``, ``FITTED`` and
             ``fit_rule``); with ``rules`` given, ``fitted`` defaults to none.
         problems: problem names (default: the profile's suite); at least two families.
+        config: the curves' sizes (default: the profile's ``suite_models`` and ``suite_trak_ensemble``).
     """
     sizes = get_profile(profile)
     rule_set = RuleSet.default() if rules is None else RuleSet(dict(rules), frozenset(fitted or ()), fit_rule)
@@ -239,7 +241,7 @@ def robustness_study(
         [suite.get_problem(name) for name in problems] if problems is not None else suite.suite_problems(sizes.suite)
     )
     family_halves(p.family for p in chosen)
-    config = suite.CurveConfig(n_models=sizes.suite_models, trak_ensemble=sizes.suite_trak_ensemble)
+    config = config or suite.CurveConfig(n_models=sizes.suite_models, trak_ensemble=sizes.suite_trak_ensemble)
     device = resolve_device(device)
     cache = default_cache() if cache is None else cache
     started = time.perf_counter()
