@@ -191,9 +191,16 @@ def test_fit_rule_recovers_planted_constants():
         picked = min(range(33), key=lambda i: (abs(row["xi_bar"][i] - threshold), i))
         assert row["lds"][picked] == row["lds"].max()
     assert fit_rule("recipe_fitted", rows)["factor"] == pytest.approx(10.0)
+    for k, row in enumerate(rows):  # TRAK's rows: best λ at 100 × the recipe rule, IFFIM's at 10 ×
+        row["attributor"] = "trak" if k % 2 else "iffim"
+        row["recipe"] = row["recipe"] / 10 if k % 2 else row["recipe"]
+    per = fit_rule("recipe_fitted", rows)
+    assert per["factor_iffim"] == pytest.approx(10.0) and per["factor_trak"] == pytest.approx(100.0)
     inp = RuleInput("iffim", [diagonal(*SPREAD)], GRID, RecipeFacts.sgd(0.1, 10, 2, 2))
-    fitted = RuleInput(**{**inp.__dict__, "fitted": {"recipe_fitted": {"factor": 10.0}}})
+    fitted = RuleInput(**{**inp.__dict__, "fitted": {"recipe_fitted": {"factor": 10.0, "factor_trak": 3.0}}})
     assert RULES["recipe_fitted"](fitted).regularization == pytest.approx(10 * RULES["recipe"](inp).regularization)
+    trak = RuleInput(**{**fitted.__dict__, "attributor": "trak"})
+    assert RULES["recipe_fitted"](trak).regularization == pytest.approx(3 * RULES["recipe"](trak).regularization)
     assert FITTED == {"xi_fitted", "recipe_fitted"}
 
 
@@ -213,3 +220,37 @@ def test_bad_input_refused():
         fit_rule("recipe", [])
     with pytest.raises(InvalidParameterError, match="problems_rows"):
         fit_rule("xi_fitted", [{"grid": GRID, "lds": GRID}])
+
+
+def test_median_rule_returns_the_middle_of_its_three_estimates():
+    members = [diagonal(*SPREAD)]
+    for lr in (1e-3, 10.0, 1e4):  # the recipe below, between and above the two ξ bounds
+        inp = RuleInput("iffim", members, GRID, RecipeFacts.sgd(lr, 100, 2, 2))
+        three = [RULES[name](inp).regularization for name in ("xi_continuous", "xi_saturation_0.9", "recipe")]
+        pick = RULES["median_xi_recipe"](inp)
+        assert pick.regularization == sorted(three)[1] and "median of" in pick.diagnosis
+    without = RuleInput("iffim", members, GRID)
+    three = [RULES[name](without).regularization for name in ("xi_continuous", "xi_saturation_0.9", "xi_max_slope")]
+    assert RULES["median_xi_recipe"](without).regularization == sorted(three)[1]
+
+
+def test_gauss_newton_conversion_of_traks_recipe_by_hand():
+    # TRAK kernel diagonal (3, 1); margins 0 and log 3 give p = 1/2 and 3/4, p(1 − p) = 1/4 and 3/16
+    facts = RecipeFacts.sgd(0.1, 10, n_train=2, n_params=4)
+    inp = RuleInput("trak", [diagonal([3.0, 1.0], [1.0, 1.0])], GRID, facts, train_margins=np.array([0.0, math.log(3)]))
+    weight = (3 * 0.25 + 1 * 3 / 16) / 4
+    pick = RULES["recipe_gauss_newton"](inp)
+    assert pick.regularization == pytest.approx(RULES["recipe"](inp).regularization / weight)
+    assert "p(1−p)" in pick.diagnosis
+    # IFFIM, or TRAK without margins: the plain recipe rule, and the diagnosis says why
+    for other in (
+        RuleInput("iffim", inp.members, GRID, facts, train_margins=np.zeros(2)),
+        RuleInput("trak", inp.members, GRID, facts),
+    ):
+        same = RULES["recipe_gauss_newton"](other)
+        assert same.regularization == RULES["recipe"](other).regularization and "no conversion" in same.diagnosis
+    with pytest.raises(InvalidParameterError, match="train_margins"):
+        RuleInput("trak", inp.members, GRID, facts, train_margins=np.zeros(3))
+    # the median rule uses the converted recipe for TRAK when the margins are known
+    three = [RULES[n](inp).regularization for n in ("xi_continuous", "xi_saturation_0.9", "recipe_gauss_newton")]
+    assert RULES["median_xi_recipe"](inp).regularization == sorted(three)[1]

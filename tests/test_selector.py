@@ -114,3 +114,132 @@ def test_selector_bad_input(digits_task):
         select_regularization(task, train_loader, val_loader, rule="recipe")
     with pytest.raises(InvalidParameterError, match="proj_dim=100000"):
         select_regularization(task, train_loader, val_loader, proj_dim=100_000)
+
+
+def test_default_mode_reports_every_rule_with_a_diagnosis(digits_task):
+    task, (train_loader, val_loader), _, steps = digits_task
+    result = select_regularization(task, train_loader, val_loader, "iffim", lr=0.1, steps=steps)
+    names = [p.rule for p in result.picks]
+    assert result.mode == "no_retraining" and result.trainings == 0
+    assert {"xi_grid_0.5", "xi_continuous", "recipe", "published_default", "mean_eig_0.1"} <= set(names)
+    assert not any(n.startswith("budget_") for n in names) and "xi_fitted" not in names
+    assert all(p.diagnosis and p.trainings == 0 for p in result.picks)
+    assert result.pick("xi_continuous").regularization == pytest.approx(result.xi_pick.regularization)
+    assert result.pick("xi_grid_0.5").regularization == result.grid_pick.regularization
+    assert result.pick("recipe").regularization == pytest.approx(1 / (0.1 * steps))
+    chosen = select_regularization(task, train_loader, val_loader, "iffim", rule="xi_saturation_0.9")
+    assert chosen.regularization == chosen.pick("xi_saturation_0.9").regularization
+
+
+def brute_force_validation_lds(model_template, states, subsets, x, y, xq, yq, grid):
+    """Mean validation LDS at each λ from explicit gradients, an explicit inverse and SciPy's Spearman."""
+    from scipy.stats import spearmanr
+
+    def grads(xs, ys, state, fn):
+        rows = []
+        for xi_, yi in zip(xs, ys):
+            model_template.load_state_dict(state)
+            model_template.zero_grad()
+            fn(model_template(xi_[None]), yi[None]).sum().backward()
+            rows.append(torch.cat([p.grad.reshape(-1) for p in model_template.parameters()]).double())
+        return torch.stack(rows)
+
+    full, retrained = states
+    G, Q = grads(x, y, full, nn.functional.cross_entropy), grads(xq, yq, full, correct_class_margin)
+    F = G.T @ G / len(G)
+    outputs = []
+    for state in retrained:
+        model_template.load_state_dict(state)
+        with torch.no_grad():
+            outputs.append(correct_class_margin(model_template(xq), yq).double())
+    outputs = torch.stack(outputs).numpy()
+    values = []
+    for lam in grid:
+        scores = -(G @ torch.linalg.solve(F + lam * torch.eye(F.shape[0], dtype=F.dtype), Q.T)).numpy()
+        sums = np.stack([scores[s].sum(0) for s in subsets])
+        values.append(np.nanmean([spearmanr(sums[:, k], outputs[:, k])[0] for k in range(len(yq))]))
+    return np.array(values)
+
+
+def test_budget_mode_spends_at_most_its_budget_and_matches_a_brute_force_argmax(digits_task):
+    task, (train_loader, val_loader), (x, y, xq, yq, state, _), _ = digits_task
+    calls, states, seen = [], [], []
+
+    def retrain(train_indices, seed):
+        calls.append(seed)
+        seen.append(train_indices)
+        torch.manual_seed(seed)
+        net = TinyCNN()
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+        for _ in range(30):
+            for start in range(0, len(train_indices), 50):
+                rows = torch.as_tensor(train_indices[start : start + 50])
+                optimizer.zero_grad()
+                nn.functional.cross_entropy(net(x[rows]), y[rows]).backward()
+                optimizer.step()
+        states.append({k: v.detach().clone() for k, v in net.state_dict().items()})
+        return net
+
+    grid = [float(v) for v in np.logspace(-5, 1, 13)]
+    result = select_regularization(
+        task, train_loader, val_loader, "iffim", candidates=grid, retrain=retrain, max_retrainings=4
+    )
+    assert len(calls) == 4 == result.trainings and result.mode == "budget"
+    assert all(len(s) == 150 and len(set(s.tolist())) == 150 for s in seen)  # α = 0.5 of 300, no repeats
+    assert result.rule == "budget_bracket_4" and result.regularization == result.pick("budget_bracket_4").regularization
+    names = [p.rule for p in result.picks]
+    assert {"budget_val_lds_2", "budget_val_lds_4", "budget_bracket_4"} <= set(
+        names
+    ) and "budget_val_lds_5" not in names
+    assert all(p.trainings <= 4 for p in result.picks)
+
+    expected = brute_force_validation_lds(TinyCNN(), (state, states), seen, x, y, xq, yq, grid)
+    assert result.pick("budget_val_lds_4").regularization == grid[int(np.nanargmax(expected))]
+    two = brute_force_validation_lds(TinyCNN(), (state, states[:2]), seen[:2], x, y, xq, yq, grid)
+    assert result.pick("budget_val_lds_2").regularization == grid[int(np.nanargmax(two))]
+    bracketed = result.pick("budget_bracket_4")
+    low, high = (float(v) for v in bracketed.diagnosis.split("[")[1].split("]")[0].split(", "))
+    inside = [k for k, lam in enumerate(grid) if low * (1 - 1e-2) <= lam <= high * (1 + 1e-2)]
+    assert bracketed.regularization == grid[max(inside, key=lambda k: expected[k])]
+
+
+def test_budget_mode_bad_input_refused_before_any_retraining(digits_task):
+    task, (train_loader, val_loader), _, _ = digits_task
+    calls = []
+
+    def retrain(indices, seed):
+        calls.append(seed)
+
+    with pytest.raises(InvalidParameterError, match="max_retrainings"):
+        select_regularization(task, train_loader, val_loader, retrain=retrain, max_retrainings=1)
+    with pytest.raises(InvalidParameterError, match="retrain"):
+        select_regularization(task, train_loader, val_loader, retrain="not a function")
+    with pytest.raises(InvalidParameterError, match="alpha"):
+        select_regularization(task, train_loader, val_loader, retrain=retrain, alpha=1.0)
+    with pytest.raises(InvalidParameterError, match="budget"):
+        select_regularization(task, train_loader, val_loader, rule="budget_bracket_5")
+    with pytest.raises(InvalidParameterError, match="rule"):
+        select_regularization(task, train_loader, val_loader, retrain=retrain, rule="budget_val_lds_10")
+    with pytest.raises(InvalidParameterError, match="candidates"):
+        select_regularization(task, train_loader, val_loader, candidates=[1.0, 0.1])
+    with pytest.raises(InvalidParameterError, match="fitted"):
+        select_regularization(task, train_loader, val_loader, fitted={"recipe": {"factor": 2.0}})
+    with pytest.raises(InvalidParameterError, match="retrain"):
+        select_regularization(task, train_loader, val_loader, retrain=retrain, max_retrainings=2)  # returns None
+    assert len(calls) == 1  # the only call: the one whose None result was refused
+
+
+def test_trak_margins_and_the_gauss_newton_recipe(digits_task):
+    from dahp.selector import train_margins
+
+    task, (train_loader, val_loader), (x, y, _, _, state, model), steps = digits_task
+    model.load_state_dict(state)
+    with torch.no_grad():
+        expected = correct_class_margin(model(x), y).double().numpy()
+    margins = train_margins(task, train_loader, "cpu")
+    assert margins.shape == (1, 300) and np.allclose(margins[0], expected, atol=1e-5)
+    result = select_regularization(task, train_loader, val_loader, "trak", proj_dim=64, lr=0.1, steps=steps)
+    converted, plain = result.pick("recipe_gauss_newton"), result.pick("recipe")
+    assert converted.regularization > plain.regularization  # divided by a mean p(1 − p) <= 1/4
+    iffim = select_regularization(task, train_loader, val_loader, "iffim", lr=0.1, steps=steps)
+    assert "recipe_gauss_newton" not in [p.rule for p in iffim.picks]

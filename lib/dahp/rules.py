@@ -18,7 +18,9 @@ Rule families:
   has ``ξ̄₀ > 0.5``, which is why Algorithm 1 returns the grid's low end there), and it tends to 1
   as λ → ∞ where the scores only rescale (``B ≈ I/λ``) and the LDS stops changing. These rules
   measure λ along the transition between the two plateaus.
-- ``recipe`` -- ``λ = λ_wd + 1 / Σ_t η_eff(t)`` (:func:`recipe_lambda_effective`).
+- ``recipe`` -- ``λ = λ_wd + 1 / Σ_t η_eff(t)`` (:func:`recipe_lambda_effective`);
+  ``recipe_gauss_newton`` -- TRAK's, converted through the loss Hessian's weights ``p(1 − p)``;
+  ``median_xi_recipe`` -- the median of the ξ̄ = 0.5 crossing, ξ̄'s saturation and the recipe.
 - ``spectrum_qQ``, ``mean_eig_0.1``, ``published_default`` -- the zero-cost baselines.
 - ``budget_val_lds_M`` -- the grid λ with the best validation-query LDS from ``M`` retrained models;
   ``budget_bracket_5`` -- ξ̄ brackets λ, then the LDS of 5 retrained models chooses inside.
@@ -132,6 +134,9 @@ class RuleInput:
     validation_lds: ValidationLDS | None = None
     #: constants of fitted rules, ``rule name -> fit_rule(...)`` result (absent: :data:`FIT_DEFAULTS`)
     fitted: Mapping[str, Mapping[str, float]] = dataclasses.field(default_factory=dict)
+    #: correct-class margins ``f_i`` of the training points under the full-data model(s), ``(n,)`` or
+    #: ``(members, n)`` in the members' row order (``recipe_gauss_newton`` needs them; None: unknown)
+    train_margins: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.attributor not in ATTRIBUTORS:
@@ -145,6 +150,15 @@ class RuleInput:
             raise InvalidParameterError("grid", self.grid, "strictly ascending λ")
         if self.published_default is not None and not self.published_default >= 0:
             raise InvalidParameterError("published_default", self.published_default, "None or a number >= 0")
+        if self.train_margins is not None:
+            margins = np.asarray(self.train_margins, dtype=float)
+            n = self.members[0].left.shape[0]
+            if margins.shape not in ((n,), (len(self.members), n)) or not np.all(np.isfinite(margins)):
+                raise InvalidParameterError(
+                    "train_margins",
+                    margins.shape,
+                    f"None or finite margins of shape ({n},) or ({len(self.members)}, {n})",
+                )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -379,6 +393,81 @@ def recipe_rule(inp: RuleInput) -> RulePick:
     return _timed("recipe", compute)
 
 
+def gauss_newton_weight(inp: RuleInput) -> float:
+    """``w = Σ_i p_i(1 − p_i) ‖φ_i‖² / Σ_i ‖φ_i‖²``: the loss Hessian's weight on TRAK's features.
+
+    ``p_i = σ(f_i)`` is the correct-class probability (the margin is ``log(p/(1 − p))``) and ``‖φ_i‖²``
+    the diagonal of TRAK's kernel; averaged over the members, each with its own margins.
+    """
+    margins = np.asarray(inp.train_margins, dtype=float)
+    weights = []
+    for k, member in enumerate(inp.members):
+        f = margins[k] if margins.ndim == 2 else margins
+        p = 1.0 / (1.0 + np.exp(-np.clip(f, -700, 700)))
+        left = member.left.numpy()
+        norms = (left**2 * member.eigenvalues.numpy()).sum(1) if member.form == "dual" else (left**2).sum(1)
+        weights.append(float((p * (1 - p) * norms).sum() / norms.sum()))
+    return float(np.mean(weights))
+
+
+def recipe_gauss_newton(inp: RuleInput) -> RulePick:
+    """TRAK's recipe rule with the Gauss–Newton conversion: ``λ = λ_recipe / w`` (:func:`gauss_newton_weight`).
+
+    Early stopping acts as ridge on the *loss* Hessian, ``H ≈ (1/n) Σ p_i(1 − p_i) ∇f_i ∇f_iᵀ`` (for the
+    cross-entropy, ``d²L/df² = p(1 − p)`` along the margin ``f``); TRAK's kernel ``ΦᵀΦ`` weighs every
+    margin gradient alike, ``ΦᵀΦ ≈ n / (#params · w) · H``. :func:`dahp.selection.recipe_lambda`
+    converts by ``n / #params`` only, which leaves λ too small by ``1/w`` -- large when the training
+    points are fitted confidently. IFFIM's curvature is already of loss gradients, and TRAK's margins
+    may be unknown: then the rule is the plain recipe rule, and its diagnosis says so.
+    """
+    _require(inp, "recipe", inp.recipe is not None, "RecipeFacts of the full-data training")
+
+    def compute() -> tuple[float, str]:
+        lam, text = recipe_lambda_effective(inp)
+        if inp.attributor != "trak" or inp.train_margins is None:
+            why = "IFFIM's Fisher is of loss gradients" if inp.attributor != "trak" else "training margins unknown"
+            return lam, f"no conversion ({why}): the recipe rule, {text} = {_fmt(lam)}{_xi_note(inp, lam)}"
+        weight = gauss_newton_weight(inp)
+        lam = lam / weight
+        return lam, f"{text} = {_fmt(lam * weight)}, / mean p(1−p) {weight:.3g} = {_fmt(lam)}{_xi_note(inp, lam)}"
+
+    return _timed("recipe_gauss_newton", compute)
+
+
+# ------------------------------------------------------------------------------------------------
+# a hedge of independent estimates
+
+
+def median_xi_recipe(inp: RuleInput) -> RulePick:
+    """The median, in log λ, of three retraining-free estimates that err in different directions.
+
+    Theorem 4.3 says the LDS rises while ξ < ω; ω at the LDS peak is unknown without retraining
+    (it lies in (0, 1) and varies from problem to problem), so the ξ̄ curve bounds the peak only
+    from both sides: the crossing ξ̄ = 0.5 (``xi_continuous``, too small whenever ω > 0.5 at the
+    peak) and the saturation point (``xi_saturation_0.9``, past which the LDS is flat, too large when
+    the peak is sharp). The recipe rule is an independent estimate from the training dynamics (early
+    stopping as ridge; for TRAK with the training margins known, ``recipe_gauss_newton``); without a
+    recipe, ξ̄'s steepest point (``xi_max_slope``) stands in. The median
+    of three is right whenever two of them are, and never outside the span of the ξ bounds.
+    """
+
+    def compute() -> tuple[float, str]:
+        parts = {"xi_continuous": xi_continuous(inp), "xi_saturation_0.9": xi_relative(inp, 0.9, "")}
+        if inp.recipe is not None and inp.attributor == "trak" and inp.train_margins is not None:
+            parts["recipe_gauss_newton"] = recipe_gauss_newton(inp)
+        elif inp.recipe is not None:
+            parts["recipe"] = recipe_rule(inp)
+        else:
+            parts["xi_max_slope"] = xi_max_slope(inp)
+        logs = {name: math.log(max(p.regularization, 1e-300)) for name, p in parts.items()}
+        middle = sorted(logs, key=logs.get)[1]
+        listed = ", ".join(f"{name} {_fmt(parts[name].regularization)}" for name in sorted(logs, key=logs.get))
+        lam = parts[middle].regularization
+        return lam, f"median of {listed}: {middle}'s {_fmt(lam)}{_grid_position(lam, inp.grid)}"
+
+    return _timed("median_xi_recipe", compute)
+
+
 # ------------------------------------------------------------------------------------------------
 # zero-cost baselines
 
@@ -509,7 +598,8 @@ def xi_fitted(inp: RuleInput) -> RulePick:
 
 def recipe_fitted(inp: RuleInput) -> RulePick:
     """The recipe rule times a factor fitted on other problems (:func:`fit_rule`)."""
-    factor = _params(inp, "recipe_fitted")["factor"]
+    params = _params(inp, "recipe_fitted")
+    factor = params.get(f"factor_{inp.attributor}", params["factor"])
     pick = recipe_rule(inp)
     lam = pick.regularization * factor
     return dataclasses.replace(
@@ -532,7 +622,9 @@ def fit_rule(name: str, problems_rows: Iterable[Mapping]) -> dict[str, float]:
     Each row describes one problem of the fitting half: ``grid`` (ascending λ), ``lds`` (the LDS at
     each grid λ that the fit aims at -- use validation queries, never the test queries of the
     problems the rule is reported on), ``xi_bar`` (ξ̄ at each grid λ, for ``xi_fitted``) and
-    ``recipe`` (the recipe rule's λ, for ``recipe_fitted``).
+    ``recipe`` (the recipe rule's λ, for ``recipe_fitted``) and optionally ``attributor``:
+    ``recipe_fitted`` then fits one factor per attributor as well (``factor_iffim``, ``factor_trak``;
+    ``factor`` over all rows serves an attributor not seen).
     """
     if name not in FITTED:
         raise InvalidParameterError("name", name, sorted(FITTED))
@@ -557,12 +649,22 @@ def fit_rule(name: str, problems_rows: Iterable[Mapping]) -> dict[str, float]:
 
         best = max(_THRESHOLD_CANDIDATES, key=lambda t: score([relative(r, t) for r in rows]))
         return {"threshold": float(best)}
-    best = max(_FACTOR_CANDIDATES, key=lambda c: score([_relative_lds(r, c * r["recipe"]) for r in rows]))
-    return {"factor": float(best)}
+
+    def factor(subset: list[Mapping]) -> float:
+        return float(max(_FACTOR_CANDIDATES, key=lambda c: score([_relative_lds(r, c * r["recipe"]) for r in subset])))
+
+    # the recipe's λ is converted to each attributor's scale by a fixed formula; its error differs
+    # per attributor (TRAK's margin gradients are not loss gradients), so each gets its own factor
+    params = {"factor": factor(rows)}
+    for attributor in sorted({r["attributor"] for r in rows if r.get("attributor")}):
+        params[f"factor_{attributor}"] = factor([r for r in rows if r.get("attributor") == attributor])
+    return params
 
 
 # ------------------------------------------------------------------------------------------------
 # the registry
+
+BUDGET_SIZES = (2, 5, 10)  #: the M' of the ``budget_val_lds_M`` rules in :data:`RULES`
 
 RULES: dict[str, Callable[[RuleInput], RulePick]] = {
     **{f"xi_grid_{t}": (lambda inp, t=t: xi_grid(inp, t)) for t in (0.4, 0.5, 0.6)},
@@ -571,14 +673,22 @@ RULES: dict[str, Callable[[RuleInput], RulePick]] = {
     "xi_saturation_0.9": lambda inp: xi_relative(inp, 0.9, "xi_saturation_0.9"),
     "xi_max_slope": xi_max_slope,
     "recipe": recipe_rule,
+    "recipe_gauss_newton": recipe_gauss_newton,
+    "median_xi_recipe": median_xi_recipe,
     **{f"spectrum_q{q}": (lambda inp, q=q: spectrum_rule(inp, q)) for q in (0.1, 0.25, 0.5, 0.75, 0.9)},
     "mean_eig_0.1": mean_eig_rule,
     "published_default": published_default_rule,
-    **{f"budget_val_lds_{m}": (lambda inp, m=m: budget_val_lds(inp, m)) for m in (2, 5, 10)},
+    **{f"budget_val_lds_{m}": (lambda inp, m=m: budget_val_lds(inp, m)) for m in BUDGET_SIZES},
     "budget_bracket_5": lambda inp: budget_bracket(inp, 5),
     "xi_fitted": xi_fitted,
     "recipe_fitted": recipe_fitted,
 }
+
+#: The selector's default pick without retraining: the paper's rule until the robustness study
+#: (issue 13) shows, on held-out families, a retraining-free rule with a better worst case.
+DEFAULT_NO_RETRAINING = "xi_continuous"
+#: The selector's default pick with a retraining budget of M models: ``f"{DEFAULT_BUDGET}_{M}"``.
+DEFAULT_BUDGET = "budget_bracket"
 
 #: Rules that retrain (the others need only the trained model).
 RETRAINING = {name for name in RULES if name.startswith("budget_")}
@@ -588,7 +698,7 @@ def applicable(name: str, inp: RuleInput) -> bool:
     """Whether rule ``name`` can run on ``inp`` (the recipe, default or retrained models it needs are there)."""
     if name in RETRAINING:
         return inp.validation_lds is not None
-    if name in ("recipe", "recipe_fitted"):
+    if name in ("recipe", "recipe_fitted", "recipe_gauss_newton"):
         return inp.recipe is not None
     if name == "published_default":
         return inp.published_default is not None
