@@ -13,6 +13,7 @@ from dahp import suite
 from dahp.config import InvalidParameterError, TrainingRecipe
 from dahp.lds import lds
 from dahp.settings import get_setting
+from dahp.training import train_full
 
 TINY = suite.CurveConfig(n_models=6, trak_ensemble=2)
 
@@ -140,6 +141,13 @@ def test_curves_agree_with_the_lds_of_the_scores(attributor):
         three = lds(curves.validation.scores(lam), truth.targets("val")[:3], truth.subsets[:3]).mean
         assert curves.validation_lds(3, [lam])[0] == pytest.approx(three, abs=1e-12)
     assert curves.best == pytest.approx(np.nanmax(curves.test_lds))
+    model = get_setting("suite_iris_lr_sgd").make_model()
+    model.load_state_dict(train_full(get_setting("suite_iris_lr_sgd"), len(curves.members) - 1).state())
+    data = get_setting("suite_iris_lr_sgd").data()
+    logits = model.eval()(data.x_train).double()
+    own = logits.gather(1, data.y_train[:, None])[:, 0]
+    others = logits.scatter(1, data.y_train[:, None], float("-inf")).logsumexp(1)
+    np.testing.assert_allclose(curves.train_margins[-1], (own - others).detach().numpy(), rtol=1e-5, atol=1e-5)
     again = suite.problem_curves("suite_iris_lr_sgd", attributor, None, TINY)  # read back from the cache
     np.testing.assert_array_equal(again.test_lds, curves.test_lds)
     with pytest.raises(InvalidParameterError, match="n_models"):

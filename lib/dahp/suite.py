@@ -399,6 +399,8 @@ class Curves:
     xi_bar: np.ndarray  #: ξ̄ over the validation queries at every grid λ
     factor_seconds: float  #: the shared factorization (full-data models, gradients, eigendecompositions)
     truth_seconds: float  #: training of the M retrained models (as recorded when they were trained)
+    #: ``(members, n)`` correct-class margins of the training points under each member's full-data model
+    train_margins: np.ndarray | None = None
     _reduced: dict = dataclasses.field(default_factory=dict, repr=False)  #: split -> [(membership @ L, factors)]
 
     @property
@@ -486,6 +488,20 @@ def _mean_lds(sums: np.ndarray, targets: torch.Tensor) -> float:
     return float(valid.mean()) if len(valid) else float("nan")
 
 
+@torch.no_grad()
+def _train_margins(setting: Setting, members: int, cache: Cache, progress: bool, device: torch.device) -> np.ndarray:
+    """``(members, n)`` margins of the training points under full-data models 0..members-1 (the
+    attributed checkpoints, read from the cache), in float64."""
+    data = setting.data()
+    rows = []
+    for seed in range(members):
+        state, _ = attr.full_data_state(setting, seed, setting.recipe.epochs, cache, progress, device)
+        model = setting.make_model()
+        model.load_state_dict(state)
+        rows.append(setting.target(model.eval()(data.x_train), data.y_train).double().numpy())
+    return np.stack(rows)
+
+
 def _params(attributor: str, proj_dim: int | None, config: CurveConfig):
     if attributor == "iffim":
         return attr.make_params("iffim", proj_dim=proj_dim)
@@ -515,6 +531,7 @@ def problem_curves(
     validation = attr.scorer(setting, attributor, params, "val", cache, progress, device=device)
     test = attr.scorer(setting, attributor, params, "test", cache, progress, device=device)
     factor_seconds = time.perf_counter() - started
+    margins = _train_margins(setting, len(validation.members), cache, progress, device)
     truth = ground_truth(setting, config.ground_truth(), cache, progress, device=device)
     grid = config.grid(max(float(m.eigenvalues.max()) for m in validation.members))
     spec = {
@@ -538,7 +555,20 @@ def problem_curves(
 
     empty = np.full(len(grid), np.nan)
     curves = Curves(
-        problem, attributor, proj_dim, config, validation, test, truth, grid, empty, empty, empty, factor_seconds, 0.0
+        problem,
+        attributor,
+        proj_dim,
+        config,
+        validation,
+        test,
+        truth,
+        grid,
+        empty,
+        empty,
+        empty,
+        factor_seconds,
+        0.0,
+        margins,
     )
     payload = cache.get_or_compute("suite_curves", spec, compute)
     return dataclasses.replace(

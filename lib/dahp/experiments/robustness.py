@@ -113,6 +113,7 @@ def rule_input(curves: suite.Curves):
         recipe=curves.recipe_facts(),
         published_default=suite.PUBLISHED_DEFAULTS[curves.attributor],
         validation_lds=curves.validation_lds,
+        train_margins=curves.train_margins,
     )
 
 
