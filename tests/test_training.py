@@ -93,6 +93,7 @@ def test_with_dropout_batched_and_sequential_models_are_equally_accurate():
         {"optimizer": "sgd", "momentum": 0.9, "schedule": "linear", "warmup_steps": 10, "batch_size": 48},
         {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-2, "schedule": "linear"},
         {"optimizer": "adam", "lr": 0.05, "schedule": "noam", "warmup_steps": 8, "batch_size": 48},
+        {"optimizer": "sgd", "momentum": 0.9, "schedule": "cosine", "warmup_steps": 5, "batch_size": 48},
     ],
 )
 def test_batched_adam_and_schedules_equal_torch_optim_float64(recipe):
@@ -120,6 +121,10 @@ def test_schedule_factors_are_the_documented_formulas():
     noam = TrainingRecipe(epochs=1, batch_size=1, lr=1.0, schedule="noam", warmup_steps=4)
     assert [schedule_factor(noam, s, 100) for s in (0, 1, 3, 15)] == [0.125, 0.25, 0.5, 0.25]
     assert schedule_factor(TrainingRecipe(epochs=1, batch_size=1, lr=1.0), 7, 10) == 1.0
+    cosine = TrainingRecipe(epochs=1, batch_size=1, lr=1.0, schedule="cosine", warmup_steps=2)
+    # warm-up 0, 1/2; then (1 + cos(π k / 4)) / 2 for k = 0..4 over the remaining 4 steps
+    expected = [0.0, 0.5, 1.0, (1 + 2**-0.5) / 2, 0.5, (1 - 2**-0.5) / 2, 0.0]
+    assert [schedule_factor(cosine, s, 6) for s in range(7)] == pytest.approx(expected, abs=1e-15)
 
 
 def _bn_setting(make_model, **recipe):
@@ -198,7 +203,7 @@ def test_as_dict_keeps_new_fields_that_differ_from_their_defaults():
         ({"optimizer": "adam", "betas": (0.9, 1.0)}, "betas"),
         ({"optimizer": "adam", "betas": (0.9,)}, "betas"),
         ({"optimizer": "adam", "eps": 0.0}, "eps"),
-        ({"schedule": "cosine"}, "schedule"),
+        ({"schedule": "exponential"}, "schedule"),
         ({"schedule": "linear", "warmup_steps": -1}, "warmup_steps"),
         ({"schedule": "linear", "warmup_steps": 2.5}, "warmup_steps"),
         ({"schedule": "noam", "warmup_steps": 0}, "warmup_steps"),

@@ -19,6 +19,7 @@ The method -- modules named after the concepts of the paper:
 - :mod:`dahp.selector`     -- λ for any ``dattri`` ``AttributionTask`` (for practitioners): no retraining, or a few
 - :mod:`dahp.rules`        -- every rule for λ behind one interface: picks with diagnoses and costs
 - :mod:`dahp.learned_weights` -- learned parameter-group weights (seed 002): per-group contributions, the top-k objective
+- :mod:`dahp.suite`        -- the robustness suite: 34 small problems in five families, and their λ curves
 - :mod:`dahp.profiles`     -- run sizes: quick (CI), default (the book on a CPU), paper
 - :mod:`dahp.plan`         -- the book's plan: notebooks executed by papermill, skipped when unchanged
 - :mod:`dahp.progress`     -- progress bars that reach the terminal of `make book`, not the pages
@@ -31,6 +32,7 @@ The paper's experiments and their results -- :mod:`dahp.experiments`:
 - :mod:`dahp.experiments.cases`   -- λ-selection cases judged by the LDS (Fig 2, 3, 5, 6)
 - :mod:`dahp.experiments.removal` -- data selection by removal (the poster's table)
 - :mod:`dahp.experiments.theorem` -- Theorem 4.3 on planted problems and on real data
+- :mod:`dahp.experiments.robustness` -- when does the selector work? every λ rule on every suite problem
 - :mod:`dahp.experiments.status`  -- the reproduction status: every claim's verdict from the records
 """
 

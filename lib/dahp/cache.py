@@ -80,6 +80,7 @@ CODE_VERSIONS: dict[str, int] = {
     "hessian_eigh": 1,  # attributors._if_explicit (mean_loss_hessian, spectral.curvature_eigendecomposition)
     "removal": 1,  # experiments.removal.retrained_accuracy
     "selection_case": 1,  # experiments.cases.selection_study (one entry per case)
+    "suite_curves": 1,  # suite.problem_curves (test LDS and ξ̄ over the dense λ grid of one suite case)
 }
 
 #: The registry and the per-dataset modules its settings take loaders and model factories from.
@@ -110,6 +111,9 @@ PRODUCERS: dict[str, tuple[str, ...]] = {
     # baselines (selection, surrogate), the LDS (lds) against the ground truth's subsets (ground_truth,
     # config's subset_size) and the checkpoints as read back (training's Checkpoints.state)
     "selection_case": (*_TRAINING, *_SCORING, "ground_truth.py", "experiments/cases.py"),
+    # a suite case's curves (suite: the problem, its grid and the payload) from the scorers and the
+    # ground truth, as for a selection case
+    "suite_curves": (*_TRAINING, *_SCORING, "ground_truth.py", "suite.py"),
 }
 
 #: Kinds whose cached entries each kind is computed from (their code versions join its key).
@@ -121,6 +125,7 @@ UPSTREAM: dict[str, tuple[str, ...]] = {
     "hessian_eigh": ("checkpoints",),
     "removal": (),
     "selection_case": ("checkpoints", "features", "eigh", "hessian_eigh", "ground_truth"),
+    "suite_curves": ("checkpoints", "features", "eigh", "ground_truth"),
 }
 
 #: The folder the producer paths are relative to, and the lock file of their normalised sources.

@@ -49,13 +49,13 @@ def field_help(record: Any) -> dict[str, str]:
 #: Optimizers a :class:`TrainingRecipe` may name (torch.optim.SGD / Adam / AdamW semantics).
 OPTIMIZERS = ("sgd", "adam", "adamw")
 #: Learning-rate schedules a :class:`TrainingRecipe` may name (see :func:`dahp.training.schedule_factor`).
-SCHEDULES = ("constant", "linear", "noam")
+SCHEDULES = ("constant", "linear", "noam", "cosine")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainingRecipe:
     """How a model is trained: mini-batch SGD (optionally with heavy-ball momentum), Adam or AdamW,
-    under a constant, linear warm-up/decay or Noam learning-rate schedule.
+    under a constant, linear warm-up/decay, Noam or cosine learning-rate schedule.
 
     The batch order of every epoch is a fresh permutation drawn from a generator seeded by
     the model's seed, so a model is determined by (recipe, training indices, seed).
@@ -78,9 +78,10 @@ class TrainingRecipe:
     schedule: str = option(
         "constant",
         "``constant``; ``linear`` (warm-up from 0 to η over ``warmup_steps`` steps, then linear decay to 0); "
-        "``noam`` (η·min(s^-1/2, s·w^-3/2), step s counted from 1)",
+        "``noam`` (η·min(s^-1/2, s·w^-3/2), step s counted from 1); ``cosine`` (linear warm-up over "
+        "``warmup_steps`` steps, then half a cosine from η to 0)",
     )
-    warmup_steps: int = option(0, "warm-up length w in optimizer steps (``linear``: >= 0, ``noam``: >= 1)")
+    warmup_steps: int = option(0, "warm-up length w in optimizer steps (``linear``, ``cosine``: >= 0, ``noam``: >= 1)")
 
     def __post_init__(self) -> None:
         if not (isinstance(self.epochs, int) and self.epochs >= 1):
@@ -126,7 +127,9 @@ class TrainingRecipe:
                     )
         if self.schedule == "constant" and self.warmup_steps != 0:
             raise InvalidParameterError(
-                "warmup_steps", self.warmup_steps, "0 with schedule='constant' (warm-up needs 'linear' or 'noam')"
+                "warmup_steps",
+                self.warmup_steps,
+                "0 with schedule='constant' (warm-up needs 'linear', 'noam' or 'cosine')",
             )
         if self.schedule == "noam" and self.warmup_steps < 1:
             raise InvalidParameterError("warmup_steps", self.warmup_steps, "an integer >= 1 with schedule='noam'")

@@ -51,6 +51,9 @@ class Profile:
     learned_ablation_penalties: tuple[float, ...] = option(
         help="λ_w (penalty pulling the weights toward uniform) of the learned weights' ablations"
     )
+    suite: str = option(help="problems of the robustness suite: ``quick`` (a handful) or ``default`` (all)")
+    suite_models: int = option(help="retrained models (M) of each robustness-suite problem's ground truth")
+    suite_trak_ensemble: int = option(help="TRAK ensemble size on the robustness suite")
 
 
 PROFILES = {
@@ -74,6 +77,9 @@ PROFILES = {
         learned_left_out=("mnist_mlp grad_dot", "mnist_mlp iffim"),
         learned_ablation_ks=(5, 10),
         learned_ablation_penalties=(0.0, 1e-2),
+        suite="quick",
+        suite_models=10,
+        suite_trak_ensemble=2,
     ),
     "default": Profile(
         "default",
@@ -95,6 +101,9 @@ PROFILES = {
         learned_left_out=(),
         learned_ablation_ks=(1, 5, 10, 20, 50, 100),
         learned_ablation_penalties=(0.0, 1e-3, 1e-2),
+        suite="default",
+        suite_models=40,
+        suite_trak_ensemble=5,
     ),
     "paper": Profile(
         "paper",
@@ -116,6 +125,9 @@ PROFILES = {
         learned_left_out=(),
         learned_ablation_ks=(1, 5, 10, 20, 50, 100),
         learned_ablation_penalties=(0.0, 1e-3, 1e-2),
+        suite="default",
+        suite_models=50,
+        suite_trak_ensemble=10,
     ),
 }
 

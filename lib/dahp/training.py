@@ -23,6 +23,7 @@ Book: "Data attribution and the LDS" (how the retrained models are trained).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -72,6 +73,8 @@ def schedule_factor(recipe: TrainingRecipe, step: int, total_steps: int) -> floa
       ``get_linear_schedule_with_warmup`` (so the very first step has rate 0 when ``w > 0``).
     - ``noam``: ``min(s ** -0.5, s * w ** -1.5)`` with ``s = step + 1`` (the Transformer schedule,
       steps counted from 1, so the first step is not wasted at rate 0).
+    - ``cosine``: ``step / w`` while ``step < w``, then ``(1 + cos(π (step - w) / (T - w))) / 2`` --
+      the arithmetic of transformers' ``get_cosine_schedule_with_warmup`` (half a cosine, to 0 at T).
     """
     if recipe.schedule == "constant":
         return 1.0
@@ -80,6 +83,11 @@ def schedule_factor(recipe: TrainingRecipe, step: int, total_steps: int) -> floa
         if step < warmup:
             return step / max(1, warmup)
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+    if recipe.schedule == "cosine":
+        if step < warmup:
+            return step / max(1, warmup)
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
     counted = step + 1
     return min(counted**-0.5, counted * warmup**-1.5)
 

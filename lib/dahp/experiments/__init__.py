@@ -6,5 +6,6 @@
 - :mod:`dahp.experiments.cases`    -- λ-selection cases: ξ against every baseline, judged by the LDS (Fig 2, 3, 5, 6)
 - :mod:`dahp.experiments.removal`  -- data selection by removal (the poster's table)
 - :mod:`dahp.experiments.theorem`  -- Theorem 4.3 on planted problems and on real data
+- :mod:`dahp.experiments.robustness` -- every λ rule on every problem of the robustness suite (issue 13)
 - :mod:`dahp.experiments.status`   -- the reproduction status: each claim's verdict from the records
 """

@@ -1167,6 +1167,133 @@ class DefaultsRecord:
         return folder / "table_a1_defaults.csv"
 
 
+# --------------------------------------------------------------------------------------------
+# When does the selector work? (the robustness suite)
+
+#: LDS / best at or above this counts as a success of a rule on a problem (issue 13's target).
+GOOD_FRACTION = 0.95
+#: The columns of ``selector_robustness.csv`` that come first (issue 13's list; more follow).
+ROBUSTNESS_COLUMNS = (
+    "family",
+    "problem",
+    "recipe",
+    "attributor",
+    "rule",
+    "lambda",
+    "lds",
+    "lds_over_best",
+    "seconds",
+    "trainings",
+)
+
+
+def fraction_summary(values: Sequence[float]) -> dict[str, Any]:
+    """Worst, 10th percentile, median of LDS / best, how many reach :data:`GOOD_FRACTION`, and of how many.
+
+    A NaN (no defined LDS at the pick) counts as a failure and as the worst value.
+    """
+    array = np.asarray(values, dtype=float)
+    if not len(array):
+        return {"worst": float("nan"), "p10": float("nan"), "median": float("nan"), "count_ge_095": 0, "n": 0}
+    filled = np.where(np.isfinite(array), array, -np.inf)
+    finite = np.where(np.isfinite(array), array, np.nan)
+    return {
+        "worst": float(filled.min()) if np.isfinite(filled.min()) else float("nan"),
+        "p10": float(np.nanpercentile(finite, 10)) if np.isfinite(finite).any() else float("nan"),
+        "median": float(np.nanmedian(finite)) if np.isfinite(finite).any() else float("nan"),
+        "count_ge_095": int((filled >= GOOD_FRACTION).sum()),
+        "n": len(array),
+    }
+
+
+@dataclasses.dataclass
+class SelectorRobustnessRecord:
+    """Every λ rule on every problem of the robustness suite (:mod:`dahp.experiments.robustness`).
+
+    ``table``: one row per (problem, attributor configuration, rule) with the rule's λ, the test-query
+    LDS there, LDS / best (best over the dense grid), its cost in seconds and in retrained models,
+    the held-out half its family belongs to and, for a fitted rule, the families it was fitted on.
+    ``curves``: per (problem, attributor configuration, grid λ) ξ̄ on the validation queries and
+    the test-query LDS.
+    """
+
+    table: pd.DataFrame
+    curves: pd.DataFrame
+    study: dict = dataclasses.field(default_factory=dict)
+    profile: str | None = None
+    stem: str = "selector_robustness"
+
+    @property
+    def rules(self) -> list[str]:
+        """The rules judged, in the table's order."""
+        return list(dict.fromkeys(self.table.rule))
+
+    def summary(self, half: str | None = None) -> dict[str, dict[str, Any]]:
+        """Per rule :func:`fraction_summary` over all rows, or over the rows of one held-out half."""
+        rows = self.table if half is None else self.table[self.table.half == half]
+        return {rule: fraction_summary(rows[rows.rule == rule].lds_over_best) for rule in self.rules}
+
+    def summary_table(self, half: str | None = None) -> pd.DataFrame:
+        """:meth:`summary` as a frame, one row per rule, best worst case first."""
+        frame = pd.DataFrame.from_dict(self.summary(half), orient="index")
+        frame.index.name = "rule"
+        return frame.sort_values(["worst", "median"], ascending=False)
+
+    def worst_cases(self, rule: str, count: int = 3) -> pd.DataFrame:
+        """The rows where ``rule`` did worst (lowest LDS / best)."""
+        rows = self.table[self.table.rule == rule]
+        return rows.sort_values("lds_over_best").head(count)
+
+    def curve(self, problem: str, attributor: str, proj_dim: int | None) -> pd.DataFrame:
+        """ξ̄ and the test LDS over the dense grid of one case."""
+        rows = self.curves[matches(self.curves, {"problem": problem, "attributor": attributor, "proj_dim": proj_dim})]
+        if rows.empty:
+            raise InvalidParameterError("case", (problem, attributor, proj_dim), "a case of the study")
+        return rows.sort_values("lambda")
+
+    def headline(self) -> dict[str, Any]:
+        """Per rule: worst, 10th percentile, median LDS / best and the count ≥ 0.95, over all problems and
+        over each held-out half; the number of problems and cases."""
+        halves = sorted(self.table.half.dropna().unique())
+        return {
+            "problems": int(self.table.problem.nunique()),
+            "cases": int(self.table.groupby(["problem", "attributor", "proj_dim"], dropna=False).ngroups),
+            "all": self.summary(),
+            **{f"held_out_{half}": self.summary(half) for half in halves},
+        }
+
+    def save(self, folder: Path) -> Path:
+        """Write ``selector_robustness.csv``, ``selector_robustness_curves.csv`` and ``selector_robustness.json``."""
+        path = folder / f"{self.stem}.csv"
+        columns = [*ROBUSTNESS_COLUMNS, *[c for c in self.table.columns if c not in ROBUSTNESS_COLUMNS]]
+        self.table.reindex(columns=columns).to_csv(path, index=False)
+        self.curves.to_csv(folder / f"{self.stem}_curves.csv", index=False)
+        write_json(
+            folder / f"{self.stem}.json",
+            {
+                "record": "selector_robustness",
+                "profile": self.profile,
+                "study": self.study,
+                "headline": self.headline(),
+            },
+        )
+        return path
+
+    @classmethod
+    def load(cls, folder: Path, stem: str = "selector_robustness") -> SelectorRobustnessRecord | None:
+        """The record saved under ``folder``, or None."""
+        if not (folder / f"{stem}.json").exists():
+            return None
+        meta = read_json(folder / f"{stem}.json")
+        return cls(
+            pd.read_csv(folder / f"{stem}.csv", keep_default_na=False, na_values=[""]),
+            pd.read_csv(folder / f"{stem}_curves.csv"),
+            meta.get("study", {}),
+            meta.get("profile"),
+            stem,
+        )
+
+
 def stems(records: Iterable[Any]) -> list[str]:
     """File stems of records (for messages)."""
     return [getattr(r, "stem", getattr(r, "name", "?")) for r in records]

@@ -1,0 +1,263 @@
+"""When does λ selection work? Every rule on every problem of the robustness suite (issue 13).
+
+For every problem of :mod:`dahp.suite` and every attributor configuration run on it
+(:func:`dahp.suite.attributor_configs`), each rule of ``dahp.rules`` (or of a rules dict passed in)
+picks λ from a :class:`dahp.rules.RuleInput` -- the validation-query spectral factors, the dense λ
+grid, the facts of the training recipe, the published default, and the validation-query LDS of the
+first ``M'`` retrained models. The pick is judged by the exact test-query LDS there, divided by the
+best test-query LDS over the dense grid (``lds_over_best``). Test queries never reach a rule.
+
+Rules with constants fitted on data (``FITTED``) are judged leave-families-out: the families are
+split in two halves (:func:`family_halves`); the rule is fitted (``fit_rule``) on the rows of one
+half and reported on the problems of the other, both ways. Every row names the half its problem
+belongs to and, for a fitted rule, the families it was fitted on.
+
+Cost: ``seconds`` is the rule's own compute plus, for a rule that uses ``trainings`` retrained
+models, that many times the measured training time of one retrained model; the factorization all
+retraining-free rules share is in ``factor_seconds``.
+
+Book: "When does the selector work?".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+import torch
+
+from dahp import suite
+from dahp.cache import Cache, default_cache
+from dahp.config import InvalidParameterError
+from dahp.device import resolve_device
+from dahp.experiments.records import SelectorRobustnessRecord
+from dahp.profiles import get_profile
+
+#: The held-out halves' labels, in the order :func:`family_halves` returns them.
+HALVES = ("A", "B")
+
+
+def family_halves(families: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Split families into two halves by alternating over their sorted names (A gets the 1st, 3rd, ...)."""
+    ordered = sorted(set(families))
+    if len(ordered) < 2:
+        raise InvalidParameterError("families", ordered, "at least two families (one to fit on, one to report on)")
+    return ordered[0::2], ordered[1::2]
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleSet:
+    """The rules judged: name -> rule, the fitted ones, and the function that fits one.
+
+    A fitted rule is fitted by ``fit_rule(name, rows)`` (one row per case of the fitting half, see
+    :func:`fit_rows`) and applied as ``rule(inp)`` with the constants in ``inp.fitted[name]``, as
+    :mod:`dahp.rules` defines.
+    """
+
+    rules: Mapping[str, Callable]
+    fitted: frozenset[str]
+    fit_rule: Callable[[str, list[dict]], Any] | None
+
+    @classmethod
+    def default(cls) -> RuleSet:
+        """``dahp.rules``'s rules (imported here, so the suite runs without it until it is asked for)."""
+        from dahp import rules
+
+        return cls(dict(rules.RULES), frozenset(rules.FITTED), rules.fit_rule)
+
+    def check(self) -> None:
+        """Every rule callable; every fitted rule listed and fittable (before any compute)."""
+        for name, rule in self.rules.items():
+            if not callable(rule):
+                raise InvalidParameterError(f"rules[{name!r}]", rule, "a callable RuleInput -> RulePick")
+        unknown = sorted(self.fitted - set(self.rules))
+        if unknown:
+            raise InvalidParameterError("fitted", unknown, f"names among the rules {sorted(self.rules)}")
+        if self.fitted and self.fit_rule is None:
+            raise InvalidParameterError("fit_rule", None, "a function (name, rows) -> params for the fitted rules")
+
+    def apply_fitted(self, name: str, params: Any, inp) -> Any:
+        """A fitted rule's pick with the constants ``params`` (passed as ``inp.fitted[name]``)."""
+        return self.rules[name](dataclasses.replace(inp, fitted={**inp.fitted, name: params}))
+
+    def recipe_lambda(self, inp) -> float | None:
+        """The plain recipe rule's λ on a case (what ``recipe_fitted`` scales), when there is one."""
+        rule = self.rules.get("recipe")
+        return None if rule is None or inp.recipe is None else float(rule(inp).regularization)
+
+
+@dataclasses.dataclass
+class Case:
+    """One (problem, attributor configuration) of the study: its curves and the rules' input."""
+
+    curves: suite.Curves
+    inp: Any  #: the dahp.rules.RuleInput the rules see
+
+    @property
+    def family(self) -> str:
+        """The problem's family."""
+        return self.curves.problem.family
+
+
+def rule_input(curves: suite.Curves):
+    """The :class:`dahp.rules.RuleInput` of a case: validation-query information only."""
+    from dahp.rules import RuleInput
+
+    return RuleInput(
+        attributor=curves.attributor,
+        members=curves.members,
+        grid=list(curves.grid),
+        recipe=curves.recipe_facts(),
+        published_default=suite.PUBLISHED_DEFAULTS[curves.attributor],
+        validation_lds=curves.validation_lds,
+        train_margins=curves.train_margins,
+    )
+
+
+def _row(case: Case, name: str, pick, half: str, fitted_on: Sequence[str]) -> dict[str, Any]:
+    curves = case.curves
+    problem = curves.problem
+    lam = float(pick.regularization)
+    value = curves.lds_at(lam)
+    return {
+        "family": problem.family,
+        "problem": problem.name,
+        "model": problem.model,
+        "recipe": problem.recipe,
+        "attributor": curves.attributor,
+        "proj_dim": curves.proj_dim,
+        "rule": name,
+        "lambda": lam,
+        "lds": value,
+        "lds_over_best": value / curves.best,
+        "best_lds": curves.best,
+        "best_lambda": curves.best_regularization,
+        "seconds": float(pick.seconds) + pick.trainings * curves.seconds_per_training(),
+        "rule_seconds": float(pick.seconds),
+        "trainings": int(pick.trainings),
+        "factor_seconds": curves.factor_seconds,
+        "half": half,
+        "fitted_on": ",".join(fitted_on),
+        "diagnosis": pick.diagnosis,
+    }
+
+
+def _curve_rows(curves: suite.Curves) -> list[dict[str, Any]]:
+    return [
+        {
+            "problem": curves.problem.name,
+            "attributor": curves.attributor,
+            "proj_dim": curves.proj_dim,
+            "lambda": lam,
+            "xi_bar": float(xi),
+            "test_lds": float(value),
+            "val_lds": float(val),
+        }
+        for lam, xi, value, val in zip(curves.grid, curves.xi_bar, curves.test_lds, curves.val_lds)
+    ]
+
+
+def fit_rows(cases: Sequence[Case], rule_set: RuleSet) -> list[dict[str, Any]]:
+    """What a fitted rule is fitted on, one row per case: the grid, the *validation*-query LDS of all M
+    retrained models at every grid λ (never the test queries), ξ̄ and the recipe rule's λ."""
+    return [
+        {
+            "family": case.family,
+            "problem": case.curves.problem.name,
+            "attributor": case.curves.attributor,
+            "proj_dim": case.curves.proj_dim,
+            "grid": list(case.curves.grid),
+            "lds": case.curves.val_lds,
+            "xi_bar": case.curves.xi_bar,
+            "recipe": rule_set.recipe_lambda(case.inp),
+            "input": case.inp,
+        }
+        for case in cases
+    ]
+
+
+def judge(cases: Sequence[Case], rule_set: RuleSet) -> pd.DataFrame:
+    """Every rule's row on every case; fitted rules leave-families-out, both ways."""
+    rule_set.check()
+    halves = dict(zip(HALVES, family_halves(c.family for c in cases)))
+    half_of = {family: label for label, families in halves.items() for family in families}
+    rows = []
+    for case in cases:
+        for name, rule in rule_set.rules.items():
+            if name not in rule_set.fitted:
+                rows.append(_row(case, name, rule(case.inp), half_of[case.family], ()))
+    for name in sorted(rule_set.fitted):
+        for label, held_out in halves.items():
+            train = sorted(f for f in half_of if f not in held_out)
+            params = rule_set.fit_rule(name, fit_rows([c for c in cases if c.family in train], rule_set))
+            for case in cases:
+                if case.family in held_out:
+                    pick = rule_set.apply_fitted(name, params, case.inp)
+                    rows.append(_row(case, name, pick, label, train))
+    return pd.DataFrame(rows)
+
+
+def build_cases(
+    problems: Sequence[suite.Problem],
+    config: suite.CurveConfig,
+    cache: Cache | None = None,
+    progress: bool = False,
+    device: str | torch.device | None = None,
+) -> list[Case]:
+    """The curves and rule input of every attributor configuration of every problem."""
+    cases = []
+    for problem in problems:
+        for attributor, proj_dim in suite.attributor_configs(problem):
+            curves = suite.problem_curves(problem, attributor, proj_dim, config, cache, progress, device)
+            cases.append(Case(curves, rule_input(curves)))
+    return cases
+
+
+def robustness_study(
+    profile: str = "quick",
+    rules: Mapping[str, Callable] | None = None,
+    fitted: Iterable[str] | None = None,
+    fit_rule: Callable[[str, list[dict]], Any] | None = None,
+    problems: Sequence[str] | None = None,
+    config: suite.CurveConfig | None = None,
+    cache: Cache | None = None,
+    progress: bool = False,
+    device: str | torch.device | None = None,
+) -> SelectorRobustnessRecord:
+    """The study at the profile's suite size; rules default to ``dahp.rules``.
+
+    Args:
+        rules, fitted, fit_rule: the rules judged (default: ``dahp.rules.RULES``, ``FITTED`` and
+            ``fit_rule``); with ``rules`` given, ``fitted`` defaults to none.
+        problems: problem names (default: the profile's suite); at least two families.
+        config: the curves' sizes (default: the profile's ``suite_models`` and ``suite_trak_ensemble``).
+    """
+    sizes = get_profile(profile)
+    rule_set = RuleSet.default() if rules is None else RuleSet(dict(rules), frozenset(fitted or ()), fit_rule)
+    rule_set.check()
+    chosen = (
+        [suite.get_problem(name) for name in problems] if problems is not None else suite.suite_problems(sizes.suite)
+    )
+    family_halves(p.family for p in chosen)
+    config = config or suite.CurveConfig(n_models=sizes.suite_models, trak_ensemble=sizes.suite_trak_ensemble)
+    device = resolve_device(device)
+    cache = default_cache() if cache is None else cache
+    started = time.perf_counter()
+    cases = build_cases(chosen, config, cache, progress, device)
+    table = judge(cases, rule_set)
+    curves = pd.DataFrame([row for case in cases for row in _curve_rows(case.curves)])
+    halves = dict(zip(HALVES, family_halves(p.family for p in chosen)))
+    study = {
+        "suite": sizes.suite,
+        "problems": [p.name for p in chosen],
+        "curves": dataclasses.asdict(config),
+        "halves": halves,
+        "rules": list(rule_set.rules),
+        "fitted": sorted(rule_set.fitted),
+        "device": str(device),
+        "wall_seconds": time.perf_counter() - started,
+    }
+    return SelectorRobustnessRecord(table, curves, study, profile)
