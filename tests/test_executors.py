@@ -327,3 +327,43 @@ def _identity(path: Path) -> tuple[int, int]:
     """A file's inode and modification time: a rewrite (a new file renamed into place) changes them."""
     stat = path.stat()
     return stat.st_ino, stat.st_mtime_ns
+
+
+# --------------------------------------------------------------------------------------------
+# The other loops of independent trainings: TRAK's ensemble members, the removal table's batches
+
+
+@pytest.fixture(scope="module")
+def running_cluster():
+    """A running 2-worker LocalCluster, reached by its address as a remote scheduler would be."""
+    from dask.distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        yield "dask://" + cluster.scheduler_address.removeprefix("tcp://")
+
+
+def test_trak_members_trained_on_a_cluster_equal_those_trained_inline(tmp_path, running_cluster):
+    from dahp.attributors import trak_members
+
+    setting = quick("mnist_lr", epochs=2)
+    fanned = trak_members(setting, 3, Cache(tmp_path / "fanned"), False, "cpu", executor=running_cluster)
+    inline = one_thread(trak_members, setting, 3, Cache(tmp_path / "inline"), False, "cpu", executor="inline")
+    assert len(fanned) == len(inline) == 3
+    for a, b in zip(fanned, inline):
+        assert a.states.keys() == b.states.keys()
+        assert all(torch.equal(a.states[name], b.states[name]) for name in a.states)
+    assert not torch.equal(fanned[0].states["linear.weight"], fanned[1].states["linear.weight"])  # 3 seeds
+
+
+def test_removal_table_on_a_cluster_equals_inline(tmp_path, running_cluster):
+    import pandas as pd
+
+    from dahp.experiments.removal import RemovalConfig, removal_table
+
+    setting = quick("mnist_lr", epochs=1)
+    scores = torch.linspace(-1, 1, setting.data().n_train, dtype=torch.float64).unsqueeze(1).repeat(1, 2)
+    config = RemovalConfig(rates=(0.1, 0.5), n_seeds=2)
+    fanned = removal_table(setting, {"m": scores}, config, Cache(tmp_path / "f"), False, "cpu", running_cluster)
+    inline = one_thread(removal_table, setting, {"m": scores}, config, Cache(tmp_path / "i"), False, "cpu", "inline")
+    pd.testing.assert_frame_equal(fanned, inline, check_exact=True)
+    assert len(list((tmp_path / "f" / "removal").glob("*.pt"))) == 1 + len(config.rates)  # a task, an entry
