@@ -87,6 +87,13 @@ def test_bad_executor_values_are_refused_before_compute(value, cache, monkeypatc
     assert not (cache.root / "ground_truth").exists()
 
 
+def test_an_unreachable_scheduler_is_reported_before_any_training(cache, monkeypatch):
+    monkeypatch.setattr(gt_module, "train_many", Forbidden())
+    with pytest.raises(InvalidParameterError, match="running Dask scheduler"):
+        ground_truth(SETTING, CONFIG, cache, progress=False, executor="dask://127.0.0.1:9")
+    assert not (cache.root / "ground_truth").exists()
+
+
 def test_the_environment_variable_chooses_and_is_checked(cache, monkeypatch):
     monkeypatch.setenv("DAHP_EXECUTOR", "dask://scheduler.example:8786")
     assert resolve_executor() == Executor("dask", "tcp://scheduler.example:8786")

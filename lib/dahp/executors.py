@@ -205,7 +205,16 @@ def _run_dask(tasks: list[Task], address: str | None, bar: tqdm) -> list[Any]:
         # single-threaded worker processes: torch's own threads would compete for the same cores
         workers = max(1, min(len(tasks), os.cpu_count() or 1))
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
-    client = Client(cluster if cluster is not None else address)
+    try:
+        client = Client(cluster) if cluster is not None else Client(address, timeout="10s")
+    except OSError:
+        if cluster is not None:
+            cluster.close()
+        # nothing has run yet: the address is wrong, or the scheduler is not up
+        shown = address.replace("tcp://", "dask://", 1) if address else "dask"
+        raise InvalidParameterError(
+            "executor", shown, f"the address of a running Dask scheduler (none answered at {address})"
+        ) from None
     try:
         futures = client.map(Task.__call__, tasks, pure=False, key=[_dask_key(t) for t in tasks])
         position = {future.key: index for index, future in enumerate(futures)}
@@ -217,8 +226,10 @@ def _run_dask(tasks: list[Task], address: str | None, bar: tqdm) -> list[Any]:
             if future.status == "finished":
                 results[index] = future.result()
                 done += 1
-            else:
+            elif future.status == "error":
                 failures[tasks[index].label] = _message(future.exception())
+            else:
+                failures[tasks[index].label] = f"the task was {future.status}"
             _show(bar, done, _dask_running(client, position), len(failures))
         if failures:
             raise TasksFailed(failures, len(tasks))
