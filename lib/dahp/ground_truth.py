@@ -8,7 +8,11 @@ and each chunk is one cache entry, so an interrupted run resumes from the chunks
 Subset ``j`` and the seed of model ``j`` depend only on ``(seed, j)``; a chunk's dropout stream only
 on ``(seed, first model, last model)``. A chunk's entry is therefore keyed by the setting (with
 its data fingerprint and recipe), α, the seed and its model range, and asking for more models
-later reuses every chunk already trained. Models are trained and evaluated on ``device``
+later reuses every chunk already trained. The chunks are independent tasks: :func:`train_chunks`
+runs the missing ones on an ``executor`` (in this process by default; a Dask cluster or submitit
+job array, see :mod:`dahp.executors`), each writing its own entry, or only one slice of them
+(``chunks="3/8"``, :class:`ChunkSlice`: one task of a plain Slurm array); :func:`ground_truth`
+then gathers them from the cache. Models are trained and evaluated on ``device``
 (:func:`dahp.device.resolve_device`); the device is not part of any key (the cached margins come
 back to the CPU and do not depend on it beyond rounding).
 
