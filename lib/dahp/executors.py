@@ -11,8 +11,9 @@ environment variable ``DAHP_EXECUTOR``, else ``"inline"``:
 - ``dask://HOST:PORT`` -- the scheduler of a running Dask cluster (``dask scheduler`` plus
   ``dask worker``\\ s, or a ``dask_jobqueue.SLURMCluster``'s ``scheduler_address``);
 - ``submitit`` -- a ``submitit.AutoExecutor``: a Slurm job array on a Slurm cluster, its local
-  executor (one subprocess per task) elsewhere. Its logs and pickles go to ``submitit/`` under the
-  cache directory; ``$DAHP_SUBMITIT_PARAMETERS`` (a JSON object, e.g.
+  executor elsewhere (one subprocess per task, all started at once, torch on one thread in each).
+  Its logs and pickles go to ``submitit/`` under the cache directory;
+  ``$DAHP_SUBMITIT_PARAMETERS`` (a JSON object, e.g.
   ``{"slurm_partition": "gpu", "gpus_per_node": 1, "timeout_min": 240}``) is passed to its
   ``update_parameters``.
 
@@ -21,6 +22,10 @@ writes its own result to the cache (atomically: temporary file and rename, see
 :mod:`dahp.cache`), so the caller gathers from the cache, a killed worker loses only the task it
 was running, and a rerun recomputes only what is missing. Every worker must reach the same cache
 directory (``$DAHP_CACHE_DIR`` on a shared file system) and the same data (``$DAHP_DATA_DIR``).
+
+torch's rounding depends on its number of threads: a task on one thread (a local Dask worker, a
+local submitit job) gives, bitwise, what a one-thread run in this process gives; with more threads
+results agree to rounding only (as across devices, :mod:`dahp.device`).
 
 Progress: a bar counts done tasks and shows how many are running and how many failed; the
 failures' messages are collected and raised together (:class:`TasksFailed`) once every other task
@@ -264,6 +269,10 @@ def _run_submitit(tasks: list[Task], log_dir: Path | None, bar: tqdm) -> list[An
         log_dir = default_cache().root / "submitit"
     executor = submitit.AutoExecutor(folder=Path(log_dir) / "%j")
     executor.update_parameters(**submitit_parameters())
+    if executor.cluster in ("local", "debug"):
+        # off a cluster every task is a process of this machine, all started at once: one torch thread
+        # each, as in a Dask worker (and the same rounding as there)
+        tasks = [Task(task.label, _single_threaded, (task,)) for task in tasks]
     jobs = executor.map_array(Task.__call__, tasks)
     finished: set[int] = set()
     failures: dict[str, str] = {}
@@ -288,3 +297,11 @@ def _run_submitit(tasks: list[Task], log_dir: Path | None, bar: tqdm) -> list[An
     if failures:
         raise TasksFailed(failures, len(tasks))
     return results
+
+
+def _single_threaded(task: Task) -> Any:
+    """``task()`` with torch on one thread (for processes that share this machine's cores)."""
+    import torch
+
+    torch.set_num_threads(1)
+    return task()
