@@ -8,6 +8,7 @@ The method -- modules named after the concepts of the paper:
 - :mod:`dahp.training`     -- full-data training with per-epoch checkpoints; many models at once
 - :mod:`dahp.device`       -- where long computations run (argument, $DAHP_DEVICE, CUDA if present)
 - :mod:`dahp.cache`        -- atomic, checksummed, keyed on-disk cache
+- :mod:`dahp.executors`    -- where independent trainings run: in-process, Dask, submitit (Slurm)
 - :mod:`dahp.ground_truth` -- retraining on random subsets (the LDS ground truth)
 - :mod:`dahp.lds`          -- the linear datamodeling score
 - :mod:`dahp.features`     -- per-example gradient features, projected with dattri's projector, cached

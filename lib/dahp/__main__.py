@@ -2,7 +2,8 @@
 
 - ``settings``      list the registered settings and whether their data is present
 - ``train``         train (or load) the full-data model of a setting and report accuracy per epoch
-- ``ground-truth``  retrain the LDS subset models of a setting (cached, resumable)
+- ``ground-truth``  retrain the LDS subset models of a setting (cached, resumable); ``--executor dask|submitit``
+                    fans the chunks out, ``--chunks I/N`` trains one slice (a Slurm array task)
 - ``grid``          LDS over a 1-D or 2-D hyperparameter grid of one attributor, saved under data/results/cli/
                     (``--ground-truth dattri``: judged by dattri's published benchmark, nothing retrained)
 - ``selection``     the ξ selection against every baseline on the paper's cases, saved under data/results/cli/
@@ -23,6 +24,7 @@ import time
 
 from dahp.config import GroundTruthConfig, InvalidParameterError
 from dahp.device import DEVICE_ENV, resolve_device
+from dahp.executors import EXECUTOR_ENV
 from dahp.settings import MissingDataError, available_settings, get_setting
 
 
@@ -52,18 +54,28 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_ground_truth(args: argparse.Namespace) -> None:
-    from dahp.ground_truth import ground_truth
+    from dahp.ground_truth import ChunkSlice, ground_truth, train_chunks
     from dahp.training import accuracy_many, train_full
 
     setting = get_setting(args.setting)
     config = GroundTruthConfig(
         alpha=args.alpha, n_models=args.n_models, seed=args.seed, models_per_chunk=args.models_per_chunk
     )
+    if args.chunks is not None:
+        # one slice of a job array: train (or find cached) its chunks and stop; the full-data model and
+        # the gathering are the last step's, once every slice is done
+        report = train_chunks(setting, config, device=args.device, executor=args.executor, chunks=args.chunks)
+        print(
+            f"{setting.name}: chunks {ChunkSlice.parse(args.chunks)} of {config.n_models} models "
+            f"({config.models_per_chunk} per chunk): {len(report.trained)} trained, {len(report.cached)} already "
+            f"cached, {report.seconds:.1f} s on {report.executor}"
+        )
+        return
     data = setting.data()
     checkpoints = train_full(setting, seed=args.seed, device=args.device)
     last = {name: states[-1:] for name, states in checkpoints.states.items()}
     full_acc = accuracy_many(setting, last, data.x_test, data.y_test, device=args.device)
-    truth = ground_truth(setting, config, device=args.device)
+    truth = ground_truth(setting, config, device=args.device, executor=args.executor)
     print(
         f"{setting.name}: n_train={data.n_train}, full-data test accuracy {float(full_acc[0]):.4f} "
         f"(epoch {checkpoints.epochs})"
@@ -188,6 +200,19 @@ def build_parser() -> argparse.ArgumentParser:
     truth.add_argument("--n-models", type=int, default=defaults.n_models)
     truth.add_argument("--seed", type=int, default=defaults.seed)
     truth.add_argument("--models-per-chunk", type=int, default=defaults.models_per_chunk)
+    truth.add_argument(
+        "--executor",
+        default=None,
+        help=f"where the chunks train: inline (default), dask (a LocalCluster here), dask://HOST:PORT (a running "
+        f"scheduler) or submitit (Slurm job array, local processes off a cluster); default ${EXECUTOR_ENV}",
+    )
+    truth.add_argument(
+        "--chunks",
+        default=None,
+        metavar="I/N",
+        help="train only slice I of N of the chunks (1 <= I <= N; chunk k is in slice k mod N + 1), e.g. "
+        "--chunks $SLURM_ARRAY_TASK_ID/N in a Slurm array --array=1-N; then run once without --chunks to gather",
+    )
     truth.set_defaults(run=_cmd_ground_truth)
 
     grid = commands.add_parser("grid", parents=[computing], help="LDS over a hyperparameter grid of one attributor")
@@ -275,6 +300,13 @@ def main(argv: list[str] | None = None) -> int:
             # resolved (and a bad name refused) before the command computes anything
             args.device_given = args.device is not None
             args.device = resolve_device(args.device)
+        if hasattr(args, "executor"):
+            from dahp.executors import resolve_executor
+            from dahp.ground_truth import ChunkSlice
+
+            resolve_executor(args.executor)
+            if args.chunks is not None:
+                ChunkSlice.parse(args.chunks)
         args.run(args)
     except (InvalidParameterError, MissingDataError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -29,6 +29,7 @@ from dahp.benchmark_folder import benchmark_models
 from dahp.cache import Cache, default_cache
 from dahp.config import InvalidParameterError, option
 from dahp.device import resolve_device
+from dahp.executors import Executor, Task, resolve_executor, run_tasks
 from dahp.features import check_proj_dim, gradient_features, one_minus_correct_probability
 from dahp.settings import Setting, as_model_input
 from dahp.spectral import (
@@ -405,6 +406,7 @@ def scorer(
         raise InvalidParameterError("params", type(params).__name__, f"a {info.params.__name__}")
     check_params(setting, params)
     device = resolve_device(device)
+    resolve_executor()  # the ensemble members' engine ($DAHP_EXECUTOR): a bad value fails before any compute
     cache = default_cache() if cache is None else cache
     builders = {"iffim": _iffim, "trak": _trak, "if_explicit": _if_explicit}
     if attributor in builders:
@@ -472,16 +474,55 @@ def _cached_eigendecomposition(
 
 
 def trak_members(
-    setting: Setting, ensemble_size: int, cache: Cache, progress: bool, device: str | torch.device | None = None
+    setting: Setting,
+    ensemble_size: int,
+    cache: Cache,
+    progress: bool,
+    device: str | torch.device | None = None,
+    executor: str | Executor | None = None,
 ) -> list[Checkpoints]:
-    """The independently trained full-data models of a TRAK ensemble (seeds 0..size-1)."""
+    """The independently trained full-data models of a TRAK ensemble (seeds 0..size-1), trained as
+    independent tasks on ``executor`` (:mod:`dahp.executors`) and read back from the cache."""
+    train_members(setting, range(ensemble_size), cache, progress, device, executor)
     return [train_full(setting, seed, cache, progress, device=device) for seed in range(ensemble_size)]
+
+
+def train_members(
+    setting: Setting,
+    seeds: Iterable[int],
+    cache: Cache,
+    progress: bool,
+    device: str | torch.device | None = None,
+    executor: str | Executor | None = None,
+) -> None:
+    """Train (and cache) the full-data models ``seeds`` of an ensemble as independent tasks on
+    ``executor`` (default ``$DAHP_EXECUTOR``, else ``inline``). Inline this does nothing: the
+    caller's own loop trains each member when it first asks for it, as before. dattri's published
+    models are read, never trained."""
+    chosen = resolve_executor(executor)
+    if chosen.kind == "inline" or benchmark_models(setting) is not None:
+        return
+    device = resolve_device(device)
+    tasks = [Task(f"full-data model {seed}", _train_member_task, (setting, seed, cache.root, device)) for seed in seeds]
+    run_tasks(
+        tasks,
+        chosen,
+        desc=f"full-data {setting.name} models",
+        log_dir=cache.root / "submitit",
+        progress=progress,
+    )
+
+
+def _train_member_task(setting: Setting, seed: int, cache_root: Any, device: torch.device) -> None:
+    """One ensemble member as a task on a worker: trained and cached there (nothing is sent back)."""
+    train_full(setting, seed, Cache(cache_root), False, device=device)
 
 
 def _trak(
     setting: Setting, params: TRAKParams, split: str, cache: Cache, progress: bool, device: torch.device
 ) -> SpectralScorer:
     epoch = _epoch(setting, params)
+    train_members(setting, range(params.ensemble_size), cache, progress, device)
     members = [full_data_state(setting, k, epoch, cache, progress, device) for k in range(params.ensemble_size)]
     states, specs = [state for state, _ in members], [spec for _, spec in members]
     return trak_scorer(setting, states, specs, params, split, cache, progress, device)

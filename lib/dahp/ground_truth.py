@@ -8,7 +8,11 @@ and each chunk is one cache entry, so an interrupted run resumes from the chunks
 Subset ``j`` and the seed of model ``j`` depend only on ``(seed, j)``; a chunk's dropout stream only
 on ``(seed, first model, last model)``. A chunk's entry is therefore keyed by the setting (with
 its data fingerprint and recipe), α, the seed and its model range, and asking for more models
-later reuses every chunk already trained. Models are trained and evaluated on ``device``
+later reuses every chunk already trained. The chunks are independent tasks: :func:`train_chunks`
+runs the missing ones on an ``executor`` (in this process by default; a Dask cluster or submitit
+job array, see :mod:`dahp.executors`), each writing its own entry, or only one slice of them
+(``chunks="3/8"``, :class:`ChunkSlice`: one task of a plain Slurm array); :func:`ground_truth`
+then gathers them from the cache. Models are trained and evaluated on ``device``
 (:func:`dahp.device.resolve_device`); the device is not part of any key (the cached margins come
 back to the CPU and do not depend on it beyond rounding).
 
@@ -41,7 +45,7 @@ from dahp.benchmark_folder import (
 from dahp.cache import Cache, default_cache
 from dahp.config import GroundTruthConfig, InvalidParameterError
 from dahp.device import resolve_device
-from dahp.progress import tqdm
+from dahp.executors import Executor, Task, resolve_executor, run_tasks
 from dahp.settings import Setting, data_dir, get_setting
 from dahp.training import accuracy_many, dropout_stream, evaluate_many, train_many
 
@@ -117,22 +121,124 @@ class GroundTruth:
         return self.targets(split), self.subsets
 
 
+@dataclasses.dataclass(frozen=True)
+class ChunkSlice:
+    """Slice ``index`` of ``count`` (1-based) of a ground truth's chunks: chunk ``k`` (0-based, in
+    model order) belongs to slice ``k % count + 1``, so the slices partition the chunks and a
+    Slurm array ``--array=1-N`` with ``--chunks $SLURM_ARRAY_TASK_ID/N`` trains every chunk once."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.count, int) and isinstance(self.index, int) and 1 <= self.index <= self.count):
+            raise InvalidParameterError("chunks", f"{self.index}/{self.count}", "I/N with integers 1 <= I <= N")
+
+    @classmethod
+    def parse(cls, text: str) -> ChunkSlice:
+        """``"3/8"`` -> slice 3 of 8 (refused, before any compute, unless ``1 <= I <= N``)."""
+        parts = str(text).strip().split("/")
+        if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):
+            raise InvalidParameterError("chunks", text, "I/N with integers 1 <= I <= N, e.g. 3/8")
+        return cls(int(parts[0]), int(parts[1]))
+
+    def select(self, chunks: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """The chunks of this slice."""
+        return [chunk for k, chunk in enumerate(chunks) if k % self.count == self.index - 1]
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def chunk_ranges(config: GroundTruthConfig) -> list[tuple[int, int]]:
+    """The ``(first model, stop)`` range of every chunk, ``models_per_chunk`` models each (the last may be shorter)."""
+    size = config.models_per_chunk
+    return [(start, min(start + size, config.n_models)) for start in range(0, config.n_models, size)]
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkReport:
+    """What :func:`train_chunks` did: the chunks it trained, those already cached, and where."""
+
+    trained: list[tuple[int, int]]
+    cached: list[tuple[int, int]]
+    executor: str
+    seconds: float
+
+
+def train_chunks(
+    setting: str | Setting,
+    config: GroundTruthConfig | None = None,
+    cache: Cache | None = None,
+    progress: bool = True,
+    device: str | torch.device | None = None,
+    executor: str | Executor | None = None,
+    chunks: str | ChunkSlice | None = None,
+) -> ChunkReport:
+    """Make sure every chunk (or slice ``chunks``, e.g. ``"3/8"``) of the ground truth is cached.
+
+    The chunks not cached (or damaged: detected by the cache's checksum and recomputed) run as
+    independent tasks on ``executor`` (:func:`dahp.executors.resolve_executor`); each trains its
+    models and writes its own entry atomically, so a killed worker loses only its own chunk and a
+    rerun trains only what is missing. Every input is checked before any task starts.
+    """
+    setting = get_setting(setting) if isinstance(setting, str) else setting
+    config = config or GroundTruthConfig()
+    if config.source != "retrain":
+        raise InvalidParameterError("source", config.source, "'retrain' (dattri's ground truth is read, not trained)")
+    device = resolve_device(device)
+    chosen = resolve_executor(executor)
+    chunk_slice = ChunkSlice.parse(chunks) if isinstance(chunks, str) else chunks
+    cache = default_cache() if cache is None else cache
+    started = time.perf_counter()
+    base_spec = _base_spec(setting, config, device)
+    wanted = chunk_ranges(config) if chunk_slice is None else chunk_slice.select(chunk_ranges(config))
+    missing = [(a, b) for a, b in wanted if cache.load("ground_truth", {**base_spec, "models": [a, b]}) is None]
+    inline = chosen.kind == "inline"
+    tasks = [
+        Task(
+            f"models {a}..{b - 1}",
+            _chunk_task,
+            (setting, config, a, b, {**base_spec, "models": [a, b]}, cache.root, device, progress and inline),
+        )
+        for a, b in missing
+    ]
+    computed = run_tasks(
+        tasks,
+        chosen,
+        desc=f"ground truth {setting.name} (M={config.n_models}, α={config.alpha})",
+        log_dir=cache.root / "submitit",
+        progress=progress,
+    )
+    # a chunk another worker finished first was loaded, not trained: report only what this run trained
+    trained = [chunk for chunk, fresh in zip(missing, computed) if fresh]
+    return ChunkReport(
+        trained=trained,
+        cached=[chunk for chunk in wanted if chunk not in trained],
+        executor=str(chosen),
+        seconds=time.perf_counter() - started,
+    )
+
+
 def ground_truth(
     setting: str | Setting,
     config: GroundTruthConfig | None = None,
     cache: Cache | None = None,
     progress: bool = True,
     device: str | torch.device | None = None,
+    executor: str | Executor | None = None,
 ) -> GroundTruth | BenchmarkGroundTruth:
     """Retrain ``config.n_models`` models on random subsets and record every query's margin.
 
     Cached chunk by chunk (see the module docstring); all inputs are validated before training,
-    which runs on ``device``. With ``config.source == "dattri"`` dattri's published ground truth
-    is returned instead (no training, no cache); ``setting`` must then be
-    :func:`attributed_setting`'s, whose folder it is read from.
+    which runs on ``device``; the chunks not cached are trained on ``executor`` (in this process by
+    default, see :mod:`dahp.executors`) by :func:`train_chunks`, then gathered from the cache. With
+    ``config.source == "dattri"`` dattri's published ground truth is returned instead (no training,
+    no cache); ``setting`` must then be :func:`attributed_setting`'s, whose folder it is read from.
     """
     setting = get_setting(setting) if isinstance(setting, str) else setting
     config = config or GroundTruthConfig()
+    executor = resolve_executor(executor)
     if config.source == "dattri":
         models = benchmark_models(setting)
         if models is None:
@@ -147,27 +253,18 @@ def ground_truth(
     device = resolve_device(device)
     cache = default_cache() if cache is None else cache
     data = setting.data()
-    base_spec = {**setting.spec(), "alpha": config.alpha, "seed": config.seed, **dropout_stream(setting, device)}
-
     started = time.perf_counter()
-    starts = range(0, config.n_models, config.models_per_chunk)
+    train_chunks(setting, config, cache, progress, device, executor)
+    base_spec = _base_spec(setting, config, device)
     chunks = []
-    bar = tqdm(
-        starts,
-        desc=f"ground truth {setting.name} (M={config.n_models}, α={config.alpha})",
-        unit="chunk",
-        disable=not progress,
-    )
-    for start in bar:
-        stop = min(start + config.models_per_chunk, config.n_models)
-        spec = {**base_spec, "models": [start, stop]}
-        chunks.append(
-            cache.get_or_compute(
-                "ground_truth",
-                spec,
-                lambda start=start, stop=stop: _train_chunk(setting, config, start, stop, progress, device),
+    for start, stop in chunk_ranges(config):
+        payload = cache.load("ground_truth", {**base_spec, "models": [start, stop]})
+        if payload is None:
+            raise RuntimeError(
+                f"ground-truth chunk of models {start}..{stop - 1} is missing from {cache.root} after it was "
+                "trained: do all workers write to the same DAHP_CACHE_DIR?"
             )
-        )
+        chunks.append(payload)
     subsets = torch.from_numpy(np.stack([subset_indices(data.n_train, config, j) for j in range(config.n_models)]))
     return GroundTruth(
         setting=setting.name,
@@ -178,6 +275,30 @@ def ground_truth(
         seconds=time.perf_counter() - started,
         train_seconds=float(sum(c.get("train_seconds", float("nan")) for c in chunks)),
     )
+
+
+def _base_spec(setting: Setting, config: GroundTruthConfig, device: torch.device) -> dict:
+    """The cache spec shared by a ground truth's chunks (each adds its ``models`` range)."""
+    return {**setting.spec(), "alpha": config.alpha, "seed": config.seed, **dropout_stream(setting, device)}
+
+
+def _chunk_task(
+    setting: Setting,
+    config: GroundTruthConfig,
+    start: int,
+    stop: int,
+    spec: dict,
+    cache_root: Path,
+    device: torch.device,
+    progress: bool,
+) -> bool:
+    """One chunk as an independent task (run in this process or on a worker): train it and write its
+    entry unless a valid one is there already. Returns whether it trained."""
+    cache = Cache(cache_root)
+    if cache.load("ground_truth", spec) is not None:
+        return False
+    cache.save("ground_truth", spec, _train_chunk(setting, config, start, stop, progress, device))
+    return True
 
 
 def _train_chunk(

@@ -27,8 +27,8 @@ import torch
 from dahp.cache import Cache, default_cache
 from dahp.config import InvalidParameterError, option
 from dahp.device import resolve_device
+from dahp.executors import Executor, Task, resolve_executor, run_tasks
 from dahp.experiments.records import RemovalRecord
-from dahp.progress import tqdm
 from dahp.settings import Setting
 from dahp.training import accuracy_many, dropout_stream, train_many
 
@@ -121,15 +121,20 @@ def removal_table(
     cache: Cache | None = None,
     progress: bool = True,
     device: str | torch.device | None = None,
+    executor: str | Executor | None = None,
 ) -> pd.DataFrame:
     """Accuracy after removal for ``Full``, ``Random`` and every method (name -> test scores).
 
     All cells of one removal rate keep the same number of points, so their models are trained in
-    one batch (one cache entry per rate, keyed by every ranking in it). Returns one row per
-    (method, rate, seed) with the test accuracy in %; ``Full`` has rate 0.
+    one batch (one cache entry per rate, keyed by every ranking in it). The batches are independent
+    tasks on ``executor`` (:mod:`dahp.executors`; default ``$DAHP_EXECUTOR``, else in this process),
+    each caching its own entry. Returns one row per (method, rate, seed) with the test accuracy in
+    %; ``Full`` has rate 0.
     """
     config = config or RemovalConfig()
     device = resolve_device(device)
+    chosen = resolve_executor(executor)
+    cache = default_cache() if cache is None else cache
     n_train = setting.data().n_train
     for name, scores in methods.items():
         if scores.shape[0] != n_train:
@@ -137,14 +142,26 @@ def removal_table(
     orders: dict[str, torch.Tensor | None] = {"Random": None, **{name: ranking(s) for name, s in methods.items()}}
     seeds = config.seeds()
     everything = torch.arange(n_train).unsqueeze(0).repeat(len(seeds), 1)
-    accuracy = {
-        ("Full", 0.0): 100
-        * retrained_accuracy(setting, everything, seeds, {"ranking": "full", "rate": 0.0}, cache, device)
-    }
-    for rate in tqdm(config.rates, desc=f"retraining {setting.name} after removal", disable=not progress):
+    # one task per removal rate (and one for the full data): each trains its batch and caches it
+    cells = [("full data", everything, seeds, {"ranking": "full", "rate": 0.0})]
+    for rate in config.rates:
         index_sets = torch.cat([kept_index_sets(n_train, order, rate, seeds) for order in orders.values()])
         key = {"rankings": [_digest(order) for order in orders.values()], "rate": rate}
-        batch = 100 * retrained_accuracy(setting, index_sets, seeds * len(orders), key, cache, device)
+        cells.append((f"removal rate {rate}", index_sets, seeds * len(orders), key))
+    tasks = [
+        Task(label, retrained_accuracy, (setting, kept, cell_seeds, key, cache, device))
+        for label, kept, cell_seeds, key in cells
+    ]
+    results = run_tasks(
+        tasks,
+        chosen,
+        desc=f"retraining {setting.name} after removal",
+        log_dir=cache.root / "submitit",
+        progress=progress,
+    )
+    accuracy = {("Full", 0.0): 100 * results[0]}
+    for rate, result in zip(config.rates, results[1:]):
+        batch = 100 * result
         for k, name in enumerate(orders):
             accuracy[(name, rate)] = batch[k * len(seeds) : (k + 1) * len(seeds)]
     return pd.DataFrame(
@@ -166,6 +183,7 @@ def removal_study(
     progress: bool = False,
     profile: str | None = None,
     device: str | torch.device | None = None,
+    executor: str | Executor | None = None,
 ) -> tuple[RemovalRecord, dict[str, str]]:
     """The removal table over ``settings``: IFFIM and TRAK at the published default λ and at the λ the ξ rule
     selects on the validation queries (``proj_dims``: attributor -> setting -> projection).
@@ -177,6 +195,7 @@ def removal_study(
 
     config = config or RemovalConfig()
     device = resolve_device(device)
+    engine = resolve_executor(executor)
     chosen = [get_setting(name) for name in settings]  # unknown names fail before any compute
     tables, lambdas, missing = [], [], {}
     for setting in chosen:
@@ -201,7 +220,7 @@ def removal_study(
                 lam, scores = picked[rule]
                 methods[f"{label} {name}"] = scores
                 lambdas.append({"setting": setting.name, "method": f"{label} {name}", "regularization": lam})
-        tables.append(removal_table(setting, methods, config, cache, progress, device))
+        tables.append(removal_table(setting, methods, config, cache, progress, device, engine))
     accuracies = (
         pd.concat(tables, ignore_index=True)
         if tables
