@@ -59,3 +59,24 @@ def registered(setting: Setting, name: str) -> str:
     if name not in _SETTINGS:
         register(dataclasses.replace(setting, name=name))
     return name
+
+
+def assert_nested_close(found, expected, rel: float = 1e-12, path: str = "") -> None:
+    """``found == expected`` for nested dicts/lists, floats to ``rel`` (a headline recomputed from a
+    saved table may sum in another order than the one computed in memory: the last bit can differ
+    between NumPy/pandas versions), everything else exactly."""
+    import math
+
+    if isinstance(expected, dict):
+        assert isinstance(found, dict) and set(found) == set(expected), (path, sorted(found), sorted(expected))
+        for key in expected:
+            assert_nested_close(found[key], expected[key], rel, f"{path}/{key}")
+    elif isinstance(expected, (list, tuple)):
+        assert isinstance(found, (list, tuple)) and len(found) == len(expected), path
+        for k, (a, b) in enumerate(zip(found, expected)):
+            assert_nested_close(a, b, rel, f"{path}[{k}]")
+    elif isinstance(expected, float) and not isinstance(found, bool) and isinstance(found, (int, float)):
+        both_nan = math.isnan(expected) and math.isnan(found)
+        assert both_nan or math.isclose(found, expected, rel_tol=rel, abs_tol=1e-15), (path, found, expected)
+    else:
+        assert found == expected, (path, found, expected)

@@ -29,7 +29,7 @@ from dahp.lds import lds
 from dahp.learned_weights import GroupWeightConfig, SpectralContributions
 from dahp.selection import xi_bar_curve
 from dahp.spectral import SpectralFactors
-from helpers import small
+from helpers import assert_nested_close, small
 
 RNG = np.random.default_rng(0)
 GRID = (1e-3, 1e-1)
@@ -133,8 +133,10 @@ def test_table_headline_and_round_trip(tmp_path):
     loaded = LearnedWeightsRecord.load(tmp_path)
     assert loaded is not None and loaded.profile == "quick" and loaded.config == {"n_lambdas": 2}
     # the headline computed from the files equals the one saved beside them, value for value
-    assert _plain(loaded.headline()) == json.loads((tmp_path / "learned_weights.json").read_text())["headline"]
-    assert _plain(loaded.headline()) == _plain(head)
+    assert_nested_close(
+        _plain(loaded.headline()), json.loads((tmp_path / "learned_weights.json").read_text())["headline"]
+    )
+    assert_nested_close(_plain(loaded.headline()), _plain(head))
     assert LearnedWeightsRecord.load(tmp_path / "nowhere") is None
 
 
@@ -242,10 +244,9 @@ def test_ablation_table_headline_and_round_trip(tmp_path):
     assert list(saved.columns) == list(ABLATION_COLUMNS) and "0.001" in set(saved.value)
     loaded = LearnedAblationRecord.load(tmp_path)
     assert loaded is not None and loaded.profile == "quick" and loaded.config == record.config
-    assert (
-        _plain(loaded.headline()) == json.loads((tmp_path / "learned_weights_ablations.json").read_text())["headline"]
-    )
-    assert _plain(loaded.headline()) == _plain(record.headline())
+    saved_headline = json.loads((tmp_path / "learned_weights_ablations.json").read_text())["headline"]
+    assert_nested_close(_plain(loaded.headline()), saved_headline)
+    assert_nested_close(_plain(loaded.headline()), _plain(record.headline()))
     assert LearnedAblationRecord.load(tmp_path / "nowhere") is None
 
 

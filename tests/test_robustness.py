@@ -16,6 +16,7 @@ from dahp import suite
 from dahp.config import InvalidParameterError
 from dahp.experiments import robustness
 from dahp.experiments.records import ROBUSTNESS_COLUMNS, SelectorRobustnessRecord, fraction_summary
+from helpers import assert_nested_close
 
 TWO_FAMILIES = ["suite_iris_lr_sgd", "suite_gauss_mix_lr_sgd"]
 
@@ -176,7 +177,7 @@ def test_the_record_round_trips_and_its_csv_leads_with_the_issues_columns(study,
     path = record.save(tmp_path)
     assert list(pd.read_csv(path).columns[: len(ROBUSTNESS_COLUMNS)]) == list(ROBUSTNESS_COLUMNS)
     loaded = SelectorRobustnessRecord.load(tmp_path)
-    assert loaded.headline() == record.headline()
+    assert_nested_close(loaded.headline(), record.headline())
     head = record.headline()
     assert head["problems"] == 2 and head["cases"] == 4
     assert set(head) == {"problems", "cases", "all", "held_out_A", "held_out_B"}
