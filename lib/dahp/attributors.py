@@ -40,7 +40,7 @@ from dahp.spectral import (
     eigendecompose,
     factors,
 )
-from dahp.training import Checkpoints, check_epoch, train_full
+from dahp.training import Checkpoints, check_epoch, train_full, train_full_many
 
 #: Largest parameter count for which the exact Hessian (IF explicit) is formed.
 MAX_EXPLICIT_HESSIAN_PARAMS = 20_000
@@ -474,8 +474,9 @@ def _cached_eigendecomposition(
 def trak_members(
     setting: Setting, ensemble_size: int, cache: Cache, progress: bool, device: str | torch.device | None = None
 ) -> list[Checkpoints]:
-    """The independently trained full-data models of a TRAK ensemble (seeds 0..size-1)."""
-    return [train_full(setting, seed, cache, progress, device=device) for seed in range(ensemble_size)]
+    """The independently trained full-data models of a TRAK ensemble (seeds 0..size-1), those not yet
+    cached trained together (:func:`dahp.training.train_full_many`)."""
+    return train_full_many(setting, range(ensemble_size), cache, progress, device=device)
 
 
 def _trak(

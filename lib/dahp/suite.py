@@ -530,6 +530,10 @@ def problem_curves(
     device = resolve_device(device)
     cache = default_cache() if cache is None else cache
     started = time.perf_counter()
+    # every full-data model the problem's cases need (TRAK's ensemble; seed 0 is IFFIM's), trained in
+    # one batch the first time: one small model's steps are mostly overhead (same models, see
+    # train_full_many)
+    attr.trak_members(setting, config.trak_ensemble, cache, progress, device)
     validation = attr.scorer(setting, attributor, params, "val", cache, progress, device=device)
     test = attr.scorer(setting, attributor, params, "test", cache, progress, device=device)
     factor_seconds = time.perf_counter() - started
