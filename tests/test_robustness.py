@@ -13,6 +13,7 @@ import rules_standin
 from scipy.stats import spearmanr
 
 from dahp import suite
+from dahp.cache import Cache
 from dahp.config import InvalidParameterError
 from dahp.experiments import robustness
 from dahp.experiments.records import ROBUSTNESS_COLUMNS, SelectorRobustnessRecord, fraction_summary
@@ -188,3 +189,20 @@ def test_the_record_round_trips_and_its_csv_leads_with_the_issues_columns(study,
         assert head["held_out_A"][rule]["n"] + head["held_out_B"][rule]["n"] == 4
     curve = loaded.curve("suite_iris_lr_sgd", "iffim", None)
     assert len(curve) == 49 and curve["lambda"].is_monotonic_increasing
+
+
+def test_rules_designed_after_the_results_are_marked_in_every_row(study, study_cache, monkeypatch):
+    record, _ = study
+    assert not record.table.designed_after.any()  # the stand-in rules: none designed after
+    from dahp import rules
+
+    assert robustness.RuleSet.default().designed_after == rules.DESIGNED_AFTER == {"budget_span_5"}
+    monkeypatch.setenv("DAHP_DEVICE", "cpu")
+    problems = [suite.get_problem(name) for name in TWO_FAMILIES]
+    cases = robustness.build_cases(problems, TINY, Cache(study_cache))  # the study's cached curves
+    late = {"fourth_point"}
+    marked = robustness.RuleSet(
+        rules_standin.RULES, frozenset(rules_standin.FITTED), rules_standin.fit_rule, frozenset(late)
+    )
+    table = robustness.judge(cases, marked)
+    assert (table.designed_after == table.rule.isin(late)).all() and table.designed_after.sum() == len(cases)

@@ -1,5 +1,6 @@
 """The λ rules of :mod:`dahp.rules` on problems whose answers are known by hand."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -8,7 +9,9 @@ import torch
 
 from dahp.config import InvalidParameterError, TrainingRecipe
 from dahp.rules import (
+    DESIGNED_AFTER,
     FITTED,
+    RETRAINING,
     RULES,
     RecipeFacts,
     RuleInput,
@@ -254,3 +257,29 @@ def test_gauss_newton_conversion_of_traks_recipe_by_hand():
     # the median rule uses the converted recipe for TRAK when the margins are known
     three = [RULES[n](inp).regularization for n in ("xi_continuous", "xi_saturation_0.9", "recipe_gauss_newton")]
     assert RULES["median_xi_recipe"](inp).regularization == sorted(three)[1]
+
+
+def test_span_rule_searches_only_between_the_three_estimates_widened_by_half_a_decade():
+    members = [diagonal(*SPREAD)]
+    inp = RuleInput("iffim", members, GRID, RecipeFacts.sgd(1e-3, 100, 2, 2))  # recipe: λ = 1/(1e-3 · 100) = 10
+    three = {name: RULES[name](inp).regularization for name in ("xi_continuous", "xi_saturation_0.9", "recipe")}
+    assert three["recipe"] == pytest.approx(10.0) and max(three.values()) == three["recipe"]
+    low = min(three.values()) / 10**0.5
+    expected = [lam for lam in GRID if low * (1 - 1e-9) <= lam <= 10**1.5 * (1 + 1e-9)]
+    assert expected[-1] == pytest.approx(10**1.5)  # the grid has 4 points a decade from 1e-6: 10^1.5 is on it
+    calls = []
+    for peak, pick_expected in ((GRID[-1], 10**1.5), (GRID[0], expected[0]), (1e-1, 1e-1)):
+
+        def validation_lds(models, lambdas, peak=peak):
+            calls.append((models, list(lambdas)))
+            return -np.abs(np.log10(np.asarray(lambdas)) - math.log10(peak))
+
+        pick = RULES["budget_span_5"](dataclasses.replace(inp, validation_lds=validation_lds))
+        # a peak outside the span is never reached: the pick is the span's nearest end
+        assert pick.regularization == pytest.approx(pick_expected) and pick.trainings == 5
+        assert calls[-1] == (5, expected) and "span" in pick.diagnosis
+    # the span beyond the grid: the grid λ nearest the median estimate
+    high_grid = [1e4, 1e5, 1e6]
+    far = RuleInput("iffim", members, high_grid, inp.recipe, validation_lds=lambda m, lams: np.zeros(len(lams)))
+    assert RULES["budget_span_5"](far).regularization == 1e4
+    assert "budget_span_5" in DESIGNED_AFTER and "budget_span_5" in RETRAINING

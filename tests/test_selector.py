@@ -8,6 +8,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.data import DataLoader, TensorDataset
 
+from dahp import rules
 from dahp.config import InvalidParameterError
 from dahp.rules import RecipeFacts
 from dahp.selector import select_regularization
@@ -94,7 +95,13 @@ def test_iffim_selection_on_a_foreign_cnn(digits_task):
     result = select_regularization(task, train_loader, val_loader, "iffim", lr=0.1, steps=steps)
     assert result.xi_pick.xi_bar == pytest.approx(0.5, abs=2e-3)
     assert np.all(np.diff(result.xi_bar) > -1e-9) and result.xi_bar.min() >= 0 and result.xi_bar.max() <= 1
-    assert xi_bar_by_hand(model, state, x, y, xq, yq, result.regularization) == pytest.approx(0.5, abs=3e-3)
+    assert xi_bar_by_hand(model, state, x, y, xq, yq, result.xi_pick.regularization) == pytest.approx(0.5, abs=3e-3)
+    # the default without retraining is the median of the three estimates; the paper's rule is rule="xi"
+    assert result.rule == rules.DEFAULT_NO_RETRAINING == "median_xi_recipe"
+    three = sorted(result.pick(n).regularization for n in ("xi_continuous", "xi_saturation_0.9", "recipe"))
+    assert result.regularization == result.pick("median_xi_recipe").regularization == three[1]
+    paper = select_regularization(task, train_loader, val_loader, "iffim", rule="xi", lr=0.1, steps=steps)
+    assert paper.rule == "xi" and paper.regularization == result.xi_pick.regularization
     assert result.recipe_regularization == pytest.approx(1 / (0.1 * steps))
     recipe = select_regularization(task, train_loader, val_loader, "iffim", rule="recipe", lr=0.1, steps=steps)
     assert recipe.regularization == result.recipe_regularization and recipe.rule == "recipe"
@@ -187,9 +194,10 @@ def test_budget_mode_spends_at_most_its_budget_and_matches_a_brute_force_argmax(
     )
     assert len(calls) == 4 == result.trainings and result.mode == "budget" and result.retrain_seconds > 0
     assert all(len(s) == 150 and len(set(s.tolist())) == 150 for s in seen)  # α = 0.5 of 300, no repeats
-    assert result.rule == "budget_bracket_4" and result.regularization == result.pick("budget_bracket_4").regularization
+    default = f"{rules.DEFAULT_BUDGET}_4"
+    assert result.rule == default and result.regularization == result.pick(default).regularization
     names = [p.rule for p in result.picks]
-    assert {"budget_val_lds_2", "budget_val_lds_4", "budget_bracket_4"} <= set(
+    assert {"budget_val_lds_2", "budget_val_lds_4", "budget_bracket_4", "budget_span_4"} <= set(
         names
     ) and "budget_val_lds_5" not in names
     assert all(p.trainings <= 4 for p in result.picks)
@@ -202,6 +210,12 @@ def test_budget_mode_spends_at_most_its_budget_and_matches_a_brute_force_argmax(
     low, high = (float(v) for v in bracketed.diagnosis.split("[")[1].split("]")[0].split(", "))
     inside = [k for k, lam in enumerate(grid) if low * (1 - 1e-2) <= lam <= high * (1 + 1e-2)]
     assert bracketed.regularization == grid[max(inside, key=lambda k: expected[k])]
+    # the span rule: the argmax of the same brute-force LDS over the grid λ within half a decade of the
+    # smallest and the largest of the three estimates
+    three = [result.pick(n).regularization for n in ("xi_continuous", "xi_saturation_0.9", "xi_max_slope")]
+    low, high = min(three) / 10**0.5, max(three) * 10**0.5
+    inside = [k for k, lam in enumerate(grid) if low * (1 - 1e-9) <= lam <= high * (1 + 1e-9)]
+    assert inside and result.pick("budget_span_4").regularization == grid[max(inside, key=lambda k: expected[k])]
 
 
 def test_budget_mode_bad_input_refused_before_any_retraining(digits_task):

@@ -154,3 +154,25 @@ def test_curves_agree_with_the_lds_of_the_scores(attributor):
         curves.validation_lds(1, curves.grid[:2])
     with pytest.raises(InvalidParameterError, match="n_models"):
         curves.validation_lds(TINY.n_models + 1, curves.grid[:2])
+
+
+@pytest.mark.parametrize("name", ["suite_iris_mlp_momentum"])
+def test_full_data_models_trained_together_equal_those_trained_alone_bit_for_bit(name, tmp_path):
+    from dahp.cache import Cache
+    from dahp.training import train_full, train_full_many
+
+    setting = suite.get_problem(name).setting
+    alone = Cache(tmp_path / "alone")
+    together = Cache(tmp_path / "together")
+    train_full(setting, 1, together, False, device="cpu")  # one seed cached already: the others train in a batch
+    batched = train_full_many(setting, [0, 1, 2], together, False, device="cpu")
+    assert [c.seed for c in batched] == [0, 1, 2] and len(list((tmp_path / "together").rglob("*.pt"))) == 3
+    for checkpoints in batched:
+        single = train_full(setting, checkpoints.seed, alone, False, device="cpu")
+        assert single.states.keys() == checkpoints.states.keys()
+        assert all(torch.equal(single.states[k], checkpoints.states[k]) for k in single.states)
+    # a second call trains nothing: every entry is read back
+    assert all(
+        torch.equal(a.states["1.weight"], b.states["1.weight"])
+        for a, b in zip(batched, train_full_many(setting, [0, 1, 2], together, False, device="cpu"))
+    )

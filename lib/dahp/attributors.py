@@ -41,7 +41,7 @@ from dahp.spectral import (
     eigendecompose,
     factors,
 )
-from dahp.training import Checkpoints, check_epoch, train_full
+from dahp.training import Checkpoints, check_epoch, train_full, train_full_many
 
 #: Largest parameter count for which the exact Hessian (IF explicit) is formed.
 MAX_EXPLICIT_HESSIAN_PARAMS = 20_000
@@ -481,10 +481,11 @@ def trak_members(
     device: str | torch.device | None = None,
     executor: str | Executor | None = None,
 ) -> list[Checkpoints]:
-    """The independently trained full-data models of a TRAK ensemble (seeds 0..size-1), trained as
-    independent tasks on ``executor`` (:mod:`dahp.executors`) and read back from the cache."""
+    """The independently trained full-data models of a TRAK ensemble (seeds 0..size-1): on an engine
+    (``executor``, :mod:`dahp.executors`) trained there as independent tasks, in this process those
+    not yet cached trained together (:func:`dahp.training.train_full_many`); read back from the cache."""
     train_members(setting, range(ensemble_size), cache, progress, device, executor)
-    return [train_full(setting, seed, cache, progress, device=device) for seed in range(ensemble_size)]
+    return train_full_many(setting, range(ensemble_size), cache, progress, device=device)
 
 
 def train_members(

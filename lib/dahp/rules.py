@@ -23,7 +23,9 @@ Rule families:
   ``median_xi_recipe`` -- the median of the ξ̄ = 0.5 crossing, ξ̄'s saturation and the recipe.
 - ``spectrum_qQ``, ``mean_eig_0.1``, ``published_default`` -- the zero-cost baselines.
 - ``budget_val_lds_M`` -- the grid λ with the best validation-query LDS from ``M`` retrained models;
-  ``budget_bracket_5`` -- ξ̄ brackets λ, then the LDS of 5 retrained models chooses inside.
+  ``budget_bracket_5`` -- ξ̄ brackets λ, then the LDS of 5 retrained models chooses inside;
+  ``budget_span_5`` -- the same LDS chooses inside the span of ``median_xi_recipe``'s three estimates
+  (designed after the suite's results were seen: :data:`DESIGNED_AFTER`).
 - ``xi_fitted``, ``recipe_fitted`` -- one constant each, fitted by :func:`fit_rule` on other
   problems' curves (:data:`FITTED`); until fitted they use the documented defaults
   (:data:`FIT_DEFAULTS`).
@@ -438,6 +440,27 @@ def recipe_gauss_newton(inp: RuleInput) -> RulePick:
 # a hedge of independent estimates
 
 
+def median_parts(inp: RuleInput) -> dict[str, RulePick]:
+    """The three retraining-free estimates :func:`median_xi_recipe` takes the median of, by rule name.
+
+    The ξ̄ = 0.5 crossing, ξ̄'s saturation point and the recipe rule (``recipe_gauss_newton`` for TRAK
+    with the training margins known; ``xi_max_slope`` standing in without a recipe).
+    """
+    parts = {"xi_continuous": xi_continuous(inp), "xi_saturation_0.9": xi_relative(inp, 0.9, "xi_saturation_0.9")}
+    if inp.recipe is not None and inp.attributor == "trak" and inp.train_margins is not None:
+        parts["recipe_gauss_newton"] = recipe_gauss_newton(inp)
+    elif inp.recipe is not None:
+        parts["recipe"] = recipe_rule(inp)
+    else:
+        parts["xi_max_slope"] = xi_max_slope(inp)
+    return parts
+
+
+def _by_log(parts: Mapping[str, RulePick]) -> list[str]:
+    """Rule names of ``parts`` ordered by their λ (λ = 0 first)."""
+    return sorted(parts, key=lambda name: math.log(max(parts[name].regularization, 1e-300)))
+
+
 def median_xi_recipe(inp: RuleInput) -> RulePick:
     """The median, in log λ, of three retraining-free estimates that err in different directions.
 
@@ -447,23 +470,16 @@ def median_xi_recipe(inp: RuleInput) -> RulePick:
     peak) and the saturation point (``xi_saturation_0.9``, past which the LDS is flat, too large when
     the peak is sharp). The recipe rule is an independent estimate from the training dynamics (early
     stopping as ridge; for TRAK with the training margins known, ``recipe_gauss_newton``); without a
-    recipe, ξ̄'s steepest point (``xi_max_slope``) stands in. The median
+    recipe, ξ̄'s steepest point (``xi_max_slope``) stands in (:func:`median_parts`). The median
     of three is right whenever two of them are, and never outside the span of the ξ bounds.
     """
 
     def compute() -> tuple[float, str]:
-        parts = {"xi_continuous": xi_continuous(inp), "xi_saturation_0.9": xi_relative(inp, 0.9, "")}
-        if inp.recipe is not None and inp.attributor == "trak" and inp.train_margins is not None:
-            parts["recipe_gauss_newton"] = recipe_gauss_newton(inp)
-        elif inp.recipe is not None:
-            parts["recipe"] = recipe_rule(inp)
-        else:
-            parts["xi_max_slope"] = xi_max_slope(inp)
-        logs = {name: math.log(max(p.regularization, 1e-300)) for name, p in parts.items()}
-        middle = sorted(logs, key=logs.get)[1]
-        listed = ", ".join(f"{name} {_fmt(parts[name].regularization)}" for name in sorted(logs, key=logs.get))
-        lam = parts[middle].regularization
-        return lam, f"median of {listed}: {middle}'s {_fmt(lam)}{_grid_position(lam, inp.grid)}"
+        parts = median_parts(inp)
+        order = _by_log(parts)
+        listed = ", ".join(f"{name} {_fmt(parts[name].regularization)}" for name in order)
+        lam = parts[order[1]].regularization
+        return lam, f"median of {listed}: {order[1]}'s {_fmt(lam)}{_grid_position(lam, inp.grid)}"
 
     return _timed("median_xi_recipe", compute)
 
@@ -574,6 +590,53 @@ def budget_bracket(inp: RuleInput, models: int) -> RulePick:
     return _timed(f"budget_bracket_{models}", compute, trainings=models)
 
 
+#: Decades by which :func:`span` widens the range of the three estimates on each side.
+SPAN_MARGIN_DECADES = 0.5
+
+
+def span(inp: RuleInput, margin: float = SPAN_MARGIN_DECADES) -> tuple[list[float], str]:
+    """The grid λ between the smallest and the largest of :func:`median_parts`' three estimates,
+    widened by ``margin`` decades on each side (when no grid λ falls inside: the grid λ nearest to the
+    median estimate).
+
+    Why: each of the three estimates errs in its own direction (see :func:`median_xi_recipe`), so the
+    best λ lies between them or close by. Where they agree, the span is narrow and a noisy validation
+    LDS from a few retrained models cannot pull the pick far; where they disagree, it is wide and the
+    retrained models decide what the retraining-free estimates could not.
+    """
+    parts = median_parts(inp)
+    order = _by_log(parts)
+    low = parts[order[0]].regularization * 10.0**-margin
+    high = parts[order[-1]].regularization * 10.0**margin
+    grid = np.asarray(inp.grid, dtype=float)
+    inside = np.flatnonzero((grid >= low * (1 - 1e-9)) & (grid <= high * (1 + 1e-9)))
+    if len(inside) == 0:
+        middle = math.log(max(parts[order[1]].regularization, 1e-300))
+        inside = np.array([int(np.argmin(np.abs(np.log(np.maximum(grid, 1e-300)) - middle)))])
+    chosen = [float(v) for v in grid[inside]]
+    listed = ", ".join(f"{name} {_fmt(parts[name].regularization)}" for name in order)
+    text = f"{listed}; ±{margin:g} decade span [{_fmt(chosen[0])}, {_fmt(chosen[-1])}] ({len(chosen)} candidates)"
+    return chosen, text
+
+
+def budget_span(inp: RuleInput, models: int) -> RulePick:
+    """The validation LDS of ``models`` retrained models chooses among the grid λ inside :func:`span`.
+
+    Designed *after* the robustness suite's results were seen (:data:`DESIGNED_AFTER`): ``budget_bracket``
+    failed where ξ̄'s bracket excluded the peak, ``budget_val_lds_5`` where five models' noisy LDS
+    picked a far-off λ; this rule searches only where the retraining-free estimates disagree.
+    """
+    _require(inp, "validation_lds", inp.validation_lds is not None, "a validation-LDS function (retrained models)")
+
+    def compute() -> tuple[float, str]:
+        chosen, text = span(inp)
+        values = np.asarray(inp.validation_lds(models, chosen), dtype=float)
+        lam, best = _best_on(values, chosen, inp.grid, models)
+        return lam, f"{text}; {best}"
+
+    return _timed(f"budget_span_{models}", compute, trainings=models)
+
+
 # ------------------------------------------------------------------------------------------------
 # fitted rules
 
@@ -680,15 +743,23 @@ RULES: dict[str, Callable[[RuleInput], RulePick]] = {
     "published_default": published_default_rule,
     **{f"budget_val_lds_{m}": (lambda inp, m=m: budget_val_lds(inp, m)) for m in BUDGET_SIZES},
     "budget_bracket_5": lambda inp: budget_bracket(inp, 5),
+    "budget_span_5": lambda inp: budget_span(inp, 5),
     "xi_fitted": xi_fitted,
     "recipe_fitted": recipe_fitted,
 }
 
-#: The selector's default pick without retraining: the paper's rule until the robustness study
-#: (issue 13) shows, on held-out families, a retraining-free rule with a better worst case.
-DEFAULT_NO_RETRAINING = "xi_continuous"
-#: The selector's default pick with a retraining budget of M models: ``f"{DEFAULT_BUDGET}_{M}"``.
-DEFAULT_BUDGET = "budget_bracket"
+#: The selector's default pick without retraining: the retraining-free rule with the best worst case
+#: over the robustness suite's default run (issue 13: worst 0.886 of the best LDS, against 0.635 for
+#: the paper's crossing ξ̄ = 0.5, which stays available as ``rule="xi"``).
+DEFAULT_NO_RETRAINING = "median_xi_recipe"
+#: The selector's default pick with a retraining budget of M models: ``f"{DEFAULT_BUDGET}_{M}"``: the
+#: rule of at most 5 retrainings with the best worst case on the suite's default run (``budget_span_5``:
+#: worst 0.8996 -- just short of the issue's 0.9 --, 77 of 83 cases >= 0.95; ``budget_bracket_5`` 0.699,
+#: ``budget_val_lds_5`` 0.603). It was designed after those results were seen (:data:`DESIGNED_AFTER`):
+#: the suite does not hold it out.
+DEFAULT_BUDGET = "budget_span"
+#: Rules designed after the robustness suite's results were seen: their suite numbers are not held out.
+DESIGNED_AFTER = frozenset({"budget_span_5"})
 
 #: Rules that retrain (the others need only the trained model).
 RETRAINING = {name for name in RULES if name.startswith("budget_")}

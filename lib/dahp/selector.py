@@ -9,12 +9,16 @@ Fisher of the *mean* training loss; TRAK to ``ΦᵀΦ`` summed over training poi
 divided by ``sqrt(#parameters)`` (dattri's ``TRAKAttributor``, whose ``regularization`` it can be
 passed to directly).
 
-Two modes. *No retraining* (the default): the rules that need only the trained model. *Small
+Two modes. *No retraining* (the default): the rules that need only the trained model; the default
+pick is :data:`dahp.rules.DEFAULT_NO_RETRAINING` (``median_xi_recipe``: the median of the ξ̄ = 0.5
+crossing, ξ̄'s saturation point and the training-recipe rule -- the retraining-free rule with the best
+worst case on the robustness suite); the paper's rule stays available as ``rule="xi"``. *Small
 budget*: pass ``retrain(train_indices, seed)``, which trains your model your way on a subset; the
 selector calls it at most ``max_retrainings`` times (default 5) on random halves of the training set,
 evaluates each retrained model on the validation queries and adds the budget rules: the grid λ with
-the best validation-query LDS, and ξ̄ bracketing λ before that LDS chooses inside the bracket (the
-default pick of this mode). TRAK's scores there leave out its per-training-point factor ``1 − p_i``;
+the best validation-query LDS, the same choice inside ξ̄'s bracket, and inside the span of
+``median_xi_recipe``'s three estimates; the default pick of this mode is
+``f"{dahp.rules.DEFAULT_BUDGET}_{max_retrainings}"``. TRAK's scores there leave out its per-training-point factor ``1 − p_i``;
 IFFIM's are exact. With a recipe and TRAK, the training points' margins (the task's target function
 on the training loader, once per checkpoint) feed ``recipe_gauss_newton``.
 
@@ -58,7 +62,7 @@ class SelectorResult:
 
     attributor: str
     regularization: float  #: the λ to use (the rule asked for)
-    rule: str  #: ``"xi"`` (the paper's, default without retraining), ``"recipe"`` or a :data:`dahp.rules.RULES` name
+    rule: str  #: ``"xi"`` (the paper's crossing ξ̄ = threshold), ``"recipe"`` or a :data:`dahp.rules.RULES` name
     xi_pick: Selection  #: continuous crossing of ξ̄ = threshold
     grid_pick: Selection  #: Algorithm 1 over the candidates
     candidates: list[float]
@@ -123,7 +127,12 @@ def task_factors(
 def _budget_rule_names(max_retrainings: int) -> list[str]:
     """The budget rules one budget of ``max_retrainings`` models pays for (fewer models reuse the same ones)."""
     names = [f"budget_val_lds_{m}" for m in rules.BUDGET_SIZES if m < max_retrainings]
-    return [*names, f"budget_val_lds_{max_retrainings}", f"budget_bracket_{max_retrainings}"]
+    return [
+        *names,
+        f"budget_val_lds_{max_retrainings}",
+        f"budget_bracket_{max_retrainings}",
+        f"budget_span_{max_retrainings}",
+    ]
 
 
 def _check_arguments(
@@ -307,9 +316,10 @@ def select_regularization(
         candidates: λ grid for Algorithm 1 and the budget rules (default: 33 values, 4 per decade,
             over 12 decades ending 10× above the largest eigenvalue).
         threshold: the target ξ̄ of ``xi_pick`` / ``grid_pick`` (0.5 in the paper).
-        rule: whose pick ``regularization`` is: ``"xi"`` (the continuous crossing at ``threshold``),
-            ``"recipe"`` or any rule in ``picks``. Default: :data:`dahp.rules.DEFAULT_NO_RETRAINING`
-            (``"xi"``) without ``retrain``, ``budget_bracket_<max_retrainings>`` with it.
+        rule: whose pick ``regularization`` is: ``"xi"`` (the paper's rule: the continuous crossing at
+            ``threshold``), ``"recipe"`` or any rule in ``picks``. Default:
+            :data:`dahp.rules.DEFAULT_NO_RETRAINING` (``"median_xi_recipe"``) without ``retrain``,
+            ``f"{dahp.rules.DEFAULT_BUDGET}_{max_retrainings}"`` with it.
         lr, steps, momentum: the training's learning rate, number of optimizer steps and momentum
             (plain SGD), for the recipe rule; ``recipe`` gives the full facts instead (Adam,
             schedules, weight decay: :class:`dahp.rules.RecipeFacts`).
@@ -329,8 +339,8 @@ def select_regularization(
     has_recipe = recipe is not None or (lr is not None and steps is not None)
     if rule is None and retrain is not None:
         rule = f"{rules.DEFAULT_BUDGET}_{max_retrainings}"
-    elif rule is None:  # "xi" is xi_continuous at the threshold asked for
-        rule = "xi" if rules.DEFAULT_NO_RETRAINING == "xi_continuous" else rules.DEFAULT_NO_RETRAINING
+    elif rule is None:
+        rule = rules.DEFAULT_NO_RETRAINING
     _check_arguments(
         attributor, rule, threshold, candidates, has_recipe, retrain, max_retrainings, alpha, val_outputs, fitted
     )
@@ -381,6 +391,8 @@ def select_regularization(
     for name in names:
         if name.startswith("budget_bracket_"):
             picks.append(rules.budget_bracket(inp, max_retrainings))
+        elif name.startswith("budget_span_"):
+            picks.append(rules.budget_span(inp, max_retrainings))
         elif name.startswith("budget_val_lds_"):
             picks.append(rules.budget_val_lds(inp, int(name.rsplit("_", 1)[1])))
         else:

