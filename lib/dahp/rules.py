@@ -579,15 +579,22 @@ def bracket(inp: RuleInput, relative: tuple[float, float] = BRACKET) -> tuple[li
 
 def budget_bracket(inp: RuleInput, models: int) -> RulePick:
     """ξ̄ brackets λ (:func:`bracket`), then the validation LDS of ``models`` retrained models chooses."""
+    return _budget_within(inp, models, "budget_bracket", bracket)
+
+
+def _budget_within(
+    inp: RuleInput, models: int, name: str, candidates: Callable[[RuleInput], tuple[list[float], str]]
+) -> RulePick:
+    """The validation LDS of ``models`` retrained models chooses among ``candidates(inp)``."""
     _require(inp, "validation_lds", inp.validation_lds is not None, "a validation-LDS function (retrained models)")
 
     def compute() -> tuple[float, str]:
-        chosen, text = bracket(inp)
+        chosen, text = candidates(inp)
         values = np.asarray(inp.validation_lds(models, chosen), dtype=float)
         lam, best = _best_on(values, chosen, inp.grid, models)
         return lam, f"{text}; {best}"
 
-    return _timed(f"budget_bracket_{models}", compute, trainings=models)
+    return _timed(f"{name}_{models}", compute, trainings=models)
 
 
 #: Decades by which :func:`span` widens the range of the three estimates on each side.
@@ -626,15 +633,7 @@ def budget_span(inp: RuleInput, models: int) -> RulePick:
     failed where ξ̄'s bracket excluded the peak, ``budget_val_lds_5`` where five models' noisy LDS
     picked a far-off λ; this rule searches only where the retraining-free estimates disagree.
     """
-    _require(inp, "validation_lds", inp.validation_lds is not None, "a validation-LDS function (retrained models)")
-
-    def compute() -> tuple[float, str]:
-        chosen, text = span(inp)
-        values = np.asarray(inp.validation_lds(models, chosen), dtype=float)
-        lam, best = _best_on(values, chosen, inp.grid, models)
-        return lam, f"{text}; {best}"
-
-    return _timed(f"budget_span_{models}", compute, trainings=models)
+    return _budget_within(inp, models, "budget_span", span)
 
 
 # ------------------------------------------------------------------------------------------------
