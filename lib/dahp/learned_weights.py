@@ -309,11 +309,11 @@ def projection_matrix(n_features: int, projection: Projection, dtype: torch.dtyp
     coordinates alone.
     """
     width = min(projection.dim, PROJECTOR_BLOCK)
-    where = "cpu" if projection.generator == "cpu" else projection.generator
     blocks = []
     for block in range(math.ceil(projection.dim / width)):
         first, last = block * width, min((block + 1) * width, projection.dim)
-        blocks.append(projection_block(n_features, projection, block, dtype, where)[:, : last - first].cpu())
+        drawn = projection_block(n_features, projection, block, dtype, projection.generator)
+        blocks.append(drawn[:, : last - first].cpu())
     return torch.cat(blocks, dim=1) / math.sqrt(projection.dim)
 
 
