@@ -5,9 +5,9 @@ dropout on) three ways in one run:
 
 1. dattri's own loop, ``dattri.benchmark.datasets.mnist.train_mnist_mlp``, over a ``DataLoader``
    with a subset sampler -- what retraining with dattri's benchmark code costs;
-2. our sequential reference, :func:`dahp.training.train_one` (the same ``torch.optim.SGD`` loop,
+2. our sequential reference, :func:`dahp.training.train.train_one` (the same ``torch.optim.SGD`` loop,
    batches sliced from tensors, no ``DataLoader``), the loop the batched path is tested against;
-3. all models at once with :func:`dahp.training.train_many`.
+3. all models at once with :func:`dahp.training.train.train_many`.
 
 Every path runs the same number of SGD steps of the same size, so the ratios do not depend on
 ``--epochs``; the default keeps the whole script near a minute on two cores.
@@ -15,7 +15,7 @@ Every path runs the same number of SGD steps of the same size, so the ratios do 
 A second part (``--part resnet9``) measures what batch norm costs batched: ``--bn-models``
 ResNet-9 models of ``cifar2_resnet9`` (dropout on, the setting's recipe at batch ``--bn-batch``)
 on ``--bn-images`` random CIFAR-shaped images for one epoch, trained one by one with
-:func:`~dahp.training.train_one` and all at once with :func:`~dahp.training.train_many` (stacked
+:func:`~dahp.training.train.train_one` and all at once with :func:`~dahp.training.train.train_many` (stacked
 parameters and running statistics), side by side in the same run.
 
     python bench/batched_training.py [--part all|mnist|resnet9] [--models 50] [--epochs 3]
@@ -34,10 +34,10 @@ from dattri.benchmark.datasets.mnist.mnist_mlp import train_mnist_mlp
 from torch.utils.data import DataLoader, SubsetRandomSampler, TensorDataset
 from tqdm.auto import tqdm
 
-from dahp.config import GroundTruthConfig
-from dahp.ground_truth import model_seed, subset_indices
-from dahp.settings import get_setting
-from dahp.training import accuracy_many, stack_states, train_many, train_one
+from dahp.core.config import GroundTruthConfig
+from dahp.data.settings import get_setting
+from dahp.training.ground_truth import model_seed, subset_indices
+from dahp.training.train import accuracy_many, stack_states, train_many, train_one
 
 
 def main() -> None:

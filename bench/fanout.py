@@ -1,6 +1,6 @@
 """The ground truth fanned out: in-process against a 2-worker Dask ``LocalCluster``, and the cost per task.
 
-Part 1 builds the ``mnist_mlp`` ground truth with the default :class:`~dahp.config.GroundTruthConfig`
+Part 1 builds the ``mnist_mlp`` ground truth with the default :class:`~dahp.core.config.GroundTruthConfig`
 (50 models, α = 0.5, 25 models per chunk: two chunks) twice, each time into a fresh temporary
 cache directory: in this process (torch on all its threads), and with ``executor="dask"`` on a
 ``LocalCluster`` of ``--workers`` single-threaded worker processes (its start and shutdown
@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
-from dahp.cache import Cache
-from dahp.config import GroundTruthConfig
-from dahp.executors import Task, run_tasks
-from dahp.ground_truth import ground_truth
+from dahp.core.cache import Cache
+from dahp.core.config import GroundTruthConfig
+from dahp.training.executors import Task, run_tasks
+from dahp.training.ground_truth import ground_truth
 
 
 def main() -> None:

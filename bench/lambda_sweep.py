@@ -22,11 +22,11 @@ import time
 
 import numpy as np
 
-from dahp import dattri_bridge
-from dahp.attributors import TRAKParams, checkpoint_spec, trak_scorer
-from dahp.cache import Cache
-from dahp.settings import get_setting
-from dahp.training import train_full
+from dahp.attribution import dattri_bridge
+from dahp.attribution.attributors import TRAKParams, checkpoint_spec, trak_scorer
+from dahp.core.cache import Cache
+from dahp.data.settings import get_setting
+from dahp.training.train import train_full
 
 N_LAMBDAS = 20
 

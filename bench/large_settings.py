@@ -2,11 +2,11 @@
 
 Four parts (``--part``), each printing ``RESULT`` lines:
 
-1. ``resnet9_training`` -- one full-data CIFAR-2 ResNet-9 training (:func:`dahp.training.train_full`,
+1. ``resnet9_training`` -- one full-data CIFAR-2 ResNet-9 training (:func:`dahp.training.train.train_full`,
    the setting's recipe: SGD, batch 64, 10 epochs). ``--epochs E`` measures E epochs and projects
    the recipe's epochs linearly (every epoch takes the same steps); both numbers are printed.
 2. ``resnet9_ground_truth`` -- ``--gt-models k`` models of the 50-model LDS ground truth (α = 0.5,
-   the calls of :mod:`dahp.ground_truth`: ``train_many`` ``--models-per-chunk`` models at a time,
+   the calls of :mod:`dahp.training.ground_truth`: ``train_many`` ``--models-per-chunk`` models at a time,
    then ``evaluate_many`` on the val/test queries), projected to 50 models by the rule
    ``T50 = (50 / k) * (T_train * epochs_recipe / E + T_eval)`` (linear in models and, for the
    training, in epochs; exact when k and 50 are multiples of the chunk). Peak memory is one chunk's
@@ -70,17 +70,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dahp import features
-from dahp.attributors import SpectralScorer
-from dahp.cache import Cache
-from dahp.config import GroundTruthConfig
-from dahp.device import describe, resolve_device
-from dahp.ground_truth import model_seed, subset_indices
-from dahp.lds import lds
-from dahp.profiles import get_profile
-from dahp.settings import Setting, SplitData, get_setting, register
-from dahp.spectral import eigendecompose, factors
-from dahp.training import accuracy_many, evaluate_many, train_full, train_many
+from dahp.attribution import features
+from dahp.attribution.attributors import SpectralScorer
+from dahp.attribution.lds import lds
+from dahp.attribution.spectral import eigendecompose, factors
+from dahp.core.cache import Cache
+from dahp.core.config import GroundTruthConfig
+from dahp.core.device import describe, resolve_device
+from dahp.data.settings import Setting, SplitData, get_setting, register
+from dahp.experiments.profiles import get_profile
+from dahp.training.ground_truth import model_seed, subset_indices
+from dahp.training.train import accuracy_many, evaluate_many, train_full, train_many
 
 PARTS = ("resnet9_training", "resnet9_ground_truth", "fig1c_grid", "mnist_mlp_grid_ratio")
 GIB = 1024**3
@@ -256,7 +256,7 @@ def _fixture_split(n_train: int, n_val: int, n_test: int, root: Path) -> SplitDa
 
 @functools.cache
 def _fixture_loader(n_train: int, n_val: int, n_test: int) -> Callable[[Path], SplitData]:
-    """One loader per size, so settings of the same size share one split in :mod:`dahp.settings`' load cache."""
+    """One loader per size, so settings of the same size share one split in :mod:`dahp.data.settings`' load cache."""
     return functools.partial(_fixture_split, n_train, n_val, n_test)
 
 
@@ -628,7 +628,7 @@ def _ints(text: str) -> tuple[int, ...]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=["all", *PARTS], default="all")
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: dahp.device.resolve_device)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: dahp.core.device.resolve_device)")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--small", action="store_true", help="CPU smoke sizes (default when the device is the CPU)")
     size.add_argument("--paper-sizes", action="store_true", help="the paper's sizes even on a CPU")
@@ -638,8 +638,10 @@ def main() -> None:
     parser.add_argument("--chunk-scan", type=_ints, help="models_per_chunk values whose peak memory is measured")
     parser.add_argument("--feature-chunks", type=int, help="gradient chunks through the nested feature stage")
     parser.add_argument("--proj-dims", type=_ints, help="projection dimensions of the grid")
-    parser.add_argument("--gradient-chunk-bytes", type=int, help="dahp.features.GRADIENT_CHUNK_BYTES for this run")
-    parser.add_argument("--vmap-chunk-bytes", type=int, help="dahp.features.VMAP_CHUNK_BYTES for this run")
+    parser.add_argument(
+        "--gradient-chunk-bytes", type=int, help="dahp.attribution.features.GRADIENT_CHUNK_BYTES for this run"
+    )
+    parser.add_argument("--vmap-chunk-bytes", type=int, help="dahp.attribution.features.VMAP_CHUNK_BYTES for this run")
     parser.add_argument(
         "--projector",
         choices=features.PROJECTORS,

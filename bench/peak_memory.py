@@ -40,8 +40,8 @@ def _rerun(cache, setting: str, attributor: str, regularization: float | None = 
     """Scores of an attributor dattri reruns (CG, LiSSA, LoGra, TracIn) on the 20 rerun queries."""
     import torch
 
-    from dahp.attributors import make_params, scorer
-    from dahp.settings import get_setting
+    from dahp.attribution.attributors import make_params, scorer
+    from dahp.data.settings import get_setting
 
     params = make_params(attributor, **({} if regularization is None else {"regularization": regularization}), **values)
     torch.manual_seed(0)  # LiSSA samples its training batches from torch's global generator
@@ -52,8 +52,8 @@ def _rerun(cache, setting: str, attributor: str, regularization: float | None = 
 
 def _spectral(cache, setting: str, attributor: str, regularization: float, **values):
     """Scores of a closed-form attributor on all 500 validation queries, features computed afresh."""
-    from dahp.attributors import make_params, scorer
-    from dahp.settings import get_setting
+    from dahp.attribution.attributors import make_params, scorer
+    from dahp.data.settings import get_setting
 
     params = make_params(attributor, **values)
     return scorer(get_setting(setting), attributor, params, "val", cache, progress=False).scores(regularization)
@@ -94,8 +94,8 @@ COMPUTATIONS = {
 
 def _train_models() -> None:
     """Train (or load) the full-data models every computation reads, before anything is measured."""
-    from dahp.settings import get_setting
-    from dahp.training import train_full
+    from dahp.data.settings import get_setting
+    from dahp.training.train import train_full
 
     for name in ("mnist_lr", "mnist_mlp"):
         train_full(get_setting(name), 0, progress=False)
@@ -103,7 +103,7 @@ def _train_models() -> None:
 
 def _scratch_cache(folder: str):
     """A cache in ``folder`` that shares the trained checkpoints of the default cache, nothing else."""
-    from dahp.cache import Cache, default_cache
+    from dahp.core.cache import Cache, default_cache
 
     shared = default_cache().root / "checkpoints"
     shared.mkdir(parents=True, exist_ok=True)

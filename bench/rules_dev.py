@@ -1,13 +1,13 @@
 """The λ rules on seven small problems of their own, through the public selector (a development check).
 
 Not the robustness study of issue 13 (:mod:`dahp.experiments.robustness`, held-out families): these
-are the problems the rules' author looked at while writing :mod:`dahp.rules` -- scikit-learn digits
+are the problems the rules' author looked at while writing :mod:`dahp.selection.rules` -- scikit-learn digits
 (logistic regression; an MLP with SGD + momentum; an MLP with Adam), breast cancer (logistic
 regression), a Gaussian mixture (MLP, AdamW with weight decay) and a teacher network (MLP with a
 linear-decay schedule; a short logistic regression) -- so their numbers are in-sample for the rules
 designed on them (``median_xi_recipe``, ``recipe_gauss_newton``). Each model is trained here with
 plain ``torch.optim``, wrapped in a ``dattri`` task and given to
-:func:`dahp.selector.select_regularization` in its budget mode (5 retrainings); the judge is the LDS
+:func:`dahp.selection.selector.select_regularization` in its budget mode (5 retrainings); the judge is the LDS
 of ``--models`` further retrained models on 200 test queries over the selector's grid. IFFIM uses
 loss gradients; TRAK (one model, full gradients) margin gradients, without TRAK's ``1 − p``
 per-point factor in the scores (the selector's budget mode leaves it out too).
@@ -28,10 +28,10 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.data import DataLoader, TensorDataset
 
-from dahp.lds import lds
-from dahp.rules import RecipeFacts
-from dahp.selector import select_regularization, task_factors
-from dahp.targets import correct_class_margin
+from dahp.attribution.lds import lds
+from dahp.data.targets import correct_class_margin
+from dahp.selection.rules import RecipeFacts
+from dahp.selection.selector import select_regularization, task_factors
 
 PROBLEMS = [
     ("digits", "lr", 600, {"opt": "sgd", "lr": 0.1, "epochs": 20, "bs": 32}),

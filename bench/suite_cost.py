@@ -2,7 +2,7 @@
 
 For each problem named, in a fresh process with a fresh, empty cache and ``--threads`` torch threads:
 the data, the full-data models (seeds 0..E-1 of the TRAK ensemble; seed 0 is also IFFIM's), the
-ground truth of M retrained models, then :func:`dahp.suite.problem_curves` for every attributor
+ground truth of M retrained models, then :func:`dahp.experiments.suite.problem_curves` for every attributor
 configuration (gradients, projections, eigendecompositions, the LDS over the dense grid), each timed.
 
 With ``--compare REF`` the same problems also run against the ``lib/`` of git revision ``REF``
@@ -30,10 +30,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _stages(problem_name: str, models: int, ensemble: int) -> dict[str, float]:
     """Seconds per stage of one problem from the (empty) cache under ``$DAHP_CACHE_DIR``."""
-    from dahp import attributors as attr
-    from dahp import suite
-    from dahp.cache import default_cache
-    from dahp.ground_truth import ground_truth
+    from dahp.attribution import attributors as attr
+    from dahp.core.cache import default_cache
+    from dahp.experiments import suite
+    from dahp.training.ground_truth import ground_truth
 
     problem = suite.get_problem(problem_name)
     config = suite.CurveConfig(n_models=models, trak_ensemble=ensemble)

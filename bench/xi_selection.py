@@ -20,15 +20,15 @@ import argparse
 import tempfile
 import time
 
-from dahp import attributors as attr
-from dahp.cache import Cache
-from dahp.config import GroundTruthConfig
+from dahp.attribution import attributors as attr
+from dahp.attribution.lds import lds
+from dahp.core.cache import Cache
+from dahp.core.config import GroundTruthConfig
+from dahp.data.settings import get_setting
 from dahp.experiments.cases import default_grid
-from dahp.ground_truth import ground_truth
-from dahp.lds import lds
-from dahp.selection import select_continuous, select_on_grid, xi_bar_curve
-from dahp.settings import get_setting
-from dahp.training import train_full
+from dahp.selection.algorithm import select_continuous, select_on_grid, xi_bar_curve
+from dahp.training.ground_truth import ground_truth
+from dahp.training.train import train_full
 
 
 def main() -> None:

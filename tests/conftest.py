@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from dahp.cache import Cache
+from dahp.core.cache import Cache
 
 
 @pytest.fixture(autouse=True)

@@ -7,8 +7,8 @@ import dataclasses
 import torch
 from torch import nn
 
-from dahp.config import TrainingRecipe
-from dahp.settings import Setting, get_setting
+from dahp.core.config import TrainingRecipe
+from dahp.data.settings import Setting, get_setting
 
 
 def quick(name: str, **recipe: float) -> Setting:
@@ -31,7 +31,7 @@ class TinyBatchNormNet(nn.Module):
 
 
 def _every_tenth_training_point(root):
-    from dahp.settings import SplitData, load_mnist_embedded
+    from dahp.data.settings import SplitData, load_mnist_embedded
 
     full = load_mnist_embedded(root)
     return SplitData(full.x_train[::10], full.y_train[::10], full.x_val, full.y_val, full.x_test, full.y_test)
@@ -52,7 +52,7 @@ def registered(setting: Setting, name: str) -> str:
 
     Test settings end in ``_quick``, so that tests of the registry can tell them from the paper's.
     """
-    from dahp.settings import _SETTINGS, register
+    from dahp.data.settings import _SETTINGS, register
 
     assert name.endswith("_quick"), f"test settings are named *_quick, got {name!r}"
 

@@ -1,4 +1,4 @@
-"""Stand-in rules with :mod:`dahp.rules`'s interface, simple enough that the study's table can be
+"""Stand-in rules with :mod:`dahp.selection.rules`'s interface, simple enough that the study's table can be
 recomputed by hand (the study's tests judge the study, not the real rules)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from dahp.rules import RuleInput, RulePick
+from dahp.selection.rules import RuleInput, RulePick
 
 
 def fourth_point(inp: RuleInput) -> RulePick:

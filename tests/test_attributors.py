@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from dahp import dattri_bridge
-from dahp.attributors import (
+from dahp.attribution import dattri_bridge
+from dahp.attribution.attributors import (
     ATTRIBUTORS,
     TRAKParams,
     checkpoint_spec,
@@ -13,9 +13,9 @@ from dahp.attributors import (
     scorer,
     trak_scorer,
 )
-from dahp.config import InvalidParameterError
-from dahp.settings import get_setting
-from dahp.training import train_full
+from dahp.core.config import InvalidParameterError
+from dahp.data.settings import get_setting
+from dahp.training.train import train_full
 from helpers import as_float64, small
 
 QUERIES = torch.arange(0, 500, 25)  # 20 test queries
@@ -51,7 +51,7 @@ def test_if_explicit_equals_dattri_on_mnist_lr(cache):
 
 
 def test_iffim_equals_a_direct_solve_with_the_empirical_fisher(cache):
-    from dahp.features import gradient_features
+    from dahp.attribution.features import gradient_features
 
     setting = small("mnist_lr", epochs=2)
     ours = scorer(setting, "iffim", make_params("iffim", proj_dim=512), "test", cache, progress=False)
@@ -114,7 +114,9 @@ def test_bad_hyperparameter_values(attributor, values, pattern):
 
 
 def test_setting_dependent_checks_run_before_any_compute(monkeypatch):
-    monkeypatch.setattr("dahp.attributors.train_full", lambda *a, **k: pytest.fail("computed despite bad input"))
+    monkeypatch.setattr(
+        "dahp.attribution.attributors.train_full", lambda *a, **k: pytest.fail("computed despite bad input")
+    )
     mlp = get_setting("mnist_mlp")
     with pytest.raises(InvalidParameterError, match=r"proj_dim=200000.*109386"):
         scorer(mlp, "trak", make_params("trak", proj_dim=200_000))
@@ -139,9 +141,9 @@ def test_closed_form_softmax_regression_hessian_equals_autodiff():
     """The fast path of IF explicit's Hessian is the same matrix as differentiating twice."""
     import dataclasses
 
-    from dahp.attributors import mean_loss_hessian
-    from dahp.targets import cross_entropy
-    from dahp.training import train_full
+    from dahp.attribution.attributors import mean_loss_hessian
+    from dahp.data.targets import cross_entropy
+    from dahp.training.train import train_full
 
     setting = small("mnist_lr")
     state = {k: v.double() for k, v in train_full(setting, 0, progress=False).state().items()}

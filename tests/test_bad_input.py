@@ -2,10 +2,10 @@
 
 import pytest
 
-from dahp import training
 from dahp.__main__ import main
-from dahp.config import GroundTruthConfig, InvalidParameterError, TrainingRecipe
-from dahp.settings import get_setting
+from dahp.core.config import GroundTruthConfig, InvalidParameterError, TrainingRecipe
+from dahp.data.settings import get_setting
+from dahp.training import train as training
 from helpers import quick
 
 
@@ -42,12 +42,12 @@ def test_checkpoint_epoch_is_checked_before_loading():
 
 
 def test_ground_truth_validates_before_training(monkeypatch):
-    from dahp.ground_truth import ground_truth
+    from dahp.training.ground_truth import ground_truth
 
     def must_not_train(*args, **kwargs):
         raise AssertionError("training started despite bad input")
 
-    monkeypatch.setattr("dahp.ground_truth.train_many", must_not_train)
+    monkeypatch.setattr("dahp.training.ground_truth.train_many", must_not_train)
     with pytest.raises(InvalidParameterError, match="setting"):
         ground_truth("cifar10")
 

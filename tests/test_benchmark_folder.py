@@ -8,7 +8,9 @@ import torch
 from dattri.benchmark.models.mlp import MLPMnist
 from dattri.metric import lds as dattri_lds
 
-from dahp.benchmark_folder import (
+from dahp.attribution.lds import lds
+from dahp.core.config import InvalidParameterError
+from dahp.data.benchmark_folder import (
     DATTRI_BENCHMARKS,
     INDICES_FILE,
     MNIST_FILES,
@@ -21,9 +23,7 @@ from dahp.benchmark_folder import (
     read_benchmark,
     write_fixture,
 )
-from dahp.config import InvalidParameterError
-from dahp.lds import lds
-from dahp.settings import MissingDataError, get_setting
+from dahp.data.settings import MissingDataError, get_setting
 
 N_FULL, N_HALF = 2, 6
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dahp.config import InvalidParameterError
-from dahp.plan import ROOT, NotebookFailed, PlanEntry, load_plan, run_entry, run_plan
+from dahp.book.plan import ROOT, NotebookFailed, PlanEntry, load_plan, run_entry, run_plan
+from dahp.core.config import InvalidParameterError
 
 
 @pytest.fixture()
@@ -31,7 +31,7 @@ FIXTURE_SETTINGS = ["maestro_mt", "wikitext2_gpt2"]
 
 
 def test_plan_runs_in_quick_profile_and_book_builds_warning_free(book_root, tmp_path):
-    from dahp.datasets.fixtures import write_fixtures
+    from dahp.data.fixtures import write_fixtures
 
     write_fixtures(tmp_path / "data", FIXTURE_SETTINGS)
     started = time.time()
@@ -74,7 +74,7 @@ def test_fig1c_page_runs_on_cifar2_fixture_data(book_root, tmp_path):
     features, LDS, figure) on fixture files, labelled as fixture data on the page."""
     import json
 
-    from dahp.datasets.fixtures import write_fixtures
+    from dahp.data.fixtures import write_fixtures
 
     write_fixtures(tmp_path / "data", ["cifar2_resnet9"])
     started = time.time()
@@ -122,7 +122,7 @@ def check_learned_page_shows_the_headline(page: Path, results: Path) -> None:
     """The learned-weights page prints, per case, the paired difference its saved record's headline holds."""
     import json
 
-    from dahp.experiments.records import Estimate
+    from dahp.core.statistics import Estimate
 
     outputs = json.dumps(
         [cell.get("outputs", []) for cell in json.loads(page.read_text())["cells"]], ensure_ascii=False
@@ -216,7 +216,7 @@ def test_unknown_profile_or_page():
 def test_a_plan_title_replaces_the_first_heading_only():
     import nbformat
 
-    from dahp.plan import retitle
+    from dahp.book.plan import retitle
 
     notebook = nbformat.v4.new_notebook(
         cells=[

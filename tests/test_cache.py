@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-import dahp.cache as cache_module
-from dahp.cache import (
+import dahp.core.cache as cache_module
+from dahp.core.cache import (
     CODE_VERSIONS,
     PACKAGE_DIR,
     PRODUCERS,
@@ -23,11 +23,11 @@ from dahp.cache import (
     upstream_closure,
     write_lock,
 )
-from dahp.config import InvalidParameterError
+from dahp.core.config import InvalidParameterError
 
 ADVICE = (
     "bump CODE_VERSIONS['{kind}'] in lib/dahp/cache.py if the change alters results, "
-    "then run `python -m dahp.cache --update-lock`"
+    "then run `python -m dahp.core.cache --update-lock`"
 )
 
 
@@ -260,7 +260,7 @@ def test_command_line_check_and_update_lock(tree, monkeypatch, capsys):
 
 
 def test_module_entry_point_checks_the_real_lock():
-    done = subprocess.run([sys.executable, "-m", "dahp.cache", "--check"], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "dahp.core.cache", "--check"], capture_output=True, text=True)
     problems = check_lock()
     assert done.returncode == (1 if problems else 0), done.stdout + done.stderr
     assert all(problem in done.stdout for problem in problems)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from dahp.config import TrainingRecipe
-from dahp.datasets.cifar import (
+from dahp.core.config import TrainingRecipe
+from dahp.data.cifar import (
     CIFAR_DIR,
     FIXTURE_LABELS,
     TEST_BATCH,
@@ -17,8 +17,8 @@ from dahp.datasets.cifar import (
     split_sizes,
     write_fixture,
 )
-from dahp.settings import MissingDataError, get_setting
-from dahp.training import accuracy_many, evaluate_many, train_many
+from dahp.data.settings import MissingDataError, get_setting
+from dahp.training.train import accuracy_many, evaluate_many, train_many
 
 
 def test_fixture_is_written_in_the_real_batch_format(tmp_path):

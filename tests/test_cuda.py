@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from dahp import spectral
-from dahp.attributors import TRAKParams, checkpoint_spec, trak_scorer
-from dahp.config import GroundTruthConfig
-from dahp.features import Projection, per_example_gradients, project
-from dahp.ground_truth import ground_truth
-from dahp.lds import lds
-from dahp.training import StackedState, train_full, train_many, train_one
+from dahp.attribution import spectral
+from dahp.attribution.attributors import TRAKParams, checkpoint_spec, trak_scorer
+from dahp.attribution.features import Projection, per_example_gradients, project
+from dahp.attribution.lds import lds
+from dahp.core.config import GroundTruthConfig
+from dahp.training.ground_truth import ground_truth
+from dahp.training.train import StackedState, train_full, train_many, train_one
 from helpers import registered, small
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -114,7 +114,7 @@ def test_the_pinned_cpu_grid_is_reproduced_on_cuda_up_to_rank_ties(attributor):
 
 
 def test_the_device_projector_draws_its_own_gaussian_on_cuda_under_its_own_key(cache, monkeypatch):
-    from dahp.features import PROJECTOR_ENV, gradient_features
+    from dahp.attribution.features import PROJECTOR_ENV, gradient_features
 
     rows = torch.randn(64, 3000, generator=torch.Generator().manual_seed(5))
     dattri_matrix = project(rows, Projection(512), CUDA)

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from dahp.config import InvalidParameterError
-from dahp.device import DEVICE_ENV, resolve_device
+from dahp.core.config import InvalidParameterError
+from dahp.core.device import DEVICE_ENV, resolve_device
 
 
 def test_argument_wins_over_environment(monkeypatch):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from dahp.config import GroundTruthConfig
+from dahp.core.config import GroundTruthConfig
 from dahp.experiments.grid import make_grid_spec, run_grid
 from helpers import registered, small
 

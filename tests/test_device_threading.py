@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from dahp import attributors as attr
-from dahp import spectral
 from dahp.__main__ import main
-from dahp.cache import Cache
-from dahp.config import GroundTruthConfig
+from dahp.attribution import attributors as attr
+from dahp.attribution import spectral
+from dahp.attribution.features import Projection, project, project_nested, project_on_device
+from dahp.attribution.lds import _subset_sums_torch, subset_sums
+from dahp.core.cache import Cache
+from dahp.core.config import GroundTruthConfig
+from dahp.data.settings import get_setting
 from dahp.experiments.grid import make_grid_spec, run_grid
-from dahp.features import Projection, project, project_nested, project_on_device
-from dahp.ground_truth import ground_truth
-from dahp.lds import _subset_sums_torch, subset_sums
-from dahp.settings import get_setting
+from dahp.training.ground_truth import ground_truth
 from helpers import registered, small
 
 TRUTH = GroundTruthConfig(n_models=6, models_per_chunk=6)
@@ -88,7 +88,9 @@ def test_nested_projection_on_the_device_path_equals_dattri(monkeypatch):
     """``project_nested`` routed through the device path (as on CUDA) gives dattri's numbers."""
     features = torch.randn(20, 400, generator=torch.Generator().manual_seed(2))
     expected = project_nested(features, [128, 256], seed=1, ensemble_id=1, device="cpu")
-    monkeypatch.setattr("dahp.features.project", lambda f, p, device=None: project_on_device(f, p, "cpu"), raising=True)
+    monkeypatch.setattr(
+        "dahp.attribution.features.project", lambda f, p, device=None: project_on_device(f, p, "cpu"), raising=True
+    )
     found = project_nested(features, [128, 256], seed=1, ensemble_id=1, device="cpu")
     for dim in (128, 256):
         torch.testing.assert_close(found[dim], expected[dim], rtol=1e-5, atol=1e-5 * float(expected[dim].abs().max()))
@@ -157,6 +159,6 @@ def test_the_command_line_passes_the_device_down(monkeypatch):
 def test_run_plan_hands_the_device_to_the_notebook_kernels_through_the_environment(monkeypatch):
     monkeypatch.setenv("DAHP_DEVICE", "")  # restored after the test
     seen = []
-    monkeypatch.setattr("dahp.plan.run_plan", lambda *a, **k: seen.append(os.environ["DAHP_DEVICE"]))
+    monkeypatch.setattr("dahp.book.plan.run_plan", lambda *a, **k: seen.append(os.environ["DAHP_DEVICE"]))
     assert main(["run-plan", "--profile", "quick", "--device", "cpu"]) == 0
     assert seen == ["cpu"]

@@ -2,7 +2,7 @@
 
 Every engine here runs on this machine (loopback only): a real ``LocalCluster`` of worker processes
 and submitit's local executor. Worker processes run torch on one thread (Dask's nanny sets
-``OMP_NUM_THREADS=1``; :mod:`dahp.executors` pins local submitit jobs), and torch's rounding
+``OMP_NUM_THREADS=1``; :mod:`dahp.training.executors` pins local submitit jobs), and torch's rounding
 depends on its thread count, so the in-process reference is computed on one thread too: then the
 results are bitwise equal.
 """
@@ -21,12 +21,12 @@ import pytest
 import torch
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from dahp import ground_truth as gt_module
 from dahp.__main__ import main
-from dahp.cache import Cache
-from dahp.config import GroundTruthConfig, InvalidParameterError
-from dahp.executors import Executor, Task, TasksFailed, resolve_executor, run_tasks
-from dahp.ground_truth import ChunkSlice, chunk_ranges, ground_truth, train_chunks
+from dahp.core.cache import Cache
+from dahp.core.config import GroundTruthConfig, InvalidParameterError
+from dahp.training import ground_truth as gt_module
+from dahp.training.executors import Executor, Task, TasksFailed, resolve_executor, run_tasks
+from dahp.training.ground_truth import ChunkSlice, chunk_ranges, ground_truth, train_chunks
 from helpers import quick, registered
 
 # mnist_mlp has dropout: equal results also mean each chunk's dropout stream is its own
@@ -113,7 +113,7 @@ def test_malformed_submitit_parameters_are_refused_before_compute(monkeypatch):
     with pytest.raises(InvalidParameterError, match="DAHP_SUBMITIT_PARAMETERS"):
         resolve_executor("submitit")
     monkeypatch.setenv("DAHP_SUBMITIT_PARAMETERS", '{"slurm_partition": "gpu", "timeout_min": 30}')
-    from dahp.executors import submitit_parameters
+    from dahp.training.executors import submitit_parameters
 
     assert submitit_parameters() == {"slurm_partition": "gpu", "timeout_min": 30}
 
@@ -223,7 +223,7 @@ class CountWrites(WorkerPlugin):
         self.log = log
 
     def setup(self, worker) -> None:
-        from dahp.cache import Cache
+        from dahp.core.cache import Cache
 
         original, log = Cache.save, self.log
         if getattr(original, "_counted", False):
@@ -355,7 +355,7 @@ def running_cluster():
 
 
 def test_trak_members_trained_on_a_cluster_equal_those_trained_inline(tmp_path, running_cluster):
-    from dahp.attributors import trak_members
+    from dahp.attribution.attributors import trak_members
 
     setting = quick("mnist_lr", epochs=2)
     fanned = trak_members(setting, 3, Cache(tmp_path / "fanned"), False, "cpu", executor=running_cluster)

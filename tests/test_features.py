@@ -5,8 +5,7 @@ import math
 import pytest
 import torch
 
-from dahp.config import InvalidParameterError
-from dahp.features import (
+from dahp.attribution.features import (
     PROJECTOR_ENV,
     Projection,
     gradient_features,
@@ -17,8 +16,9 @@ from dahp.features import (
     projection_block,
     projection_generator,
 )
-from dahp.settings import get_setting
-from dahp.training import train_full
+from dahp.core.config import InvalidParameterError
+from dahp.data.settings import get_setting
+from dahp.training.train import train_full
 from helpers import quick
 
 

@@ -5,9 +5,9 @@ import warnings
 
 import pytest
 
-from dahp.config import InvalidParameterError
-from dahp.datasets.fixtures import FIXTURE_MODULES, MARKER, fixture_notice, fixture_settings, write_fixtures
-from dahp.settings import get_setting
+from dahp.core.config import InvalidParameterError
+from dahp.data.fixtures import FIXTURE_MODULES, MARKER, fixture_settings, write_fixtures
+from dahp.data.settings import fixture_notice, get_setting
 
 
 def test_unknown_setting_is_refused_before_writing(tmp_path):

@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 import torch
 
-from dahp import attributors
 from dahp.__main__ import main
-from dahp.config import GroundTruthConfig, InvalidParameterError
-from dahp.experiments.grid import make_grid_spec, parse_values, query_index, run_grid
-from dahp.experiments.records import GridRecord, results_dir
-from dahp.settings import get_setting
+from dahp.attribution import attributors
+from dahp.core.config import GroundTruthConfig, InvalidParameterError
+from dahp.core.results import results_dir
+from dahp.data.settings import get_setting
+from dahp.experiments.grid import GridRecord, make_grid_spec, parse_values, query_index, run_grid
 from helpers import quick, registered
 
 TINY_TRUTH = GroundTruthConfig(n_models=6, models_per_chunk=6)
@@ -150,7 +150,7 @@ def test_grid_mixing_full_and_projected_gradients(results):
 
 
 def test_scoring_a_subset_of_queries_gives_those_columns_of_the_full_scores(results):
-    from dahp.attributors import make_params, scorer
+    from dahp.attribution.attributors import make_params, scorer
 
     setting = get_setting(lr_quick())
     subset = torch.tensor([3, 17, 250, 499])

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from dahp import ground_truth as gt_module
-from dahp.cache import Cache
-from dahp.config import GroundTruthConfig
-from dahp.ground_truth import ground_truth, model_seed, subset_indices
-from dahp.training import evaluate_many, stack_states, train_one
+from dahp.core.cache import Cache
+from dahp.core.config import GroundTruthConfig
+from dahp.training import ground_truth as gt_module
+from dahp.training.ground_truth import ground_truth, model_seed, subset_indices
+from dahp.training.train import evaluate_many, stack_states, train_one
 from helpers import quick
 
 SETTING = quick("mnist_lr", epochs=1)

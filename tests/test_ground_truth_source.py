@@ -9,12 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-import dahp.ground_truth
-import dahp.training
-from dahp import dattri_bridge
+import dahp.training.ground_truth
+import dahp.training.train
 from dahp.__main__ import main
-from dahp.attributors import make_params, scorer
-from dahp.benchmark_folder import (
+from dahp.attribution import dattri_bridge
+from dahp.attribution.attributors import make_params, scorer
+from dahp.attribution.lds import lds
+from dahp.core.cache import Cache
+from dahp.core.config import GroundTruthConfig, InvalidParameterError
+from dahp.data.benchmark_folder import (
     INDICES_FILE,
     MNIST_FILES,
     MNIST_RAW,
@@ -24,13 +27,9 @@ from dahp.benchmark_folder import (
     read_benchmark,
     write_fixture,
 )
-from dahp.cache import Cache
-from dahp.config import GroundTruthConfig, InvalidParameterError
-from dahp.experiments.grid import make_grid_spec, run_grid
-from dahp.experiments.records import GridRecord
-from dahp.ground_truth import attributed_setting, ground_truth
-from dahp.lds import lds
-from dahp.settings import MissingDataError
+from dahp.data.settings import MissingDataError
+from dahp.experiments.grid import GridRecord, make_grid_spec, run_grid
+from dahp.training.ground_truth import attributed_setting, ground_truth
 
 DATTRI = GroundTruthConfig(source="dattri")
 GRID = {"proj_dim": [16, 32], "regularization": [0.0, 1e-2]}
@@ -53,9 +52,9 @@ def no_training(monkeypatch):
         raise AssertionError("a model was trained, but dattri's published models were to be used")
 
     for module, name in [
-        (dahp.training, "train_many"),
-        (dahp.training, "train_one"),
-        (dahp.ground_truth, "train_many"),
+        (dahp.training.train, "train_many"),
+        (dahp.training.train, "train_one"),
+        (dahp.training.ground_truth, "train_many"),
     ]:
         monkeypatch.setattr(module, name, trained)
 
@@ -76,7 +75,7 @@ def test_bad_source_and_ignored_fields_are_refused():
 
 def test_grid_on_dattris_benchmark(dattri_dir, no_training, tmp_path):
     """The grid attributes dattri's full-data models on dattri's points (TRAK agrees with dattri's own
-    TRAKAttributor on them) and its LDS is dahp.lds of those scores against the folder's targets."""
+    TRAKAttributor on them) and its LDS is dahp.attribution.lds of those scores against the folder's targets."""
     cache = Cache(tmp_path / "cache")
     spec = make_grid_spec("mnist_lr", "trak", GRID, {"ensemble_size": 2}, DATTRI, n_queries=20)
     record = run_grid(spec, cache, progress=False, device="cpu")
@@ -125,7 +124,7 @@ def test_the_attributed_model_is_dattris(dattri_dir, no_training, tmp_path):
     queries = torch.arange(0, 500, 50)
     scores = scorer(points, "iffim", make_params("iffim", proj_dim=64), "test", Cache(tmp_path / "c"), False, queries)
     # IFFIM by its definition on dattri's model 0: -g_train (F + λI)^-1 g_query with F = GᵀG / n
-    from dahp.features import gradient_features
+    from dahp.attribution.features import gradient_features
 
     spec = {"test": "dattri full model 0"}
     kw = dict(proj_dims=(64,), cache=Cache(tmp_path / "d"), progress=False)

@@ -5,8 +5,8 @@ import pytest
 import torch
 from dattri.metric import lds as dattri_lds
 
-from dahp.config import InvalidParameterError
-from dahp.lds import lds, subset_sums
+from dahp.attribution.lds import lds, subset_sums
+from dahp.core.config import InvalidParameterError
 
 
 def random_problem(n_train=40, n_queries=7, n_models=12, m=20, seed=0):

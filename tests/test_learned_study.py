@@ -7,28 +7,26 @@ import pandas as pd
 import pytest
 import torch
 
-from dahp.attributors import make_params, scorer
-from dahp.config import GroundTruthConfig, InvalidParameterError
+from dahp.attribution.attributors import make_params, scorer
+from dahp.attribution.lds import lds
+from dahp.attribution.spectral import SpectralFactors
+from dahp.core.config import GroundTruthConfig, InvalidParameterError
+from dahp.core.results import _plain
+from dahp.core.statistics import paired_difference
 from dahp.experiments.learned import (
+    ABLATION_COLUMNS,
+    LEARNED_COLUMNS,
+    LearnedAblationRecord,
+    LearnedWeightsRecord,
     learned_weights_ablations,
     learned_weights_study,
     run_ablation_case,
     weighted_members,
 )
-from dahp.experiments.records import (
-    ABLATION_COLUMNS,
-    LEARNED_COLUMNS,
-    LearnedAblationRecord,
-    LearnedWeightsRecord,
-    _plain,
-    paired_difference,
-)
 from dahp.experiments.status import FAILS, HOLDS, NOT_RUN, PARTLY, c13
-from dahp.ground_truth import ground_truth
-from dahp.lds import lds
-from dahp.learned_weights import GroupWeightConfig, SpectralContributions
-from dahp.selection import xi_bar_curve
-from dahp.spectral import SpectralFactors
+from dahp.methods.learned_weights import GroupWeightConfig, SpectralContributions
+from dahp.selection.algorithm import xi_bar_curve
+from dahp.training.ground_truth import ground_truth
 from helpers import assert_nested_close, small
 
 RNG = np.random.default_rng(0)

@@ -10,9 +10,11 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.data import DataLoader, TensorDataset
 
-from dahp.attributors import make_params, scorer
-from dahp.config import InvalidParameterError
-from dahp.learned_weights import (
+from dahp.attribution.attributors import make_params, scorer
+from dahp.attribution.spectral import eigendecompose
+from dahp.core.config import InvalidParameterError
+from dahp.data.targets import correct_class_margin
+from dahp.methods.learned_weights import (
     GroupWeightConfig,
     ParameterGroup,
     fit_weights,
@@ -27,9 +29,7 @@ from dahp.learned_weights import (
     spectral_contributions,
     weighted_scores,
 )
-from dahp.spectral import eigendecompose
-from dahp.targets import correct_class_margin
-from dahp.training import train_full
+from dahp.training.train import train_full
 from helpers import small
 
 QUERIES = torch.arange(0, 500, 50)  # 10 test queries for the comparisons with dattri

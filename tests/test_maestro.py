@@ -15,13 +15,13 @@ import torch
 from dattri.benchmark.models.MusicTransformer.midi_processor.processor import decode_midi, encode_midi
 from dattri.benchmark.models.MusicTransformer.music_transformer import MusicTransformer
 
-from dahp.config import GroundTruthConfig, TrainingRecipe
-from dahp.datasets import maestro
-from dahp.features import per_example_gradients
-from dahp.settings import MissingDataError, get_setting
-from dahp.training import train_many, train_one
+from dahp.attribution.features import per_example_gradients
+from dahp.core.config import GroundTruthConfig, TrainingRecipe
+from dahp.data import maestro
+from dahp.data.settings import MissingDataError, get_setting
+from dahp.training.train import train_many, train_one
 
-pytestmark = pytest.mark.filterwarnings("ignore::dahp.datasets.maestro.FixtureSizesWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::dahp.data.maestro.FixtureSizesWarning")
 
 
 @pytest.fixture()
@@ -348,9 +348,9 @@ def test_per_example_gradients_of_the_target(fixture_root):
 
 @pytest.mark.slow
 def test_lds_of_a_tiny_case(fixture_root):
-    from dahp.attributors import attribute
-    from dahp.ground_truth import ground_truth
-    from dahp.lds import lds
+    from dahp.attribution.attributors import attribute
+    from dahp.attribution.lds import lds
+    from dahp.training.ground_truth import ground_truth
 
     setting = get_setting("maestro_mt")
     truth = ground_truth(setting, GroundTruthConfig(n_models=6, models_per_chunk=6), progress=False)

@@ -11,9 +11,9 @@ import sys
 import nbformat
 import pytest
 
-import dahp.plan as plan
-from dahp.config import InvalidParameterError
-from dahp.plan import PlanEntry, entry_key, load_plan, run_entry
+import dahp.book.plan as plan
+from dahp.book.plan import PlanEntry, entry_key, load_plan, run_entry
+from dahp.core.config import InvalidParameterError
 
 HEADER = """---
 jupytext:
@@ -177,7 +177,7 @@ def test_a_page_that_reads_another_reruns_when_a_file_the_other_wrote_changes_an
 
 
 def test_the_data_state_of_a_setting_is_part_of_every_key(notebooks, tmp_path):
-    from dahp.settings import get_setting
+    from dahp.data.settings import get_setting
 
     name = write_notebook(notebooks, "page.md", code("x = 1"))
     entry, parameters = PlanEntry(name, "page", {}), {"profile": "quick"}
@@ -231,7 +231,7 @@ def test_a_progress_bar_in_a_notebook_reaches_the_terminal_and_not_the_page(note
         notebooks,
         "bars.md",
         code(
-            "import os\nfrom dahp.progress import tqdm\n"
+            "import os\nfrom dahp.core.progress import tqdm\n"
             "print('mode', os.environ.get('DAHP_PROGRESS'))\n"
             "for _ in tqdm(range(3), desc='marker-shown', disable=False):\n    pass\n"
             "for _ in tqdm(range(3), desc='marker-hidden', disable=True):\n    pass"
@@ -250,7 +250,7 @@ def test_a_progress_bar_in_a_notebook_reaches_the_terminal_and_not_the_page(note
 
 
 def test_progress_tqdm_is_plain_tqdm_unless_asked(monkeypatch, capfd):
-    from dahp.progress import tqdm
+    from dahp.core.progress import tqdm
 
     monkeypatch.delenv("DAHP_PROGRESS", raising=False)
     stream = io.StringIO()

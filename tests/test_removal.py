@@ -5,9 +5,8 @@ import pandas as pd
 import pytest
 import torch
 
-from dahp.config import InvalidParameterError
-from dahp.experiments.records import RemovalRecord
-from dahp.experiments.removal import RemovalConfig, kept_index_sets, ranking, removal_table
+from dahp.core.config import InvalidParameterError
+from dahp.experiments.removal import RemovalConfig, RemovalRecord, kept_index_sets, ranking, removal_table
 from helpers import quick
 
 

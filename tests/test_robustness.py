@@ -12,11 +12,11 @@ import pytest
 import rules_standin
 from scipy.stats import spearmanr
 
-from dahp import suite
-from dahp.cache import Cache
-from dahp.config import InvalidParameterError
-from dahp.experiments import robustness
-from dahp.experiments.records import ROBUSTNESS_COLUMNS, SelectorRobustnessRecord, fraction_summary
+from dahp.core.cache import Cache
+from dahp.core.config import InvalidParameterError
+from dahp.core.statistics import fraction_summary
+from dahp.experiments import robustness, suite
+from dahp.experiments.robustness import ROBUSTNESS_COLUMNS, SelectorRobustnessRecord
 from helpers import assert_nested_close
 
 TWO_FAMILIES = ["suite_iris_lr_sgd", "suite_gauss_mix_lr_sgd"]
@@ -194,7 +194,7 @@ def test_the_record_round_trips_and_its_csv_leads_with_the_issues_columns(study,
 def test_rules_designed_after_the_results_are_marked_in_every_row(study, study_cache, monkeypatch):
     record, _ = study
     assert not record.table.designed_after.any()  # the stand-in rules: none designed after
-    from dahp import rules
+    from dahp.selection import rules
 
     assert robustness.RuleSet.default().designed_after == rules.DESIGNED_AFTER == {"budget_span_5"}
     monkeypatch.setenv("DAHP_DEVICE", "cpu")

@@ -1,4 +1,4 @@
-"""The λ rules of :mod:`dahp.rules` on problems whose answers are known by hand."""
+"""The λ rules of :mod:`dahp.selection.rules` on problems whose answers are known by hand."""
 
 import dataclasses
 import math
@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from dahp.config import InvalidParameterError, TrainingRecipe
-from dahp.rules import (
+from dahp.attribution.spectral import SpectralFactors
+from dahp.core.config import InvalidParameterError, TrainingRecipe
+from dahp.selection.algorithm import mean_xi, recipe_lambda
+from dahp.selection.rules import (
     DESIGNED_AFTER,
     FITTED,
     RETRAINING,
@@ -22,8 +24,6 @@ from dahp.rules import (
     schedule_sum,
     xi_floor,
 )
-from dahp.selection import mean_xi, recipe_lambda
-from dahp.spectral import SpectralFactors
 
 
 def diagonal(eigenvalues, weights, dimension=None):

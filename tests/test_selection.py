@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from dahp.config import InvalidParameterError
-from dahp.selection import (
+from dahp.attribution.spectral import factorize
+from dahp.core.config import InvalidParameterError
+from dahp.data.settings import get_setting
+from dahp.selection.algorithm import (
     mean_eigenvalue_rule,
     mean_xi,
     recipe_regularization,
@@ -14,8 +16,6 @@ from dahp.selection import (
     spectrum_quantile,
     xi_bar_curve,
 )
-from dahp.settings import get_setting
-from dahp.spectral import factorize
 from helpers import quick
 
 
@@ -80,7 +80,7 @@ def test_recipe_rule_from_the_training_recipe():
     "name, attributor, proj_dim", [("mnist_lr", "iffim", None), ("mnist_mlp", "trak", 256), ("mnist_mlp", "iffim", 256)]
 )
 def test_xi_bar_monotone_on_the_embedded_settings(cache, name, attributor, proj_dim):
-    from dahp import attributors as attr
+    from dahp.attribution import attributors as attr
     from dahp.experiments.cases import default_grid
     from helpers import small
 
@@ -95,11 +95,11 @@ def test_xi_bar_monotone_on_the_embedded_settings(cache, name, attributor, proj_
 
 
 def test_a_case_judges_every_pick_by_the_per_query_lds_of_its_own_lambda(cache):
-    from dahp import attributors as attr
-    from dahp.config import GroundTruthConfig
+    from dahp.attribution import attributors as attr
+    from dahp.attribution.lds import lds
+    from dahp.core.config import GroundTruthConfig
     from dahp.experiments.cases import run_case
-    from dahp.ground_truth import ground_truth
-    from dahp.lds import lds
+    from dahp.training.ground_truth import ground_truth
     from helpers import small
 
     setting = small("mnist_lr")
@@ -126,7 +126,7 @@ def test_a_case_judges_every_pick_by_the_per_query_lds_of_its_own_lambda(cache):
 
 def test_a_study_keeps_a_missing_setting_as_a_reason_and_reuses_cached_cases(cache, tmp_path, monkeypatch):
     from dahp.experiments import cases as cases_module
-    from dahp.experiments.records import SelectionStudy
+    from dahp.experiments.cases import SelectionStudy
     from helpers import registered, small
 
     name = registered(small("mnist_lr"), "mnist_lr_small_selection_quick")

@@ -8,11 +8,11 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.data import DataLoader, TensorDataset
 
-from dahp import rules
-from dahp.config import InvalidParameterError
-from dahp.rules import RecipeFacts
-from dahp.selector import select_regularization
-from dahp.targets import correct_class_margin
+from dahp.core.config import InvalidParameterError
+from dahp.data.targets import correct_class_margin
+from dahp.selection import rules
+from dahp.selection.rules import RecipeFacts
+from dahp.selection.selector import select_regularization
 
 
 class TinyCNN(nn.Module):
@@ -249,7 +249,7 @@ def test_budget_mode_bad_input_refused_before_any_retraining(digits_task):
 
 
 def test_trak_margins_and_the_gauss_newton_recipe(digits_task):
-    from dahp.selector import train_margins
+    from dahp.selection.selector import train_margins
 
     task, (train_loader, val_loader), (x, y, _, _, state, model), steps = digits_task
     model.load_state_dict(state)

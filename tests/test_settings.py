@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from dahp.config import InvalidParameterError
-from dahp.settings import (
+from dahp.core.config import InvalidParameterError
+from dahp.data.settings import (
     MNIST_PER_CLASS,
     MissingDataError,
     _split_by_class,
@@ -18,7 +18,7 @@ from dahp.settings import (
 
 
 def test_registry_holds_the_papers_settings():
-    # tests add *_quick; importing dahp.suite adds the robustness suite's suite_* problems
+    # tests add *_quick; importing dahp.experiments.suite adds the robustness suite's suite_* problems
     paper = [name for name in available_settings() if not name.endswith("_quick") and not name.startswith("suite_")]
     assert paper == ["mnist_lr", "mnist_mlp", "cifar2_resnet9", "wikitext2_gpt2", "maestro_mt"]
     assert [n for n in available_settings(embedded_only=True) if n in paper] == ["mnist_lr", "mnist_mlp"]

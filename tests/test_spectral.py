@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from dahp.config import InvalidParameterError
-from dahp.spectral import curvature_eigendecomposition, factorize, factors
+from dahp.attribution.spectral import curvature_eigendecomposition, factorize, factors
+from dahp.core.config import InvalidParameterError
 
 
 def direct(G, Q, scale, lam, sign=1.0):

@@ -4,17 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dahp.config import InvalidParameterError
-from dahp.experiments.records import (
-    Estimate,
-    GridRecord,
-    RemovalRecord,
-    SelectionCase,
-    SelectionStudy,
-    TheoremRecord,
-    paired_difference,
-    paired_ratio,
-)
+from dahp.core.config import InvalidParameterError
+from dahp.core.statistics import Estimate, paired_difference, paired_ratio
+from dahp.experiments.cases import SelectionCase, SelectionStudy
+from dahp.experiments.grid import GridRecord
+from dahp.experiments.removal import RemovalRecord
 from dahp.experiments.status import (
     COLUMNS,
     FAILS,
@@ -35,6 +29,7 @@ from dahp.experiments.status import (
     c12,
     reproduction_status,
 )
+from dahp.experiments.theorem import TheoremRecord
 
 RNG = np.random.default_rng(0)
 
@@ -279,7 +274,7 @@ def test_status_numbers_are_the_saved_headlines(tmp_path):
     """The status page's numbers are the ones each page saved beside its record (JSON), value for value."""
     import json
 
-    from dahp.experiments.records import _plain
+    from dahp.core.results import _plain
 
     low = RNG.normal(0.1, 0.05, 30)
     _grid(
@@ -309,7 +304,7 @@ def test_status_numbers_are_the_saved_headlines(tmp_path):
 
 def _learned(folder):
     """A learned-weights record (Grad-Dot on mnist_lr, learned weights 0.05 better on every query)."""
-    from dahp.experiments.records import LearnedWeightsRecord
+    from dahp.experiments.learned import LearnedWeightsRecord
 
     base = RNG.normal(0.3, 0.05, 20)
     per_query = pd.DataFrame(
@@ -355,7 +350,7 @@ def _learned(folder):
 
 
 def test_cases_on_fixture_data_are_shown_but_not_judged(tmp_path, monkeypatch):
-    from dahp.datasets.fixtures import write_fixtures
+    from dahp.data.fixtures import write_fixtures
 
     monkeypatch.setenv("DAHP_DATA_DIR", str(tmp_path))
     write_fixtures(tmp_path, ["cifar2_resnet9"])
@@ -368,7 +363,7 @@ def test_cases_on_fixture_data_are_shown_but_not_judged(tmp_path, monkeypatch):
 
 
 def test_epoch_grids_on_fixture_data_judge_nothing(tmp_path, monkeypatch):
-    from dahp.datasets.fixtures import write_fixtures
+    from dahp.data.fixtures import write_fixtures
 
     monkeypatch.setenv("DAHP_DATA_DIR", str(tmp_path))
     write_fixtures(tmp_path, ["cifar2_resnet9"])

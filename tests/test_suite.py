@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from dahp import suite
-from dahp.config import InvalidParameterError, TrainingRecipe
-from dahp.lds import lds
-from dahp.settings import get_setting
-from dahp.training import train_full
+from dahp.attribution.lds import lds
+from dahp.core.config import InvalidParameterError, TrainingRecipe
+from dahp.data.settings import get_setting
+from dahp.experiments import suite
+from dahp.training.train import train_full
 
 TINY = suite.CurveConfig(n_models=6, trak_ensemble=2)
 
@@ -53,7 +53,7 @@ def test_problems_are_deterministic_and_their_splits_disjoint(name, tmp_path):
 def test_iris_split_takes_every_flower_once():
     from sklearn.datasets import load_iris
 
-    from dahp.settings import _split_by_class
+    from dahp.data.settings import _split_by_class
 
     y = load_iris().target
     parts = _split_by_class(y, {"train": 30, "val": 10, "test": 10}, suite.SUITE_SEED)
@@ -62,7 +62,7 @@ def test_iris_split_takes_every_flower_once():
 
 
 def test_mnist_subsets_are_class_balanced_and_nested_in_the_embedded_training_split(tmp_path):
-    from dahp.settings import load_mnist_embedded
+    from dahp.data.settings import load_mnist_embedded
 
     full = load_mnist_embedded(tmp_path)
     small = suite.load_mnist_subset(tmp_path, 1000)
@@ -158,8 +158,8 @@ def test_curves_agree_with_the_lds_of_the_scores(attributor):
 
 @pytest.mark.parametrize("name", ["suite_iris_mlp_momentum"])
 def test_full_data_models_trained_together_equal_those_trained_alone_bit_for_bit(name, tmp_path):
-    from dahp.cache import Cache
-    from dahp.training import train_full, train_full_many
+    from dahp.core.cache import Cache
+    from dahp.training.train import train_full, train_full_many
 
     setting = suite.get_problem(name).setting
     alone = Cache(tmp_path / "alone")

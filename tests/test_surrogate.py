@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from dahp.spectral import factorize
-from dahp.surrogate import xi, xi_curve
+from dahp.attribution.spectral import factorize
+from dahp.selection.surrogate import xi, xi_curve
 
 GRID = list(np.logspace(-6, 3, 37))
 

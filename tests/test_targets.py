@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dahp.targets import correct_class_margin, correct_class_probability
+from dahp.data.targets import correct_class_margin, correct_class_probability
 
 
 def logits_with_probability(p: float, n_classes: int = 10, dtype=torch.float64) -> torch.Tensor:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dahp.surrogate import beta_hat, exact_condition, omega, planted_problem, population_pearson, xi
+from dahp.selection.surrogate import beta_hat, exact_condition, omega, planted_problem, population_pearson, xi
 
 LAMBDAS = list(np.logspace(-4, 2, 25))
 

@@ -7,9 +7,9 @@ import torch
 from dattri.benchmark.models.mlp import MLPMnist
 from dattri.benchmark.models.resnet9.resnet9 import ResNet9
 
-from dahp.config import InvalidParameterError, TrainingRecipe, field_help
-from dahp.settings import get_setting
-from dahp.training import (
+from dahp.core.config import InvalidParameterError, TrainingRecipe, field_help
+from dahp.data.settings import get_setting
+from dahp.training.train import (
     accuracy_many,
     evaluate_many,
     schedule_factor,
@@ -168,7 +168,7 @@ def test_full_data_checkpoints_one_per_epoch_and_cached(monkeypatch):
     for name, value in final.state_dict().items():
         torch.testing.assert_close(checkpoints.state()[name], value, rtol=1e-4, atol=1e-6)
     assert not torch.equal(checkpoints.state(1)["linear.weight"], checkpoints.state(3)["linear.weight"])
-    monkeypatch.setattr("dahp.training.train_many", lambda *a, **k: pytest.fail("retrained despite cache"))
+    monkeypatch.setattr("dahp.training.train.train_many", lambda *a, **k: pytest.fail("retrained despite cache"))
     again = train_full(setting, progress=False)
     assert torch.equal(again.state(2)["linear.weight"], checkpoints.state(2)["linear.weight"])
 
@@ -244,7 +244,7 @@ def _train_many_as_before(setting, x, y, index_sets, seeds, dropout_seed):
     kept verbatim in its arithmetic: the pin that the MNIST recipes still train bit for bit."""
     from torch.func import functional_call, grad, vmap
 
-    from dahp.training import epoch_orders, order_generator
+    from dahp.training.train import epoch_orders, order_generator
 
     recipe = setting.recipe
     models = [setting.init_model(seed) for seed in seeds]
@@ -291,8 +291,8 @@ def test_mnist_recipes_train_bit_for_bit_as_before(name):
 
 
 def test_dropout_masks_key_the_device_they_are_drawn_on():
-    from dahp.settings import get_setting
-    from dahp.training import dropout_stream
+    from dahp.data.settings import get_setting
+    from dahp.training.train import dropout_stream
 
     cuda = torch.device("cuda")  # only named, never used: the key alone is checked
     assert dropout_stream(get_setting("mnist_mlp"), torch.device("cpu")) == {}  # CPU keys never change
@@ -301,8 +301,8 @@ def test_dropout_masks_key_the_device_they_are_drawn_on():
 
 
 def test_evaluation_does_not_depend_on_its_chunk():
-    from dahp.settings import get_setting
-    from dahp.training import evaluate_many
+    from dahp.data.settings import get_setting
+    from dahp.training.train import evaluate_many
 
     setting = get_setting("mnist_mlp")
     data = setting.data()

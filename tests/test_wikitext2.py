@@ -2,7 +2,7 @@
 
 The loader, every malformed-file message, the model against Hugging Face's own GPT2LMHeadModel,
 one fine-tuning run against dattri's training loop (AdamW + transformers' linear schedule),
-the batched trainer, per-example gradients, and dattri's LoGra through ``dahp.dattri_bridge`` and
+the batched trainer, per-example gradients, and dattri's LoGra through ``dahp.attribution.dattri_bridge`` and
 ``dahp.experiments.grid`` on a fine-tuned model.
 """
 
@@ -17,8 +17,8 @@ import pytest
 import torch
 from torch import nn
 
-from dahp.datasets import wikitext2
-from dahp.settings import MissingDataError, get_setting
+from dahp.data import wikitext2
+from dahp.data.settings import MissingDataError, get_setting
 
 SETTING = "wikitext2_gpt2"
 
@@ -265,7 +265,7 @@ def test_fine_tuning_is_dattris_training_loop(data, data_root):
     """train_one reproduces dattri's loop: HF GPT-2, model(**batch).loss, AdamW and transformers' linear schedule."""
     from transformers import get_linear_schedule_with_warmup
 
-    from dahp.training import epoch_orders, order_generator, train_one
+    from dahp.training.train import epoch_orders, order_generator, train_one
 
     setting = _fast(get_setting(SETTING))
     recipe, seed = setting.recipe, 3
@@ -296,7 +296,7 @@ def test_fine_tuning_is_dattris_training_loop(data, data_root):
 @pytest.mark.slow
 def test_batched_training_matches_one_by_one(data):
     """train_many (vmap over the stacked GPT-2s) equals train_one model for model without dropout."""
-    from dahp.training import train_many, train_one
+    from dahp.training.train import train_many, train_one
 
     base = _fast(get_setting(SETTING))
     setting = dataclasses.replace(base, make_model=lambda: _without_dropout(wikitext2.make_gpt2()))
@@ -312,7 +312,7 @@ def test_batched_training_matches_one_by_one(data):
 
 def test_targets_of_stacked_models(data):
     """evaluate_many (the LDS ground truth's path: vmap over stacked states) gives each model's target."""
-    from dahp.training import evaluate_many, stack_states
+    from dahp.training.train import evaluate_many, stack_states
 
     setting = get_setting(SETTING)
     models = [setting.init_model(0), _without_dropout(setting.init_model(0))]
@@ -327,7 +327,7 @@ def test_targets_of_stacked_models(data):
 
 
 def test_batched_training_with_dropout_differs_by_seed(data):
-    from dahp.training import train_many
+    from dahp.training.train import train_many
 
     setting = _fast(get_setting(SETTING), epochs=1)
     index_sets = torch.stack([torch.arange(8), torch.arange(8)])
@@ -353,7 +353,7 @@ def _gradient_reference(setting, state, x, y, fn) -> torch.Tensor:
 
 
 def test_per_example_gradients_through_torch_func(data):
-    from dahp.features import per_example_gradients
+    from dahp.attribution.features import per_example_gradients
 
     setting = get_setting(SETTING)
     state = setting.init_model(0).state_dict()
@@ -396,7 +396,7 @@ def _projected_gradients(setting, state, x, scorer) -> torch.Tensor:
 
 def _fine_tuned_state(setting, data):
     """A model some AdamW steps away from the pretrained weights (no dropout: one deterministic state)."""
-    from dahp.training import train_one
+    from dahp.training.train import train_one
 
     fast = dataclasses.replace(_fast(setting, epochs=1), make_model=lambda: _without_dropout(wikitext2.make_gpt2()))
     return train_one(fast, data.x_train, data.y_train, torch.arange(data.n_train), 0).state_dict()
@@ -408,7 +408,7 @@ def test_logra_without_curvature_is_the_exact_gradient_inner_product(data):
     loss gradients of every block's Linear layers (weights and biases), projected by its own matrices,
     whatever the batch size: 16 training points in batches of 3 and 4 queries in batches of 3 leave
     a smaller last batch on both sides, and batches of 16 give the same scores."""
-    from dahp.dattri_bridge import LoGraScorer
+    from dahp.attribution.dattri_bridge import LoGraScorer
 
     setting = get_setting(SETTING)
     state = _fine_tuned_state(setting, data)
@@ -437,7 +437,7 @@ def test_logra_scores_are_the_damped_fisher_inverse_at_every_lambda(data):
     """With the eFIM, each layer's block is ``H = mean g gᵀ`` of the training points' projected
     gradients and λ is relative: ``score = Σ_layers g_trainᵀ (H + λ trace(H)/d I)⁻¹ g_query``. A sweep
     over λ (one gradient pass) gives what a fresh attributor gives at each λ."""
-    from dahp.dattri_bridge import LoGraScorer
+    from dahp.attribution.dattri_bridge import LoGraScorer
 
     setting = get_setting(SETTING)
     state = _fine_tuned_state(setting, data)
@@ -463,12 +463,12 @@ def test_logra_grid_runs_on_the_fixture(data, tmp_path):
     """A 2 λ × 1 projection grid of LoGra through dahp.experiments.grid: the fine-tuned full-data model,
     two fine-tuned subset models as the ground truth, one LDS row per λ on the fixture's 3 test queries;
     the grid's scores are the bridge's on the same checkpoint."""
-    from dahp.attributors import make_params, scorer
-    from dahp.cache import Cache
-    from dahp.config import GroundTruthConfig
-    from dahp.dattri_bridge import LoGraScorer
+    from dahp.attribution.attributors import make_params, scorer
+    from dahp.attribution.dattri_bridge import LoGraScorer
+    from dahp.core.cache import Cache
+    from dahp.core.config import GroundTruthConfig
     from dahp.experiments.grid import make_grid_spec, run_grid
-    from dahp.training import train_full
+    from dahp.training.train import train_full
 
     cache = Cache(tmp_path / "cache")
     spec = make_grid_spec(

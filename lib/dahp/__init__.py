@@ -1,52 +1,55 @@
 """dahp: reproduction package for *Taming Hyperparameter Sensitivity in Data Attribution*.
 
-The method -- modules named after the concepts of the paper:
+The package is layered; a module imports only from layers below its own (checked by import-linter,
+``make lint``):
 
-- :mod:`dahp.config`       -- configuration records and the one error type for bad input
-- :mod:`dahp.settings`     -- named settings (data, model, recipe, target function)
-- :mod:`dahp.targets`      -- the attribution target (the correct-class margin) and the loss
-- :mod:`dahp.training`     -- full-data training with per-epoch checkpoints; many models at once
-- :mod:`dahp.device`       -- where long computations run (argument, $DAHP_DEVICE, CUDA if present)
-- :mod:`dahp.cache`        -- atomic, checksummed, keyed on-disk cache
-- :mod:`dahp.executors`    -- where independent trainings run: in-process, Dask, submitit (Slurm)
-- :mod:`dahp.ground_truth` -- retraining on random subsets (the LDS ground truth)
-- :mod:`dahp.lds`          -- the linear datamodeling score
-- :mod:`dahp.features`     -- per-example gradient features, projected with dattri's projector, cached
-- :mod:`dahp.spectral`     -- one eigendecomposition serves every λ (primal and dual forms)
-- :mod:`dahp.attributors`  -- the attributors of the study and their hyperparameters (paper defaults)
-- :mod:`dahp.dattri_bridge` -- dattri's own attributors on our settings (tasks, loaders, signs)
-- :mod:`dahp.surrogate`    -- the surrogate indicator ξ, its partner ω, the exact condition
-- :mod:`dahp.selection`    -- Algorithm 1 and the zero-cost baselines (pure rules)
-- :mod:`dahp.selector`     -- λ for any ``dattri`` ``AttributionTask`` (for practitioners): no retraining, or a few
-- :mod:`dahp.rules`        -- every rule for λ behind one interface: picks with diagnoses and costs
-- :mod:`dahp.learned_weights` -- learned parameter-group weights (seed 002): per-group contributions, the top-k objective
-- :mod:`dahp.suite`        -- the robustness suite: 34 small problems in five families, and their λ curves
-- :mod:`dahp.profiles`     -- run sizes: quick (CI), default (the book on a CPU), paper
-- :mod:`dahp.plan`         -- the book's plan: notebooks executed by papermill, skipped when unchanged
-- :mod:`dahp.progress`     -- progress bars that reach the terminal of `make book`, not the pages
-- :mod:`dahp.plots`        -- the figures' one style and shared figure helpers
+========================  ==========================================================================
+``dahp.cli``              the ``dahp`` command (``python -m dahp``)
+``dahp.book``             the book's plan (notebooks executed by papermill) and the figures' style
+``dahp.experiments``      each experiment of the paper with its own record; the reproduction status
+``dahp.methods``          methods beyond the paper: learned parameter-group weights
+``dahp.selection``        ξ and Algorithm 1, the rule registry, the public λ selector
+``dahp.attribution``      gradient rows, λ scales and grids, the spectral engine, attributors, LDS
+``dahp.training``         training, executors, the LDS ground truth
+``dahp.data``             the split, the settings and their datasets, fixtures, dattri's benchmark folder
+``dahp.core``             configuration and errors, paths, device, cache, progress, published numbers
+========================  ==========================================================================
 
-The paper's experiments and their results -- :mod:`dahp.experiments`:
-
-- :mod:`dahp.experiments.records` -- the results layer: one typed record per artifact, headline numbers
-- :mod:`dahp.experiments.grid`    -- sensitivity grids (Fig 1, Fig 4)
-- :mod:`dahp.experiments.cases`   -- λ-selection cases judged by the LDS (Fig 2, 3, 5, 6)
-- :mod:`dahp.experiments.removal` -- data selection by removal (the poster's table)
-- :mod:`dahp.experiments.theorem` -- Theorem 4.3 on planted problems and on real data
-- :mod:`dahp.experiments.robustness` -- when does the selector work? every λ rule on every suite problem
-- :mod:`dahp.experiments.status`  -- the reproduction status: every claim's verdict from the records
+The names below are the public surface; they are imported on first use, so ``import dahp`` (and
+``dahp --help``) stays fast.
 """
 
-from dahp.config import GroundTruthConfig, InvalidParameterError, TrainingRecipe
-from dahp.lds import LDSResult, lds
-from dahp.settings import available_settings, get_setting
+from __future__ import annotations
 
-__all__ = [
-    "GroundTruthConfig",
-    "InvalidParameterError",
-    "LDSResult",
-    "TrainingRecipe",
-    "available_settings",
-    "get_setting",
-    "lds",
-]
+import importlib
+from typing import Any
+
+#: public name -> the module that defines it
+_PUBLIC = {
+    "GroundTruthConfig": "dahp.core.config",
+    "InvalidParameterError": "dahp.core.config",
+    "TrainingRecipe": "dahp.core.config",
+    "LDSResult": "dahp.attribution.lds",
+    "lds": "dahp.attribution.lds",
+    "available_settings": "dahp.data.settings",
+    "get_setting": "dahp.data.settings",
+    "select_regularization": "dahp.selection.selector",
+    "SelectorResult": "dahp.selection.selector",
+    "RecipeFacts": "dahp.selection.rules",
+    "learn_group_weights": "dahp.methods.learned_weights",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use (PEP 562)."""
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'dahp' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))

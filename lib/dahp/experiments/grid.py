@@ -3,13 +3,13 @@
 The grid reuses the cached ground truth and features. Combinations that differ only in λ share
 one scorer, so a λ axis is swept from one factorization (spectral attributors) and never reruns
 the attributor; projection dimensions of one grid are projected once, at the largest (see
-:func:`dahp.features.project_nested`). Every combination is validated before anything is computed.
+:func:`dahp.attribution.features.project_nested`). Every combination is validated before anything is computed.
 
-The result is a :class:`dahp.experiments.records.GridRecord`: a tidy table -- setting, attributor,
+The result is a :class:`dahp.experiments.grid.GridRecord`: a tidy table -- setting, attributor,
 one column per hyperparameter varied, LDS mean, its standard error, the queries dropped, seconds --
 and the per-query LDS behind it, saved under ``data/results/<profile>/`` with the full
 configuration beside it (``.json``). Everything runs on ``device``
-(:func:`dahp.device.resolve_device`), which is not part of the record's configuration: the numbers
+(:func:`dahp.core.device.resolve_device`), which is not part of the record's configuration: the numbers
 do not depend on it beyond rounding.
 
 With a ground-truth config whose ``source`` is ``"dattri"`` the grid is judged by dattri's published
@@ -28,22 +28,24 @@ import itertools
 import re
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from dahp import attributors as attr
-from dahp.benchmark_folder import BenchmarkGroundTruth, benchmark_models
-from dahp.cache import Cache, default_cache
-from dahp.config import GroundTruthConfig, InvalidParameterError
-from dahp.device import resolve_device
-from dahp.experiments.records import GridRecord
-from dahp.ground_truth import GroundTruth, attributed_setting, ground_truth
-from dahp.lds import lds
-from dahp.progress import tqdm
-from dahp.settings import Setting, get_setting
+from dahp.attribution import attributors as attr
+from dahp.attribution.lds import lds
+from dahp.core.cache import Cache, default_cache
+from dahp.core.config import GroundTruthConfig, InvalidParameterError
+from dahp.core.device import resolve_device
+from dahp.core.progress import tqdm
+from dahp.core.results import _value, matches, read_json, write_json
+from dahp.core.statistics import Estimate, mean_estimate, paired_difference, paired_ratio
+from dahp.data.benchmark_folder import BenchmarkGroundTruth, benchmark_models
+from dahp.data.settings import Setting, get_setting
+from dahp.training.ground_truth import GroundTruth, attributed_setting, ground_truth
 
 #: Other spellings accepted for hyperparameter names (the paper's words -> ours).
 ALIASES = {
@@ -298,3 +300,159 @@ def parse_assignment(text: str) -> tuple[str, str]:
         raise InvalidParameterError("--vary/--fixed", text, "name=values, e.g. regularization=logspace(-4,2,13)")
     name, values = text.split("=", 1)
     return canonical_name(name), values
+
+
+# --------------------------------------------------------------------------------------------
+# The record
+
+
+@dataclasses.dataclass
+class GridRecord:
+    """LDS over a 1-D or 2-D hyperparameter grid of one attributor (:mod:`dahp.experiments.grid`).
+
+    ``table`` has one row per combination (the varied hyperparameters, ``lds_mean``, ``lds_sem``,
+    ``n_queries``, ``n_dropped``, seconds); ``per_query`` one row per (combination, query).
+    """
+
+    spec: dict  #: the grid's configuration (:meth:`dahp.experiments.grid.GridSpec.as_dict`)
+    table: pd.DataFrame
+    per_query: pd.DataFrame
+    profile: str | None = None
+
+    @property
+    def stem(self) -> str:
+        """``grid_<setting>_<attributor>_<varied names>``, with ``_dattri`` appended when judged by
+        dattri's published ground truth (so it never replaces the retrained grid)."""
+        stem = "grid_" + "_".join([self.spec["setting"], self.spec["attributor"], *self.spec["vary"]])
+        return stem + "_dattri" if self.spec.get("ground_truth", {}).get("source") == "dattri" else stem
+
+    @property
+    def varied(self) -> list[str]:
+        """Names of the varied hyperparameters."""
+        return list(self.spec["vary"])
+
+    def queries_used(self) -> str:
+        """ "all" or the number of evenly spaced test queries."""
+        return "all" if self.spec.get("n_queries") is None else str(self.spec["n_queries"])
+
+    def per_query_at(self, **combination: Any) -> np.ndarray:
+        """Per-query LDS at one combination, in query order."""
+        rows = self.per_query[matches(self.per_query, combination)].sort_values("query")
+        if rows.empty:
+            raise InvalidParameterError("combination", combination, f"a point of the grid {self.stem}")
+        return rows.lds.to_numpy(dtype=float)
+
+    def lds_at(self, **combination: Any) -> Estimate:
+        """Mean LDS at one combination, with its standard error over queries."""
+        return mean_estimate(self.per_query_at(**combination))
+
+    def ratio(self, numerator: Mapping[str, Any], denominator: Mapping[str, Any]) -> Estimate:
+        """LDS at ``numerator`` over LDS at ``denominator`` (paired over queries)."""
+        return paired_ratio(self.per_query_at(**numerator), self.per_query_at(**denominator))
+
+    def difference(self, a: Mapping[str, Any], b: Mapping[str, Any]) -> Estimate:
+        """LDS at ``a`` minus LDS at ``b`` (paired over queries)."""
+        return paired_difference(self.per_query_at(**a), self.per_query_at(**b))
+
+    def best(self, **within: Any) -> dict[str, Any]:
+        """The combination with the highest mean LDS (among the rows matching ``within``)."""
+        rows = self.table[matches(self.table, within)] if within else self.table
+        top = rows.loc[rows.lds_mean.idxmax()]
+        return {name: _value(top[name]) for name in self.varied}
+
+    def spread(self) -> tuple[float, float]:
+        """Smallest and largest mean LDS over the grid."""
+        return float(self.table.lds_mean.min()), float(self.table.lds_mean.max())
+
+    def values(self, name: str) -> list[Any]:
+        """The values of one varied hyperparameter, in grid order."""
+        return [_value(v) for v in self.spec["vary"][name]]
+
+    # -- headline numbers of the figures that use a grid --------------------------------------
+
+    def regularization_ratio(self, high: float = 1e-2, low: float = 1e-4) -> Estimate:
+        """Fig 1a: LDS at λ = ``high`` over LDS at λ = ``low``."""
+        return self.ratio({"regularization": high}, {"regularization": low})
+
+    def entanglement(self) -> dict[str, Any]:
+        """Fig 1b: per projection dimension the LDS at λ = 0 and at its best λ; and, between the largest
+        and the smallest projection, the paired differences at λ = 0 and at each one's best λ."""
+        dims = [d for d in self.values("proj_dim")]
+        per_dim = {}
+        for dim in dims:
+            best = self.best(proj_dim=dim)
+            per_dim[str(dim)] = {
+                "at_zero": self.lds_at(proj_dim=dim, regularization=0.0),
+                "best": self.lds_at(**best),
+                "best_regularization": best["regularization"],
+            }
+        small, large = min(dims), max(dims)
+        best_small, best_large = self.best(proj_dim=small), self.best(proj_dim=large)
+        return {
+            "per_dim": per_dim,
+            "smallest": small,
+            "largest": large,
+            "zero_large_minus_small": self.difference(
+                {"proj_dim": large, "regularization": 0.0}, {"proj_dim": small, "regularization": 0.0}
+            ),
+            "best_large_minus_small": self.difference(best_large, best_small),
+        }
+
+    def best_against_last(self, name: str = "training_epoch") -> dict[str, Any]:
+        """Fig 1e / Fig 4: the best value of ``name`` against its last value (paired difference)."""
+        values = sorted(self.values(name))
+        best = self.best()[name]
+        return {
+            "best": best,
+            "last": values[-1],
+            "lds_best": self.lds_at(**{name: best}),
+            "lds_last": self.lds_at(**{name: values[-1]}),
+            "best_minus_last": self.difference({name: best}, {name: values[-1]}),
+        }
+
+    def headline(self) -> dict[str, Any]:
+        """What the grid's page reports: the spread, the best combination and its LDS; and, by the grid's
+        shape, the λ ratio of Fig 1a, the entanglement of Fig 1b or the best epoch of Fig 1e / Fig 4."""
+        low, high = self.spread()
+        best = self.best()
+        head: dict[str, Any] = {"min_lds": low, "max_lds": high, "best": best, "lds_best": self.lds_at(**best)}
+        if self.varied == ["regularization"] and {1e-2, 1e-4} <= {float(v) for v in self.values("regularization")}:
+            head["ratio_high_low"] = self.regularization_ratio()
+            head["difference_high_low"] = self.difference({"regularization": 1e-2}, {"regularization": 1e-4})
+        if set(self.varied) == {"proj_dim", "regularization"} and 0.0 in self.values("regularization"):
+            head["entanglement"] = self.entanglement()
+        if self.varied == ["training_epoch"]:
+            head["best_against_last"] = self.best_against_last()
+        return head
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def save(self, folder: Path) -> Path:
+        """Write ``<stem>.csv``, ``<stem>_per_query.csv`` and ``<stem>.json``; returns the CSV path."""
+        path = folder / f"{self.stem}.csv"
+        self.table.to_csv(path, index=False)
+        self.per_query.to_csv(folder / f"{self.stem}_per_query.csv", index=False)
+        write_json(
+            folder / f"{self.stem}.json",
+            {"record": "grid", "profile": self.profile, "spec": self.spec, "headline": self.headline()},
+        )
+        return path
+
+    @classmethod
+    def load(cls, folder: Path, stem: str) -> GridRecord | None:
+        """The record saved as ``<stem>`` under ``folder``, or None."""
+        path = folder / f"{stem}.json"
+        if not path.exists():
+            return None
+        meta = read_json(path)
+        return cls(
+            meta["spec"],
+            pd.read_csv(folder / f"{stem}.csv"),
+            pd.read_csv(folder / f"{stem}_per_query.csv"),
+            meta.get("profile"),
+        )
+
+    @classmethod
+    def load_all(cls, folder: Path, pattern: str = "grid_*.json") -> list[GridRecord]:
+        """Every grid saved under ``folder`` (matching ``pattern``)."""
+        return [r for r in (cls.load(folder, p.stem) for p in sorted(folder.glob(pattern))) if r is not None]

@@ -1,19 +1,19 @@
 """Learned parameter-group weights against uniform ones, over λ, judged by the test LDS (issue 12).
 
-For each (setting, attributor) the per-group contributions (:mod:`dahp.learned_weights`) are formed
+For each (setting, attributor) the per-group contributions (:mod:`dahp.methods.learned_weights`) are formed
 once on the validation queries and once on the test queries. At every λ of the grid (IFFIM, TRAK;
 Grad-Dot has none) the weights are fitted on the validation contributions with a configuration fixed
-before any LDS is computed (:class:`dahp.learned_weights.GroupWeightConfig`), and both weightings are
+before any LDS is computed (:class:`dahp.methods.learned_weights.GroupWeightConfig`), and both weightings are
 then judged on the same test queries: uniform weights (the attributor's own scores) and the learned
-ones, per query, so the two compare paired (:func:`dahp.experiments.records.paired_difference`).
+ones, per query, so the two compare paired (:func:`dahp.core.statistics.paired_difference`).
 
-The ξ rule (:mod:`dahp.selection`) is run for both weightings on the validation queries: with uniform
+The ξ rule (:mod:`dahp.selection.algorithm`) is run for both weightings on the validation queries: with uniform
 weights it is Algorithm 1 on the attributor's spectral factors; with learned weights the same rule
 on the same factors whose query side is ``Σ_j w_j R_j`` (the weights learned at each λ), i.e. ξ of the
 weighted attributor. Neither sees a test query.
 
 Timing: the seconds to form the validation contributions and to fit the weights (all λ), next to the
-seconds the attributor itself takes to score the judged test queries (:func:`dahp.attributors.scorer`
+seconds the attributor itself takes to score the judged test queries (:func:`dahp.attribution.attributors.scorer`
 plus its scores at every λ). Both as measured in this run: features already cached are loaded, not
 recomputed, in either.
 
@@ -24,23 +24,29 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from dahp import attributors as attr
-from dahp.cache import Cache, default_cache
-from dahp.config import GroundTruthConfig, InvalidParameterError
-from dahp.device import resolve_device
+from dahp.attribution import attributors as attr
+from dahp.attribution.lds import lds
+from dahp.attribution.spectral import SpectralFactors
+from dahp.core.cache import Cache, default_cache
+from dahp.core.config import GroundTruthConfig, InvalidParameterError
+from dahp.core.device import resolve_device
+from dahp.core.results import matches, read_json, write_json
+from dahp.core.statistics import Estimate, mean_estimate, paired_difference
+from dahp.data.settings import Setting, get_setting
 from dahp.experiments.cases import default_grid
 from dahp.experiments.grid import query_index
-from dahp.experiments.records import GROUP, REFERENCE, LearnedAblationRecord, LearnedWeightsRecord, _ablation_text
-from dahp.ground_truth import ground_truth
-from dahp.lds import lds
-from dahp.learned_weights import (
+from dahp.experiments.profiles import get_profile
+from dahp.methods.learned_weights import (
     LABELS,
     SIGNALS,
     GroupWeightConfig,
@@ -52,10 +58,8 @@ from dahp.learned_weights import (
     setting_contributions,
     weighted_scores,
 )
-from dahp.profiles import get_profile
-from dahp.selection import select_on_grid, xi_bar_curve
-from dahp.settings import Setting, get_setting
-from dahp.spectral import SpectralFactors
+from dahp.selection.algorithm import select_on_grid, xi_bar_curve
+from dahp.training.ground_truth import ground_truth
 
 #: The study's settings and attributors (issue 12: both embedded settings; Grad-Dot, TRAK, IFFIM).
 STUDY_SETTINGS = ("mnist_lr", "mnist_mlp")
@@ -461,3 +465,329 @@ def learned_weights_ablations(
         for (part, rows), columns in zip(tables.items(), (["query", "lds"], ["group", "weight"]))
     }
     return LearnedAblationRecord(frames["per_query"], frames["weights"], config, profile)
+
+
+# --------------------------------------------------------------------------------------------
+# The record
+
+
+#: Columns of ``learned_weights.csv`` (the tidy table the issue asks for).
+LEARNED_COLUMNS = ("setting", "attributor", "regularization", "weighting", "lds", "lds_se")
+
+
+def _lam(value: Any) -> float | None:
+    """A λ cell: None for an attributor without λ (Grad-Dot), else a float."""
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+@dataclasses.dataclass
+class LearnedWeightsRecord:
+    """LDS on the test queries with uniform and learned group weights, over λ (:mod:`dahp.experiments.learned`).
+
+    ``per_query``: one row per (setting, attributor, regularization, weighting, query) with ``lds``;
+    ``groups``: the learned weight of every group at every λ (mean 1: uniform is 1); ``picks``: the ξ
+    rule's λ per (setting, attributor, weighting); ``timing``: per case, the attributor's own seconds,
+    the seconds to form the validation contributions and to fit the weights. ``regularization`` is
+    empty (NaN) for Grad-Dot.
+    """
+
+    per_query: pd.DataFrame
+    groups: pd.DataFrame
+    picks: pd.DataFrame
+    timing: pd.DataFrame
+    config: dict = dataclasses.field(default_factory=dict)
+    profile: str | None = None
+    stem: str = "learned_weights"
+
+    @classmethod
+    def from_per_query(
+        cls, frames: Mapping[str, pd.DataFrame], config: dict, profile: str | None
+    ) -> LearnedWeightsRecord:
+        """The record from the study's tables (``per_query``, ``groups``, ``picks``, ``timing``)."""
+        picks = frames["picks"]
+        if picks.empty:
+            picks = pd.DataFrame(columns=["setting", "attributor", "weighting", "regularization", "xi_bar"])
+        return cls(frames["per_query"], frames["groups"], picks, frames["timing"], config, profile)
+
+    @property
+    def cases(self) -> list[tuple[str, str]]:
+        """(setting, attributor) in the order they ran."""
+        return list(dict.fromkeys(zip(self.per_query.setting, self.per_query.attributor)))
+
+    @staticmethod
+    def label(setting: str, attributor: str) -> str:
+        """``"mnist_mlp trak"``: the headline key of a case."""
+        return f"{setting} {attributor}"
+
+    def grid(self, setting: str, attributor: str) -> list[float | None]:
+        """The λ of a case, in order (``[None]`` for Grad-Dot)."""
+        rows = self.per_query[(self.per_query.setting == setting) & (self.per_query.attributor == attributor)]
+        values = [_lam(v) for v in rows.regularization]
+        return sorted(set(values), key=lambda v: -1.0 if v is None else v)
+
+    def per_query_at(self, setting: str, attributor: str, regularization: float | None, weighting: str) -> np.ndarray:
+        """Per-query test LDS of one point, in query order."""
+        combination = {"setting": setting, "attributor": attributor, "regularization": regularization}
+        rows = self.per_query[matches(self.per_query, {**combination, "weighting": weighting})]
+        if rows.empty:
+            raise InvalidParameterError(
+                "point", (setting, attributor, regularization, weighting), "a point of the study"
+            )
+        return rows.sort_values("query").lds.to_numpy(dtype=float)
+
+    def lds(self, setting: str, attributor: str, regularization: float | None, weighting: str) -> Estimate:
+        """Mean test LDS of one point, with its standard error over queries."""
+        return mean_estimate(self.per_query_at(setting, attributor, regularization, weighting))
+
+    def best(self, setting: str, attributor: str, weighting: str) -> float | None:
+        """The λ with the highest mean test LDS for one weighting (None for Grad-Dot)."""
+        grid = self.grid(setting, attributor)
+        means = [self.lds(setting, attributor, lam, weighting).value for lam in grid]
+        return grid[int(np.nanargmax(means))]
+
+    def difference(self, setting: str, attributor: str, learned_at: float | None, uniform_at: float | None) -> Estimate:
+        """LDS with learned weights at ``learned_at`` minus with uniform weights at ``uniform_at`` (paired over queries)."""
+        return paired_difference(
+            self.per_query_at(setting, attributor, learned_at, "learned"),
+            self.per_query_at(setting, attributor, uniform_at, "uniform"),
+        )
+
+    def pick(self, setting: str, attributor: str, weighting: str) -> float | None:
+        """The ξ rule's λ for one weighting (None when the attributor has no λ)."""
+        rows = self.picks[(self.picks.setting == setting) & (self.picks.attributor == attributor)]
+        rows = rows[rows.weighting == weighting]
+        return None if rows.empty else float(rows.regularization.iloc[0])
+
+    def table(self) -> pd.DataFrame:
+        """``learned_weights.csv``: one row per (setting, attributor, λ, weighting) with the mean LDS and its SE."""
+        rows = []
+        for setting, attributor in self.cases:
+            for lam in self.grid(setting, attributor):
+                for weighting in ("uniform", "learned"):
+                    estimate = self.lds(setting, attributor, lam, weighting)
+                    rows.append((setting, attributor, lam, weighting, estimate.value, estimate.se))
+        return pd.DataFrame(rows, columns=list(LEARNED_COLUMNS))
+
+    def weights_at(self, setting: str, attributor: str, regularization: float | None) -> pd.Series:
+        """Group -> learned weight at one λ."""
+        combination = {"setting": setting, "attributor": attributor, "regularization": regularization}
+        rows = self.groups[matches(self.groups, combination)]
+        return pd.Series(rows.weight.to_numpy(dtype=float), index=rows.group.astype(str).tolist(), name="weight")
+
+    def seconds(self, setting: str, attributor: str) -> dict[str, float]:
+        """The attributor's own seconds, and those of forming the validation contributions and of the fits."""
+        row = self.timing[(self.timing.setting == setting) & (self.timing.attributor == attributor)].iloc[0]
+        return {
+            "attributor": float(row.attributor_seconds),
+            "contributions": float(row.contributions_seconds),
+            "fit": float(row.fit_seconds),
+        }
+
+    def case_headline(self, setting: str, attributor: str) -> dict[str, Any]:
+        """One case: each weighting at its own best λ on the grid, their paired difference, the same at
+        the uniform weighting's best λ, the ξ picks and the LDS there, and the seconds."""
+        best_u, best_l = self.best(setting, attributor, "uniform"), self.best(setting, attributor, "learned")
+        head: dict[str, Any] = {
+            "lambda_uniform": best_u,
+            "lds_uniform": self.lds(setting, attributor, best_u, "uniform"),
+            "lambda_learned": best_l,
+            "lds_learned": self.lds(setting, attributor, best_l, "learned"),
+            "learned_minus_uniform": self.difference(setting, attributor, best_l, best_u),
+            "learned_minus_uniform_same_lambda": self.difference(setting, attributor, best_u, best_u),
+            "seconds": self.seconds(setting, attributor),
+        }
+        xi_u, xi_l = self.pick(setting, attributor, "uniform"), self.pick(setting, attributor, "learned")
+        if xi_u is not None and xi_l is not None:
+            head["xi"] = {
+                "lambda_uniform": xi_u,
+                "lambda_learned": xi_l,
+                "lds_uniform": self.lds(setting, attributor, xi_u, "uniform"),
+                "lds_learned": self.lds(setting, attributor, xi_l, "learned"),
+                "learned_minus_uniform": self.difference(setting, attributor, xi_l, xi_u),
+                "learned_minus_best_learned": paired_difference(
+                    self.per_query_at(setting, attributor, xi_l, "learned"),
+                    self.per_query_at(setting, attributor, best_l, "learned"),
+                ),
+            }
+        return head
+
+    def headline(self) -> dict[str, Any]:
+        """Per case (``"<setting> <attributor>"``): :meth:`case_headline`."""
+        return {self.label(s, a): self.case_headline(s, a) for s, a in self.cases}
+
+    def save(self, folder: Path) -> Path:
+        """Write ``learned_weights.csv`` (long: setting, attributor, λ, weighting, LDS, SE), ``learned_weights_groups.csv``,
+        ``learned_weights_picks.csv``, ``learned_weights_timing.csv``, ``learned_weights_per_query.csv`` and
+        ``learned_weights.json``; returns the first."""
+        path = folder / f"{self.stem}.csv"
+        self.table().to_csv(path, index=False)
+        for part in ("groups", "picks", "timing", "per_query"):
+            getattr(self, part).to_csv(folder / f"{self.stem}_{part}.csv", index=False)
+        write_json(
+            folder / f"{self.stem}.json",
+            {"record": "learned_weights", "profile": self.profile, "config": self.config, "headline": self.headline()},
+        )
+        return path
+
+    @classmethod
+    def load(cls, folder: Path, stem: str = "learned_weights") -> LearnedWeightsRecord | None:
+        """The record saved as ``stem`` under ``folder``, or None."""
+        if not (folder / f"{stem}.json").exists():
+            return None
+        meta = read_json(folder / f"{stem}.json")
+        parts = {
+            part: pd.read_csv(folder / f"{stem}_{part}.csv") for part in ("per_query", "groups", "picks", "timing")
+        }
+        return cls(**parts, config=meta.get("config", {}), profile=meta.get("profile"), stem=stem)
+
+
+#: Columns of ``learned_weights_ablations.csv``.
+ABLATION_COLUMNS = ("setting", "attributor", "ablation", "value", "lds", "lds_se")
+
+
+#: The reference rows of every ablation case: the attributor itself and the study's learned weights.
+REFERENCE = "weighting"
+
+
+#: The diagnostic rows: the LDS of one group's contributions C_j alone.
+GROUP = "group"
+
+
+@dataclasses.dataclass
+class LearnedAblationRecord:
+    """Ablations of the learned weights at one λ per case (:func:`dahp.experiments.learned.learned_weights_ablations`).
+
+    ``per_query``: one row per (setting, attributor, ablation, value, query) with the test ``lds``.
+    ``ablation`` is ``weighting`` (values ``uniform``, ``learned``: the reference rows), one of the
+    varied settings of the fit (``k``, ``signal``, ``labels``, ``weight_penalty``; every other
+    setting as in the study), or ``group`` (value: a group's name; the LDS of its ``C_j`` alone, a
+    diagnostic). ``value`` is text (``"10"``, ``"top_and_bottom"``, ``"0.001"``). ``weights``: the
+    fitted weight of every group for every fitted variant. ``config["regularization"]``: the λ of
+    each case (the uniform weighting's best on the study's grid; None for Grad-Dot);
+    ``config["base"]``: the study's configuration, from which one item is varied at a time.
+    """
+
+    per_query: pd.DataFrame
+    weights: pd.DataFrame
+    config: dict = dataclasses.field(default_factory=dict)
+    profile: str | None = None
+    stem: str = "learned_weights_ablations"
+
+    @property
+    def cases(self) -> list[tuple[str, str]]:
+        """(setting, attributor) in the order they ran."""
+        return list(dict.fromkeys(zip(self.per_query.setting, self.per_query.attributor)))
+
+    def _rows(self, setting: str, attributor: str) -> pd.DataFrame:
+        return self.per_query[(self.per_query.setting == setting) & (self.per_query.attributor == attributor)]
+
+    def values(self, setting: str, attributor: str, ablation: str) -> list[str]:
+        """The values one ablation took in a case, in the order they ran."""
+        rows = self._rows(setting, attributor)
+        return list(dict.fromkeys(rows[rows.ablation == ablation].value.astype(str)))
+
+    def per_query_at(self, setting: str, attributor: str, ablation: str, value: str) -> np.ndarray:
+        """Per-query test LDS of one row, in query order."""
+        rows = self._rows(setting, attributor)
+        rows = rows[(rows.ablation == ablation) & (rows.value.astype(str) == str(value))]
+        if rows.empty:
+            raise InvalidParameterError("row", (setting, attributor, ablation, value), "a row of the ablations")
+        return rows.sort_values("query").lds.to_numpy(dtype=float)
+
+    def lds(self, setting: str, attributor: str, ablation: str, value: str) -> Estimate:
+        """Mean test LDS of one row, with its standard error over queries."""
+        return mean_estimate(self.per_query_at(setting, attributor, ablation, value))
+
+    def difference(self, setting: str, attributor: str, a: tuple[str, str], b: tuple[str, str]) -> Estimate:
+        """LDS of row ``a`` minus row ``b`` (each ``(ablation, value)``), paired over the test queries."""
+        return paired_difference(self.per_query_at(setting, attributor, *a), self.per_query_at(setting, attributor, *b))
+
+    def weights_of(self, setting: str, attributor: str, ablation: str, value: str) -> pd.Series:
+        """Group -> fitted weight of one variant (mean 1)."""
+        rows = self.weights[(self.weights.setting == setting) & (self.weights.attributor == attributor)]
+        rows = rows[(rows.ablation == ablation) & (rows.value.astype(str) == str(value))]
+        return pd.Series(rows.weight.to_numpy(dtype=float), index=rows.group.astype(str).tolist(), name="weight")
+
+    def table(self) -> pd.DataFrame:
+        """``learned_weights_ablations.csv``: one row per (setting, attributor, ablation, value) with the mean LDS and SE."""
+        rows = []
+        for setting, attributor in self.cases:
+            for ablation in dict.fromkeys(self._rows(setting, attributor).ablation):
+                for value in self.values(setting, attributor, ablation):
+                    estimate = self.lds(setting, attributor, ablation, value)
+                    rows.append((setting, attributor, ablation, value, estimate.value, estimate.se))
+        return pd.DataFrame(rows, columns=list(ABLATION_COLUMNS))
+
+    def case_headline(self, setting: str, attributor: str) -> dict[str, Any]:
+        """One case: λ, uniform and learned LDS, each varied item's LDS per value and its paired difference
+        to the study's own value, and the per-group diagnostic (each group alone, and which group is best
+        alone against which gets the largest learned weight)."""
+        base = self.config.get("base", {})
+        label = f"{setting} {attributor}"
+        learned = (REFERENCE, "learned")
+        head: dict[str, Any] = {
+            "regularization": self.config.get("regularization", {}).get(label),
+            "uniform": self.lds(setting, attributor, REFERENCE, "uniform"),
+            "learned": self.lds(setting, attributor, *learned),
+            "learned_minus_uniform": self.difference(setting, attributor, learned, (REFERENCE, "uniform")),
+        }
+        rows = self._rows(setting, attributor)
+        for ablation in dict.fromkeys(rows.ablation):
+            if ablation in (REFERENCE, GROUP):
+                continue
+            values = self.values(setting, attributor, ablation)
+            head[ablation] = {
+                "base": _ablation_text(base.get(ablation)),
+                "lds": {v: self.lds(setting, attributor, ablation, v) for v in values},
+                "minus_base": {v: self.difference(setting, attributor, (ablation, v), learned) for v in values},
+            }
+        groups = self.values(setting, attributor, GROUP)
+        if groups:
+            alone = {g: self.lds(setting, attributor, GROUP, g) for g in groups}
+            weights = self.weights_of(setting, attributor, *learned)
+            head[GROUP] = {
+                "lds": alone,
+                "best_alone": max(alone, key=lambda g: alone[g].value),
+                "largest_weight": str(weights.idxmax()) if len(weights) else None,
+            }
+        return head
+
+    def headline(self) -> dict[str, Any]:
+        """Per case (``"<setting> <attributor>"``): :meth:`case_headline`."""
+        return {f"{s} {a}": self.case_headline(s, a) for s, a in self.cases}
+
+    def save(self, folder: Path) -> Path:
+        """Write ``learned_weights_ablations.csv`` (setting, attributor, ablation, value, LDS, SE),
+        ``..._per_query.csv``, ``..._weights.csv`` and ``....json``; returns the first."""
+        path = folder / f"{self.stem}.csv"
+        self.table().to_csv(path, index=False)
+        self.per_query.to_csv(folder / f"{self.stem}_per_query.csv", index=False)
+        self.weights.to_csv(folder / f"{self.stem}_weights.csv", index=False)
+        write_json(
+            folder / f"{self.stem}.json",
+            {
+                "record": "learned_ablations",
+                "profile": self.profile,
+                "config": self.config,
+                "headline": self.headline(),
+            },
+        )
+        return path
+
+    @classmethod
+    def load(cls, folder: Path, stem: str = "learned_weights_ablations") -> LearnedAblationRecord | None:
+        """The record saved as ``stem`` under ``folder``, or None."""
+        if not (folder / f"{stem}.json").exists():
+            return None
+        meta = read_json(folder / f"{stem}.json")
+        text = {"value": str, "group": str}  # "0.001" and "10" stay the text the rows were written with
+        per_query = pd.read_csv(folder / f"{stem}_per_query.csv", dtype=text)
+        weights = pd.read_csv(folder / f"{stem}_weights.csv", dtype=text)
+        return cls(per_query, weights, meta.get("config", {}), meta.get("profile"), stem)
+
+
+def _ablation_text(value: Any) -> str | None:
+    """A configuration value as the ablation rows write it (``10``, ``top``, ``0.001``)."""
+    if value is None:
+        return None
+    return f"{value:g}" if isinstance(value, float) else str(value)

@@ -7,9 +7,9 @@ rest with several seeds, and the test accuracy is recorded. A lower accuracy aft
 the method found points the test set really depends on. ``Random`` removes a fresh uniformly
 random subset per seed; ``Full`` removes nothing.
 
-Retraining uses the setting's recipe and :func:`dahp.training.train_many` (all seeds of one cell
+Retraining uses the setting's recipe and :func:`dahp.training.train.train_many` (all seeds of one cell
 at once); every cell is cached by the ranking it removes, the rate and the seeds -- not by the
-``device`` the retraining runs on (:func:`dahp.device.resolve_device`).
+``device`` the retraining runs on (:func:`dahp.core.device.resolve_device`).
 
 Book: "Data selection by removal".
 """
@@ -19,18 +19,22 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from dahp.cache import Cache, default_cache
-from dahp.config import InvalidParameterError, option
-from dahp.device import resolve_device
-from dahp.executors import Executor, Task, resolve_executor, run_tasks
-from dahp.experiments.records import RemovalRecord
-from dahp.settings import Setting
-from dahp.training import accuracy_many, dropout_stream, train_many
+from dahp.core.cache import Cache, default_cache
+from dahp.core.config import InvalidParameterError, option
+from dahp.core.device import resolve_device
+from dahp.core.results import read_json, write_json
+from dahp.core.statistics import Estimate, paired_difference
+from dahp.data.settings import Setting, get_setting
+from dahp.experiments.cases import case_scores
+from dahp.training.executors import Executor, Task, resolve_executor, run_tasks
+from dahp.training.train import accuracy_many, dropout_stream, train_many
 
 #: Removal rates of the poster's table.
 REMOVAL_RATES = (0.1, 0.3, 0.5)
@@ -127,7 +131,7 @@ def removal_table(
 
     All cells of one removal rate keep the same number of points, so their models are trained in
     one batch (one cache entry per rate, keyed by every ranking in it). The batches are independent
-    tasks on ``executor`` (:mod:`dahp.executors`; default ``$DAHP_EXECUTOR``, else in this process),
+    tasks on ``executor`` (:mod:`dahp.training.executors`; default ``$DAHP_EXECUTOR``, else in this process),
     each caching its own entry. Returns one row per (method, rate, seed) with the test accuracy in
     %; ``Full`` has rate 0.
     """
@@ -190,8 +194,6 @@ def removal_study(
 
     Returns the record and, for settings whose data is not supplied, the message saying what to put where.
     """
-    from dahp.experiments.cases import case_scores
-    from dahp.settings import get_setting
 
     config = config or RemovalConfig()
     device = resolve_device(device)
@@ -235,3 +237,97 @@ def removal_study(
         "not_run": missing,
     }
     return RemovalRecord(accuracies, pd.DataFrame(lambdas), record_config, profile), missing
+
+
+# --------------------------------------------------------------------------------------------
+# The record
+
+
+@dataclasses.dataclass
+class RemovalRecord:
+    """Test accuracy after removing the top-attributed training points (:mod:`dahp.experiments.removal`).
+
+    ``accuracies``: one row per (setting, method, removal rate, seed) with the accuracy in %;
+    ``Full`` has rate 0. ``lambdas``: the λ each method used.
+    """
+
+    accuracies: pd.DataFrame
+    lambdas: pd.DataFrame
+    config: dict = dataclasses.field(default_factory=dict)
+    profile: str | None = None
+    stem: str = "removal_table"
+
+    @property
+    def settings(self) -> list[str]:
+        """The settings that ran."""
+        return list(dict.fromkeys(self.accuracies.setting))
+
+    def rates(self, setting: str) -> list[float]:
+        """The removal rates of a setting (Full's 0 excluded)."""
+        part = self.accuracies[(self.accuracies.setting == setting) & (self.accuracies.removal_rate > 0)]
+        return sorted(part.removal_rate.unique().tolist())
+
+    def seeds_of(self, setting: str, method: str, rate: float) -> np.ndarray:
+        """Accuracies (%) of one cell, in seed order."""
+        part = self.accuracies[(self.accuracies.setting == setting) & (self.accuracies.method == method)]
+        if method != "Full":
+            part = part[np.isclose(part.removal_rate, rate)]
+        return part.sort_values("seed").accuracy.to_numpy(dtype=float)
+
+    def selected_minus_default(self, setting: str, label: str, rate: float) -> Estimate:
+        """Accuracy after removal by the selected λ minus by the default λ (paired over seeds; negative:
+        the selected λ found points the test set depends on more)."""
+        return paired_difference(
+            self.seeds_of(setting, f"{label} selected", rate), self.seeds_of(setting, f"{label} default", rate)
+        )
+
+    def wide(self, setting: str) -> pd.DataFrame:
+        """The poster's layout: methods down, rates across, ``mean ± std`` (and the poster's number)."""
+
+        methods = list(dict.fromkeys(self.accuracies[self.accuracies.setting == setting].method))
+        table = {}
+        for rate in self.rates(setting):
+            column = {}
+            for method in methods:
+                values = self.seeds_of(setting, method, rate)
+                ours = f"{values.mean():.2f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.2f}"
+                poster = dict(zip(REMOVAL_RATES, POSTER_TABLE.get(method, []))).get(rate)
+                column[method] = ours + (f"  ({poster[0]:.2f} ± {poster[1]:.2f})" if poster else "")
+            table[f"{round(100 * rate)} %"] = column
+        return pd.DataFrame(table).loc[methods]
+
+    def headline(self) -> dict[str, Any]:
+        """Per setting, attributor and rate: selected minus default accuracy (paired over seeds)."""
+        return {
+            f"{setting} {label} {round(100 * rate)}%": self.selected_minus_default(setting, label, rate)
+            for setting in self.settings
+            for label in ("IFFIM", "TRAK")
+            for rate in self.rates(setting)
+        }
+
+    def save(self, folder: Path) -> Path:
+        """Write ``removal_table.csv`` (long), ``removal_lambdas.csv`` and ``removal_table.json``."""
+        path = folder / f"{self.stem}.csv"
+        self.accuracies.to_csv(path, index=False)
+        self.lambdas.reindex(columns=["setting", "method", "regularization"]).to_csv(
+            folder / "removal_lambdas.csv", index=False
+        )
+        write_json(
+            folder / f"{self.stem}.json",
+            {"record": "removal", "profile": self.profile, "config": self.config, "headline": self.headline()},
+        )
+        return path
+
+    @classmethod
+    def load(cls, folder: Path, stem: str = "removal_table") -> RemovalRecord | None:
+        """The removal record under ``folder``, or None."""
+        if not (folder / f"{stem}.json").exists():
+            return None
+        meta = read_json(folder / f"{stem}.json")
+        return cls(
+            pd.read_csv(folder / f"{stem}.csv"),
+            pd.read_csv(folder / "removal_lambdas.csv"),
+            meta.get("config", {}),
+            meta.get("profile"),
+            stem,
+        )

@@ -1,8 +1,8 @@
 """When does λ selection work? Every rule on every problem of the robustness suite (issue 13).
 
-For every problem of :mod:`dahp.suite` and every attributor configuration run on it
-(:func:`dahp.suite.attributor_configs`), each rule of ``dahp.rules`` (or of a rules dict passed in)
-picks λ from a :class:`dahp.rules.RuleInput` -- the validation-query spectral factors, the dense λ
+For every problem of :mod:`dahp.experiments.suite` and every attributor configuration run on it
+(:func:`dahp.experiments.suite.attributor_configs`), each rule of ``dahp.selection.rules`` (or of a rules dict passed in)
+picks λ from a :class:`dahp.selection.rules.RuleInput` -- the validation-query spectral factors, the dense λ
 grid, the facts of the training recipe, the published default, and the validation-query LDS of the
 first ``M'`` retrained models. The pick is judged by the exact test-query LDS there, divided by the
 best test-query LDS over the dense grid (``lds_over_best``). Test queries never reach a rule.
@@ -27,17 +27,21 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
-from dahp import suite
-from dahp.cache import Cache, default_cache
-from dahp.config import InvalidParameterError
-from dahp.device import resolve_device
-from dahp.experiments.records import SelectorRobustnessRecord
-from dahp.profiles import get_profile
+from dahp.core.cache import Cache, default_cache
+from dahp.core.config import InvalidParameterError
+from dahp.core.device import resolve_device
+from dahp.core.results import matches, read_json, write_json
+from dahp.core.statistics import fraction_summary
+from dahp.experiments import suite
+from dahp.experiments.profiles import get_profile
+from dahp.selection import rules
+from dahp.selection.rules import RuleInput
 
 #: The held-out halves' labels, in the order :func:`family_halves` returns them.
 HALVES = ("A", "B")
@@ -57,7 +61,7 @@ class RuleSet:
 
     A fitted rule is fitted by ``fit_rule(name, rows)`` (one row per case of the fitting half, see
     :func:`fit_rows`) and applied as ``rule(inp)`` with the constants in ``inp.fitted[name]``, as
-    :mod:`dahp.rules` defines.
+    :mod:`dahp.selection.rules` defines.
     """
 
     rules: Mapping[str, Callable]
@@ -68,8 +72,7 @@ class RuleSet:
 
     @classmethod
     def default(cls) -> RuleSet:
-        """``dahp.rules``'s rules (imported here, so the suite runs without it until it is asked for)."""
-        from dahp import rules
+        """``dahp.selection.rules``'s rules (imported here, so the suite runs without it until it is asked for)."""
 
         return cls(dict(rules.RULES), frozenset(rules.FITTED), rules.fit_rule, frozenset(rules.DESIGNED_AFTER))
 
@@ -99,7 +102,7 @@ class Case:
     """One (problem, attributor configuration) of the study: its curves and the rules' input."""
 
     curves: suite.Curves
-    inp: Any  #: the dahp.rules.RuleInput the rules see
+    inp: Any  #: the dahp.selection.rules.RuleInput the rules see
 
     @property
     def family(self) -> str:
@@ -108,8 +111,7 @@ class Case:
 
 
 def rule_input(curves: suite.Curves):
-    """The :class:`dahp.rules.RuleInput` of a case: validation-query information only."""
-    from dahp.rules import RuleInput
+    """The :class:`dahp.selection.rules.RuleInput` of a case: validation-query information only."""
 
     return RuleInput(
         attributor=curves.attributor,
@@ -234,10 +236,10 @@ def robustness_study(
     progress: bool = False,
     device: str | torch.device | None = None,
 ) -> SelectorRobustnessRecord:
-    """The study at the profile's suite size; rules default to ``dahp.rules``.
+    """The study at the profile's suite size; rules default to ``dahp.selection.rules``.
 
     Args:
-        rules, fitted, fit_rule: the rules judged (default: ``dahp.rules.RULES``, ``FITTED`` and
+        rules, fitted, fit_rule: the rules judged (default: ``dahp.selection.rules.RULES``, ``FITTED`` and
             ``fit_rule``); with ``rules`` given, ``fitted`` defaults to none.
         problems: problem names (default: the profile's suite); at least two families.
         config: the curves' sizes (default: the profile's ``suite_models`` and ``suite_trak_ensemble``).
@@ -269,3 +271,110 @@ def robustness_study(
         "wall_seconds": time.perf_counter() - started,
     }
     return SelectorRobustnessRecord(table, curves, study, profile)
+
+
+# --------------------------------------------------------------------------------------------
+# The record
+
+
+#: The columns of ``selector_robustness.csv`` that come first (issue 13's list; more follow).
+ROBUSTNESS_COLUMNS = (
+    "family",
+    "problem",
+    "recipe",
+    "attributor",
+    "rule",
+    "lambda",
+    "lds",
+    "lds_over_best",
+    "seconds",
+    "trainings",
+)
+
+
+@dataclasses.dataclass
+class SelectorRobustnessRecord:
+    """Every λ rule on every problem of the robustness suite (:mod:`dahp.experiments.robustness`).
+
+    ``table``: one row per (problem, attributor configuration, rule) with the rule's λ, the test-query
+    LDS there, LDS / best (best over the dense grid), its cost in seconds and in retrained models,
+    the held-out half its family belongs to and, for a fitted rule, the families it was fitted on.
+    ``curves``: per (problem, attributor configuration, grid λ) ξ̄ on the validation queries and
+    the test-query LDS.
+    """
+
+    table: pd.DataFrame
+    curves: pd.DataFrame
+    study: dict = dataclasses.field(default_factory=dict)
+    profile: str | None = None
+    stem: str = "selector_robustness"
+
+    @property
+    def rules(self) -> list[str]:
+        """The rules judged, in the table's order."""
+        return list(dict.fromkeys(self.table.rule))
+
+    def summary(self, half: str | None = None) -> dict[str, dict[str, Any]]:
+        """Per rule :func:`fraction_summary` over all rows, or over the rows of one held-out half."""
+        rows = self.table if half is None else self.table[self.table.half == half]
+        return {rule: fraction_summary(rows[rows.rule == rule].lds_over_best) for rule in self.rules}
+
+    def summary_table(self, half: str | None = None) -> pd.DataFrame:
+        """:meth:`summary` as a frame, one row per rule, best worst case first."""
+        frame = pd.DataFrame.from_dict(self.summary(half), orient="index")
+        frame.index.name = "rule"
+        return frame.sort_values(["worst", "median"], ascending=False)
+
+    def worst_cases(self, rule: str, count: int = 3) -> pd.DataFrame:
+        """The rows where ``rule`` did worst (lowest LDS / best)."""
+        rows = self.table[self.table.rule == rule]
+        return rows.sort_values("lds_over_best").head(count)
+
+    def curve(self, problem: str, attributor: str, proj_dim: int | None) -> pd.DataFrame:
+        """ξ̄ and the test LDS over the dense grid of one case."""
+        rows = self.curves[matches(self.curves, {"problem": problem, "attributor": attributor, "proj_dim": proj_dim})]
+        if rows.empty:
+            raise InvalidParameterError("case", (problem, attributor, proj_dim), "a case of the study")
+        return rows.sort_values("lambda")
+
+    def headline(self) -> dict[str, Any]:
+        """Per rule: worst, 10th percentile, median LDS / best and the count ≥ 0.95, over all problems and
+        over each held-out half; the number of problems and cases."""
+        halves = sorted(self.table.half.dropna().unique())
+        return {
+            "problems": int(self.table.problem.nunique()),
+            "cases": int(self.table.groupby(["problem", "attributor", "proj_dim"], dropna=False).ngroups),
+            "all": self.summary(),
+            **{f"held_out_{half}": self.summary(half) for half in halves},
+        }
+
+    def save(self, folder: Path) -> Path:
+        """Write ``selector_robustness.csv``, ``selector_robustness_curves.csv`` and ``selector_robustness.json``."""
+        path = folder / f"{self.stem}.csv"
+        columns = [*ROBUSTNESS_COLUMNS, *[c for c in self.table.columns if c not in ROBUSTNESS_COLUMNS]]
+        self.table.reindex(columns=columns).to_csv(path, index=False)
+        self.curves.to_csv(folder / f"{self.stem}_curves.csv", index=False)
+        write_json(
+            folder / f"{self.stem}.json",
+            {
+                "record": "selector_robustness",
+                "profile": self.profile,
+                "study": self.study,
+                "headline": self.headline(),
+            },
+        )
+        return path
+
+    @classmethod
+    def load(cls, folder: Path, stem: str = "selector_robustness") -> SelectorRobustnessRecord | None:
+        """The record saved under ``folder``, or None."""
+        if not (folder / f"{stem}.json").exists():
+            return None
+        meta = read_json(folder / f"{stem}.json")
+        return cls(
+            pd.read_csv(folder / f"{stem}.csv", keep_default_na=False, na_values=[""]),
+            pd.read_csv(folder / f"{stem}_curves.csv"),
+            meta.get("study", {}),
+            meta.get("profile"),
+            stem,
+        )

@@ -1,6 +1,6 @@
 """The reproduction status: each claim of the paper (C1-C12) and of a seed (C13), its number, ours, and a verdict.
 
-Every number comes from the records (:mod:`dahp.experiments.records`) the book's pages saved under
+Every number comes from the experiments' records the book's pages saved under
 ``data/results/<profile>/``, through the same headline methods the pages display; nothing here
 reads a file by its column layout. A verdict is computed from measured numbers only, with their
 uncertainty: a difference counts when it exceeds two standard errors (over test queries for the
@@ -20,17 +20,14 @@ from typing import Any
 
 import pandas as pd
 
-from dahp.config import InvalidParameterError
-from dahp.experiments.records import (
-    SELECTED,
-    GridRecord,
-    LearnedWeightsRecord,
-    RemovalRecord,
-    SelectionStudy,
-    TheoremRecord,
-    _plain,
-    write_json,
-)
+from dahp.core.config import InvalidParameterError
+from dahp.core.results import _plain, write_json
+from dahp.data.settings import get_setting
+from dahp.experiments.cases import SELECTED, SelectionStudy
+from dahp.experiments.grid import GridRecord
+from dahp.experiments.learned import LearnedWeightsRecord
+from dahp.experiments.removal import RemovalRecord
+from dahp.experiments.theorem import TheoremRecord
 
 HOLDS, PARTLY, FAILS, NOT_RUN = "holds", "holds in part", "does not hold", "not run here"
 VERDICTS = (HOLDS, PARTLY, FAILS, NOT_RUN)
@@ -81,7 +78,6 @@ def _missing(claim: str, artifact: str, paper: str, rule: str, page: str) -> Ver
 
 def _setting_missing(name: str) -> str | None:
     """Why results on setting ``name`` cannot be judged here (data missing, or fixture data), or None."""
-    from dahp.settings import get_setting
 
     reason = get_setting(name).not_judged()
     return None if reason is None else f"{name}: {reason}"

@@ -1,35 +1,38 @@
 """Theorem 4.3 (ξ < ω ⇒ the Population Pearson LDS rises with λ), checked twice.
 
-On *planted* problems (:func:`dahp.surrogate.planted_problem`) the retraining effects β are exact,
+On *planted* problems (:func:`dahp.selection.surrogate.planted_problem`) the retraining effects β are exact,
 so the check verifies our algebra of ξ, ω and the exact condition. On *real* data β must be
-estimated from the retrained models (β̂, :func:`dahp.surrogate.beta_hat`); whether the premise ever
+estimated from the retrained models (β̂, :func:`dahp.selection.surrogate.beta_hat`); whether the premise ever
 holds there is itself a finding. The real check's retraining and attribution run on ``device``
-(:func:`dahp.device.resolve_device`); the planted problems are tiny and stay on the CPU.
+(:func:`dahp.core.device.resolve_device`); the planted problems are tiny and stay on the CPU.
 
 Book: "Theory check".
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from dahp import attributors as attr
-from dahp.cache import Cache
-from dahp.config import GroundTruthConfig, InvalidParameterError
-from dahp.device import resolve_device
-from dahp.experiments.records import TheoremRecord
-from dahp.ground_truth import ground_truth
-from dahp.lds import lds
-from dahp.settings import Setting
-from dahp.surrogate import beta_hat, omega, planted_problem, theorem_rows, xi
+from dahp.attribution import attributors as attr
+from dahp.attribution.lds import lds
+from dahp.core.cache import Cache
+from dahp.core.config import GroundTruthConfig, InvalidParameterError
+from dahp.core.device import resolve_device
+from dahp.core.results import read_json, write_json
+from dahp.data.settings import Setting
+from dahp.selection.surrogate import beta_hat, omega, planted_problem, theorem_rows, xi
+from dahp.training.ground_truth import ground_truth
 
 
 def planted_check(n_problems: int, regularizations: Sequence[float], seed: int = 0) -> pd.DataFrame:
-    """:func:`dahp.surrogate.theorem_rows` on ``n_problems`` planted problems, one row per (problem, λ, query)."""
+    """:func:`dahp.selection.surrogate.theorem_rows` on ``n_problems`` planted problems, one row per (problem, λ, query)."""
     return pd.DataFrame(
         [
             {**row, "problem": k}
@@ -116,3 +119,75 @@ def theorem_check(
         else real_check(setting, "iffim", real_regularizations, None, ground_truth_config, cache, progress, device)
     )
     return TheoremRecord(planted, real, None if setting is None else setting.name, profile)
+
+
+# --------------------------------------------------------------------------------------------
+# The record
+
+
+@dataclasses.dataclass
+class TheoremRecord:
+    """ξ < ω ⇒ the LDS rises, on planted problems (exact β) and on real data (β̂ from retraining).
+
+    Tables have one row per (problem or setting, λ, query) with ``xi``, ``omega``, ``premise`` and
+    ``lds_rises`` (:mod:`dahp.experiments.theorem`).
+    """
+
+    planted: pd.DataFrame
+    real: pd.DataFrame | None
+    setting: str | None = None
+    profile: str | None = None
+    stem: str = "theorem_check"
+
+    def planted_summary(self) -> dict[str, int]:
+        """Triples, how many meet the premise, and how many of those have a rising LDS."""
+        premise = self.planted[self.planted.premise.astype(bool)]
+        return {
+            "triples": len(self.planted),
+            "premise": len(premise),
+            "premise_and_rises": int(premise.lds_rises.astype(bool).sum()),
+            "rises_without_premise": int(self.planted[~self.planted.premise.astype(bool)].lds_rises.astype(bool).sum()),
+        }
+
+    def real_summary(self) -> dict[str, Any] | None:
+        """Pairs, how many meet ξ < ω̂, how many of those rise, the largest ω̂ and the smallest ξ."""
+        if self.real is None:
+            return None
+        premise = self.real[self.real.premise.astype(bool)]
+        return {
+            "pairs": len(self.real),
+            "premise": len(premise),
+            "premise_and_rises": int(premise.lds_rises.astype(bool).sum()),
+            "largest_omega": float(self.real.omega.max()),
+            "smallest_xi": float(self.real.xi.min()),
+        }
+
+    def headline(self) -> dict[str, Any]:
+        """Both summaries."""
+        return {"planted": self.planted_summary(), "real": self.real_summary()}
+
+    def save(self, folder: Path) -> Path:
+        """Write ``theorem_planted.csv``, ``theorem_real.csv`` and ``theorem_check.json``."""
+        self.planted.to_csv(folder / "theorem_planted.csv", index=False)
+        if self.real is not None:
+            self.real.to_csv(folder / "theorem_real.csv", index=False)
+        write_json(
+            folder / f"{self.stem}.json",
+            {"record": "theorem", "profile": self.profile, "setting": self.setting, "headline": self.headline()},
+        )
+        return folder / f"{self.stem}.json"
+
+    @classmethod
+    def load(cls, folder: Path, stem: str = "theorem_check") -> TheoremRecord | None:
+        """The theorem record under ``folder``, or None."""
+        if not (folder / f"{stem}.json").exists():
+            return None
+        meta = read_json(folder / f"{stem}.json")
+        real = folder / "theorem_real.csv"
+        return cls(
+            pd.read_csv(folder / "theorem_planted.csv"),
+            pd.read_csv(real) if real.exists() else None,
+            meta.get("setting"),
+            meta.get("profile"),
+            stem,
+        )

@@ -1,0 +1,447 @@
+"""The book's plan: which notebook runs with which parameters, executed by papermill.
+
+``notebooks/plan.yml`` lists entries (notebook, page name, parameters, optional title, optional
+``reads``). :func:`run_plan` converts each MyST-markdown notebook to ``.ipynb`` with jupytext,
+executes it with papermill under a profile, and writes it to ``book/executed/<page>.ipynb`` for
+Jupyter Book to render.
+
+Reader view. The notebooks stay clean; the runner shapes the executed page: every code cell without
+a ``remove-*`` or ``hide-*`` tag is tagged ``hide-input`` at conversion (figures and tables first,
+code folded), and after execution the notebook's ``parameters`` cell and papermill's
+``injected-parameters`` cell are tagged ``remove-cell`` and a small table of the page's effective
+parameters (value injected, else the default; meaning = the inline comment in the parameters cell)
+is inserted after the first heading.
+
+Up to date. A page is not re-executed when nothing it depends on changed. Its key hashes the
+notebook text, parameters (with the profile), title, the source of ``dahp`` (every ``.py`` under
+``lib/dahp``, recursively), the state of the data every registered setting needs (each required
+file: exists, size, mtime), and for each page named in its ``reads:`` the content of the result
+files that page wrote. The stamp ``book/executed/.<page>.stamp`` is JSON::
+
+    {"key": "<sha256>", "profile": "default", "wrote": ["selection_iffim.csv", ...]}
+
+where ``wrote`` lists the files under ``results_dir(profile)`` the page created or modified when it
+ran (compared by size and mtime before and after; files recorded by earlier runs are kept while
+they exist, so a result reused from a cache still counts).
+
+Progress. :func:`run_plan` prints each page as it starts and its wall time when it ends, shows
+papermill's per-cell bar, and launches every kernel with ``DAHP_PROGRESS=terminal`` so bars made
+with :class:`dahp.core.progress.tqdm` reach the terminal and never the page (``off`` with
+``progress=False``). A failing cell stops the run with the notebook and the cell named.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from dahp.core.config import InvalidParameterError
+from dahp.core.paths import REPO_ROOT
+from dahp.experiments.profiles import get_profile
+from dahp.data.settings import available_settings, data_dir, get_setting
+from dahp.core.results import results_dir
+from dahp.core.results import results_dir
+from dahp.core.progress import ENV, OFF, TERMINAL
+
+ROOT = REPO_ROOT
+NOTEBOOKS = ROOT / "notebooks"
+EXECUTED = ROOT / "book" / "executed"
+
+#: Tag of the markdown cell the runner inserts with the page's parameters.
+PARAMETER_TABLE_TAG = "dahp-parameter-table"
+_HEADING = re.compile(r"^#{1,6}\s")
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook of the plan raised; the message names the notebook and the cell."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanEntry:
+    """One executed page of the book."""
+
+    notebook: str  #: file under notebooks/
+    page: str  #: name of the executed notebook (and of the page) under book/executed/
+    parameters: dict[str, Any]  #: papermill parameters (the profile is added by the runner)
+    title: str | None = None  #: page title, replacing the notebook's first heading (one notebook, several pages)
+    reads: tuple[str, ...] = ()  #: pages whose result files this page reads (re-run when those change)
+
+
+def load_plan(path: Path | None = None) -> list[PlanEntry]:
+    """The entries of the plan file; ``reads`` must name pages that come earlier in the plan."""
+    import yaml
+
+    path = NOTEBOOKS / "plan.yml" if path is None else path
+    raw = yaml.safe_load(path.read_text()) or []
+    entries: list[PlanEntry] = []
+    for e in raw:
+        reads = e.get("reads") or []
+        if isinstance(reads, str):
+            reads = [reads]
+        earlier = [entry.page for entry in entries]
+        for name in reads:
+            if name not in earlier:
+                raise InvalidParameterError(f"reads (of page {e['page']!r}; a page earlier in the plan)", name, earlier)
+        entries.append(
+            PlanEntry(e["notebook"], e["page"], dict(e.get("parameters") or {}), e.get("title"), tuple(reads))
+        )
+    return entries
+
+
+# ---------------------------------------------------------------------------------------------------
+# what a page depends on
+
+
+def _source_digest() -> str:
+    digest = hashlib.sha256()
+    package = ROOT / "lib" / "dahp"
+    for file in sorted(package.rglob("*.py")):
+        digest.update(file.relative_to(package).as_posix().encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()
+
+
+def data_state() -> dict[str, dict[str, list[int] | None]]:
+    """For every registered setting, each required file (relative to the data directory): ``[size,
+    mtime_ns]``, or None when it is missing. Supplying a data set later changes it."""
+
+    root = data_dir()
+    state: dict[str, dict[str, list[int] | None]] = {}
+    for name in available_settings():
+        files: dict[str, list[int] | None] = {}
+        for relative in get_setting(name).required_files:
+            try:
+                stat = (root / relative).stat()
+            except OSError:
+                files[relative] = None
+            else:
+                files[relative] = [stat.st_size, stat.st_mtime_ns]
+        state[name] = files
+    return state
+
+
+def _file_hash(path: Path) -> str | None:
+    try:
+        with path.open("rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+    except OSError:
+        return None
+
+
+def read_stamp(path: Path) -> dict[str, Any] | None:
+    """The stamp of a page (``{"key", "profile", "wrote"}``), or None when absent or unreadable.
+    A stamp of the older plain-text form reads as its key with no files."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    try:
+        stamp = json.loads(text)
+    except json.JSONDecodeError:
+        return {"key": text.strip(), "profile": None, "wrote": []}
+    if not isinstance(stamp, dict):
+        return None
+    stamp.setdefault("wrote", [])
+    return stamp
+
+
+def _stamp_path(out_dir: Path, page: str) -> Path:
+    return out_dir / f".{page}.stamp"
+
+
+def read_state(entry: PlanEntry, profile: str, out_dir: Path) -> dict[str, Any]:
+    """For each page ``entry`` reads: the profile it last ran under and the content hash of every
+    result file it wrote (None for a file since removed), or None when that page has not run."""
+    if not entry.reads:
+        return {}
+
+    results = results_dir(profile)
+    state: dict[str, Any] = {}
+    for page in entry.reads:
+        stamp = read_stamp(_stamp_path(out_dir, page))
+        state[page] = (
+            None
+            if stamp is None
+            else {
+                "profile": stamp.get("profile"),
+                "files": {f: _file_hash(results / f) for f in sorted(stamp["wrote"])},
+            }
+        )
+    return state
+
+
+def entry_key(entry: PlanEntry, parameters: dict[str, Any], out_dir: Path = EXECUTED) -> str:
+    """Hash of everything an executed page depends on (``parameters`` include the profile)."""
+    text = (NOTEBOOKS / entry.notebook).read_text()
+    profile = parameters.get("profile", "default")
+    payload = json.dumps(
+        {
+            "text": text,
+            "parameters": parameters,
+            "title": entry.title,
+            "source": _source_digest(),
+            "data": data_state(),
+            "reads": read_state(entry, profile, out_dir),
+        },
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    files = {}
+    for path in folder.rglob("*"):
+        try:
+            if path.is_file():
+                stat = path.stat()
+                files[path.relative_to(folder).as_posix()] = (stat.st_size, stat.st_mtime_ns)
+        except OSError:  # removed while we looked
+            continue
+    return files
+
+
+# ---------------------------------------------------------------------------------------------------
+# conversion and the reader view
+
+
+def _tags(cell) -> list[str]:
+    return list(cell.get("metadata", {}).get("tags", []))
+
+
+def _add_tag(cell, tag: str) -> None:
+    tags = _tags(cell)
+    if tag not in tags:
+        cell.setdefault("metadata", {})["tags"] = [*tags, tag]
+
+
+def hide_inputs(notebook) -> None:
+    """Tag ``hide-input`` every code cell that carries no ``remove-*`` or ``hide-*`` tag."""
+    for cell in notebook.cells:
+        if cell.cell_type == "code" and not any(t.startswith(("remove-", "hide-")) for t in _tags(cell)):
+            _add_tag(cell, "hide-input")
+
+
+def convert(entry: PlanEntry):
+    """The notebook of ``entry`` as an nbformat notebook, ready for papermill: kernel set, retitled,
+    code inputs folded."""
+    import jupytext
+
+    notebook = jupytext.read(NOTEBOOKS / entry.notebook)
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    if entry.title:
+        retitle(notebook, entry.title)
+    hide_inputs(notebook)
+    return notebook
+
+
+def retitle(notebook, title: str) -> None:
+    """Replace the first ``# heading`` of the notebook's markdown with ``# title``."""
+    for cell in notebook.cells:
+        if cell.cell_type != "markdown":
+            continue
+        lines = cell.source.split("\n")
+        for i, line in enumerate(lines):
+            if line.startswith("# "):
+                lines[i] = f"# {title}"
+                cell.source = "\n".join(lines)
+                return
+
+
+def _cell(text: str) -> str:
+    """Text safe inside a markdown table cell."""
+    return text.replace("\n", " ").replace("|", "\\|").strip()
+
+
+def _code(text: str) -> str:
+    text = _cell(text)
+    fence = "``" if "`" in text else "`"
+    pad = " " if "`" in text else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def parameter_rows(notebook, injected: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """``(parameter, value, meaning)`` for the notebook's parameters (its own cell's order, then any
+    injected name it does not declare): the injected value if injected, else the default."""
+    from papermill.translators import papermill_translators
+
+    translator = papermill_translators.find_translator("python3", "python")
+    declared = []
+    for cell in notebook.cells:
+        if cell.cell_type == "code" and "parameters" in _tags(cell):
+            declared = translator.inspect(cell)
+            break
+    rows = []
+    for parameter in declared:
+        value = translator.translate(injected[parameter.name]) if parameter.name in injected else parameter.default
+        rows.append((parameter.name, value, parameter.help or ""))
+    names = {p.name for p in declared}
+    rows += [(name, translator.translate(value), "") for name, value in injected.items() if name not in names]
+    return rows
+
+
+def parameter_table(rows: list[tuple[str, str, str]]) -> str:
+    """The markdown of the parameter table."""
+    lines = ["Parameters of this page:", "", "| parameter | value | meaning |", "| --- | --- | --- |"]
+    lines += [f"| {_code(name)} | {_code(str(value))} | {_cell(meaning)} |" for name, value, meaning in rows]
+    return "\n".join(lines)
+
+
+def reader_view(notebook, injected: dict[str, Any]) -> None:
+    """Remove the parameters cells of an executed notebook and insert the parameter table after the
+    first heading (at the top when there is none)."""
+    import nbformat
+
+    rows = parameter_rows(notebook, injected)
+    notebook.cells = [c for c in notebook.cells if PARAMETER_TABLE_TAG not in _tags(c)]
+    for cell in notebook.cells:
+        if cell.cell_type == "code" and {"parameters", "injected-parameters"} & set(_tags(cell)):
+            _add_tag(cell, "remove-cell")
+    if not rows:
+        return
+    table = nbformat.v4.new_markdown_cell(parameter_table(rows), metadata={"tags": [PARAMETER_TABLE_TAG]})
+    if (notebook.get("nbformat"), notebook.get("nbformat_minor", 0)) < (4, 5):
+        table.pop("id", None)
+    at = next(
+        (
+            i + 1
+            for i, c in enumerate(notebook.cells)
+            if c.cell_type == "markdown" and any(_HEADING.match(line) for line in c.source.split("\n"))
+        ),
+        0,
+    )
+    notebook.cells.insert(at, table)
+
+
+# ---------------------------------------------------------------------------------------------------
+# running
+
+
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """Set environment variables (inherited by the kernel papermill launches), then restore them."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def run_entry(
+    entry: PlanEntry,
+    profile: str,
+    out_dir: Path = EXECUTED,
+    force: bool = False,
+    *,
+    progress: bool = True,
+    on_start: Callable[[], None] | None = None,
+) -> bool:
+    """Execute one page; returns False when it was up to date and skipped.
+
+    ``progress``: papermill's per-cell bar on this process's stderr, and ``DAHP_PROGRESS=terminal``
+    for the kernel (``off`` otherwise). ``on_start`` is called just before the page executes.
+    """
+    import jupytext
+    import nbformat
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+
+    parameters = {**entry.parameters, "profile": profile}
+    key = entry_key(entry, parameters, out_dir)
+    output = out_dir / f"{entry.page}.ipynb"
+    stamp = _stamp_path(out_dir, entry.page)
+    previous = read_stamp(stamp)
+    if not force and output.exists() and previous is not None and previous.get("key") == key:
+        return False
+    if on_start is not None:
+        on_start()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    notebook = convert(entry)
+    source = out_dir / f".{entry.page}.source.ipynb"
+    jupytext.write(notebook, source)
+    stamp.unlink(missing_ok=True)
+    results = results_dir(profile)
+    before = _snapshot(results)
+    try:
+        with _environment(**{ENV: TERMINAL if progress else OFF}):
+            papermill.execute_notebook(
+                str(source),
+                str(output),
+                parameters=parameters,
+                kernel_name="python3",
+                cwd=str(ROOT),
+                progress_bar=progress,
+            )
+    except PapermillExecutionError as error:
+        raise NotebookFailed(
+            f"notebook {entry.notebook} (page {entry.page}) failed in cell {error.exec_count}: "
+            f"{error.ename}: {error.evalue}"
+        ) from None
+    finally:
+        source.unlink(missing_ok=True)
+    after = _snapshot(results)
+    wrote = {name for name, seen in after.items() if before.get(name) != seen}
+    if previous is not None and previous.get("profile") == profile:
+        wrote |= {name for name in previous["wrote"] if name in after}
+    executed = nbformat.read(output, as_version=4)
+    reader_view(executed, parameters)
+    nbformat.write(executed, output)
+    stamp.write_text(json.dumps({"key": key, "profile": profile, "wrote": sorted(wrote)}, indent=1) + "\n")
+    return True
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes} min {seconds:02d} s"
+
+
+def run_plan(
+    profile: str, out_dir: Path = EXECUTED, only: list[str] | None = None, force: bool = False, progress: bool = True
+) -> list[str]:
+    """Execute every page of the plan (or those named in ``only``); returns the pages executed.
+
+    Prints each page as it starts and its wall time when it ends (``progress``: with papermill's
+    per-cell bar and the notebooks' own bars on the terminal).
+    """
+    get_profile(profile)
+    entries = load_plan()
+    pages = [e.page for e in entries]
+    for name in only or []:
+        if name not in pages:
+            raise InvalidParameterError("page", name, pages)
+    chosen = [e for e in entries if not only or e.page in only]
+    executed = []
+    for number, entry in enumerate(chosen, 1):
+        label = f"[{profile} {number}/{len(chosen)}] {entry.page}"
+        started = time.perf_counter()
+        ran = run_entry(
+            entry,
+            profile,
+            out_dir,
+            force,
+            progress=progress,
+            on_start=functools.partial(print, f"{label}: started", flush=True),
+        )
+        print(
+            f"{label}: executed in {_duration(time.perf_counter() - started)}" if ran else f"{label}: up to date",
+            flush=True,
+        )
+        if ran:
+            executed.append(entry.page)
+    return executed

@@ -1,0 +1,1 @@
+"""Methods beyond the paper's own: learned parameter-group weights (seed 002)."""
