@@ -24,6 +24,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from dahp._version import __version__ as __version__  # the re-export (PEP 484)
+
 #: public name -> the module that defines it
 _PUBLIC = {
     "GroundTruthConfig": "dahp.core.config",

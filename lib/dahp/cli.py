@@ -1,34 +1,54 @@
-"""Command line: ``python -m dahp <command>``.
+"""The ``dahp`` command line (also ``python -m dahp``): one subcommand per job.
 
-- ``settings``      list the registered settings and whether their data is present
-- ``train``         train (or load) the full-data model of a setting and report accuracy per epoch
-- ``ground-truth``  retrain the LDS subset models of a setting (cached, resumable); ``--executor dask|submitit``
-                    fans the chunks out, ``--chunks I/N`` trains one slice (a Slurm array task)
-- ``grid``          LDS over a 1-D or 2-D hyperparameter grid of one attributor, saved under data/results/cli/
-                    (``--ground-truth dattri``: judged by dattri's published benchmark, nothing retrained)
-- ``selection``     the ξ selection against every baseline on the paper's cases, saved under data/results/cli/
-- ``select``        choose λ for one setting and attributor from the trained model (no retraining)
-- ``fixtures``      write tiny files in the real formats of the large settings (marked as fixture data)
-- ``run-plan``      execute the book's notebooks
-
-Every computing command takes ``--device cpu|cuda|cuda:N`` (default: ``$DAHP_DEVICE``, else CUDA
-when present, else the CPU); a bad name fails before anything is computed.
+``dahp --help`` lists the subcommands, ``dahp COMMAND --help`` their options with defaults and
+choices. The parser imports nothing heavy -- its choices come from light modules
+(:mod:`dahp.data.names`, :mod:`dahp.attribution.names`, :mod:`dahp.experiments.profiles`,
+:mod:`dahp.data.fixtures`) -- so ``--help`` answers without loading torch; each command imports what
+it computes with when it runs. Every argument is checked by :func:`check_arguments` before any
+command computes anything.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
+from typing import Any
 
-from dahp.core.config import GroundTruthConfig, InvalidParameterError
+from dahp._version import __version__
+from dahp.attribution.names import ATTRIBUTOR_NAMES, SELECTABLE_ATTRIBUTORS
+from dahp.core.config import GROUND_TRUTH_SOURCES, GroundTruthConfig, InvalidParameterError, field_help
 from dahp.core.device import DEVICE_ENV, resolve_device
-from dahp.data.settings import MissingDataError, available_settings, get_setting
-from dahp.training.executors import EXECUTOR_ENV
+from dahp.data.fixtures import FIXTURE_MODULES
+from dahp.data.names import QUERY_SPLITS, SETTING_NAMES
+from dahp.experiments.profiles import PROFILES
+from dahp.training.executors import EXECUTOR_ENV, check_reachable, resolve_executor
+
+PROG = "dahp"
+DESCRIPTION = (
+    "Reproduction package of 'Taming Hyperparameter Sensitivity in Data Attribution': train the paper's "
+    "settings, retrain their LDS ground truth, sweep an attributor's hyperparameters, choose the "
+    "regularization λ by the ξ rule, and execute the book's notebooks."
+)
+EPILOG = (
+    "The computing commands take --device. grid and selection write their tables under data/results/cli/; "
+    "the other commands print their results. Bad input is refused, with one line naming the parameter, "
+    "its value and what is valid, before anything is computed (exit status 2)."
+)
+
+
+def get_setting(name: str) -> Any:
+    """The registered setting ``name`` (the registry imports torch, so it is loaded when a command runs)."""
+    from dahp.data.settings import get_setting as registered
+
+    return registered(name)
 
 
 def _cmd_settings(_: argparse.Namespace) -> None:
+    from dahp.data.settings import MissingDataError, available_settings
+
     for name in available_settings():
         setting = get_setting(name)
         try:
@@ -172,52 +192,94 @@ def pd_options():
     return pd.option_context("display.float_format", "{:.4g}".format, "display.width", 160)
 
 
+def plain(text: str) -> str:
+    """``text`` without reStructuredText markup (a terminal shows ``x`` and :role:`x` raw): both become x."""
+    return re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", text).replace("``", "")
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Plain help text, every option with its choices and its default.
+
+    A default is appended unless the option is a flag, is required, or its help already has one
+    (an option whose default is ``None`` says in words what happens without it).
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = plain(action.help or "")
+        if action.choices is not None and action.metavar is not None:
+            text += " (choices: %(choices)s)"
+        flag = action.nargs == 0  # store_true, help, version
+        if not (flag or action.required or action.default in (None, [], argparse.SUPPRESS) or "(default:" in text):
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``python -m dahp``."""
+    """The argument parser of the ``dahp`` command (imports no module that loads torch)."""
     defaults = GroundTruthConfig()
-    parser = argparse.ArgumentParser(
-        prog="python -m dahp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
+    config_help = field_help(GroundTruthConfig)
+    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str, parents: list[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, description=help, parents=parents, formatter_class=HelpFormatter)
+
     computing = argparse.ArgumentParser(add_help=False)
     computing.add_argument(
         "--device",
         default=None,
-        help=f"where the long computations run: cpu, cuda or cuda:N (default: ${DEVICE_ENV}, else CUDA when "
-        "present, else the CPU); results do not depend on it beyond rounding",
+        help=f"where the long computations run: cpu, cuda or cuda:N; results agree across devices to rounding "
+        f"(default: ${DEVICE_ENV}, else CUDA when present, else the CPU)",
     )
+    setting = argparse.ArgumentParser(add_help=False)
+    # a setting is checked against the registry when the command runs (so a setting registered by the
+    # caller's code works through main() too); the help lists the package's own
+    setting_names = ", ".join(SETTING_NAMES)
+    setting.add_argument("--setting", required=True, metavar="NAME", help=f"the setting (choices: {setting_names})")
+    subsets = argparse.ArgumentParser(add_help=False)  # the LDS ground truth's retrained subset models
+    subsets.add_argument("--alpha", type=float, default=defaults.alpha, help=config_help["alpha"])
+    subsets.add_argument("--n-models", type=int, default=defaults.n_models, help=config_help["n_models"])
+    subsets.add_argument("--seed", type=int, default=defaults.seed, help=config_help["seed"])
 
-    commands.add_parser("settings", help="list the settings").set_defaults(run=_cmd_settings)
+    command("settings", "list the settings and whether their data is present", []).set_defaults(run=_cmd_settings)
 
-    train = commands.add_parser("train", parents=[computing], help="train the full-data model of a setting")
-    train.add_argument("--setting", required=True)
-    train.add_argument("--seed", type=int, default=0)
-    train.set_defaults(run=_cmd_train)
+    train = command(
+        "train", "train (or load) the full-data model of a setting; accuracy per epoch", [computing, setting]
+    )
+    train.add_argument("--seed", type=int, default=0, help="seed of the model's initialisation and batch order")
+    train.set_defaults(run=_cmd_train, check=_check_train)
 
-    truth = commands.add_parser("ground-truth", parents=[computing], help="retrain the LDS subset models of a setting")
-    truth.add_argument("--setting", required=True)
-    truth.add_argument("--alpha", type=float, default=defaults.alpha)
-    truth.add_argument("--n-models", type=int, default=defaults.n_models)
-    truth.add_argument("--seed", type=int, default=defaults.seed)
-    truth.add_argument("--models-per-chunk", type=int, default=defaults.models_per_chunk)
+    truth = command(
+        "ground-truth", "retrain the LDS subset models of a setting (cached, resumable)", [computing, setting, subsets]
+    )
+    truth.add_argument(
+        "--models-per-chunk", type=int, default=defaults.models_per_chunk, help=config_help["models_per_chunk"]
+    )
     truth.add_argument(
         "--executor",
         default=None,
-        help=f"where the chunks train: inline (default), dask (a LocalCluster here), dask://HOST:PORT (a running "
-        f"scheduler) or submitit (Slurm job array, local processes off a cluster); default ${EXECUTOR_ENV}",
+        metavar="ENGINE",
+        help="where the chunks train: inline, dask (a local cluster), dask://HOST:PORT (a running scheduler, "
+        f"checked to answer before anything trains) or submitit (a Slurm job array, local processes off a cluster) "
+        f"(default: ${EXECUTOR_ENV}, else inline)",
     )
     truth.add_argument(
         "--chunks",
         default=None,
         metavar="I/N",
         help="train only slice I of N of the chunks (1 <= I <= N; chunk k is in slice k mod N + 1), e.g. "
-        "--chunks $SLURM_ARRAY_TASK_ID/N in a Slurm array --array=1-N; then run once without --chunks to gather",
+        "--chunks $SLURM_ARRAY_TASK_ID/N in a Slurm array --array=1-N, then run once without --chunks to gather "
+        "(default: all chunks, then gather)",
     )
-    truth.set_defaults(run=_cmd_ground_truth)
+    truth.set_defaults(run=_cmd_ground_truth, check=_check_ground_truth)
 
-    grid = commands.add_parser("grid", parents=[computing], help="LDS over a hyperparameter grid of one attributor")
-    grid.add_argument("--setting", required=True)
-    grid.add_argument("--attributor", required=True)
+    grid = command(
+        "grid",
+        "LDS over a 1-D or 2-D hyperparameter grid of one attributor -> data/results/cli/",
+        [computing, setting, subsets],
+    )
+    grid.add_argument("--attributor", required=True, choices=ATTRIBUTOR_NAMES, metavar="NAME", help="the attributor")
     grid.add_argument(
         "--vary",
         action="append",
@@ -230,41 +292,73 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="a hyperparameter held at a value other than its default",
+        help="a hyperparameter held at a value other than its default (repeatable; default: none)",
     )
-    grid.add_argument("--split", default="test", choices=["val", "test"])
-    grid.add_argument("--queries", type=int, default=None, help="evaluate on this many evenly spaced queries")
-    grid.add_argument("--alpha", type=float, default=defaults.alpha)
-    grid.add_argument("--n-models", type=int, default=defaults.n_models)
-    grid.add_argument("--seed", type=int, default=defaults.seed)
+    grid.add_argument(
+        "--split", default="test", choices=QUERY_SPLITS, metavar="SPLIT", help="the split whose points are the queries"
+    )
+    grid.add_argument(
+        "--queries",
+        type=int,
+        default=None,
+        help="evaluate on this many evenly spaced queries (default: every query of the split)",
+    )
     grid.add_argument(
         "--ground-truth",
         default=defaults.source,
+        choices=GROUND_TRUTH_SOURCES,
         metavar="SOURCE",
-        help="retrain (ours, default) or dattri (dattri's published benchmark under $DAHP_DATTRI_DIR, default "
-        "data/dattri: its full-data models are attributed on its points and nothing is trained; see data/README.md)",
+        help=config_help["source"] + "; with dattri nothing is trained (see data/README.md)",
     )
-    grid.set_defaults(run=_cmd_grid)
+    grid.set_defaults(run=_cmd_grid, check=_check_grid)
 
-    selection = commands.add_parser(
-        "selection", parents=[computing], help="the ξ rule against every baseline -> data/results/cli/selection_*"
+    selection = command(
+        "selection",
+        "the ξ rule against every baseline on the paper's cases -> data/results/cli/selection_*",
+        [computing],
     )
-    selection.add_argument("--setting", action="append", default=[], help="restrict to these settings")
-    selection.set_defaults(run=_cmd_selection)
-
-    select = commands.add_parser("select", parents=[computing], help="choose λ from the trained model by the ξ rule")
-    select.add_argument("--setting", required=True)
-    select.add_argument("--attributor", required=True, choices=["iffim", "trak"])
-    select.add_argument("--projection-dim", type=int, default=None)
-    select.add_argument("--ensemble-size", type=int, default=None)
-    select.add_argument("--threshold", type=float, default=0.5)
-    select.set_defaults(run=_cmd_select)
-
-    plan = commands.add_parser(
-        "run-plan", parents=[computing], help="execute the book's notebooks (notebooks/plan.yml) with papermill"
+    selection.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=f"run only this setting's cases (repeatable; choices: {setting_names}; default: the cases of the "
+        "embedded settings)",
     )
-    plan.add_argument("--profile", default="default", help="quick, default or paper")
-    plan.add_argument("--only", action="append", default=[], help="run only this page (repeatable)")
+    selection.set_defaults(run=_cmd_selection, check=_check_selection)
+
+    select = command(
+        "select", "choose λ for one setting and attributor by the ξ rule (no retraining; prints)", [computing, setting]
+    )
+    select.add_argument(
+        "--attributor", required=True, choices=SELECTABLE_ATTRIBUTORS, metavar="NAME", help="the attributor"
+    )
+    select.add_argument(
+        "--projection-dim",
+        type=int,
+        default=None,
+        help="dimension of the random projection of the gradients (default: none, the full gradients)",
+    )
+    select.add_argument(
+        "--ensemble-size",
+        type=int,
+        default=None,
+        help="TRAK's number of independently trained models (default: TRAK's default; not an IFFIM option)",
+    )
+    select.add_argument(
+        "--threshold", type=float, default=0.5, help="the ξ̄ level Algorithm 1 selects at, in the open interval (0, 1)"
+    )
+    select.set_defaults(run=_cmd_select, check=_check_select)
+
+    plan = command("run-plan", "execute the book's notebooks (notebooks/plan.yml) with papermill", [computing])
+    plan.add_argument("--profile", default="default", choices=list(PROFILES), metavar="PROFILE", help="the run's sizes")
+    plan.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="PAGE",
+        help="run only this page (repeatable; default: every page)",
+    )
     plan.add_argument("--force", action="store_true", help="re-execute pages that are up to date")
     plan.add_argument(
         "--no-progress",
@@ -273,13 +367,76 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plan.set_defaults(run=_cmd_run_plan)
 
-    fixtures = commands.add_parser(
-        "fixtures", help="write tiny files in the real formats of the large settings (marked as fixture data)"
+    fixtures = command(
+        "fixtures", "write tiny files in the real formats of the large settings (marked as fixture data)", []
     )
-    fixtures.add_argument("--out", required=True, help="the data directory to write into (then DAHP_DATA_DIR=OUT)")
-    fixtures.add_argument("--setting", action="append", default=None, help="only this setting (repeatable)")
+    fixtures.add_argument(
+        "--out", required=True, metavar="DIR", help="the data directory to write into (then DAHP_DATA_DIR=DIR)"
+    )
+    fixtures.add_argument(
+        "--setting",
+        action="append",
+        default=None,
+        choices=list(FIXTURE_MODULES),
+        metavar="NAME",
+        help="only this setting (repeatable; default: every setting that has fixtures)",
+    )
     fixtures.set_defaults(run=_cmd_fixtures)
     return parser
+
+
+def _check_train(args: argparse.Namespace) -> None:
+    if args.seed < 0:
+        raise InvalidParameterError("seed", args.seed, "an integer >= 0")
+    get_setting(args.setting).check_data()
+
+
+def _check_ground_truth(args: argparse.Namespace) -> None:
+    from dahp.training.ground_truth import ChunkSlice
+
+    GroundTruthConfig(alpha=args.alpha, n_models=args.n_models, seed=args.seed, models_per_chunk=args.models_per_chunk)
+    check_reachable(resolve_executor(args.executor))
+    if args.chunks is not None:
+        ChunkSlice.parse(args.chunks)
+    get_setting(args.setting).check_data()
+
+
+def _check_grid(args: argparse.Namespace) -> None:
+    get_setting(args.setting)
+    GroundTruthConfig(alpha=args.alpha, n_models=args.n_models, seed=args.seed, source=args.ground_truth)
+    if args.queries is not None and args.queries < 1:
+        raise InvalidParameterError("queries", args.queries, "an integer >= 1")
+
+
+def _check_selection(args: argparse.Namespace) -> None:
+    for name in args.setting:
+        get_setting(name)
+
+
+def _check_select(args: argparse.Namespace) -> None:
+    from dahp.attribution.attributors import make_params
+    from dahp.selection.algorithm import check_threshold
+
+    check_threshold(args.threshold)
+    values = {"proj_dim": args.projection_dim}
+    if args.ensemble_size is not None:
+        values["ensemble_size"] = args.ensemble_size
+    make_params(args.attributor, **values)
+    get_setting(args.setting).check_data()
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Check every argument of the parsed command before it computes anything.
+
+    Resolves ``--device`` (a bad name, or CUDA where there is none, is refused), then runs the
+    command's own check: value ranges, the hyperparameter record, the executor (a Dask scheduler
+    must answer), the setting's data. Raises :class:`InvalidParameterError` or ``MissingDataError``.
+    """
+    if hasattr(args, "device"):
+        args.device_given = args.device is not None
+        args.device = resolve_device(args.device)
+    if hasattr(args, "check"):
+        args.check(args)
 
 
 def _cmd_fixtures(args: argparse.Namespace) -> None:
@@ -293,20 +450,15 @@ def _cmd_fixtures(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; bad input prints one line and exits with status 2."""
-    args = build_parser().parse_args(argv)
+    """Entry point of ``dahp``: the exit status (2 for bad input, after one line saying what is wrong)."""
     try:
-        if hasattr(args, "device"):
-            # resolved (and a bad name refused) before the command computes anything
-            args.device_given = args.device is not None
-            args.device = resolve_device(args.device)
-        if hasattr(args, "executor"):
-            from dahp.training.executors import resolve_executor
-            from dahp.training.ground_truth import ChunkSlice
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit:  # --help, --version (0) or a usage error argparse has reported (2)
+        return 0 if exit.code is None else int(exit.code)
+    from dahp.data.split import MissingDataError
 
-            resolve_executor(args.executor)
-            if args.chunks is not None:
-                ChunkSlice.parse(args.chunks)
+    try:
+        check_arguments(args)
         args.run(args)
     except (InvalidParameterError, MissingDataError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -45,8 +45,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import torch
-
 from dahp.core.config import InvalidParameterError
 from dahp.core.paths import data_dir
 
@@ -184,6 +182,8 @@ def code_versions(kind: str) -> dict[str, int]:
 def _versions() -> dict[str, str]:
     from importlib.metadata import version
 
+    import torch  # imported on use: the executors (and so the CLI's --help) import this module
+
     return {"format": str(FORMAT_VERSION), "torch": torch.__version__, "dattri": version("dattri")}
 
 
@@ -248,6 +248,8 @@ class Cache:
 
 
 def _encode(payload: Any, spec_json: str) -> bytes:
+    import torch
+
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     body = buffer.getvalue()
@@ -264,6 +266,8 @@ def _decode(blob: bytes, spec_json: str) -> Any:
         raise ValueError("entry was written for a different spec")
     if header["length"] != len(body) or header["sha256"] != hashlib.sha256(body).hexdigest():
         raise ValueError("payload is truncated or corrupt (length or checksum mismatch)")
+    import torch
+
     return torch.load(io.BytesIO(body), weights_only=True)
 
 

@@ -18,10 +18,12 @@ keys of a model with dropout record that stream (:func:`dahp.training.train.drop
 from __future__ import annotations
 
 import os
-
-import torch
+from typing import TYPE_CHECKING
 
 from dahp.core.config import InvalidParameterError
+
+if TYPE_CHECKING:  # torch is imported where a device is resolved: the CLI's --help must not load it
+    import torch
 
 DEVICE_ENV = "DAHP_DEVICE"
 #: Device kinds :func:`resolve_device` accepts (with an optional index, e.g. ``cuda:1``).
@@ -35,6 +37,8 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         InvalidParameterError: the name is not ``cpu``/``cuda``/``cuda:N``, or CUDA is asked for on a
             machine without it (checked here, before any compute).
     """
+    import torch
+
     source = "device"
     if device is None or device == "":
         device = os.environ.get(DEVICE_ENV) or None
@@ -59,6 +63,8 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 
 def describe(device: torch.device) -> str:
     """One line naming the device, for page stamps and the terminal (e.g. ``cuda:0 (NVIDIA H100)``)."""
+    import torch
+
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()
         return f"cuda:{index} ({torch.cuda.get_device_name(index)})"

@@ -38,6 +38,7 @@ import dataclasses
 import json
 import os
 import re
+import socket
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -53,6 +54,8 @@ SUBMITIT_PARAMETERS_ENV = "DAHP_SUBMITIT_PARAMETERS"
 EXECUTOR_VALUES = ("inline", "dask", "dask://HOST:PORT", "submitit")
 #: submitit's local executor kills a job after ``timeout_min`` (2 minutes unless told): a long default.
 SUBMITIT_DEFAULT_TIMEOUT_MIN = 24 * 60
+#: seconds :func:`check_reachable` waits for a Dask scheduler to accept a connection
+SCHEDULER_PROBE_SECONDS = 3.0
 _DASK_ADDRESS = re.compile(r"^dask://(?P<host>[A-Za-z0-9_.\-]+|\[[0-9A-Fa-f:]+\]):(?P<port>\d{1,5})$")
 
 
@@ -126,6 +129,26 @@ def resolve_executor(executor: str | Executor | None = None) -> Executor:
         submitit_parameters()  # a malformed $DAHP_SUBMITIT_PARAMETERS fails now, not after the submission
         return Executor("submitit")
     raise InvalidParameterError(source, executor, EXECUTOR_VALUES)
+
+
+def check_reachable(executor: Executor, timeout: float = SCHEDULER_PROBE_SECONDS) -> None:
+    """Refuse a Dask scheduler address at which nothing accepts a TCP connection within ``timeout``.
+
+    A plain socket connect, no Dask client: the command line calls this with its other argument
+    checks, so a mistyped or stopped scheduler is reported before the full-data model trains (Dask's
+    own client would find out only when the first task is submitted). Other executors pass.
+    """
+    if executor.kind != "dask" or executor.address is None:
+        return
+    host, port = executor.address.removeprefix("tcp://").rsplit(":", 1)
+    host = host.strip("[]")  # an IPv6 literal is written [::1]:8786
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as error:
+        raise InvalidParameterError(
+            "executor", str(executor), f"the address of a running Dask scheduler ({host}:{port}: {error})"
+        ) from None
 
 
 def _require(module: str, source: str, value: str, package: str) -> None:
