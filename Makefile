@@ -1,17 +1,27 @@
 # Thin wrapper: every target calls Python modules of the `dahp` package.
-# On first use it creates .venv and installs the pinned dependencies of pyproject.toml.
+# On first use it creates .venv and installs the package with every extra, at the exact versions of
+# constraints.txt (pyproject.toml declares the ranges the library accepts; constraints.txt pins what
+# the book is built and tested with). torch comes from PyTorch's CPU index: the CPU build.
 
 PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# where the +cpu build of torch is found (constraints.txt pins torch==...+cpu, so only the CPU build can
+# be installed); `make TORCH_INDEX=` leaves it to pip's configuration (e.g. a local wheel directory)
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: book browser ground-truth selection lint format test bench clean clean-cache
+.PHONY: book browser constraints ground-truth selection lint format test bench clean clean-cache
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,book]'
+	$(PY) -m pip install --quiet --disable-pip-version-check $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) \
+	  -c constraints.txt -e '.[test,book,large,cluster]'
 	touch $(STAMP)
+
+## Rewrite constraints.txt from the versions installed in .venv (after changing one on purpose).
+constraints: $(STAMP)
+	$(PY) tools/constraints.py --out constraints.txt
 
 ## The main job: execute the plan's notebooks (default profile) with papermill, then build the HTML.
 PROFILE ?= default
@@ -36,12 +46,12 @@ browser:
 
 ## Lint and format check (ruff, configured in pyproject.toml); `make format` rewrites the files.
 lint: $(STAMP)
-	$(PY) -m ruff check lib tests bench
-	$(PY) -m ruff format --check lib tests bench
+	$(PY) -m ruff check lib tests bench tools
+	$(PY) -m ruff format --check lib tests bench tools
 
 format: $(STAMP)
-	$(PY) -m ruff check --fix lib tests bench
-	$(PY) -m ruff format lib tests bench
+	$(PY) -m ruff check --fix lib tests bench tools
+	$(PY) -m ruff format lib tests bench tools
 
 test: $(STAMP) browser lint
 	$(PY) -m pytest

@@ -1,29 +1,66 @@
-"""Set-up facts a fresh machine relies on: one source of pinned dependencies."""
+"""Set-up facts a fresh machine relies on: ranges in pyproject.toml, the exact versions in one
+constraints file that make and conda install with."""
 
 import functools
 import operator
 import re
 import tomllib
+from importlib import metadata
 from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_dependencies_are_pinned_once_in_pyproject():
+def _requirements() -> list[Requirement]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    requirements = project["dependencies"] + functools.reduce(
-        operator.iadd, project["optional-dependencies"].values(), []
-    )
-    assert "torch==2.13.0" in requirements  # the CPU wheel on disk; anything else pulls CUDA builds
-    assert "dattri==0.3.0" in requirements  # later dattri changes the TRAK constructor
-    unpinned = [r for r in requirements if "==" not in r]
-    assert unpinned == []
+    texts = project["dependencies"] + functools.reduce(operator.iadd, project["optional-dependencies"].values(), [])
+    return [Requirement(text) for text in texts]
 
 
-def test_environment_yml_installs_the_project_instead_of_repeating_pins():
+def _pins() -> dict[str, str]:
+    """constraints.txt as name -> version; every line that is not a comment must be one exact pin."""
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            match = re.fullmatch(r"([A-Za-z0-9_.\-]+)==(\S+)", line)
+            assert match, f"not a pin: {line!r}"
+            pins[canonicalize_name(match[1])] = match[2]
+    return pins
+
+
+def test_pyproject_declares_ranges_and_constraints_pin_each_of_them_inside_the_range():
+    pins = _pins()
+    for requirement in _requirements():
+        assert not any(s.operator in ("==", "===") for s in requirement.specifier), f"{requirement} is a pin"
+        assert requirement.specifier, f"{requirement} has no range"
+        pinned = pins[canonicalize_name(requirement.name)]
+        assert requirement.specifier.contains(pinned, prereleases=True), (str(requirement), pinned)
+    assert pins["torch"].endswith("+cpu")  # the CPU build; the pin admits no other
+
+
+def test_constraints_are_the_versions_of_this_environment():
+    # the book is tested with what constraints.txt says: the environment running the tests holds exactly that
+    differ = {}
+    for name, version in _pins().items():
+        try:
+            installed = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            installed = None
+        if installed != version:
+            differ[name] = (version, installed)
+    assert not differ, f"pinned vs installed (python tools/constraints.py rewrites the file): {differ}"
+
+
+def test_make_and_conda_install_under_the_constraints():
+    makefile = (ROOT / "Makefile").read_text()
+    assert "-c constraints.txt -e '.[test,book,large,cluster]'" in makefile
+    torch_index = re.search(r"^TORCH_INDEX \?= (\S+)$", makefile, flags=re.M)[1]
     text = (ROOT / "environment.yml").read_text()
     pip_lines = re.findall(r"^\s+- (.+)$", text.split("- pip:", 1)[1], flags=re.M)
-    assert pip_lines == ["-e .[test,book]"]
+    assert pip_lines == [f"--extra-index-url {torch_index}", "-c constraints.txt", "-e .[test,book,large,cluster]"]
     conda_packages = re.findall(r"^  - (\S+)$", text.split("dependencies:", 1)[1].split("- pip:", 1)[0], flags=re.M)
     assert set(conda_packages) <= {"python=3.11", "pip", "make"}
 
