@@ -179,3 +179,32 @@ def test_the_installed_wheel_imports_with_this_environments_torch(wheelhouse, tm
     where, torch_version, module = out.stdout.split()
     assert Path(where).is_relative_to(target)  # the wheel's copy, not the working tree's
     assert torch_version == metadata.version("torch") and module == "dahp.selection.selector"
+
+
+#: the optional packages of each extra but [test]; the library below dahp.book must import without them
+EXTRA_MODULES = (
+    "transformers", "tokenizers",  # [large] (its pretty_midi and mido come with dattri anyway)
+    "dask", "distributed", "submitit",  # [cluster]
+    "jupyter_book", "jupytext", "papermill", "seaborn", "matplotlib",  # [book]
+)  # fmt: skip
+
+
+def test_every_module_but_the_books_imports_without_the_extras():
+    code = f"""
+import importlib, importlib.abc, pkgutil, sys, warnings
+class Missing(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {EXTRA_MODULES!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (blocked: an extra)")
+sys.meta_path.insert(0, Missing())
+import dahp
+warnings.simplefilter("ignore", DeprecationWarning)  # the old module paths alias with a warning
+names = [m.name for m in pkgutil.walk_packages(dahp.__path__, "dahp.") if not m.name.startswith("dahp.book")]
+for name in names:
+    importlib.import_module(name)
+from dahp import select_regularization, learn_group_weights, get_setting
+print(len(names))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout.split()[-1]) > 30  # the walk found the package's modules
