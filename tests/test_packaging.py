@@ -96,7 +96,8 @@ def test_wheel_declares_ranges_and_ships_its_data(wheelhouse):
         meta = email.message_from_string(wheel.read(info).decode())
     assert {"dahp/py.typed", "dahp/core/cache_versions.json", "dahp/cli.py"} <= names
     assert meta["Version"] == dahp.__version__
-    assert meta["License-File"] or meta["License"]
+    assert meta["License-Expression"] == "MIT" and meta["License-File"] == "LICENSE"
+    assert f"dahp-{dahp.__version__}.dist-info/licenses/LICENSE" in names
     requirements = [Requirement(text) for text in meta.get_all("Requires-Dist")]
     core = {canonicalize_name(r.name): r for r in requirements if r.marker is None}
     extras = {r.marker and str(r.marker).split('"')[1] for r in requirements if r.marker is not None}

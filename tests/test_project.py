@@ -8,8 +8,11 @@ import tomllib
 from importlib import metadata
 from pathlib import Path
 
+import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+import dahp
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,3 +70,23 @@ def test_make_and_conda_install_under_the_constraints():
 
 def test_ci_runs_make_test():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_citation_cites_the_package_and_the_paper_as_the_bibliography_does():
+    citation = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert citation["type"] == "software" and citation["license"] == project["license"]
+    assert citation["version"] == dahp.__version__
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", str(citation["date-released"]))
+    assert [a["name"] for a in citation["authors"]] == [a["name"] for a in project["authors"]]
+    # no address of a repository that does not exist, here or on the book's pages
+    assert not {"repository-code", "url", "repository"} & set(citation)
+    assert "repository:" not in (ROOT / "_config.yml").read_text()
+    bib = (ROOT / "book" / "references.bib").read_text()
+    entry = re.search(r"@inproceedings\{taming2025,(.*?)\n\}", bib, flags=re.S)[1]
+    field = dict(re.findall(r"(\w+)\s*=\s*\{(.*)\},?\n", entry + "\n"))
+    paper = citation["preferred-citation"]
+    assert paper["title"] == field["title"] and str(paper["year"]) == field["year"]
+    assert paper["collection-title"] == field["booktitle"]
+    authors = [f"{a['family-names']}, {a['given-names']}" for a in paper["authors"]]
+    assert authors == field["author"].split(" and ")
