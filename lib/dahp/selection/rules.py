@@ -170,7 +170,7 @@ class RulePick:
 
     rule: str
     regularization: float
-    diagnosis: str  #: one line: what the rule saw and why it picked this λ
+    diagnosis: str  #: what the rule saw and why it picked this λ, in one line
     trainings: int  #: retrained models the rule used (0 for retraining-free rules)
     seconds: float  #: the rule's own compute time (the shared factorization excluded)
 
@@ -639,7 +639,7 @@ def budget_span(inp: RuleInput, models: int) -> RulePick:
 # ------------------------------------------------------------------------------------------------
 # fitted rules
 
-#: Constants of the fitted rules before any fit: Algorithm 1's own threshold, the recipe unchanged.
+#: Constants of the fitted rules before any fit (Algorithm 1's own threshold, the recipe unchanged).
 FIT_DEFAULTS: dict[str, dict[str, float]] = {"xi_fitted": {"threshold": 0.5}, "recipe_fitted": {"factor": 1.0}}
 #: Rules whose constants are fitted on data (:func:`fit_rule`).
 FITTED: set[str] = set(FIT_DEFAULTS)
@@ -728,6 +728,7 @@ def fit_rule(name: str, problems_rows: Iterable[Mapping]) -> dict[str, float]:
 
 BUDGET_SIZES = (2, 5, 10)  #: the M' of the ``budget_val_lds_M`` rules in :data:`RULES`
 
+#: Every rule by its name; ``RULES[name](inp)`` returns the rule's :class:`RulePick` for a :class:`RuleInput`.
 RULES: dict[str, Callable[[RuleInput], RulePick]] = {
     **{f"xi_grid_{t}": (lambda inp, t=t: xi_grid(inp, t)) for t in (0.4, 0.5, 0.6)},
     "xi_continuous": xi_continuous,
@@ -747,17 +748,17 @@ RULES: dict[str, Callable[[RuleInput], RulePick]] = {
     "recipe_fitted": recipe_fitted,
 }
 
-#: The selector's default pick without retraining: the retraining-free rule with the best worst case
+#: The selector's default pick without retraining, the retraining-free rule with the best worst case
 #: over the robustness suite's default run (issue 13: worst 0.886 of the best LDS, against 0.635 for
 #: the paper's crossing ξ̄ = 0.5, which stays available as ``rule="xi"``).
 DEFAULT_NO_RETRAINING = "median_xi_recipe"
-#: The selector's default pick with a retraining budget of M models: ``f"{DEFAULT_BUDGET}_{M}"``: the
+#: The selector's default pick with a retraining budget of M models is ``f"{DEFAULT_BUDGET}_{M}"``, the
 #: rule of at most 5 retrainings with the best worst case on the suite's default run (``budget_span_5``:
 #: worst 0.8996 -- just short of the issue's 0.9 --, 77 of 83 cases >= 0.95; ``budget_bracket_5`` 0.699,
 #: ``budget_val_lds_5`` 0.603). It was designed after those results were seen (:data:`DESIGNED_AFTER`):
 #: the suite does not hold it out.
 DEFAULT_BUDGET = "budget_span"
-#: Rules designed after the robustness suite's results were seen: their suite numbers are not held out.
+#: Rules designed after the robustness suite's results were seen, so their suite numbers are not held out.
 DESIGNED_AFTER = frozenset({"budget_span_5"})
 
 #: Rules that retrain (the others need only the trained model).
