@@ -197,6 +197,15 @@ def plain(text: str) -> str:
     return re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", text).replace("``", "")
 
 
+def add_listed(parser: argparse.ArgumentParser, flag: str, choices: tuple[str, ...], **kwargs: Any) -> None:
+    """An option whose value must be one of ``choices``: the help lists them, and :func:`check_arguments`
+    refuses another value with one :class:`InvalidParameterError` like every other bad value (argparse's
+    own ``choices`` would answer with its usage text instead)."""
+    action = parser.add_argument(flag, **kwargs)
+    action.listed = tuple(choices)  # read by HelpFormatter
+    parser.set_defaults(listed={**(parser.get_default("listed") or {}), action.dest: action.listed})
+
+
 class HelpFormatter(argparse.HelpFormatter):
     """Plain help text, every option with its choices and its default.
 
@@ -206,8 +215,9 @@ class HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = plain(action.help or "")
-        if action.choices is not None and action.metavar is not None:
-            text += " (choices: %(choices)s)"
+        listed = getattr(action, "listed", None)
+        if listed is not None:
+            text += f" (choices: {', '.join(listed)})"
         flag = action.nargs == 0  # store_true, help, version
         if not (flag or action.required or action.default in (None, [], argparse.SUPPRESS) or "(default:" in text):
             text += " (default: %(default)s)"
@@ -279,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
         "LDS over a 1-D or 2-D hyperparameter grid of one attributor -> data/results/cli/",
         [computing, setting, subsets],
     )
-    grid.add_argument("--attributor", required=True, choices=ATTRIBUTOR_NAMES, metavar="NAME", help="the attributor")
+    add_listed(grid, "--attributor", ATTRIBUTOR_NAMES, required=True, metavar="NAME", help="the attributor")
     grid.add_argument(
         "--vary",
         action="append",
@@ -294,8 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="a hyperparameter held at a value other than its default (repeatable; default: none)",
     )
-    grid.add_argument(
-        "--split", default="test", choices=QUERY_SPLITS, metavar="SPLIT", help="the split whose points are the queries"
+    add_listed(
+        grid, "--split", QUERY_SPLITS, default="test", metavar="SPLIT", help="the split whose points are the queries"
     )
     grid.add_argument(
         "--queries",
@@ -303,12 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="evaluate on this many evenly spaced queries (default: every query of the split)",
     )
-    grid.add_argument(
+    grid.add_argument(  # checked by GroundTruthConfig, whose message names the parameter "source"
         "--ground-truth",
         default=defaults.source,
-        choices=GROUND_TRUTH_SOURCES,
         metavar="SOURCE",
-        help=config_help["source"] + "; with dattri nothing is trained (see data/README.md)",
+        help=config_help["source"]
+        + f"; with dattri nothing is trained, see data/README.md (choices: {', '.join(GROUND_TRUTH_SOURCES)})",
     )
     grid.set_defaults(run=_cmd_grid, check=_check_grid)
 
@@ -330,9 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     select = command(
         "select", "choose λ for one setting and attributor by the ξ rule (no retraining; prints)", [computing, setting]
     )
-    select.add_argument(
-        "--attributor", required=True, choices=SELECTABLE_ATTRIBUTORS, metavar="NAME", help="the attributor"
-    )
+    add_listed(select, "--attributor", SELECTABLE_ATTRIBUTORS, required=True, metavar="NAME", help="the attributor")
     select.add_argument(
         "--projection-dim",
         type=int,
@@ -351,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     select.set_defaults(run=_cmd_select, check=_check_select)
 
     plan = command("run-plan", "execute the book's notebooks (notebooks/plan.yml) with papermill", [computing])
-    plan.add_argument("--profile", default="default", choices=list(PROFILES), metavar="PROFILE", help="the run's sizes")
+    add_listed(plan, "--profile", tuple(PROFILES), default="default", metavar="PROFILE", help="the run's sizes")
     plan.add_argument(
         "--only",
         action="append",
@@ -373,11 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
     fixtures.add_argument(
         "--out", required=True, metavar="DIR", help="the data directory to write into (then DAHP_DATA_DIR=DIR)"
     )
-    fixtures.add_argument(
+    add_listed(
+        fixtures,
         "--setting",
+        tuple(FIXTURE_MODULES),
         action="append",
         default=None,
-        choices=list(FIXTURE_MODULES),
         metavar="NAME",
         help="only this setting (repeatable; default: every setting that has fixtures)",
     )
@@ -428,10 +437,15 @@ def _check_select(args: argparse.Namespace) -> None:
 def check_arguments(args: argparse.Namespace) -> None:
     """Check every argument of the parsed command before it computes anything.
 
-    Resolves ``--device`` (a bad name, or CUDA where there is none, is refused), then runs the
-    command's own check: value ranges, the hyperparameter record, the executor (a Dask scheduler
-    must answer), the setting's data. Raises :class:`InvalidParameterError` or ``MissingDataError``.
+    Checks the options with a list of choices, resolves ``--device`` (a bad name, or CUDA where there
+    is none, is refused), then runs the command's own check: value ranges, the hyperparameter record,
+    the executor (a Dask scheduler must answer), the setting's data. Raises :class:`InvalidParameterError` or ``MissingDataError``.
     """
+    for dest, allowed in getattr(args, "listed", {}).items():
+        given = getattr(args, dest)
+        for value in given if isinstance(given, list) else [given]:
+            if value is not None and value not in allowed:
+                raise InvalidParameterError(dest, value, allowed)
     if hasattr(args, "device"):
         args.device_given = args.device is not None
         args.device = resolve_device(args.device)
