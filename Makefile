@@ -8,8 +8,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # where the +cpu build of torch is found (constraints.txt pins torch==...+cpu, so only the CPU build can
-# be installed); `make TORCH_INDEX=` leaves it to pip's configuration (e.g. a local wheel directory)
-TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# be installed). Empty by default: pip's own configuration finds it (a local wheel directory on the machines
+# this project runs on, CI included). Elsewhere: `make TORCH_INDEX=https://download.pytorch.org/whl/cpu`.
+TORCH_INDEX ?=
 
 .PHONY: book browser constraints ground-truth selection lint format test bench clean clean-cache
 

@@ -26,7 +26,7 @@ HEADER = """\
 # The exact versions the book is built and tested with (pins only; the library itself declares ranges
 # in pyproject.toml). Written by tools/constraints.py (make constraints) from the environment it ran in:
 # every package that dahp[{extras}] and {tools} need, directly or through others.
-# torch is the CPU build (+cpu, from the index TORCH_INDEX of the Makefile).
+# torch is the CPU build (+cpu: found through pip's configuration, or the index TORCH_INDEX of the Makefile).
 """
 
 
