@@ -42,6 +42,7 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -182,8 +183,6 @@ def code_versions(kind: str) -> dict[str, int]:
 
 
 def _versions() -> dict[str, str]:
-    from importlib.metadata import version
-
     return {"format": str(FORMAT_VERSION), "torch": torch.__version__, "dattri": version("dattri")}
 
 
