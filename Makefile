@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: book browser ground-truth selection lint format test bench clean clean-cache
+.PHONY: book browser ground-truth selection lint format test test-random bench clean clean-cache
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,17 +34,27 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) || \
 	  echo "chromium could not be installed: the browser check of the book will be skipped"
 
-## Lint and format check (ruff, configured in pyproject.toml); `make format` rewrites the files.
+## Lint and format check (ruff, configured in pyproject.toml), then the package's layer contracts
+## (import-linter, [tool.importlinter] in pyproject.toml); `make format` rewrites the files.
 lint: $(STAMP)
 	$(PY) -m ruff check lib tests bench
 	$(PY) -m ruff format --check lib tests bench
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP)
 	$(PY) -m ruff check --fix lib tests bench
 	$(PY) -m ruff format lib tests bench
 
+## The suite in the files' order (pyproject's addopts switch pytest-randomly off).
 test: $(STAMP) browser lint
 	$(PY) -m pytest
+
+## The suite in a shuffled order, to catch a test that depends on what ran before it. pytest-randomly
+## prints its seed at the top ("Using --randomly-seed=N"); `make test-random SEED=N` replays that order
+## and `SEED=last` the previous run's.
+SEED ?=
+test-random: $(STAMP) browser
+	$(PY) -m pytest -p randomly $(if $(SEED),--randomly-seed=$(SEED))
 
 bench: $(STAMP)
 	@set -e; for script in bench/*.py; do echo "== $$script"; $(PY) $$script; done
