@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed
 # this project runs on, CI included). Elsewhere: `make TORCH_INDEX=https://download.pytorch.org/whl/cpu`.
 TORCH_INDEX ?=
 
-.PHONY: book browser constraints ground-truth selection lint format test bench clean clean-cache
+.PHONY: book browser constraints ground-truth selection lint format test test-random bench clean clean-cache
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,17 +45,27 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) || \
 	  echo "chromium could not be installed: the browser check of the book will be skipped"
 
-## Lint and format check (ruff, configured in pyproject.toml); `make format` rewrites the files.
+## Lint and format check (ruff, configured in pyproject.toml), then the package's layer contracts
+## (import-linter, [tool.importlinter] in pyproject.toml); `make format` rewrites the files.
 lint: $(STAMP)
 	$(PY) -m ruff check lib tests bench tools
 	$(PY) -m ruff format --check lib tests bench tools
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP)
 	$(PY) -m ruff check --fix lib tests bench tools
 	$(PY) -m ruff format lib tests bench tools
 
+## The suite in the files' order (pyproject's addopts switch pytest-randomly off).
 test: $(STAMP) browser lint
 	$(PY) -m pytest
+
+## The suite in a shuffled order, to catch a test that depends on what ran before it. pytest-randomly
+## prints its seed at the top ("Using --randomly-seed=N"); `make test-random SEED=N` replays that order
+## and `SEED=last` the previous run's.
+SEED ?=
+test-random: $(STAMP) browser
+	$(PY) -m pytest -p randomly $(if $(SEED),--randomly-seed=$(SEED))
 
 bench: $(STAMP)
 	@set -e; for script in bench/*.py; do echo "== $$script"; $(PY) $$script; done

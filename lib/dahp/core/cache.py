@@ -42,6 +42,7 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -180,8 +181,6 @@ def code_versions(kind: str) -> dict[str, int]:
 
 
 def _versions() -> dict[str, str]:
-    from importlib.metadata import version
-
     import torch  # imported on use: the executors (and so the CLI's --help) import this module
 
     return {"format": str(FORMAT_VERSION), "torch": torch.__version__, "dattri": version("dattri")}

@@ -35,11 +35,13 @@ has finished, so one failure does not waste the others' work.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import re
 import socket
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -153,8 +155,6 @@ def check_reachable(executor: Executor, timeout: float = SCHEDULER_PROBE_SECONDS
 
 def _require(module: str, source: str, value: str, package: str) -> None:
     """Refuse an engine whose package is missing, naming what to install."""
-    import importlib.util
-
     if importlib.util.find_spec(module) is None:
         raise InvalidParameterError(source, value, f"an engine that is installed (pip install '{package}')")
 
@@ -270,8 +270,6 @@ def _run_dask(tasks: list[Task], address: str | None, bar: tqdm) -> list[Any]:
 
 
 def _dask_key(task: Task) -> str:
-    import uuid
-
     return f"dahp-{re.sub(r'[^A-Za-z0-9_.-]+', '_', task.label)}-{uuid.uuid4().hex[:8]}"
 
 
