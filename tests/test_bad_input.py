@@ -2,7 +2,7 @@
 
 import pytest
 
-from dahp.__main__ import main
+from dahp.cli import main
 from dahp.core.config import GroundTruthConfig, InvalidParameterError, TrainingRecipe
 from dahp.data.settings import get_setting
 from dahp.training import train as training

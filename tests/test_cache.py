@@ -26,7 +26,7 @@ from dahp.core.cache import (
 from dahp.core.config import InvalidParameterError
 
 ADVICE = (
-    "bump CODE_VERSIONS['{kind}'] in lib/dahp/cache.py if the change alters results, "
+    "bump CODE_VERSIONS['{kind}'] in lib/dahp/core/cache.py if the change alters results, "
     "then run `python -m dahp.core.cache --update-lock`"
 )
 
@@ -168,16 +168,16 @@ def _users(relative: str) -> set[str]:
 
 def test_lock_check_detects_a_code_edit(tree, monkeypatch):
     root, lock = tree
-    source = (root / "training.py").read_text()
-    (root / "training.py").write_text(source + "\n\ndef _sgd_scale() -> float:\n    return 0.5\n")
+    source = (root / "training/train.py").read_text()
+    (root / "training/train.py").write_text(source + "\n\ndef _sgd_scale() -> float:\n    return 0.5\n")
     problems = check_lock(root, lock)
-    assert {p.split("'")[1] for p in problems} == _users("training.py")
+    assert {p.split("'")[1] for p in problems} == _users("training/train.py")
     for problem in problems:
         kind = problem.split("'")[1]
         assert problem.startswith(f"cache kind '{kind}': the code of its producers changed")
-        assert "lib/dahp/training.py" in problem and "settings.py" not in problem
+        assert "lib/dahp/training/train.py" in problem and "settings.py" not in problem
         assert problem.endswith(ADVICE.format(kind=kind))
-    assert "eigh" not in _users("training.py")  # untouched kinds are not reported
+    assert "eigh" not in _users("training/train.py")  # untouched kinds are not reported
 
     # the developer bumps checkpoints and rewrites the lock: in order again
     monkeypatch.setitem(CODE_VERSIONS, "checkpoints", CODE_VERSIONS["checkpoints"] + 1)
@@ -190,7 +190,7 @@ def test_lock_check_detects_a_code_edit(tree, monkeypatch):
 
 def test_lock_check_detects_a_changed_expression(tree):
     root, lock = tree
-    source = (root / "spectral.py").read_text()
+    source = (root / "attribution/spectral.py").read_text()
     tree_ = ast.parse(source)
     # flip the first integer or float constant of a function body (a one-character code change)
     constant = next(
@@ -203,15 +203,15 @@ def test_lock_check_detects_a_changed_expression(tree):
     lines[constant.lineno - 1] = (
         line[: constant.col_offset] + repr(constant.value + 1) + line[constant.end_col_offset :]
     )
-    (root / "spectral.py").write_text("".join(lines))
+    (root / "attribution/spectral.py").write_text("".join(lines))
     problems = check_lock(root, lock)
-    assert {p.split("'")[1] for p in problems} == _users("spectral.py")
-    assert all("lib/dahp/spectral.py" in p for p in problems)
+    assert {p.split("'")[1] for p in problems} == _users("attribution/spectral.py")
+    assert all("lib/dahp/attribution/spectral.py" in p for p in problems)
 
 
 def test_lock_check_ignores_comment_and_docstring_edits(tree):
     root, lock = tree
-    for relative in ("training.py", "features.py", "spectral.py"):
+    for relative in ("training/train.py", "attribution/features.py", "attribution/spectral.py"):
         path = root / relative
         source = path.read_text()
         lines = source.splitlines(keepends=True)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from dahp.__main__ import main
+from dahp.cli import main
 from dahp.attribution import attributors as attr
 from dahp.attribution import spectral
 from dahp.attribution.features import Projection, project, project_nested, project_on_device
@@ -135,7 +135,7 @@ def test_eigendecomposition_falls_back_to_the_cpu_when_the_device_runs_out_of_me
 )
 def test_bad_device_on_the_command_line_fails_before_any_compute(command, monkeypatch, capsys):
     for name in ("_cmd_train", "_cmd_ground_truth", "_cmd_grid", "_cmd_selection", "_cmd_select", "_cmd_run_plan"):
-        monkeypatch.setattr(f"dahp.__main__.{name}", lambda args: pytest.fail("computed despite a bad --device"))
+        monkeypatch.setattr(f"dahp.cli.{name}", lambda args: pytest.fail("computed despite a bad --device"))
     assert main([*command, "--device", "gpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: invalid device='gpu'; valid: 'cpu', 'cuda' or 'cuda:N'"]
@@ -143,7 +143,7 @@ def test_bad_device_on_the_command_line_fails_before_any_compute(command, monkey
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_cuda_on_the_command_line_without_cuda_says_so(monkeypatch, capsys):
-    monkeypatch.setattr("dahp.__main__._cmd_grid", lambda args: pytest.fail("computed without a device"))
+    monkeypatch.setattr("dahp.cli._cmd_grid", lambda args: pytest.fail("computed without a device"))
     command = ["grid", "--setting", "mnist_lr", "--attributor", "iffim", "--vary", "regularization=1"]
     assert main([*command, "--device", "cuda"]) == 2
     assert "this machine has no CUDA device" in capsys.readouterr().err
@@ -151,7 +151,7 @@ def test_cuda_on_the_command_line_without_cuda_says_so(monkeypatch, capsys):
 
 def test_the_command_line_passes_the_device_down(monkeypatch):
     seen = []
-    monkeypatch.setattr("dahp.__main__._cmd_select", lambda args: seen.append(args.device))
+    monkeypatch.setattr("dahp.cli._cmd_select", lambda args: seen.append(args.device))
     assert main(["select", "--setting", "mnist_lr", "--attributor", "iffim", "--device", "cpu"]) == 0
     assert seen == [torch.device("cpu")]
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from dahp.__main__ import main
+from dahp.cli import main
 from dahp.core.cache import Cache
 from dahp.core.config import GroundTruthConfig, InvalidParameterError
 from dahp.training import ground_truth as gt_module

@@ -64,7 +64,7 @@ def test_pages_get_a_notice_only_for_settings_on_fixture_data(tmp_path):
 
 
 def test_command_line_writes_fixtures_and_refuses_unknown_settings(tmp_path, capsys):
-    from dahp.__main__ import main
+    from dahp.cli import main
 
     assert main(["fixtures", "--out", str(tmp_path / "fx"), "--setting", "cifar2_resnet9"]) == 0
     assert fixture_settings(tmp_path / "fx") == ["cifar2_resnet9"]

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dahp.__main__ import main
+from dahp.cli import main
 from dahp.attribution import attributors
 from dahp.core.config import GroundTruthConfig, InvalidParameterError
 from dahp.core.results import results_dir

@@ -11,7 +11,7 @@ import torch
 
 import dahp.training.ground_truth
 import dahp.training.train
-from dahp.__main__ import main
+from dahp.cli import main
 from dahp.attribution import dattri_bridge
 from dahp.attribution.attributors import make_params, scorer
 from dahp.attribution.lds import lds
