@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from dahp.cli import main
 from dahp.attribution import attributors as attr
 from dahp.attribution import spectral
 from dahp.attribution.features import Projection, project, project_nested, project_on_device
 from dahp.attribution.lds import _subset_sums_torch, subset_sums
+from dahp.cli import main
 from dahp.core.cache import Cache
 from dahp.core.config import GroundTruthConfig
 from dahp.data.settings import get_setting

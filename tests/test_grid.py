@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from dahp.cli import main
 from dahp.attribution import attributors
+from dahp.cli import main
 from dahp.core.config import GroundTruthConfig, InvalidParameterError
 from dahp.core.results import results_dir
 from dahp.data.settings import get_setting

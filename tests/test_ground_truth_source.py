@@ -11,10 +11,10 @@ import torch
 
 import dahp.training.ground_truth
 import dahp.training.train
-from dahp.cli import main
 from dahp.attribution import dattri_bridge
 from dahp.attribution.attributors import make_params, scorer
 from dahp.attribution.lds import lds
+from dahp.cli import main
 from dahp.core.cache import Cache
 from dahp.core.config import GroundTruthConfig, InvalidParameterError
 from dahp.data.benchmark_folder import (

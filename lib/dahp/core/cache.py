@@ -377,9 +377,7 @@ def write_lock(lock: Path | str | None = None, root: Path | str | None = None) -
 
 
 def _bump_advice(kind: str) -> str:
-    return (
-        f"bump CODE_VERSIONS['{kind}'] in lib/dahp/core/cache.py if the change alters results, then run `{UPDATE_COMMAND}`"
-    )
+    return f"bump CODE_VERSIONS['{kind}'] in lib/dahp/core/cache.py if the change alters results, then run `{UPDATE_COMMAND}`"
 
 
 def check_lock(root: Path | str | None = None, lock: Path | str | None = None) -> list[str]:
