@@ -737,7 +737,7 @@ class Rule:
     what it costs.
 
     ``needs`` says which optional parts of a :class:`RuleInput` the rule cannot run without
-    (:data:`NEEDS`); ``trainings`` how many retrained models it uses; ``threshold`` the ξ̄ level of the
+    (:data:`NEEDS`), ``attributors`` for which attributors it is meant; ``trainings`` how many retrained models it uses; ``threshold`` the ξ̄ level of the
     fixed-level ξ rules; ``designed_after`` marks rules designed after the robustness suite's results
     were seen (their suite numbers are not held out); ``fitted`` rules take constants from
     :func:`fit_rule`. A rule is called like a function: ``rule(inp) -> RulePick``.
@@ -754,6 +754,8 @@ class Rule:
     #: the rule's family: rules that differ only in a parameter share it (``"xi_grid"``, ``"spectrum"``,
     #: ``"budget_span"`` ...); default: the name
     family: str = ""
+    #: the attributors the rule means something for (it still computes on the others when called)
+    attributors: frozenset[str] = frozenset(ATTRIBUTORS)
 
     def __post_init__(self) -> None:
         if not self.family:
@@ -773,8 +775,10 @@ class Rule:
         return self.trainings > 0
 
     def applicable(self, inp: RuleInput) -> bool:
-        """Whether ``inp`` holds everything the rule needs (:attr:`needs`)."""
-        return all(getattr(inp, _NEEDS_FIELD[need]) is not None for need in self.needs)
+        """Whether ``inp`` holds everything the rule needs (:attr:`needs`) and is of one of its :attr:`attributors`."""
+        return inp.attributor in self.attributors and all(
+            getattr(inp, _NEEDS_FIELD[need]) is not None for need in self.needs
+        )
 
 
 def _xi_grid_rule(threshold: float) -> Rule:
@@ -848,6 +852,8 @@ _REGISTERED = [
         recipe_gauss_newton,
         _RECIPE,
         description="the recipe rule converted to TRAK's kernel through the loss Hessian's weights p(1−p)",
+        # IFFIM's Fisher is already of loss gradients: there the rule is the recipe rule under another name
+        attributors=frozenset({"trak"}),
     ),
     Rule(
         "median_xi_recipe",

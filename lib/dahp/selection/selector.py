@@ -209,7 +209,7 @@ def _free_rule_names(attributor: str, has_recipe: bool, fitted: Mapping | None) 
             continue
         if "recipe" in rule.needs and not has_recipe:
             continue
-        if name == "recipe_gauss_newton" and attributor != "trak":  # IFFIM's Fisher needs no conversion
+        if attributor not in rule.attributors:
             continue
         names.append(name)
     return names
