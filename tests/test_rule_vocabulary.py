@@ -123,6 +123,7 @@ def _small_state(setting, cache):
     return attr.full_data_state(setting, 0, setting.recipe.epochs, cache, False, torch.device("cpu"))[0]
 
 
+@pytest.mark.slow
 def test_cases_robustness_and_selector_share_names_and_the_recipe(cache):
     from dahp.core.config import GroundTruthConfig
     from dahp.experiments import robustness, suite
@@ -154,6 +155,7 @@ def test_cases_robustness_and_selector_share_names_and_the_recipe(cache):
         assert result.pick(name).regularization == pytest.approx(case.picks[name], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_cli_select_prints_the_selector_default_as_the_lambda_to_use(capsys):
     from dahp.cli import main
     from dahp.core.cache import default_cache

@@ -77,6 +77,19 @@ def from_mean_loss(attributor: str, regularization: float, n_train: int, n_param
     return regularization
 
 
+def trace_per_parameter(attributor: str, trace: float, n_train: int, n_params: int) -> float:
+    """The mean per-example squared gradient per parameter, ``mean_i ‖∇_i‖² / #parameters``, from the
+    trace of ``attributor``'s curvature.
+
+    IFFIM's trace is ``mean_i ‖∇L_i‖²`` (divide by ``#parameters``); TRAK's, ``Σ_i ‖∇f_i‖² /
+    #parameters`` (divide by ``n``) -- of margin, not loss, gradients.
+    """
+    _check_attributor(attributor)
+    _check_count("n_train", n_train)
+    _check_count("n_params", n_params)
+    return trace / n_train if attributor == "trak" else trace / n_params
+
+
 def scale_description(attributor: str) -> str:
     """One line saying on which curvature λ is added for ``attributor``."""
     _check_attributor(attributor)

@@ -1,12 +1,17 @@
 """Every rule for choosing λ, behind one interface, each pick with its cost and a one-line diagnosis.
 
-A rule maps a :class:`RuleInput` (the ξ factors of the validation queries, the candidate grid, what
-the training did, the published default and -- for the budget rules -- the validation-query LDS of
-the first ``M'`` retrained models) to a :class:`RulePick`. :data:`RULES` names them all; the
-robustness study runs every rule on every problem and :mod:`dahp.selection.selector` runs them on a user's
-model. λ is always on the scale of the attributor the factors belong to (IFFIM: the empirical Fisher
-of the *mean* training loss; TRAK: ``ΦᵀΦ`` summed over training points with features divided by
-``sqrt(#parameters)``, see :mod:`dahp.selection.selector`).
+A rule (:class:`Rule`: its name, what it needs, how many retrained models it costs) maps a
+:class:`RuleInput` (the ξ factors of the validation queries, the candidate grid, what the training
+did, the published default and -- for the budget rules -- the validation-query LDS of the first
+``M'`` retrained models) to a :class:`RulePick`. :data:`RULES` names them all, and its names are the
+package's one vocabulary: the robustness study runs every rule on every problem, the Fig 2 / Fig 3
+cases (:mod:`dahp.experiments.cases`) and :mod:`dahp.selection.selector` run the retraining-free ones
+(:func:`retraining_free`) on a setting or a user's model. The paper's pick is :data:`PAPER_RULE`, the
+package's default :data:`DEFAULT_NO_RETRAINING`.
+
+λ is always on the scale of the attributor the factors belong to (IFFIM: the empirical Fisher of the
+*mean* training loss; TRAK: ``ΦᵀΦ`` summed over training points with features divided by
+``sqrt(#parameters)``; :mod:`dahp.attribution.scales` owns both and the factor between them).
 
 Rule families:
 
@@ -43,7 +48,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from dahp.attribution.scales import fine_grid, from_mean_loss
+from dahp.attribution.scales import fine_grid, from_mean_loss, trace_per_parameter
 from dahp.attribution.spectral import SpectralFactors
 from dahp.core.config import OPTIMIZERS, SCHEDULES, InvalidParameterError, TrainingRecipe
 from dahp.selection.algorithm import (
@@ -339,7 +344,7 @@ def adam_second_moment(inp: RuleInput) -> float:
     """
     facts = inp.recipe
     trace = float(np.mean([m.eigenvalues.clamp_min(0).sum().item() for m in inp.members]))
-    per_coordinate = trace / facts.n_params if inp.attributor == "iffim" else trace / facts.n_train
+    per_coordinate = trace_per_parameter(inp.attributor, trace, facts.n_train, facts.n_params)
     return per_coordinate / facts.batch_size
 
 
