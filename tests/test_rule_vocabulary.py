@@ -127,7 +127,7 @@ def _small_state(setting, cache):
 def test_cases_robustness_and_selector_share_names_and_the_recipe(cache):
     from dahp.core.config import GroundTruthConfig
     from dahp.experiments import robustness, suite
-    from dahp.experiments.cases import case_rule_input, default_grid, run_case, setting_selection
+    from dahp.experiments.cases import case_rule_input, case_scores, default_grid, run_case, setting_selection
     from helpers import small
 
     setting = small("mnist_lr")
@@ -141,6 +141,13 @@ def test_cases_robustness_and_selector_share_names_and_the_recipe(cache):
         setting, "iffim", grid, ground_truth_config=GroundTruthConfig(n_models=4), cache=cache, progress=False
     )
     assert list(case.picks) == names and case.regularization("recipe") == recipe
+    # the removal table's picks come from the same registry rules on the same input
+    picked = case_scores(setting, "iffim", None, cache=cache)
+    assert {rule: lam for rule, (lam, _) in picked.items()} == {
+        rule: case.picks[rule] for rule in ("published_default", "xi_grid_0.5")
+    }
+    with pytest.raises(InvalidParameterError, match="rules_used"):
+        case_scores(setting, "iffim", None, rules_used=("budget_span_5",), cache=cache)
     # the robustness study judges the registry's own rules, on the same recipe facts
     rule_set = robustness.RuleSet.default()
     assert list(rule_set.rules) == list(RULES) and all(rule_set.rules[n] is RULES[n] for n in names)
