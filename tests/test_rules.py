@@ -9,7 +9,7 @@ import torch
 
 from dahp.attribution.spectral import SpectralFactors
 from dahp.core.config import InvalidParameterError, TrainingRecipe
-from dahp.selection.algorithm import mean_xi, recipe_lambda
+from dahp.selection.algorithm import mean_xi
 from dahp.selection.rules import (
     DESIGNED_AFTER,
     FITTED,
@@ -88,10 +88,11 @@ def test_max_slope_is_the_steepest_point_of_the_hand_curve():
 
 @pytest.mark.parametrize("attributor", ["iffim", "trak"])
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
-def test_recipe_rule_for_sgd_equals_recipe_lambda(attributor, momentum):
+def test_recipe_rule_for_sgd_is_one_over_the_effective_steps(attributor, momentum):
     facts = RecipeFacts.sgd(0.01, 1250, n_train=4000, n_params=7850, momentum=momentum)
     inp = RuleInput(attributor, [diagonal([1.0, 0.1], [1.0, 1.0])], GRID, recipe=facts)
-    expected = recipe_lambda(attributor, 0.01, 1250, momentum, 4000, 7850)
+    # (1 − μ)/(η T) on the mean-loss scale; TRAK's kernel is n/#params times larger
+    expected = (1 - momentum) / (0.01 * 1250) * (4000 / 7850 if attributor == "trak" else 1.0)
     assert RULES["recipe"](inp).regularization == pytest.approx(expected, rel=1e-12)
 
 
@@ -177,7 +178,9 @@ def test_all_picks_skips_rules_without_their_inputs_and_refuses_named_ones():
     full = RuleInput(
         "iffim", inp.members, GRID, RecipeFacts.sgd(0.1, 10, 2, 2), 1e-5, lambda m, lams: np.ones(len(lams))
     )
-    assert [p.rule for p in all_picks(full)] == list(RULES)
+    # recipe_gauss_newton converts to TRAK's kernel: for IFFIM it is not applicable
+    assert [p.rule for p in all_picks(full)] == [name for name in RULES if name != "recipe_gauss_newton"]
+    assert [p.rule for p in all_picks(dataclasses.replace(full, attributor="trak"))] == list(RULES)
     assert RULES["published_default"](full).regularization == 1e-5
 
 

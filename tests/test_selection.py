@@ -10,13 +10,19 @@ from dahp.data.settings import get_setting
 from dahp.selection.algorithm import (
     mean_eigenvalue_rule,
     mean_xi,
-    recipe_regularization,
     select_continuous,
     select_on_grid,
     spectrum_quantile,
     xi_bar_curve,
 )
+from dahp.selection.rules import RULES, RecipeFacts, RuleInput
 from helpers import quick
+
+
+def recipe_regularization(setting, attributor: str) -> float:
+    """The registry's recipe rule on ``setting``'s training recipe (the factors do not enter for SGD)."""
+    facts = RecipeFacts.from_recipe(setting.recipe, setting.data().n_train, setting.n_params())
+    return RULES["recipe"](RuleInput(attributor, [problem()], [1e-3, 1.0], recipe=facts)).regularization
 
 
 def problem(seed=0, n=50, p=20):
@@ -74,6 +80,9 @@ def test_recipe_rule_from_the_training_recipe():
     assert recipe_regularization(longer, "iffim") == pytest.approx(recipe_regularization(lr, "iffim") / 2)
     with pytest.raises(InvalidParameterError, match="attributor"):
         recipe_regularization(lr, "tracin")
+    adam = quick("mnist_lr", optimizer="adam")  # Adam's step is not η: the plain-SGD recipe would be wrong
+    steps = adam.recipe.epochs * adam.recipe.steps_per_epoch(4000)
+    assert recipe_regularization(adam, "iffim") != pytest.approx(1 / (adam.recipe.lr * steps), rel=0.1)
 
 
 @pytest.mark.parametrize(
@@ -110,12 +119,12 @@ def test_a_case_judges_every_pick_by_the_per_query_lds_of_its_own_lambda(cache):
     members = attr.scorer(setting, "iffim", attr.make_params("iffim"), "val", cache, progress=False).members
     curve = xi_bar_curve(members, grid)
     np.testing.assert_allclose(case.xi_bar, curve)
-    assert case.regularization("xi0.5") == grid[int(np.argmin(np.abs(curve - 0.5)))]
+    assert case.regularization("xi_grid_0.5") == grid[int(np.argmin(np.abs(curve - 0.5)))]
     assert case.regularization("recipe") == pytest.approx(recipe_regularization(setting, "iffim"))
     # an off-grid pick gets the LDS of its own λ, not of a neighbouring candidate
     gt = ground_truth(setting, truth, cache, progress=False)
     test = attr.scorer(setting, "iffim", attr.make_params("iffim"), "test", cache, progress=False)
-    for rule in ("recipe", "default", "xi_continuous"):
+    for rule in ("recipe", "published_default", "xi_continuous", "median_xi_recipe"):
         expected = lds(test.scores(case.regularization(rule)), gt.targets("test"), gt.subsets).per_query
         np.testing.assert_allclose(case.per_query(rule), expected)
     expected = lds(test.scores(grid[4]), gt.targets("test"), gt.subsets).per_query

@@ -111,14 +111,23 @@ def test_c3_entanglement_rule(tmp_path):
 def _case(setting, selected_shift, default_shift, n=60, grid=(1e-3, 1e-2, 1e-1), curve=(0.2, 0.5, 0.4), **extra):
     base = RNG.normal(0, 0.02, n)
     lds_grid = np.stack([c + base for c in curve])
-    picks = {"xi0.5": grid[1], "xi0.4": grid[1], "xi0.6": grid[2], "default": 1e-5, "q0.5": grid[0], "q0.9": grid[2]}
+    picks = {
+        "xi_grid_0.5": grid[1],
+        "xi_grid_0.4": grid[1],
+        "xi_grid_0.6": grid[2],
+        "median_xi_recipe": grid[2],
+        "published_default": 1e-5,
+        "spectrum_q0.5": grid[0],
+        "spectrum_q0.9": grid[2],
+    }
     pick_lds = {
-        "xi0.5": lds_grid[1] + selected_shift,
-        "xi0.4": lds_grid[1],
-        "xi0.6": lds_grid[2],
-        "default": lds_grid[1] + default_shift,
-        "q0.5": lds_grid[0],
-        "q0.9": lds_grid[2],
+        "xi_grid_0.5": lds_grid[1] + selected_shift,
+        "xi_grid_0.4": lds_grid[1],
+        "xi_grid_0.6": lds_grid[2],
+        "median_xi_recipe": lds_grid[2],
+        "published_default": lds_grid[1] + default_shift,
+        "spectrum_q0.5": lds_grid[0],
+        "spectrum_q0.9": lds_grid[2],
     }
     values = dict(
         grid=list(grid),

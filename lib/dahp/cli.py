@@ -144,32 +144,25 @@ def _cmd_selection(args: argparse.Namespace) -> None:
 
 
 def _cmd_select(args: argparse.Namespace) -> None:
-    from dahp.attribution import attributors as attr
-    from dahp.experiments.cases import default_grid
-    from dahp.selection.algorithm import mean_xi, recipe_regularization, xi_selection
+    from dahp.experiments.cases import setting_selection
 
-    setting = get_setting(args.setting)
-    values = {"proj_dim": args.projection_dim}
-    if args.ensemble_size is not None:
-        values["ensemble_size"] = args.ensemble_size
-    params = attr.make_params(args.attributor, **values)
     if args.attributor not in ("iffim", "trak"):
         raise InvalidParameterError("attributor", args.attributor, ["iffim", "trak"])
+    setting = get_setting(args.setting)
     started = time.perf_counter()
-    members = attr.scorer(setting, args.attributor, params, "val", device=args.device).members
-    grid = default_grid(setting, args.attributor)
-    rule = xi_selection(members, grid, args.threshold)
-    curve, pick, grid_pick = rule.xi_bar, rule.continuous, rule.grid_pick
-    recipe = recipe_regularization(setting, args.attributor)
-    seconds = time.perf_counter() - started
-    print(f"{'λ':>12s}  ξ̄   (validation queries, {setting.name}, {args.attributor}, proj_dim={args.projection_dim})")
-    for lam, value in zip(grid, curve):
-        mark = "  <- Algorithm 1" if lam == grid_pick.regularization else ""
-        print(f"{lam:12.4g}  {value:.3f}{mark}")
-    print(
-        f"selected λ = {pick.regularization:.4g} (ξ̄ = {pick.xi_bar:.3f}, threshold {args.threshold}); "
-        f"recipe rule λ = {recipe:.4g} (ξ̄ = {mean_xi(members, recipe):.3f}); {seconds:.1f} s"
+    result = setting_selection(
+        setting,
+        args.attributor,
+        args.projection_dim,
+        args.ensemble_size,
+        args.threshold,
+        progress=True,
+        device=args.device,
     )
+    seconds = time.perf_counter() - started
+    print(f"validation queries of {setting.name}, {args.attributor}, proj_dim={args.projection_dim}")
+    print(result.summary(curve=True))
+    print(f"{seconds:.1f} s")
 
 
 def _cmd_run_plan(args: argparse.Namespace) -> None:

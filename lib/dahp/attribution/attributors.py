@@ -22,10 +22,12 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import torch
 
 from dahp.attribution import dattri_bridge
 from dahp.attribution.features import check_proj_dim, gradient_features, one_minus_correct_probability, parameter_names
+from dahp.attribution.scales import gram_scale
 from dahp.attribution.spectral import (
     Eigendecomposition,
     SpectralFactors,
@@ -457,7 +459,7 @@ def _iffim(
         cache,
         {**spec, "kind": "loss", "proj_dim": params.proj_dim, "proj_seed": params.proj_seed},
         train,
-        1.0 / len(train),
+        gram_scale("iffim", len(train)),
         device,
     )
     return SpectralScorer([factors(eig, train, queries, sign=-1.0, device=device)])
@@ -563,12 +565,30 @@ def trak_scorer(
             cache,
             {**spec, "kind": "trak", "proj_dim": params.proj_dim, "proj_seed": params.proj_seed, "ensemble_id": k},
             train,
-            1.0,
+            gram_scale("trak", len(train)),
             device,
         )
         members.append(factors(eig, train, queries, sign=1.0, device=device))
         weights.append(one_minus_correct_probability(setting, state, device))
     return SpectralScorer(members, torch.stack(weights).mean(0))
+
+
+@torch.no_grad()
+def train_margins(
+    setting: Setting, members: int, cache: Cache | None = None, progress: bool = False, device=None
+) -> np.ndarray:
+    """``(members, n)`` margins (the setting's target) of the training points under full-data models
+    0..members-1 (the models TRAK's ensemble attributes, from the cache), in float64, on the CPU."""
+    cache = default_cache() if cache is None else cache
+    device = resolve_device(device)
+    data = setting.data()
+    rows = []
+    for seed in range(members):
+        state, _ = full_data_state(setting, seed, setting.recipe.epochs, cache, progress, device)
+        model = setting.make_model()
+        model.load_state_dict(state)
+        rows.append(setting.target(model.eval()(data.x_train), data.y_train).double().numpy())
+    return np.stack(rows)
 
 
 def mean_loss_hessian(

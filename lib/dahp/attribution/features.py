@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.func import functional_call, grad, vmap
 
+from dahp.attribution.scales import feature_scale
 from dahp.core.cache import Cache, default_cache
 from dahp.core.config import InvalidParameterError
 from dahp.core.device import resolve_device
@@ -313,6 +314,27 @@ def _gradient_rows(
     return {d: found[d] for d in proj_dims}
 
 
+def to_device(batch, device: torch.device):
+    """A loader's batch (a tensor, or a tuple or list of tensors) moved to ``device``."""
+    return tuple(t.to(device) for t in batch) if isinstance(batch, (tuple, list)) else batch.to(device)
+
+
+def task_gradient_rows(
+    grad_fn: Callable, params: torch.Tensor, loader, scale: float = 1.0, device: str | torch.device | None = None
+) -> torch.Tensor:
+    """Rows ``scale * ∇θ`` of a dattri ``AttributionTask``'s per-example gradient function over a loader.
+
+    ``grad_fn`` is ``task.get_grad_loss_func(in_dims=(None, 0))`` or ``task.get_grad_target_func(...)``
+    and ``params`` the task's flat parameters; every batch is moved to ``device``, where the rows stay
+    (NaN gradients, e.g. of a saturated loss, become 0 as dattri's attributors make them). ``scale`` is
+    :func:`dahp.attribution.scales.feature_scale` of the attributor: the rows of a :class:`Setting` come
+    from :func:`gradient_features` at the same scale.
+    """
+    device = resolve_device(device)
+    rows = [torch.nan_to_num(grad_fn(params, to_device(batch, device))).detach() * scale for batch in loader]
+    return torch.cat(rows)
+
+
 FEATURE_KINDS = ("loss", "target", "trak")
 
 
@@ -356,7 +378,7 @@ def gradient_features(
     data = setting.data()
     x, y = (data.x_train, data.y_train) if split == "train" else data.queries(split)
     fn = setting.loss if kind == "loss" else setting.target
-    scale = 1.0 / math.sqrt(setting.n_params()) if kind == "trak" else 1.0
+    scale = feature_scale(kind, setting.n_params())
 
     def spec(dim: int | None) -> dict:
         projection = None if dim is None else Projection(dim, seed, ensemble_id, generator).as_dict()

@@ -79,7 +79,8 @@ CODE_VERSIONS: dict[str, int] = {
     "eigh": 1,  # attributors._cached_eigendecomposition (spectral.eigendecompose)
     "hessian_eigh": 1,  # attributors._if_explicit (mean_loss_hessian, spectral.curvature_eigendecomposition)
     "removal": 1,  # experiments.removal.retrained_accuracy
-    "selection_case": 1,  # experiments.cases.selection_study (one entry per case)
+    # 2: picks of every retraining-free rule of dahp.selection.rules.RULES under its registry name, with diagnoses
+    "selection_case": 2,  # experiments.cases.selection_study (one entry per case)
     "suite_curves": 1,  # suite.problem_curves (test LDS and ξ̄ over the dense λ grid of one suite case)
 }
 
@@ -109,12 +110,13 @@ PRODUCERS: dict[str, tuple[str, ...]] = {
     "features": (
         "attribution/attributors.py",
         "attribution/features.py",
+        "attribution/scales.py",
         *_MODELS,
         "data/targets.py",
         "training/train.py",
     ),
     # which features, at which scale (attributors), eigendecomposed by spectral.eigendecompose
-    "eigh": ("attribution/attributors.py", "attribution/spectral.py"),
+    "eigh": ("attribution/attributors.py", "attribution/scales.py", "attribution/spectral.py"),
     # the exact loss Hessian (attributors, with parameter_names from features, model and loss from
     # settings and targets, the float64 state from training) and its eigendecomposition (spectral)
     "hessian_eigh": (
@@ -131,7 +133,14 @@ PRODUCERS: dict[str, tuple[str, ...]] = {
     # spectral, features' TRAK weights 1 - p, settings and targets for the model), the ξ rule and the
     # baselines (selection, surrogate), the LDS (lds) against the ground truth's subsets (ground_truth,
     # config's subset_size) and the checkpoints as read back (training's Checkpoints.state)
-    "selection_case": (*_TRAINING, *_SCORING, "training/ground_truth.py", "experiments/cases.py"),
+    # + every retraining-free rule of the registry (rules) on the case's RuleInput (cases)
+    "selection_case": (
+        *_TRAINING,
+        *_SCORING,
+        "training/ground_truth.py",
+        "selection/rules.py",
+        "experiments/cases.py",
+    ),
     # a suite case's curves (suite: the problem, its grid and the payload) from the scorers and the
     # ground truth, as for a selection case
     "suite_curves": (*_TRAINING, *_SCORING, "training/ground_truth.py", "experiments/suite.py"),

@@ -1,10 +1,13 @@
 """λ-selection cases: the ξ rule and every baseline, judged by the LDS on the test queries (Fig 2, 3, 5, 6).
 
-A *case* is one (setting, attributor, projection, TRAK ensemble, subset fraction α). The ξ rule
-(:mod:`dahp.selection.algorithm`) sees only the validation queries and the full-data model(s); the LDS that
-judges it uses the test queries and the retrained models. Every rule's pick gets its per-query
-test LDS, so the records (:class:`dahp.experiments.cases.SelectionCase`) compare picks paired,
-query by query. Cases are cached whole, so Fig 2/3/5/6 and the removal table share them. Every
+A *case* is one (setting, attributor, projection, TRAK ensemble, subset fraction α). Every
+retraining-free rule of the registry (:data:`dahp.selection.rules.RULES`, under its registry name)
+picks λ from what a user would have: the validation queries, the full-data model(s), the setting's
+training recipe and the published default (:func:`case_rule_input`); the LDS that judges the picks
+uses the test queries and the retrained models. The paper's pick is ``xi_grid_0.5``
+(:data:`SELECTED`), the package's default ``median_xi_recipe`` (:data:`PACKAGE_DEFAULT`). Every
+rule's pick gets its per-query test LDS, so the records (:class:`dahp.experiments.cases.SelectionCase`)
+compare picks paired, query by query. Cases are cached whole, so Fig 2/3/5/6 and the removal table share them. Every
 computation runs on ``device`` (:func:`dahp.core.device.resolve_device`), which is not part of a
 case's key: its numbers do not depend on it beyond rounding.
 
@@ -25,7 +28,10 @@ import pandas as pd
 import torch
 
 from dahp.attribution import attributors as attr
+from dahp.attribution import dattri_bridge
 from dahp.attribution.lds import lds
+from dahp.attribution.scales import CASE_POINTS, case_grid
+from dahp.attribution.spectral import SpectralFactors
 from dahp.core.cache import Cache, default_cache
 from dahp.core.config import GroundTruthConfig, InvalidParameterError
 from dahp.core.device import resolve_device
@@ -33,19 +39,16 @@ from dahp.core.published import PUBLISHED_DEFAULTS
 from dahp.core.results import _int_or_none, matches, read_json, write_json
 from dahp.core.statistics import Estimate, mean_estimate, paired_difference, paired_ratio
 from dahp.data.settings import Setting, get_setting
-from dahp.selection.algorithm import (
-    mean_eigenvalue_rule,
-    mean_xi,
-    recipe_regularization,
-    select_continuous,
-    select_on_grid,
-    spectrum_quantile,
-    xi_bar_curve,
-)
+from dahp.selection import rules
+from dahp.selection.algorithm import check_threshold, mean_xi, xi_bar_curve
+from dahp.selection.rules import RecipeFacts, RuleInput
+from dahp.selection.selector import SELECTABLE, SelectorResult, select_regularization
 from dahp.training.ground_truth import ground_truth
 
-QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)  #: spectrum quantiles tried as λ
-THRESHOLDS = (0.4, 0.5, 0.6)  #: ξ̄ targets of Algorithm 1
+#: Registry names of the spectrum-quantile rules (Fig 2 / Fig 3 draw them as grey lines).
+QUANTILE_RULES = tuple(name for name, rule in rules.RULES.items() if rule.family == "spectrum")
+#: Registry names of Algorithm 1 at the thresholds Fig 5 compares (0.4, 0.5, 0.6).
+THRESHOLD_RULES = tuple(name for name, rule in rules.RULES.items() if rule.family == "xi_grid")
 
 #: The cases of Fig 2, 3, 5 and 6: (setting, projection dimension); CIFAR-2 and MAESTRO need user data.
 PAPER_CASES = (
@@ -58,18 +61,80 @@ PAPER_CASES = (
 )
 
 
-def default_grid(setting: Setting, attributor: str, n_points: int = 33) -> list[float]:
-    """The candidate λ of a case: ``n_points`` log-spaced values over 8 decades (33: four per decade).
-
-    IFFIM: 1e-6 .. 1e2 (mean-loss scale). TRAK: the same span times ``n / #parameters``, the factor
-    between the two scales (see :func:`dahp.selection.algorithm.recipe_regularization`).
-    """
+def default_grid(setting: Setting, attributor: str, n_points: int = CASE_POINTS) -> list[float]:
+    """The candidate λ of a case of ``setting``: :func:`dahp.attribution.scales.case_grid` (IFFIM:
+    1e-6 .. 1e2 on the mean-loss scale; TRAK: the same span on its scale)."""
     if not (isinstance(n_points, int) and n_points >= 2):
         raise InvalidParameterError("n_points", n_points, "an integer >= 2")
-    grid = np.logspace(-6, 2, n_points)
-    if attributor == "trak":
-        grid = grid * setting.data().n_train / setting.n_params()
-    return [float(v) for v in grid]
+    return case_grid(attributor, setting.data().n_train, setting.n_params(), n_points)
+
+
+def case_rule_input(
+    setting: Setting,
+    attributor: str,
+    members: Sequence[SpectralFactors],
+    grid: Sequence[float],
+    train_margins: np.ndarray | None = None,
+) -> RuleInput:
+    """What the rules see of a case: the validation-query factors, the grid, the setting's training
+    recipe (:meth:`RecipeFacts.from_recipe`), the published default and, for TRAK, the training
+    margins; no retrained model."""
+    recipe = RecipeFacts.from_recipe(setting.recipe, setting.data().n_train, setting.n_params())
+    return RuleInput(
+        attributor,
+        list(members),
+        list(grid),
+        recipe,
+        PUBLISHED_DEFAULTS[attributor],
+        train_margins=train_margins,
+    )
+
+
+#: Training points per batch of per-example gradients when a setting is run through the selector.
+SELECTOR_TRAIN_BATCH = 500
+
+
+def setting_selection(
+    setting: Setting,
+    attributor: str,
+    proj_dim: int | None = None,
+    ensemble_size: int | None = None,
+    threshold: float = 0.5,
+    cache: Cache | None = None,
+    progress: bool = False,
+    device: str | torch.device | None = None,
+) -> SelectorResult:
+    """:func:`dahp.selection.selector.select_regularization` on a setting, as a user would call it on
+    their own model: the setting's full-data model(s) as a dattri ``AttributionTask`` (TRAK: one
+    checkpoint per ensemble member, margins as its training function), its training points and
+    validation queries, the case grid (:func:`default_grid`) as candidates and the setting's recipe.
+    No retraining; ``regularization`` is the package default's pick (``median_xi_recipe``)."""
+    if attributor not in SELECTABLE:
+        raise InvalidParameterError("attributor", attributor, SELECTABLE)
+    check_threshold(threshold)
+    params = selection_params(attributor, proj_dim, ensemble_size)
+    device = resolve_device(device)
+    cache = default_cache() if cache is None else cache
+    members = params.ensemble_size if attributor == "trak" else 1
+    epoch = params.training_epoch or setting.recipe.epochs
+    states = [attr.full_data_state(setting, k, epoch, cache, progress, device)[0] for k in range(members)]
+    task = dattri_bridge.task(setting, states, "target" if attributor == "trak" else "loss", device)
+    dtype = next(iter(states[0].values())).dtype
+    train_loader, val_loader = dattri_bridge.loaders(setting, "val", dtype, train_batch=SELECTOR_TRAIN_BATCH)
+    recipe = RecipeFacts.from_recipe(setting.recipe, setting.data().n_train, setting.n_params())
+    candidates = default_grid(setting, attributor)
+    return select_regularization(
+        task,
+        train_loader,
+        val_loader,
+        attributor,
+        params.proj_dim,
+        candidates,
+        threshold,
+        proj_seed=params.proj_seed,
+        device=device,
+        recipe=recipe,
+    )
 
 
 def selection_params(attributor: str, proj_dim: int | None, ensemble_size: int | None = None):
@@ -112,13 +177,14 @@ def run_case(
     started = time.perf_counter()
     validation = attr.scorer(setting, attributor, params, "val", cache, progress, device=device)
     curve = xi_bar_curve(validation.members, grid)
-    picks = {f"xi{t}": select_on_grid(curve, grid, t).regularization for t in THRESHOLDS}
-    picks["xi_continuous"] = select_continuous(validation.members, 0.5).regularization
+    margins = (
+        attr.train_margins(setting, len(validation.members), cache, progress, device) if attributor == "trak" else None
+    )
+    inp = case_rule_input(setting, attributor, validation.members, grid, margins)
+    made = [rules.RULES[name](inp) for name in rules.retraining_free(inp)]
     xi_seconds = time.perf_counter() - started
-    picks["default"] = PUBLISHED_DEFAULTS[attributor]
-    picks["recipe"] = recipe_regularization(setting, attributor)
-    picks["mean_eig"] = mean_eigenvalue_rule(validation.members)
-    picks.update({f"q{q}": spectrum_quantile(validation.members, q) for q in QUANTILES})
+    picks = {pick.rule: pick.regularization for pick in made}
+    diagnoses = {pick.rule: pick.diagnosis for pick in made}
 
     def per_query(lam: float) -> np.ndarray:
         return lds(test.scores(lam), truth.targets("test"), truth.subsets, device=device).per_query
@@ -145,6 +211,7 @@ def run_case(
         picks=picks,
         pick_xi=pick_xi,
         pick_lds=pick_lds,
+        diagnoses=diagnoses,
         xi_seconds=xi_seconds,
         grid_search_seconds=grid_search_seconds,
         xi_trainings=len(validation.members),
@@ -161,6 +228,7 @@ def _to_payload(case: SelectionCase) -> dict:
         "picks": case.picks,
         "pick_xi": case.pick_xi,
         "pick_lds": {k: torch.from_numpy(np.asarray(v)) for k, v in case.pick_lds.items()},
+        "diagnoses": case.diagnoses,
         "xi_seconds": case.xi_seconds,
         "grid_search_seconds": case.grid_search_seconds,
         "xi_trainings": case.xi_trainings,
@@ -177,6 +245,7 @@ def _from_payload(key: dict, payload: dict) -> SelectionCase:
         picks=dict(payload["picks"]),
         pick_xi=dict(payload["pick_xi"]),
         pick_lds={k: v.numpy() for k, v in payload["pick_lds"].items()},
+        diagnoses=dict(payload["diagnoses"]),
         xi_seconds=payload["xi_seconds"],
         grid_search_seconds=payload["grid_search_seconds"],
         xi_trainings=payload["xi_trainings"],
@@ -243,8 +312,9 @@ def selection_study(
         "alphas": list(alphas),
         "n_models": n_models,
         "seed": seed,
-        "thresholds": list(THRESHOLDS),
-        "quantiles": list(QUANTILES),
+        "rules": "every retraining-free rule of dahp.selection.rules.RULES that can run (fitted rules left out)",
+        "paper_rule": SELECTED,
+        "package_default": PACKAGE_DEFAULT,
         "published_defaults": PUBLISHED_DEFAULTS,
     }
     return SelectionStudy(name, built, config, profile)
@@ -254,28 +324,28 @@ def case_scores(
     setting: Setting,
     attributor: str,
     proj_dim: int | None,
-    rules: Sequence[str] = ("default", "xi0.5"),
-    n_points: int = 33,
+    rules_used: Sequence[str] = ("published_default", "xi_grid_0.5"),
+    n_points: int = CASE_POINTS,
     ensemble_size: int | None = None,
     cache: Cache | None = None,
     progress: bool = False,
     device: str | torch.device | None = None,
 ) -> dict[str, tuple[float, torch.Tensor]]:
-    """Test scores of ``attributor`` at the λ of each rule (``default``: the published default;
-    ``xi0.5``: Algorithm 1 on the validation queries): rule -> (λ, scores)."""
+    """Test scores of ``attributor`` at the λ each registry rule of ``rules_used`` picks on the case's
+    :func:`case_rule_input` (validation queries, :func:`default_grid`): rule -> (λ, scores)."""
     _check_attributor(attributor)
+    free = [name for name in rules.RULES if not rules.RULES[name].retrains]
+    unknown = [name for name in rules_used if name not in free]
+    if unknown:
+        raise InvalidParameterError("rules_used", unknown, free)
     device = resolve_device(device)
     params = selection_params(attributor, proj_dim, ensemble_size)
-    chosen = {}
-    for rule in rules:
-        if rule == "default":
-            chosen[rule] = PUBLISHED_DEFAULTS[attributor]
-        elif rule.startswith("xi") and rule[2:].replace(".", "", 1).isdigit():
-            validation = attr.scorer(setting, attributor, params, "val", cache, progress, device=device)
-            grid = default_grid(setting, attributor, n_points)
-            chosen[rule] = select_on_grid(xi_bar_curve(validation.members, grid), grid, float(rule[2:])).regularization
-        else:
-            raise InvalidParameterError("rule", rule, "'default' or 'xi<threshold>', e.g. 'xi0.5'")
+    validation = attr.scorer(setting, attributor, params, "val", cache, progress, device=device)
+    margins = (
+        attr.train_margins(setting, len(validation.members), cache, progress, device) if attributor == "trak" else None
+    )
+    inp = case_rule_input(setting, attributor, validation.members, default_grid(setting, attributor, n_points), margins)
+    chosen = {name: rules.RULES[name](inp).regularization for name in rules_used}
     test = attr.scorer(setting, attributor, params, "test", cache, progress, device=device)
     return {rule: (lam, test.scores(lam)) for rule, lam in chosen.items()}
 
@@ -292,8 +362,14 @@ XI_MONOTONE_TOLERANCE = 1e-9
 CASE_COLUMNS = ("setting", "attributor", "proj_dim", "ensemble_size", "alpha")
 
 
-#: The ξ rule at threshold 0.5 on the grid (Algorithm 1) -- "the selected λ".
-SELECTED = "xi0.5"
+#: The paper's pick: Algorithm 1 at ξ̄ = 0.5 on the grid -- "the selected λ" of Fig 2 / Fig 3 and claim C8.
+SELECTED = rules.PAPER_RULE
+#: The package's default pick without retraining (what ``select_regularization`` returns).
+PACKAGE_DEFAULT = rules.DEFAULT_NO_RETRAINING
+#: The published default's registry name (the baseline of C8's gain).
+PUBLISHED = "published_default"
+#: C8: the paper's pick counts as close to the best from this fraction of the best LDS on.
+CLOSE_TO_BEST = 0.9
 
 
 @dataclasses.dataclass
@@ -317,7 +393,9 @@ class SelectionCase:
     picks: dict[str, float] = dataclasses.field(default_factory=dict)  #: rule -> λ
     pick_xi: dict[str, float] = dataclasses.field(default_factory=dict)  #: rule -> ξ̄ at its λ
     pick_lds: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  #: rule -> per-query LDS
-    xi_seconds: float = float("nan")  #: wall time of the ξ selection (validation features, factorization, ξ̄)
+    diagnoses: dict[str, str] = dataclasses.field(default_factory=dict)  #: rule -> its one-line diagnosis
+    #: wall time of the retraining-free selection (validation features, factorization, ξ̄, every rule's pick)
+    xi_seconds: float = float("nan")
     grid_search_seconds: float = float("nan")  #: retraining + test LDS over the grid
     xi_trainings: int = 0  #: models the ξ rule needs trained: the attributor's own full-data model(s)
     grid_search_trainings: int = 0  #: models the grid search retrains (the LDS ground truth)
@@ -363,7 +441,7 @@ class SelectionCase:
         """LDS of a rule's pick over the best LDS on the grid (paired over queries)."""
         return paired_ratio(self.per_query(rule), self.per_query("best"))
 
-    def gain(self, rule: str = SELECTED, over: str = "default") -> Estimate:
+    def gain(self, rule: str = SELECTED, over: str = PUBLISHED) -> Estimate:
         """LDS of a rule's pick minus the LDS of another rule's pick (paired over queries)."""
         return paired_difference(self.per_query(rule), self.per_query(over))
 
@@ -424,27 +502,52 @@ class SelectionStudy:
         )
 
     def summary(self) -> pd.DataFrame:
-        """One row per case that ran: selected and best λ, their LDS, the ratio and the gain over the default."""
+        """One row per case that ran: the paper's pick (``xi_grid_0.5``) and the package default
+        (``median_xi_recipe``) side by side with the best λ on the grid, each pick's LDS over the best
+        and the paper pick's gain over the published default (all paired over queries)."""
         rows = []
         for c in self.ran:
-            ratio, gain = c.ratio_to_best(), c.gain()
             rows.append(
                 {
                     "case": c.label,
                     "alpha": c.alpha,
-                    "λ selected": c.regularization(SELECTED),
-                    "LDS selected": c.lds(SELECTED).text(),
+                    f"λ {SELECTED}": c.regularization(SELECTED),
+                    f"LDS {SELECTED}": c.lds(SELECTED).text(),
+                    f"λ {PACKAGE_DEFAULT}": c.regularization(PACKAGE_DEFAULT),
+                    f"LDS {PACKAGE_DEFAULT}": c.lds(PACKAGE_DEFAULT).text(),
                     "λ best": c.regularization("best"),
                     "LDS best": c.lds("best").text(),
-                    "selected / best": ratio.text(2),
-                    "gain over default": gain.text(3),
-                    "LDS default": c.lds("default").text(),
+                    f"{SELECTED} / best": c.ratio_to_best(SELECTED).text(2),
+                    f"{PACKAGE_DEFAULT} / best": c.ratio_to_best(PACKAGE_DEFAULT).text(2),
+                    f"{SELECTED} − {PUBLISHED}": c.gain(SELECTED, PUBLISHED).text(3),
+                    f"LDS {PUBLISHED}": c.lds(PUBLISHED).text(),
                 }
             )
         return pd.DataFrame(rows)
 
+    def paper_rule_check(self, leave_out: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+        """Claim C8, per case run (headline keys, those in ``leave_out`` left out): the paper's pick's
+        LDS over the best (``close``: at least :data:`CLOSE_TO_BEST`) and its gain over the published
+        default (``above`` / ``below``: by more than two standard errors, paired over queries);
+        ``holds`` when it is close and above."""
+        found = {}
+        for key, values in self.headline().items():
+            if key in leave_out:
+                continue
+            ratio, gain = values["ratio_to_best"], values["gain_over_default"]
+            close, above = ratio.value >= CLOSE_TO_BEST, gain.exceeds(0)
+            found[key] = {
+                "ratio_to_best": ratio,
+                "gain_over_default": gain,
+                "close": close,
+                "above": above,
+                "below": gain.below(0),
+                "holds": close and above,
+            }
+        return found
+
     def rules_table(self) -> pd.DataFrame:
-        """Per case and rule: λ and the ratio of its LDS to the best (paired), for every baseline."""
+        """Per case and registry rule computed: λ, its LDS and the ratio of its LDS to the best (paired)."""
         rows = []
         for c in self.ran:
             for rule in c.picks:
@@ -485,11 +588,15 @@ class SelectionStudy:
         return pd.DataFrame(rows)
 
     def headline(self) -> dict[str, Any]:
-        """Per case: selected / best and the gain over the default (both paired), peaks, ξ̄ monotone."""
+        """Per case: the paper's pick (``xi_grid_0.5``) over the best and its gain over the published default
+        (both paired), the package default's pick and its ratio to the best, peaks, ξ̄ monotone."""
         return {
             c.label + (f", α={c.alpha}" if len({x.alpha for x in self.cases}) > 1 else ""): {
                 "lambda_selected": c.regularization(SELECTED),
                 "lds_selected": c.lds(SELECTED),
+                "lambda_package_default": c.regularization(PACKAGE_DEFAULT),
+                "lds_package_default": c.lds(PACKAGE_DEFAULT),
+                "package_default_ratio_to_best": c.ratio_to_best(PACKAGE_DEFAULT),
                 "lambda_best": c.regularization("best"),
                 "lds_best": c.lds("best"),
                 "ratio_to_best": c.ratio_to_best(),
@@ -543,6 +650,7 @@ class SelectionStudy:
                         "lds_sem": estimate.se,
                         "ratio_to_best": ratio.value,
                         "ratio_to_best_se": ratio.se,
+                        "diagnosis": c.diagnoses.get(rule, ""),
                     }
                 )
                 per_query += [{**c.key, "point": rule, "query": q, "lds": v} for q, v in enumerate(c.pick_lds[rule])]
@@ -603,3 +711,5 @@ def _fill_case(case: SelectionCase, tables: dict[str, pd.DataFrame], key: dict[s
         case.picks[pick.rule] = float(pick.regularization)
         case.pick_xi[pick.rule] = float(pick.xi_bar) if pd.notna(pick.xi_bar) else float("nan")
         case.pick_lds[pick.rule] = by_point[pick.rule]
+        if "diagnosis" in picks and isinstance(pick.diagnosis, str):
+            case.diagnoses[pick.rule] = pick.diagnosis

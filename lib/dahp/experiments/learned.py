@@ -58,6 +58,7 @@ from dahp.methods.learned_weights import (
     setting_contributions,
     weighted_scores,
 )
+from dahp.selection import rules
 from dahp.selection.algorithm import select_on_grid, xi_bar_curve
 from dahp.training.ground_truth import ground_truth
 
@@ -66,8 +67,9 @@ STUDY_SETTINGS = ("mnist_lr", "mnist_mlp")
 STUDY_ATTRIBUTORS = ("grad_dot", "trak", "iffim")
 #: The weightings compared.
 WEIGHTINGS = ("uniform", "learned")
-#: ξ̄ target of the selector (Algorithm 1's default).
-XI_THRESHOLD = 0.5
+#: ξ̄ target of the pick: the paper's rule's (``xi_grid_0.5`` of :data:`dahp.selection.rules.RULES`), applied
+#: to each weighting's own ξ̄ curve (the learned weights change with λ, so the curve is built point by point).
+XI_THRESHOLD = rules.RULES[rules.PAPER_RULE].threshold
 #: Cases of the ablations: the cheap ones (the MLP's Grad-Dot and IFFIM need its full gradients).
 ABLATION_CASES = ("mnist_lr trak", "mnist_lr iffim", "mnist_mlp trak")
 

@@ -32,7 +32,7 @@ from dahp.core.device import resolve_device
 from dahp.core.results import read_json, write_json
 from dahp.core.statistics import Estimate, paired_difference
 from dahp.data.settings import Setting, get_setting
-from dahp.experiments.cases import case_scores
+from dahp.experiments.cases import PUBLISHED, SELECTED, case_scores
 from dahp.training.executors import Executor, Task, resolve_executor, run_tasks
 from dahp.training.train import accuracy_many, dropout_stream, train_many
 
@@ -212,13 +212,14 @@ def removal_study(
                 setting,
                 attributor,
                 proj_dims[attributor][setting.name],
+                rules_used=(PUBLISHED, SELECTED),
                 n_points=n_points,
                 ensemble_size=trak_ensemble if attributor == "trak" else None,
                 cache=cache,
                 progress=progress,
                 device=device,
             )
-            for rule, name in (("default", "default"), ("xi0.5", "selected")):
+            for rule, name in ((PUBLISHED, "default"), (SELECTED, "selected")):
                 lam, scores = picked[rule]
                 methods[f"{label} {name}"] = scores
                 lambdas.append({"setting": setting.name, "method": f"{label} {name}", "regularization": lam})

@@ -277,6 +277,14 @@ def robustness_study(
 # The record
 
 
+#: Issue 13's target for a rule: at least this fraction of the best LDS on every case ...
+TARGET_EVERY_CASE = 0.95
+#: ... and at least this in the worst case.
+TARGET_WORST_CASE = 0.9
+#: The selector's two modes and the most retrained models a rule of each may use.
+MODES = {"no retraining": 0, "a budget of at most 5 retrained models": 5}
+
+
 #: The columns of ``selector_robustness.csv`` that come first (issue 13's list; more follow).
 ROBUSTNESS_COLUMNS = (
     "family",
@@ -347,6 +355,33 @@ class SelectorRobustnessRecord:
             "all": self.summary(),
             **{f"held_out_{half}": self.summary(half) for half in halves},
         }
+
+    def meets_target(self, rule: str) -> bool:
+        """Issue 13's target: ``rule`` reaches :data:`TARGET_EVERY_CASE` of the best LDS on every case and
+        :data:`TARGET_WORST_CASE` in its worst case."""
+        found = self.summary()[rule]
+        return found["count_ge_095"] == found["n"] and found["worst"] >= TARGET_WORST_CASE
+
+    def mode_rules(self, mode: str) -> list[str]:
+        """The rules of one of the selector's :data:`MODES` (those using at most its retrained models;
+        the budget mode: at least one), in the table's order."""
+        if mode not in MODES:
+            raise InvalidParameterError("mode", mode, list(MODES))
+        limit = MODES[mode]
+        most = self.table.groupby("rule", sort=False).trainings.max()
+        return [r for r in self.rules if most[r] <= limit and (limit == 0 or most[r] > 0)]
+
+    def best_worst_case(self, candidates: Sequence[str]) -> str | None:
+        """Among ``candidates``, the rule with the best worst case over the held-out halves (ties: the
+        better median over all cases); None when none ran."""
+        head = self.headline()
+        scored = []
+        for rule in candidates:
+            halves = [head[f"held_out_{h}"][rule] for h in HALVES if rule in head.get(f"held_out_{h}", {})]
+            if not halves:
+                continue
+            scored.append((min(s["worst"] for s in halves), head["all"][rule]["median"], rule))
+        return max(scored)[2] if scored else None
 
     def save(self, folder: Path) -> Path:
         """Write ``selector_robustness.csv``, ``selector_robustness_curves.csv`` and ``selector_robustness.json``."""

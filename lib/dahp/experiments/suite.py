@@ -40,6 +40,7 @@ from torch import nn
 
 from dahp.attribution import attributors as attr
 from dahp.attribution.lds import columnwise_spearman
+from dahp.attribution.scales import suite_grid
 from dahp.attribution.spectral import SpectralFactors, check_regularization
 from dahp.core.cache import Cache, default_cache
 from dahp.core.config import GroundTruthConfig, InvalidParameterError, TrainingRecipe, option
@@ -386,9 +387,7 @@ class CurveConfig:
     def grid(self, top_eigenvalue: float) -> list[float]:
         """The dense grid: ``per_decade`` points per decade over ``decades`` decades ending ``top_decades``
         above the largest eigenvalue."""
-        points = self.per_decade * self.decades + 1
-        exponents = np.linspace(self.top_decades - self.decades, self.top_decades, points)
-        return [float(top_eigenvalue * 10.0**e) for e in exponents]
+        return suite_grid(top_eigenvalue, self.per_decade, self.decades, self.top_decades)
 
 
 @dataclasses.dataclass
@@ -471,21 +470,7 @@ class Curves:
 def recipe_facts(setting: Setting):
     """What the full-data training of ``setting`` did, as :class:`dahp.selection.rules.RecipeFacts`."""
 
-    recipe, n_train = setting.recipe, setting.data().n_train
-    return RecipeFacts(
-        optimizer=recipe.optimizer,
-        lr=recipe.lr,
-        momentum=recipe.momentum,
-        betas=tuple(recipe.betas),
-        eps=recipe.eps,
-        weight_decay=recipe.weight_decay,
-        schedule=recipe.schedule,
-        warmup_steps=recipe.warmup_steps,
-        steps=recipe.epochs * recipe.steps_per_epoch(n_train),
-        batch_size=recipe.batch_size,
-        n_train=n_train,
-        n_params=setting.n_params(),
-    )
+    return RecipeFacts.from_recipe(setting.recipe, setting.data().n_train, setting.n_params())
 
 
 def _mean_lds(sums: np.ndarray, targets: torch.Tensor) -> float:
@@ -494,20 +479,6 @@ def _mean_lds(sums: np.ndarray, targets: torch.Tensor) -> float:
     per_query = columnwise_spearman(sums, targets.numpy().astype(np.float64))
     valid = per_query[~np.isnan(per_query)]
     return float(valid.mean()) if len(valid) else float("nan")
-
-
-@torch.no_grad()
-def _train_margins(setting: Setting, members: int, cache: Cache, progress: bool, device: torch.device) -> np.ndarray:
-    """``(members, n)`` margins of the training points under full-data models 0..members-1 (the
-    attributed checkpoints, read from the cache), in float64."""
-    data = setting.data()
-    rows = []
-    for seed in range(members):
-        state, _ = attr.full_data_state(setting, seed, setting.recipe.epochs, cache, progress, device)
-        model = setting.make_model()
-        model.load_state_dict(state)
-        rows.append(setting.target(model.eval()(data.x_train), data.y_train).double().numpy())
-    return np.stack(rows)
 
 
 def _params(attributor: str, proj_dim: int | None, config: CurveConfig):
@@ -543,7 +514,7 @@ def problem_curves(
     validation = attr.scorer(setting, attributor, params, "val", cache, progress, device=device)
     test = attr.scorer(setting, attributor, params, "test", cache, progress, device=device)
     factor_seconds = time.perf_counter() - started
-    margins = _train_margins(setting, len(validation.members), cache, progress, device)
+    margins = attr.train_margins(setting, len(validation.members), cache, progress, device)
     truth = ground_truth(setting, config.ground_truth(), cache, progress, device=device)
     grid = config.grid(max(float(m.eigenvalues.max()) for m in validation.members))
     spec = {

@@ -57,7 +57,9 @@ from dahp.attribution.features import (
     per_example_gradients,
     projection_block,
     projection_generator,
+    task_gradient_rows,
 )
+from dahp.attribution.scales import feature_scale, gram_scale
 from dahp.attribution.spectral import Eigendecomposition, check_regularization, eigendecompose
 from dahp.core.cache import Cache, default_cache
 from dahp.core.config import InvalidParameterError, option
@@ -414,7 +416,7 @@ def setting_contributions(
         train = gradient_features(setting, state, spec, "train", "loss", (None,), **kw)[None]
         queries = _query_rows(setting, state, spec, split, labels, cache, progress, device)
         eig_spec = {**spec, "kind": "loss", "proj_dim": None, "proj_seed": params.proj_seed}
-        eig = _cached_eigendecomposition(cache, eig_spec, train, 1.0 / len(train), device)
+        eig = _cached_eigendecomposition(cache, eig_spec, train, gram_scale("iffim", len(train)), device)
         return spectral_contributions(eig, train, queries, groups, sign=-1.0)
     if attributor == "trak":
         return _trak_contributions(setting, params, split, labels, groups, cache, progress, device)
@@ -446,7 +448,7 @@ def _trak_contributions(
     :func:`dahp.attribution.attributors.trak_scorer` does."""
 
     epoch = params.training_epoch or setting.recipe.epochs
-    scale = 1.0 / math.sqrt(setting.n_params())
+    scale = feature_scale("trak", setting.n_params())
     x, y = setting.data().queries(split)
     parts, row_weights = [], []
     for k in range(params.ensemble_size):
@@ -454,7 +456,9 @@ def _trak_contributions(
         kw = dict(seed=params.proj_seed, ensemble_id=k, cache=cache, progress=progress, device=device)
         train = gradient_features(setting, state, spec, "train", "trak", (params.proj_dim,), **kw)[params.proj_dim]
         eig_spec = {**spec, "kind": "trak", "proj_dim": params.proj_dim, "proj_seed": params.proj_seed}
-        eig = _cached_eigendecomposition(cache, {**eig_spec, "ensemble_id": k}, train, 1.0, device)
+        eig = _cached_eigendecomposition(
+            cache, {**eig_spec, "ensemble_id": k}, train, gram_scale("trak", len(train)), device
+        )
         labels_k = y if labels == "true" else predicted_labels(setting, state, x, device)
         if params.proj_dim is None:
             queries = per_example_gradients(setting, state, x, labels_k, setting.target, scale, device=device)
@@ -570,14 +574,6 @@ class LearnedWeights:
         return {g.name: float(w) for g, w in zip(self.groups, self.weights)}
 
 
-def _rows(grad_fn, params: torch.Tensor, loader: Iterable, device: torch.device) -> torch.Tensor:
-    rows = []
-    for batch in loader:
-        batch = tuple(t.to(device) for t in batch) if isinstance(batch, (tuple, list)) else batch.to(device)
-        rows.append(torch.nan_to_num(grad_fn(params, batch)).detach())
-    return torch.cat(rows).cpu()
-
-
 def _with_predicted_labels(task, loader: Iterable) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The batches of ``loader`` (``(inputs, labels)``) with the labels the last checkpoint predicts."""
     task.get_param(ckpt_idx=len(task.get_checkpoints()) - 1)  # loads that checkpoint into the model
@@ -606,7 +602,7 @@ def _task_contributions(
     target = task.get_grad_target_func(in_dims=(None, 0))
     parts: list[GroupContributions] = []
     for m in members:
-        queries = _rows(target, m.params, loader, device)
+        queries = task_gradient_rows(target, m.params, loader, device=device).cpu()
         if m.eig is None:
             parts.append(DotContributions(dot_contributions(m.train, queries, groups, sign=-1.0)))
         else:
@@ -664,8 +660,8 @@ def learn_group_weights(
     for k in range(len(task.get_checkpoints())):
         params, _ = task.get_param(ckpt_idx=k)
         params = params.detach().to(device)
-        train = _rows(loss_grad, params, train_loader, device)
-        eig = eigendecompose(train, 1.0 / len(train), device=device) if attributor == "iffim" else None
+        train = task_gradient_rows(loss_grad, params, train_loader, device=device).cpu()
+        eig = eigendecompose(train, gram_scale("iffim", len(train)), device=device) if attributor == "iffim" else None
         members.append(_TaskMember(params, train, eig))
     queries = _with_predicted_labels(task, val_loader) if config.labels == "predicted" else val_loader
     contributions = _task_contributions(task, members, queries, groups, device).at(regularization)

@@ -6,9 +6,8 @@
   (ξ̄ rises with λ, so no grid is needed);
 - baselines that also need no retraining: an eigenvalue of the curvature at a fixed quantile
   (:func:`spectrum_quantile`), ``0.1 ×`` the mean eigenvalue (:func:`mean_eigenvalue_rule`), the
-  attributor's published default, and the training-recipe rule ``λ = 1/(η_eff T)``
-  (:func:`recipe_regularization`): gradient descent stopped after ``T`` steps of size ``η`` acts
-  like a ridge penalty of that strength on the mean-loss scale.
+  attributor's published default. The training-recipe rule is :func:`dahp.selection.rules.recipe_rule`
+  (the package's only one: the effective step of SGD, momentum, Adam and schedules).
 
 Every λ here is on the scale of the attributor it is computed for. These are the pure rules; the
 experiments that judge them by the LDS are in :mod:`dahp.experiments.cases`.
@@ -25,9 +24,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from dahp.attribution.scales import crossing_bracket
 from dahp.attribution.spectral import SpectralFactors
 from dahp.core.config import InvalidParameterError
-from dahp.data.settings import Setting
 from dahp.selection.surrogate import xi_curve
 
 
@@ -82,9 +81,9 @@ def select_continuous(
     threshold at the low end (or below it at the high end), that end is returned.
     """
     check_threshold(threshold)
-    top = max(float(m.eigenvalues.max()) for m in members)
-    lo = math.log10(low if low is not None else top * 1e-8)
-    hi = math.log10(high if high is not None else top * 1e4)
+    default_low, default_high = crossing_bracket(max(float(m.eigenvalues.max()) for m in members))
+    lo = math.log10(low if low is not None else default_low)
+    hi = math.log10(high if high is not None else default_high)
     at_low, at_high = mean_xi(members, 10**lo), mean_xi(members, 10**hi)
     if at_low >= threshold:
         return Selection(10**lo, at_low, threshold)
@@ -131,32 +130,3 @@ def mean_eigenvalue_rule(members: Sequence[SpectralFactors], factor: float = 0.1
     so it equals trace / d -- the damping heuristic of Kronfluence-style libraries.
     """
     return float(np.mean([factor * m.eigenvalues.clamp_min(0).sum().item() / m.dimension for m in members]))
-
-
-def recipe_regularization(setting: Setting, attributor: str, n_params: int | None = None) -> float:
-    """The training-recipe rule ``λ = 1/(η_eff T)`` on the scale of ``attributor``.
-
-    ``T`` is the number of SGD steps of the full-data training and ``η_eff = η/(1 - momentum)``
-    (heavy-ball momentum multiplies the step of a steady gradient by ``1/(1 - momentum)``). This λ is
-    on the scale of the mean-loss curvature (IFFIM, IF). TRAK's kernel sums ``n`` gradients scaled
-    by ``1/sqrt(#parameters)``, so its λ is ``n / #parameters`` times that.
-    """
-    recipe = setting.recipe
-    n_train = setting.data().n_train
-    steps = recipe.epochs * recipe.steps_per_epoch(n_train)
-    n_params = n_params if n_params is not None else setting.n_params()
-    return recipe_lambda(attributor, recipe.lr, steps, recipe.momentum, n_train, n_params)
-
-
-def recipe_lambda(attributor: str, lr: float, steps: int, momentum: float, n_train: int, n_params: int) -> float:
-    """``(1 - momentum) / (lr · steps)`` on the scale of ``attributor`` (see :func:`recipe_regularization`)."""
-    if not (lr > 0 and steps >= 1 and 0 <= momentum < 1):
-        raise InvalidParameterError(
-            "lr, steps, momentum", (lr, steps, momentum), "lr > 0, steps >= 1, momentum in [0, 1)"
-        )
-    lam = (1.0 - momentum) / (lr * steps)
-    if attributor == "trak":
-        return lam * n_train / n_params
-    if attributor in ("iffim", "if_explicit", "if_cg", "if_lissa"):
-        return lam
-    raise InvalidParameterError("attributor", attributor, ["iffim", "trak", "if_explicit", "if_cg", "if_lissa"])

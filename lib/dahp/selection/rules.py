@@ -1,12 +1,17 @@
 """Every rule for choosing λ, behind one interface, each pick with its cost and a one-line diagnosis.
 
-A rule maps a :class:`RuleInput` (the ξ factors of the validation queries, the candidate grid, what
-the training did, the published default and -- for the budget rules -- the validation-query LDS of
-the first ``M'`` retrained models) to a :class:`RulePick`. :data:`RULES` names them all; the
-robustness study runs every rule on every problem and :mod:`dahp.selection.selector` runs them on a user's
-model. λ is always on the scale of the attributor the factors belong to (IFFIM: the empirical Fisher
-of the *mean* training loss; TRAK: ``ΦᵀΦ`` summed over training points with features divided by
-``sqrt(#parameters)``, see :mod:`dahp.selection.selector`).
+A rule (:class:`Rule`: its name, what it needs, how many retrained models it costs) maps a
+:class:`RuleInput` (the ξ factors of the validation queries, the candidate grid, what the training
+did, the published default and -- for the budget rules -- the validation-query LDS of the first
+``M'`` retrained models) to a :class:`RulePick`. :data:`RULES` names them all, and its names are the
+package's one vocabulary: the robustness study runs every rule on every problem, the Fig 2 / Fig 3
+cases (:mod:`dahp.experiments.cases`) and :mod:`dahp.selection.selector` run the retraining-free ones
+(:func:`retraining_free`) on a setting or a user's model. The paper's pick is :data:`PAPER_RULE`, the
+package's default :data:`DEFAULT_NO_RETRAINING`.
+
+λ is always on the scale of the attributor the factors belong to (IFFIM: the empirical Fisher of the
+*mean* training loss; TRAK: ``ΦᵀΦ`` summed over training points with features divided by
+``sqrt(#parameters)``; :mod:`dahp.attribution.scales` owns both and the factor between them).
 
 Rule families:
 
@@ -36,18 +41,19 @@ Book: "When does the selector work?", "The selector on your own model".
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from dahp.attribution.scales import fine_grid, from_mean_loss, trace_per_parameter
 from dahp.attribution.spectral import SpectralFactors
 from dahp.core.config import OPTIMIZERS, SCHEDULES, InvalidParameterError, TrainingRecipe
 from dahp.selection.algorithm import (
     mean_eigenvalue_rule,
     mean_xi,
-    recipe_lambda,
     select_continuous,
     select_on_grid,
     spectrum_quantile,
@@ -292,7 +298,7 @@ def xi_max_slope(inp: RuleInput, per_decade: int = 8) -> RulePick:
 
     def compute() -> tuple[float, str]:
         top = max(float(m.eigenvalues.max()) for m in inp.members)
-        fine = top * np.logspace(-8, 4, 12 * per_decade + 1)
+        fine = fine_grid(top, per_decade)
         curve = xi_bar_curve(inp.members, list(fine))
         k = int(np.nanargmax(np.diff(curve)))
         lam = math.sqrt(fine[k] * fine[k + 1])
@@ -338,7 +344,7 @@ def adam_second_moment(inp: RuleInput) -> float:
     """
     facts = inp.recipe
     trace = float(np.mean([m.eigenvalues.clamp_min(0).sum().item() for m in inp.members]))
-    per_coordinate = trace / facts.n_params if inp.attributor == "iffim" else trace / facts.n_train
+    per_coordinate = trace_per_parameter(inp.attributor, trace, facts.n_train, facts.n_params)
     return per_coordinate / facts.batch_size
 
 
@@ -371,13 +377,13 @@ def recipe_lambda_effective(inp: RuleInput) -> tuple[float, str]:
     Gradient descent stopped after steps summing to ``S = Σ_t η_eff(t)`` shrinks an eigen-direction of
     curvature ``e`` by ``1 − exp(−S e)``, which matches ridge ``e/(e + λ)`` at ``λ ≈ 1/S``; a
     schedule enters through the sum of its factors (:func:`schedule_sum`), not ``η T``. TRAK's λ is
-    ``n / #parameters`` times the mean-loss λ (:func:`dahp.selection.algorithm.recipe_lambda`). With SGD at a
-    constant rate this is exactly :func:`dahp.selection.algorithm.recipe_lambda`.
+    ``n / #parameters`` times the mean-loss λ (:func:`dahp.attribution.scales.from_mean_loss`). With SGD at
+    a constant rate and no weight decay this is ``(1 − μ) / (η T)``. The package's only recipe rule.
     """
     facts = inp.recipe
     gain, wd, how = effective_step(inp)
     total = facts.lr * gain * schedule_sum(facts.schedule, facts.warmup_steps, facts.steps)
-    unit = recipe_lambda(inp.attributor, 1.0, 1, 0.0, facts.n_train, facts.n_params)  # the scale factor
+    unit = from_mean_loss(inp.attributor, 1.0, facts.n_train, facts.n_params)  # the scale factor
     lam = (wd + 1.0 / total) * unit
     schedule = "" if facts.schedule == "constant" else f", {facts.schedule} schedule"
     decay = f", + weight decay {_fmt(wd * unit)}" if wd else ""
@@ -417,7 +423,7 @@ def recipe_gauss_newton(inp: RuleInput) -> RulePick:
 
     Early stopping acts as ridge on the *loss* Hessian, ``H ≈ (1/n) Σ p_i(1 − p_i) ∇f_i ∇f_iᵀ`` (for the
     cross-entropy, ``d²L/df² = p(1 − p)`` along the margin ``f``); TRAK's kernel ``ΦᵀΦ`` weighs every
-    margin gradient alike, ``ΦᵀΦ ≈ n / (#params · w) · H``. :func:`dahp.selection.algorithm.recipe_lambda`
+    margin gradient alike, ``ΦᵀΦ ≈ n / (#params · w) · H``. :func:`dahp.attribution.scales.from_mean_loss`
     converts by ``n / #params`` only, which leaves λ too small by ``1/w`` -- large when the training
     points are fitted confidently. IFFIM's curvature is already of loss gradients, and TRAK's margins
     may be unknown: then the rule is the plain recipe rule, and its diagnosis says so.
@@ -641,8 +647,6 @@ def budget_span(inp: RuleInput, models: int) -> RulePick:
 
 #: Constants of the fitted rules before any fit (Algorithm 1's own threshold, the recipe unchanged).
 FIT_DEFAULTS: dict[str, dict[str, float]] = {"xi_fitted": {"threshold": 0.5}, "recipe_fitted": {"factor": 1.0}}
-#: Rules whose constants are fitted on data (:func:`fit_rule`).
-FITTED: set[str] = set(FIT_DEFAULTS)
 _THRESHOLD_CANDIDATES = np.round(np.arange(0.05, 0.96, 0.01), 2)
 _FACTOR_CANDIDATES = 10.0 ** np.arange(-3, 3.01, 0.125)
 
@@ -726,61 +730,234 @@ def fit_rule(name: str, problems_rows: Iterable[Mapping]) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------------
 # the registry
 
+#: What a rule may need beyond the trained model: the training's :class:`RecipeFacts`, the attributor's
+#: published λ, or retrained models (``RuleInput.validation_lds``).
+NEEDS = ("recipe", "published_default", "retrained_models")
+_NEEDS_FIELD = {"recipe": "recipe", "published_default": "published_default", "retrained_models": "validation_lds"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """One way of choosing λ: its name (the one vocabulary of the package), how it computes its pick and
+    what it costs.
+
+    ``needs`` says which optional parts of a :class:`RuleInput` the rule cannot run without
+    (:data:`NEEDS`), ``attributors`` for which attributors it is meant; ``trainings`` how many retrained models it uses; ``threshold`` the ξ̄ level of the
+    fixed-level ξ rules; ``designed_after`` marks rules designed after the robustness suite's results
+    were seen (their suite numbers are not held out); ``fitted`` rules take constants from
+    :func:`fit_rule`. A rule is called like a function: ``rule(inp) -> RulePick``.
+    """
+
+    name: str
+    compute: Callable[[RuleInput], RulePick]
+    needs: frozenset[str] = frozenset()
+    trainings: int = 0
+    designed_after: bool = False
+    fitted: bool = False
+    threshold: float | None = None
+    description: str = ""
+    #: the rule's family: rules that differ only in a parameter share it (``"xi_grid"``, ``"spectrum"``,
+    #: ``"budget_span"`` ...); default: the name
+    family: str = ""
+    #: the attributors the rule means something for (it still computes on the others when called)
+    attributors: frozenset[str] = frozenset(ATTRIBUTORS)
+
+    def __post_init__(self) -> None:
+        if not self.family:
+            object.__setattr__(self, "family", self.name)
+        unknown = sorted(set(self.needs) - set(NEEDS))
+        if unknown:
+            raise InvalidParameterError("needs", unknown, NEEDS)
+        if ("retrained_models" in self.needs) != (self.trainings > 0):
+            raise InvalidParameterError("trainings", self.trainings, "> 0 exactly when the rule needs retrained models")
+
+    def __call__(self, inp: RuleInput) -> RulePick:
+        return self.compute(inp)
+
+    @property
+    def retrains(self) -> bool:
+        """Whether the rule spends retrained models."""
+        return self.trainings > 0
+
+    def applicable(self, inp: RuleInput) -> bool:
+        """Whether ``inp`` holds everything the rule needs (:attr:`needs`) and is of one of its :attr:`attributors`."""
+        return inp.attributor in self.attributors and all(
+            getattr(inp, _NEEDS_FIELD[need]) is not None for need in self.needs
+        )
+
+
+def _xi_grid_rule(threshold: float) -> Rule:
+    return Rule(
+        f"xi_grid_{threshold}",
+        functools.partial(xi_grid, threshold=threshold),
+        threshold=threshold,
+        description=f"Algorithm 1: the grid λ whose ξ̄ is closest to {threshold}",
+        family="xi_grid",
+    )
+
+
+def budget_val_lds_rule(models: int) -> Rule:
+    """``budget_val_lds_M``: the grid λ with the best validation LDS of ``models`` retrained models."""
+    return Rule(
+        f"budget_val_lds_{models}",
+        functools.partial(budget_val_lds, models=models),
+        frozenset({"retrained_models"}),
+        trainings=models,
+        description=f"the grid λ with the best validation-query LDS of {models} retrained models",
+        family="budget_val_lds",
+    )
+
+
+def budget_bracket_rule(models: int) -> Rule:
+    """``budget_bracket_M``: ξ̄ brackets λ, the validation LDS of ``models`` retrained models chooses inside."""
+    return Rule(
+        f"budget_bracket_{models}",
+        functools.partial(budget_bracket, models=models),
+        frozenset({"retrained_models"}),
+        trainings=models,
+        description=f"ξ̄ brackets λ, then the validation LDS of {models} retrained models chooses",
+        family="budget_bracket",
+    )
+
+
+def budget_span_rule(models: int) -> Rule:
+    """``budget_span_M``: the validation LDS of ``models`` retrained models chooses inside :func:`span`
+    (designed after the suite's results were seen)."""
+    return Rule(
+        f"budget_span_{models}",
+        functools.partial(budget_span, models=models),
+        frozenset({"retrained_models"}),
+        trainings=models,
+        designed_after=True,
+        description=f"the validation LDS of {models} retrained models chooses inside median_xi_recipe's span",
+        family="budget_span",
+    )
+
+
 BUDGET_SIZES = (2, 5, 10)  #: the M' of the ``budget_val_lds_M`` rules in :data:`RULES`
 
-#: Every rule by its name; ``RULES[name](inp)`` returns the rule's :class:`RulePick` for a :class:`RuleInput`.
-RULES: dict[str, Callable[[RuleInput], RulePick]] = {
-    **{f"xi_grid_{t}": (lambda inp, t=t: xi_grid(inp, t)) for t in (0.4, 0.5, 0.6)},
-    "xi_continuous": xi_continuous,
-    "xi_relative_0.5": lambda inp: xi_relative(inp, 0.5, "xi_relative_0.5"),
-    "xi_saturation_0.9": lambda inp: xi_relative(inp, 0.9, "xi_saturation_0.9"),
-    "xi_max_slope": xi_max_slope,
-    "recipe": recipe_rule,
-    "recipe_gauss_newton": recipe_gauss_newton,
-    "median_xi_recipe": median_xi_recipe,
-    **{f"spectrum_q{q}": (lambda inp, q=q: spectrum_rule(inp, q)) for q in (0.1, 0.25, 0.5, 0.75, 0.9)},
-    "mean_eig_0.1": mean_eig_rule,
-    "published_default": published_default_rule,
-    **{f"budget_val_lds_{m}": (lambda inp, m=m: budget_val_lds(inp, m)) for m in BUDGET_SIZES},
-    "budget_bracket_5": lambda inp: budget_bracket(inp, 5),
-    "budget_span_5": lambda inp: budget_span(inp, 5),
-    "xi_fitted": xi_fitted,
-    "recipe_fitted": recipe_fitted,
-}
+_RECIPE = frozenset({"recipe"})
+_REGISTERED = [
+    *(_xi_grid_rule(t) for t in (0.4, 0.5, 0.6)),
+    Rule("xi_continuous", xi_continuous, threshold=0.5, description="the ξ̄ = 0.5 crossing by bisection (no grid)"),
+    Rule(
+        "xi_relative_0.5",
+        functools.partial(xi_relative, fraction=0.5, name="xi_relative_0.5"),
+        description="ξ̄ half-way from its floor ξ̄₀ to 1",
+    ),
+    Rule(
+        "xi_saturation_0.9",
+        functools.partial(xi_relative, fraction=0.9, name="xi_saturation_0.9"),
+        description="ξ̄ 90% of the way from its floor to 1 (where it saturates)",
+    ),
+    Rule("xi_max_slope", xi_max_slope, description="where ξ̄ rises fastest in log λ"),
+    Rule("recipe", recipe_rule, _RECIPE, description="λ = λ_wd + 1/Σ_t η_eff(t): early stopping as ridge"),
+    Rule(
+        "recipe_gauss_newton",
+        recipe_gauss_newton,
+        _RECIPE,
+        description="the recipe rule converted to TRAK's kernel through the loss Hessian's weights p(1−p)",
+        # IFFIM's Fisher is already of loss gradients: there the rule is the recipe rule under another name
+        attributors=frozenset({"trak"}),
+    ),
+    Rule(
+        "median_xi_recipe",
+        median_xi_recipe,
+        description="the median of the ξ̄ = 0.5 crossing, ξ̄'s saturation and the recipe rule",
+    ),
+    *(
+        Rule(
+            f"spectrum_q{q}",
+            functools.partial(spectrum_rule, quantile=q),
+            description=f"the {q:.0%} quantile of the non-zero spectrum",
+            family="spectrum",
+        )
+        for q in (0.1, 0.25, 0.5, 0.75, 0.9)
+    ),
+    Rule("mean_eig_0.1", mean_eig_rule, description="0.1 × the mean eigenvalue (trace / dimension)"),
+    Rule(
+        "published_default",
+        published_default_rule,
+        frozenset({"published_default"}),
+        description="the attributor's published default λ",
+    ),
+    *(budget_val_lds_rule(m) for m in BUDGET_SIZES),
+    budget_bracket_rule(5),
+    budget_span_rule(5),
+    Rule("xi_fitted", xi_fitted, fitted=True, description="Algorithm 1 at a threshold fitted on other problems"),
+    Rule(
+        "recipe_fitted",
+        recipe_fitted,
+        _RECIPE,
+        fitted=True,
+        description="the recipe rule times a factor fitted on other problems",
+    ),
+]
 
+#: Every rule of the package by name, the one vocabulary that the selector, the robustness study and the
+#: Fig 2 / Fig 3 cases share.
+RULES: dict[str, Rule] = {rule.name: rule for rule in _REGISTERED}
+
+#: The paper's rule: Algorithm 1 at ξ̄ = 0.5 on the candidate grid (Fig 2 / Fig 3's pick).
+PAPER_RULE = "xi_grid_0.5"
 #: The selector's default pick without retraining, the retraining-free rule with the best worst case
 #: over the robustness suite's default run (issue 13: worst 0.886 of the best LDS, against 0.635 for
 #: the paper's crossing ξ̄ = 0.5, which stays available as ``rule="xi"``).
 DEFAULT_NO_RETRAINING = "median_xi_recipe"
-#: The selector's default pick with a retraining budget of M models is ``f"{DEFAULT_BUDGET}_{M}"``, the
-#: rule of at most 5 retrainings with the best worst case on the suite's default run (``budget_span_5``:
-#: worst 0.8996 -- just short of the issue's 0.9 --, 77 of 83 cases >= 0.95; ``budget_bracket_5`` 0.699,
-#: ``budget_val_lds_5`` 0.603). It was designed after those results were seen (:data:`DESIGNED_AFTER`):
-#: the suite does not hold it out.
+#: The family of the selector's default pick with a retraining budget of M models
+#: (:func:`default_budget_rule`) is the rule of at most 5 retrainings with the best worst case on the
+#: suite's default run (``budget_span_5``: worst 0.8996 -- just short of the issue's 0.9 --, 77 of 83
+#: cases >= 0.95; ``budget_bracket_5`` 0.699, ``budget_val_lds_5`` 0.603). It was designed after those
+#: results were seen (:data:`DESIGNED_AFTER`), so the suite does not hold it out.
 DEFAULT_BUDGET = "budget_span"
-#: Rules designed after the robustness suite's results were seen, so their suite numbers are not held out.
-DESIGNED_AFTER = frozenset({"budget_span_5"})
 
+
+def default_budget_rule(models: int) -> Rule:
+    """The selector's default rule with a budget of ``models`` retrained models (``budget_span_M``)."""
+    return budget_span_rule(models)
+
+
+def budget_rules(models: int) -> list[Rule]:
+    """The budget rules one budget of ``models`` retrained models pays for: the registered
+    ``budget_val_lds`` sizes below it (they reuse the same models), then every budget family at ``models``."""
+    return [
+        *(budget_val_lds_rule(m) for m in BUDGET_SIZES if m < models),
+        budget_val_lds_rule(models),
+        budget_bracket_rule(models),
+        budget_span_rule(models),
+    ]
+
+
+#: Rules designed after the robustness suite's results were seen, so their suite numbers are not held out.
+DESIGNED_AFTER = frozenset(name for name, rule in RULES.items() if rule.designed_after)
+#: Rules whose constants are fitted on data (:func:`fit_rule`).
+FITTED: frozenset[str] = frozenset(name for name, rule in RULES.items() if rule.fitted)
 #: Rules that retrain (the others need only the trained model).
-RETRAINING = {name for name in RULES if name.startswith("budget_")}
+RETRAINING = frozenset(name for name, rule in RULES.items() if rule.retrains)
 
 
 def applicable(name: str, inp: RuleInput) -> bool:
     """Whether rule ``name`` can run on ``inp`` (the recipe, default or retrained models it needs are there)."""
-    if name in RETRAINING:
-        return inp.validation_lds is not None
-    if name in ("recipe", "recipe_fitted", "recipe_gauss_newton"):
-        return inp.recipe is not None
-    if name == "published_default":
-        return inp.published_default is not None
-    return True
+    if name not in RULES:
+        raise InvalidParameterError("name", name, sorted(RULES))
+    return RULES[name].applicable(inp)
+
+
+def retraining_free(inp: RuleInput) -> list[str]:
+    """The registered rules that need no retrained model and can run on ``inp``, fitted rules only with
+    their constants in ``inp.fitted`` (in :data:`RULES` order)."""
+    return [
+        name
+        for name, rule in RULES.items()
+        if not rule.retrains and rule.applicable(inp) and (not rule.fitted or name in inp.fitted)
+    ]
 
 
 def all_picks(inp: RuleInput, rules: Iterable[str] | None = None) -> list[RulePick]:
     """Every rule's pick, in :data:`RULES` order (or the order given); with ``rules=None``, rules that
     cannot run on ``inp`` (:func:`applicable`) are left out, while a named rule that cannot run raises."""
     if rules is None:
-        names = [name for name in RULES if applicable(name, inp)]
+        names = [name for name, rule in RULES.items() if rule.applicable(inp)]
     else:
         names = list(rules)
         unknown = [name for name in names if name not in RULES]

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -43,8 +42,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from dahp.attribution.features import Projection, project
+from dahp.attribution.features import Projection, project, task_gradient_rows
 from dahp.attribution.lds import lds
+from dahp.attribution.scales import feature_scale, gram_scale, scale_description, selector_grid
 from dahp.attribution.spectral import SpectralFactors, factorize
 from dahp.core.config import InvalidParameterError
 from dahp.core.device import resolve_device
@@ -62,14 +62,14 @@ class SelectorResult:
 
     attributor: str
     regularization: float  #: the λ to use (the rule asked for)
-    rule: (
-        str  #: ``"xi"`` (the paper's crossing ξ̄ = threshold), ``"recipe"`` or a :data:`dahp.selection.rules.RULES` name
-    )
+    #: ``"xi"`` (the paper's crossing ξ̄ = threshold) or the name of a rule in ``picks``
+    rule: str
     xi_pick: Selection  #: continuous crossing of ξ̄ = threshold
     grid_pick: Selection  #: Algorithm 1 over the candidates
     candidates: list[float]
     xi_bar: np.ndarray  #: ξ̄ at every candidate
-    recipe_regularization: float | None  #: 1 / (η_eff T) on this attributor's scale, when lr and steps are given
+    #: the recipe rule's λ (:func:`dahp.selection.rules.recipe_rule`) on this attributor's scale, when the recipe is known
+    recipe_regularization: float | None
     recipe_xi_bar: float | None  #: ξ̄ at the recipe pick
     #: every rule's pick with its one-line diagnosis and cost (:mod:`dahp.selection.rules`)
     picks: tuple[RulePick, ...] = ()
@@ -84,13 +84,38 @@ class SelectorResult:
                 return candidate
         raise InvalidParameterError("rule", rule, [p.rule for p in self.picks])
 
+    def summary(self, curve: bool = False) -> str:
+        """The λ to use, on which scale, and the paper's pick beside it, in a few lines (what
+        ``python -m dahp select`` prints); with ``curve``, ξ̄ at every candidate first.
 
-def _batches_to_rows(grad_fn, params: torch.Tensor, loader, scale: float, device: torch.device) -> torch.Tensor:
-    rows = []
-    for batch in loader:
-        batch = tuple(t.to(device) for t in batch) if isinstance(batch, (tuple, list)) else batch.to(device)
-        rows.append(torch.nan_to_num(grad_fn(params, batch)).detach() * scale)
-    return torch.cat(rows)
+        The first line is ``use λ = ...``: :attr:`regularization`, the pick of :attr:`rule` (by default
+        :data:`dahp.selection.rules.DEFAULT_NO_RETRAINING`). Then the paper's pick: Algorithm 1 at
+        ``ξ̄ = threshold`` on the candidates (:data:`dahp.selection.rules.PAPER_RULE` when the threshold
+        is 0.5) and the continuous crossing (``xi_continuous``).
+        """
+        lines = []
+        if curve:
+            lines.append(f"{'λ':>12s}  ξ̄")
+            for lam, value in zip(self.candidates, self.xi_bar):
+                mark = "  <- Algorithm 1" if lam == self.grid_pick.regularization else ""
+                lines.append(f"{lam:12.4g}  {value:.3f}{mark}")
+        name = self.rule if self.rule != "xi" else f"xi (the ξ̄ = {self.xi_pick.threshold:g} crossing)"
+        default = " (the package default without retraining)" if self.rule == rules.DEFAULT_NO_RETRAINING else ""
+        lines.append(f"use λ = {self.regularization:.4g}  [{name}{default}]")
+        chosen = next((p for p in self.picks if p.rule == self.rule), None)
+        if chosen is not None:
+            lines.append(f"  why: {chosen.diagnosis}")
+        lines.append(f"  scale: {scale_description(self.attributor)}")
+        threshold = self.grid_pick.threshold
+        paper = rules.PAPER_RULE if threshold == rules.RULES[rules.PAPER_RULE].threshold else f"xi ξ̄ = {threshold:g}"
+        lines.append(
+            f"the paper's pick (ξ̄ = {threshold:g}): λ = {self.grid_pick.regularization:.4g} [{paper}, Algorithm 1 "
+            f"on the candidates, ξ̄ = {self.grid_pick.xi_bar:.3f}]; continuous crossing λ = "
+            f"{self.xi_pick.regularization:.4g} [xi_continuous]"
+        )
+        if self.recipe_regularization is not None:
+            lines.append(f"recipe rule: λ = {self.recipe_regularization:.4g} [recipe] (ξ̄ = {self.recipe_xi_bar:.3f})")
+        return "\n".join(lines)
 
 
 def task_factors(
@@ -111,30 +136,23 @@ def task_factors(
             "proj_dim", proj_dim, f"None or an integer in 1..{n_params} (the model's parameter count)"
         )
     device = resolve_device(device)
-    scale = 1.0 / math.sqrt(n_params) if attributor == "trak" else 1.0
+    scale = feature_scale(attributor, n_params)
     members = []
     for k in range(len(task.get_checkpoints())):
         params, _ = task.get_param(ckpt_idx=k)
         params = params.to(device)
-        train = _batches_to_rows(task.get_grad_loss_func(in_dims=(None, 0)), params, train_loader, scale, device)
-        queries = _batches_to_rows(task.get_grad_target_func(in_dims=(None, 0)), params, val_loader, scale, device)
+        train = task_gradient_rows(task.get_grad_loss_func(in_dims=(None, 0)), params, train_loader, scale, device)
+        queries = task_gradient_rows(task.get_grad_target_func(in_dims=(None, 0)), params, val_loader, scale, device)
         if proj_dim is not None:
             projection = Projection(proj_dim, proj_seed, k)
             train, queries = project(train, projection, device), project(queries, projection, device)
-        fisher_scale = 1.0 / len(train) if attributor == "iffim" else 1.0
-        members.append(factorize(train, queries, scale=fisher_scale, device=device))
+        members.append(factorize(train, queries, scale=gram_scale(attributor, len(train)), device=device))
     return members
 
 
-def _budget_rule_names(max_retrainings: int) -> list[str]:
-    """The budget rules one budget of ``max_retrainings`` models pays for (fewer models reuse the same ones)."""
-    names = [f"budget_val_lds_{m}" for m in rules.BUDGET_SIZES if m < max_retrainings]
-    return [
-        *names,
-        f"budget_val_lds_{max_retrainings}",
-        f"budget_bracket_{max_retrainings}",
-        f"budget_span_{max_retrainings}",
-    ]
+def _budget_rules(max_retrainings: int) -> dict[str, rules.Rule]:
+    """The budget rules one budget of ``max_retrainings`` models pays for, by name (:func:`rules.budget_rules`)."""
+    return {rule.name: rule for rule in rules.budget_rules(max_retrainings)}
 
 
 def _check_arguments(
@@ -173,11 +191,12 @@ def _check_arguments(
             raise InvalidParameterError("fitted", unknown, sorted(rules.FITTED))
     allowed = ["xi", *_free_rule_names(attributor, has_recipe, fitted)]
     if retrain is not None:
-        allowed += _budget_rule_names(max_retrainings)
+        allowed += list(_budget_rules(max_retrainings))
     if rule not in allowed:
-        if rule in ("recipe", "recipe_fitted"):
-            raise InvalidParameterError("rule", rule, "'xi', or 'recipe' together with lr and steps (or recipe=)")
-        if rule.startswith("budget_") and retrain is None:
+        registered = rules.RULES.get(rule) or _budget_rules(max_retrainings).get(rule)
+        if registered is not None and "recipe" in registered.needs and not has_recipe:
+            raise InvalidParameterError("rule", rule, f"'xi', or {rule!r} together with lr and steps (or recipe=)")
+        if registered is not None and registered.retrains and retrain is None:
             raise InvalidParameterError("rule", rule, "a budget rule only together with retrain=")
         raise InvalidParameterError("rule", rule, allowed)
 
@@ -185,12 +204,12 @@ def _check_arguments(
 def _free_rule_names(attributor: str, has_recipe: bool, fitted: Mapping | None) -> list[str]:
     """The retraining-free rules the selector runs (fitted rules only with their constants)."""
     names = []
-    for name in rules.RULES:
-        if name in rules.RETRAINING or (name in rules.FITTED and not (fitted and name in fitted)):
+    for name, rule in rules.RULES.items():
+        if rule.retrains or (rule.fitted and not (fitted and name in fitted)):
             continue
-        if name in ("recipe", "recipe_fitted", "recipe_gauss_newton") and not has_recipe:
+        if "recipe" in rule.needs and not has_recipe:
             continue
-        if name == "recipe_gauss_newton" and attributor != "trak":
+        if attributor not in rule.attributors:
             continue
         names.append(name)
     return names
@@ -339,8 +358,10 @@ def select_regularization(
         fitted: constants for the fitted rules (``rule name -> dahp.selection.rules.fit_rule(...)``).
     """
     has_recipe = recipe is not None or (lr is not None and steps is not None)
-    if rule is None and retrain is not None:
-        rule = f"{rules.DEFAULT_BUDGET}_{max_retrainings}"
+    if rule is None and retrain is not None and isinstance(max_retrainings, int):
+        rule = rules.default_budget_rule(max_retrainings).name
+    elif rule is None and retrain is not None:
+        rule = rules.DEFAULT_BUDGET  # refused below, with the bad max_retrainings
     elif rule is None:
         rule = rules.DEFAULT_NO_RETRAINING
     _check_arguments(
@@ -354,7 +375,7 @@ def select_regularization(
     device = resolve_device(device)
     members = task_factors(task, train_loader, val_loader, attributor, proj_dim, proj_seed, device)
     top = max(float(m.eigenvalues.max()) for m in members)
-    grid = [float(v) for v in (candidates if candidates is not None else top * np.logspace(-11, 1, 33))]
+    grid = [float(v) for v in candidates] if candidates is not None else selector_grid(top)
     found = xi_selection(members, grid, threshold)
     n_train = members[0].left.shape[0]
     n_params = sum(p.numel() for p in task.get_model().parameters() if p.requires_grad)
@@ -386,19 +407,10 @@ def select_regularization(
     inp = RuleInput(
         attributor, members, grid, recipe, PUBLISHED_DEFAULTS[attributor], validation_lds, dict(fitted or {}), margins
     )
-    names = _free_rule_names(attributor, recipe is not None, fitted)
+    chosen_rules = [rules.RULES[name] for name in _free_rule_names(attributor, recipe is not None, fitted)]
     if retrain is not None:
-        names += _budget_rule_names(max_retrainings)
-    picks = []
-    for name in names:
-        if name.startswith("budget_bracket_"):
-            picks.append(rules.budget_bracket(inp, max_retrainings))
-        elif name.startswith("budget_span_"):
-            picks.append(rules.budget_span(inp, max_retrainings))
-        elif name.startswith("budget_val_lds_"):
-            picks.append(rules.budget_val_lds(inp, int(name.rsplit("_", 1)[1])))
-        else:
-            picks.append(rules.RULES[name](inp))
+        chosen_rules += list(_budget_rules(max_retrainings).values())
+    picks = [rule_(inp) for rule_ in chosen_rules]
     by_name = {p.rule: p for p in picks}
     recipe_pick = by_name.get("recipe")
     recipe_lam = recipe_pick.regularization if recipe_pick else None
