@@ -247,7 +247,7 @@ def test_command_line_check_and_update_lock(tree, monkeypatch, capsys):
     monkeypatch.setattr(cache_module, "PACKAGE_DIR", root)
     monkeypatch.setattr(cache_module, "LOCK_PATH", lock)
     assert main(["--check"]) == 0
-    (root / "ground_truth.py").write_text((root / "ground_truth.py").read_text() + "\nEXTRA = 1\n")
+    (root / "training/ground_truth.py").write_text((root / "training/ground_truth.py").read_text() + "\nEXTRA = 1\n")
     capsys.readouterr()
     assert main(["--check"]) == 1
     out = capsys.readouterr().out
