@@ -796,41 +796,48 @@ def _xi_grid_rule(threshold: float) -> Rule:
     )
 
 
-def budget_val_lds_rule(models: int) -> Rule:
-    """``budget_val_lds_M``: the grid λ with the best validation LDS of ``models`` retrained models."""
+def _budget_rule(family: str, compute: Callable[..., RulePick], models: int, description: str, **fields) -> Rule:
+    """A retraining rule of ``family`` that spends ``models`` retrained models (named ``f"{family}_{models}"``)."""
     return Rule(
-        f"budget_val_lds_{models}",
-        functools.partial(budget_val_lds, models=models),
+        f"{family}_{models}",
+        functools.partial(compute, models=models),
         frozenset({"retrained_models"}),
         trainings=models,
-        description=f"the grid λ with the best validation-query LDS of {models} retrained models",
-        family="budget_val_lds",
+        description=description,
+        family=family,
+        **fields,
+    )
+
+
+def budget_val_lds_rule(models: int) -> Rule:
+    """``budget_val_lds_M``: the grid λ with the best validation LDS of ``models`` retrained models."""
+    return _budget_rule(
+        "budget_val_lds",
+        budget_val_lds,
+        models,
+        f"the grid λ with the best validation-query LDS of {models} retrained models",
     )
 
 
 def budget_bracket_rule(models: int) -> Rule:
     """``budget_bracket_M``: ξ̄ brackets λ, the validation LDS of ``models`` retrained models chooses inside."""
-    return Rule(
-        f"budget_bracket_{models}",
-        functools.partial(budget_bracket, models=models),
-        frozenset({"retrained_models"}),
-        trainings=models,
-        description=f"ξ̄ brackets λ, then the validation LDS of {models} retrained models chooses",
-        family="budget_bracket",
+    return _budget_rule(
+        "budget_bracket",
+        budget_bracket,
+        models,
+        f"ξ̄ brackets λ, then the validation LDS of {models} retrained models chooses",
     )
 
 
 def budget_span_rule(models: int) -> Rule:
     """``budget_span_M``: the validation LDS of ``models`` retrained models chooses inside :func:`span`
     (designed after the suite's results were seen)."""
-    return Rule(
-        f"budget_span_{models}",
-        functools.partial(budget_span, models=models),
-        frozenset({"retrained_models"}),
-        trainings=models,
+    return _budget_rule(
+        "budget_span",
+        budget_span,
+        models,
+        f"the validation LDS of {models} retrained models chooses inside median_xi_recipe's span",
         designed_after=True,
-        description=f"the validation LDS of {models} retrained models chooses inside median_xi_recipe's span",
-        family="budget_span",
     )
 
 
