@@ -5,18 +5,14 @@ import pandas as pd
 import pytest
 
 from dahp.core.config import InvalidParameterError
-from dahp.core.statistics import Estimate, paired_difference, paired_ratio
+from dahp.core.published import SEED_CLAIMS
+from dahp.core.statistics import FAILS, HOLDS, NOT_RUN, PARTLY, Estimate, paired_difference, paired_ratio
 from dahp.experiments.cases import SelectionCase, SelectionStudy
 from dahp.experiments.grid import GridRecord
 from dahp.experiments.removal import RemovalRecord
 from dahp.experiments.status import (
     COLUMNS,
-    FAILS,
-    HOLDS,
-    NOT_RUN,
     PAPER_CLAIMS,
-    PARTLY,
-    SEED_CLAIMS,
     c1,
     c2,
     c3,
