@@ -169,6 +169,18 @@ class TheoremRecord:
             "smallest_xi": float(self.real.xi.min()),
         }
 
+    def real_by_lambda(self) -> pd.DataFrame:
+        """The real-data check per λ (index): mean ξ, mean ω̂, and the shares of queries that meet the premise
+        and whose LDS rises."""
+        if self.real is None:
+            raise InvalidParameterError("real", None, "a theorem record with its real-data check")
+        return self.real.groupby("regularization").agg(
+            mean_xi=("xi", "mean"),
+            mean_omega=("omega", "mean"),
+            premise_share=("premise", "mean"),
+            lds_rises_share=("lds_rises", "mean"),
+        )
+
     def verdict(self) -> tuple[str, str]:
         """C6 (:data:`THEOREM_RULE`): the verdict, and why it could not be judged (empty when it could).
 
