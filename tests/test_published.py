@@ -3,7 +3,14 @@
 from pathlib import Path
 
 from dahp.core import published
-from dahp.core.published import PAPER_STATEMENTS, POSTER_REMOVAL_RATES, POSTER_TABLE, SEED_CLAIMS, SEED_STATEMENTS
+from dahp.core.published import (
+    PAPER_STATEMENTS,
+    POSTER_REMOVAL_RATES,
+    POSTER_TABLE,
+    PUBLISHED_DEFAULTS,
+    SEED_CLAIMS,
+    SEED_STATEMENTS,
+)
 from dahp.experiments.removal import REMOVAL_RATES, RemovalConfig
 from dahp.experiments.status import PAPER_CLAIMS
 
@@ -33,3 +40,14 @@ def test_every_claim_has_its_published_statement():
     assert PAPER_CLAIMS == tuple(f"C{k}" for k in range(1, 13))
     assert set(SEED_STATEMENTS) == set(SEED_CLAIMS) and not set(SEED_CLAIMS) & set(PAPER_CLAIMS)
     assert all(text.strip() for text in [*PAPER_STATEMENTS.values(), *SEED_STATEMENTS.values()])
+
+
+def test_the_published_default_lambdas_are_the_attributors_defaults_and_table_a1_shows_them():
+    from dahp.attribution.attributors import get_attributor, make_params
+    from dahp.experiments.defaults import table_a1
+
+    table = table_a1().defaults
+    for attributor, lam in PUBLISHED_DEFAULTS.items():
+        assert make_params(attributor).regularization == lam
+        row = table[(table.attributor == get_attributor(attributor).label) & (table.hyperparameter == "regularization")]
+        assert row.default.tolist() == [lam], attributor
