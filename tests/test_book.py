@@ -226,7 +226,7 @@ def test_a_plan_title_replaces_the_first_heading_only():
     )
     retitle(notebook, "Fig 2 — IFFIM")
     assert notebook.cells[1].source == "Intro\n# Fig 2 — IFFIM\n\ntext\n# Second heading"
-    titled = {e.page: e.title for e in load_plan() if e.notebook == "lambda_selection.md"}
+    titled = {e.page: e.title for e in load_plan() if e.notebook == "fig2_fig3_lambda_selection.md"}
     assert titled == {
         "fig2_iffim_selection": "Fig 2 — IFFIM — the λ chosen by ξ against the LDS",
         "fig3_trak_selection": "Fig 3 — TRAK — the λ chosen by ξ against the LDS",

@@ -12,7 +12,7 @@ from dahp.attribution.lds import lds
 from dahp.attribution.spectral import SpectralFactors
 from dahp.core.config import GroundTruthConfig, InvalidParameterError
 from dahp.core.results import _plain
-from dahp.core.statistics import paired_difference
+from dahp.core.statistics import FAILS, HOLDS, NOT_RUN, PARTLY, paired_difference
 from dahp.experiments.learned import (
     ABLATION_COLUMNS,
     LEARNED_COLUMNS,
@@ -23,7 +23,7 @@ from dahp.experiments.learned import (
     run_ablation_case,
     weighted_members,
 )
-from dahp.experiments.status import FAILS, HOLDS, NOT_RUN, PARTLY, c13
+from dahp.experiments.status import c13
 from dahp.methods.learned_weights import GroupWeightConfig, SpectralContributions
 from dahp.selection.algorithm import xi_bar_curve
 from dahp.training.ground_truth import ground_truth

@@ -220,6 +220,23 @@ def test_the_plan_declares_what_pages_read_and_reads_only_earlier_pages(tmp_path
         load_plan(bad)
 
 
+def test_every_page_is_named_after_its_notebook_and_a_plan_that_is_not_is_refused(tmp_path):
+    from dahp.book.plan import page_named_by_notebook
+
+    for entry in load_plan():
+        assert page_named_by_notebook(entry.notebook, entry.page), entry
+        assert (plan.NOTEBOOKS / entry.notebook).exists(), entry.notebook
+    assert page_named_by_notebook("fig2_fig3_lambda_selection.md", "fig3_trak_selection")
+    assert page_named_by_notebook("removal_table.md", "removal_table")
+    assert not page_named_by_notebook("lambda_selection.md", "fig2_iffim_selection")
+    assert not page_named_by_notebook("fig2_fig3_lambda_selection.md", "fig5_xi_curves")
+    assert not page_named_by_notebook("fig1_large_settings.md", "fig1c_cifar2_trak_grid")
+    bad = tmp_path / "plan.yml"
+    bad.write_text("- {notebook: lambda_selection.md, page: fig2_iffim_selection}\n")
+    with pytest.raises(InvalidParameterError, match="fig2_iffim_selection"):
+        load_plan(bad)
+
+
 # --------------------------------------------------------------------------------------------------
 # progress
 

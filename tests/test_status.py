@@ -5,18 +5,14 @@ import pandas as pd
 import pytest
 
 from dahp.core.config import InvalidParameterError
-from dahp.core.statistics import Estimate, paired_difference, paired_ratio
+from dahp.core.published import SEED_CLAIMS
+from dahp.core.statistics import FAILS, HOLDS, NOT_RUN, PARTLY, Estimate, paired_difference, paired_ratio
 from dahp.experiments.cases import SelectionCase, SelectionStudy
 from dahp.experiments.grid import GridRecord
 from dahp.experiments.removal import RemovalRecord
 from dahp.experiments.status import (
     COLUMNS,
-    FAILS,
-    HOLDS,
-    NOT_RUN,
     PAPER_CLAIMS,
-    PARTLY,
-    SEED_CLAIMS,
     c1,
     c2,
     c3,
@@ -387,3 +383,24 @@ def test_epoch_grids_on_fixture_data_judge_nothing(tmp_path, monkeypatch):
     level = [({"training_epoch": 1}, RNG.normal(0.3, 0.01, 30)), ({"training_epoch": 10}, RNG.normal(0.3, 0.01, 30))]
     _grid(tmp_path, "mnist_mlp", "trak", {"training_epoch": [1, 10]}, level)
     assert c4(tmp_path).holds == FAILS and "cifar2_resnet9" not in c4(tmp_path).ours
+
+
+def test_the_epoch_claims_are_the_functions_the_pages_call(tmp_path):
+    from dahp.experiments.grid import best_epoch_verdict, epoch_verdict
+
+    def sweep(setting, first, last):
+        points = [
+            ({"training_epoch": 1}, RNG.normal(first, 0.01, 30)),
+            ({"training_epoch": 10}, RNG.normal(last, 0.01, 30)),
+        ]
+        return _grid(tmp_path, setting, "trak", {"training_epoch": [1, 10]}, points)
+
+    early, late = sweep("mnist_mlp", 0.5, 0.1), sweep("cifar2_resnet9", 0.1, 0.5)
+    assert epoch_verdict([]) == NOT_RUN and epoch_verdict([late]) == FAILS and epoch_verdict([late, early]) == HOLDS
+    # C2 compares the two settings' best epochs: different here, the same when both peak late
+    assert best_epoch_verdict({"mnist_mlp": early}) == NOT_RUN
+    assert best_epoch_verdict({"mnist_mlp": early, "cifar2_resnet9": late}) == HOLDS
+    assert best_epoch_verdict({"mnist_mlp": sweep("mnist_mlp", 0.1, 0.5), "cifar2_resnet9": late}) == FAILS
+    # the status reads the saved sweeps, and judges none on a setting whose data is not here
+    verdict = c2(tmp_path)
+    assert verdict.holds == NOT_RUN and verdict.reason.startswith("cifar2_resnet9")

@@ -76,8 +76,34 @@ class PlanEntry:
     reads: tuple[str, ...] = ()  #: pages whose result files this page reads (re-run when those change)
 
 
+#: A figure's label at the start of a notebook or page name: ``fig1c``, ``fig2``.
+_FIGURE_LABEL = re.compile(r"^fig\d+[a-z]?$")
+
+
+def figure_labels(name: str) -> list[str]:
+    """The figure labels a name starts with: ``fig2_fig3_lambda_selection`` -> ``["fig2", "fig3"]``."""
+    labels = []
+    for part in name.split("_"):
+        if not _FIGURE_LABEL.match(part):
+            break
+        labels.append(part)
+    return labels
+
+
+def page_named_by_notebook(notebook: str, page: str) -> bool:
+    """Whether a reader can find ``page``'s notebook by the page's name: the page's name starts with the
+    notebook's stem, or the page's figure label is one of those the notebook's name lists (the notebook
+    ``fig2_fig3_lambda_selection.md`` makes the pages ``fig2_...`` and ``fig3_...``)."""
+    stem = Path(notebook).stem
+    if page.startswith(stem):
+        return True
+    label = figure_labels(page)[:1]
+    return bool(label) and label[0] in figure_labels(stem)
+
+
 def load_plan(path: Path | None = None) -> list[PlanEntry]:
-    """The entries of the plan file; ``reads`` must name pages that come earlier in the plan."""
+    """The entries of the plan file; every page is named after its notebook (:func:`page_named_by_notebook`),
+    and ``reads`` must name pages that come earlier in the plan."""
     import yaml
 
     path = NOTEBOOKS / "plan.yml" if path is None else path
@@ -87,6 +113,12 @@ def load_plan(path: Path | None = None) -> list[PlanEntry]:
         reads = e.get("reads") or []
         if isinstance(reads, str):
             reads = [reads]
+        if not page_named_by_notebook(e["notebook"], e["page"]):
+            raise InvalidParameterError(
+                f"page (of notebook {e['notebook']!r})",
+                e["page"],
+                f"a name starting with {Path(e['notebook']).stem!r} or with a figure label of the notebook's name",
+            )
         earlier = [entry.page for entry in entries]
         for name in reads:
             if name not in earlier:

@@ -7,14 +7,21 @@ Book: every figure.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
+
+if TYPE_CHECKING:  # the records are only read here; importing them would load the experiments with every plot
+    from dahp.experiments.grid import GridRecord
+    from dahp.experiments.learned import LearnedWeightsRecord
 
 
 def use_style() -> None:
@@ -135,3 +142,163 @@ def show(fig: plt.Figure, path: Path):
     from IPython.display import Image
 
     return Image(filename=str(save(fig, path)))
+
+
+# --------------------------------------------------------------------------------------------
+# One function per kind of figure the pages draw
+
+
+def grid_panels(panels: Mapping[str, GridRecord | None], n_columns: int = 3, x_label: str = "") -> plt.Figure:
+    """One panel per grid, titled by its key: the mean LDS against the grid's first varied hyperparameter,
+    one line per value of the second (if any). A key mapped to None gets a "not run here" panel.
+
+    λ is drawn on a log axis; a projection dimension and any value that is missing or not a number are
+    drawn as categories (a missing projection reads "full gradients").
+    """
+    fig, axes = panel_grid(len(panels), n_columns=n_columns)
+    for ax, (title, record) in zip(axes, panels.items()):
+        if record is None:
+            not_run_panel(ax, title)
+            continue
+        names, table = record.varied, record.table
+        x, hue = names[0], (names[1] if len(names) > 1 else None)
+        numeric = table[x].dtype.kind in "if" and table[x].notna().all() and x != "proj_dim"
+        shown = table if numeric else table.assign(**{x: category_labels(table[x], "full gradients")})
+        lds_lines(shown, x, hue=hue, x_label=x_label, log_x=x == "regularization", ax=ax)
+        ax.set_title(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def theorem_curves(by_lambda: pd.DataFrame) -> plt.Figure:
+    """The theory check on real data against λ: mean ξ, mean ω̂ and the share of queries whose LDS rises
+    (``by_lambda``: :meth:`dahp.experiments.theorem.TheoremRecord.real_by_lambda`)."""
+    use_style()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.semilogx(by_lambda.index, by_lambda.mean_xi, "o-", label="mean ξ (trained model only)")
+    ax.semilogx(by_lambda.index, by_lambda.mean_omega, "s-", label="mean ω̂ (β̂ from retraining)")
+    ax.semilogx(by_lambda.index, by_lambda.lds_rises_share, "^:", label="share of queries whose LDS rises")
+    ax.set_xlabel("λ (IFFIM, mean-loss scale)")
+    ax.legend(fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def learned_group_weights(record: LearnedWeightsRecord, names: Mapping[str, str]) -> plt.Figure:
+    """The learned weight of every parameter group (1 = uniform), one panel per (setting, attributor), at
+    the λ where the learned weighting's test LDS is highest; ``names``: attributor -> its label."""
+    head = record.headline()
+    fig, axes = panel_grid(len(record.cases), n_columns=3)
+    for ax, (setting, attributor) in zip(axes, record.cases):
+        lam = head[record.label(setting, attributor)]["lambda_learned"]
+        weights = record.weights_at(setting, attributor, lam)
+        ax.bar(range(len(weights)), weights.to_numpy(), color="tab:blue")
+        ax.axhline(1.0, color="black", linestyle=":", linewidth=1)
+        ax.set_xticks(range(len(weights)), weights.index, rotation=45, ha="right", fontsize=8)
+        ax.set_title(f"{setting}, {names[attributor]}" + ("" if lam is None else f", λ={lam:.2g}"), fontsize=10)
+        ax.set_ylabel("weight (1 = uniform)")
+    fig.tight_layout()
+    return fig
+
+
+#: Colour of each weighting in the learned-weights figures.
+WEIGHTING_COLOURS = {"uniform": "grey", "learned": "tab:blue"}
+
+
+def weighting_bars(record: LearnedWeightsRecord, names: Mapping[str, str]) -> plt.Figure:
+    """Test LDS with uniform and with learned weights, each at its own best λ (± one standard error), one
+    pair of bars per (setting, attributor); ``names``: attributor -> its label."""
+    head = record.headline()
+    fig, axes = panel_grid(1, n_columns=1, size=(9.0, 3.8))
+    ax = axes[0]
+    labels = [record.label(s, a) for s, a in record.cases]
+    x = np.arange(len(labels))
+    for offset, weighting in ((-0.2, "uniform"), (0.2, "learned")):
+        estimates = [head[key][f"lds_{weighting}"] for key in labels]
+        ax.bar(
+            x + offset,
+            [e.value for e in estimates],
+            width=0.4,
+            yerr=[e.se for e in estimates],
+            capsize=3,
+            color=WEIGHTING_COLOURS[weighting],
+            label=weighting,
+        )
+    ax.set_xticks(x, [f"{s}\n{names[a]}" for s, a in record.cases], fontsize=9)
+    ax.set_ylabel("test LDS")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def weighting_curves(record: LearnedWeightsRecord, names: Mapping[str, str]) -> plt.Figure:
+    """Test LDS against λ with uniform and with learned weights (± one standard error), one panel per case
+    that has a λ (Grad-Dot has none); vertical lines at the ξ rule's pick for each weighting (dashed grey:
+    uniform, solid blue: learned). ``names``: attributor -> its label."""
+    head = record.headline()
+    spectral = [(s, a) for s, a in record.cases if a != "grad_dot"]
+    fig, axes = panel_grid(max(len(spectral), 1), n_columns=2)
+    for ax, (setting, attributor) in zip(axes, spectral):
+        grid = record.grid(setting, attributor)
+        for weighting, colour in WEIGHTING_COLOURS.items():
+            curve = [record.lds(setting, attributor, lam, weighting) for lam in grid]
+            ax.errorbar(
+                grid,
+                [e.value for e in curve],
+                yerr=[e.se for e in curve],
+                fmt="o-",
+                color=colour,
+                markersize=3,
+                capsize=2,
+                label=weighting,
+            )
+        xi = head[record.label(setting, attributor)].get("xi")
+        if xi:
+            ax.axvline(xi["lambda_uniform"], color="grey", linestyle="--", linewidth=1.2)
+            ax.axvline(xi["lambda_learned"], color="tab:blue", linewidth=1.2)
+        ax.set_xscale("log")
+        ax.set_xlabel(f"λ ({names[attributor]} scale)")
+        ax.set_ylabel("test LDS")
+        ax.set_title(f"{setting}, {names[attributor]}", fontsize=10)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def predicted_against_actual(pairs: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> plt.Figure:
+    """One scatter per title of ``pairs`` (title -> (predicted, actual) changes), side by side, with the
+    line "prediction = actual" dashed; the walkthrough's influence against leave-one-out."""
+    use_style()
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4.8 * len(pairs), 4.2), squeeze=False)
+    axes = list(axes.ravel())
+    for ax, (title, (predicted, actual)) in zip(axes, pairs.items()):
+        ax.scatter(predicted, actual, s=12, alpha=0.6)
+        low, high = min(predicted.min(), actual.min()), max(predicted.max(), actual.max())
+        ax.plot([low, high], [low, high], "k--", linewidth=1)
+        ax.set_title(title, fontsize=11)
+        ax.set_xlabel("predicted change (influence)")
+    axes[0].set_ylabel("actual change (refit)")
+    fig.tight_layout()
+    return fig
+
+
+def lds_and_xi_bar(
+    grid: Sequence[float],
+    lds_mean: Sequence[float],
+    lds_se: Sequence[float],
+    xi_bar: Sequence[float],
+    pick: float,
+    lambda_scale: str,
+) -> plt.Figure:
+    """Mean LDS (± one standard error, needs retraining) and ξ̄ (needs only the trained model) against λ
+    on a log axis, with a vertical line at Algorithm 1's pick; ``lambda_scale`` names λ's scale."""
+    use_style()
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    ax.errorbar(grid, lds_mean, yerr=lds_se, marker="o", capsize=3, label="mean LDS (retraining)")
+    ax.plot(grid, xi_bar, "s--", label="ξ̄ (trained model only)")
+    ax.axvline(pick, color="tab:red", label="Algorithm 1 pick")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"λ ({lambda_scale})")
+    ax.legend(fontsize=9)
+    fig.tight_layout()
+    return fig

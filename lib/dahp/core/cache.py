@@ -386,7 +386,10 @@ def write_lock(lock: Path | str | None = None, root: Path | str | None = None) -
 
 
 def _bump_advice(kind: str) -> str:
-    return f"bump CODE_VERSIONS['{kind}'] in lib/dahp/core/cache.py if the change alters results, then run `{UPDATE_COMMAND}`"
+    return (
+        f"bump CODE_VERSIONS['{kind}'] in lib/dahp/core/cache.py if the change alters results, "
+        f"then run `{UPDATE_COMMAND}`"
+    )
 
 
 def check_lock(root: Path | str | None = None, lock: Path | str | None = None) -> list[str]:
@@ -449,7 +452,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     """``python -m dahp.core.cache --check`` / ``--update-lock``."""
     parser = argparse.ArgumentParser(
         prog="python -m dahp.core.cache",
-        description="Check or rewrite lib/dahp/cache_versions.json, the lock of the cache kinds' "
+        description="Check or rewrite lib/dahp/core/cache_versions.json, the lock of the cache kinds' "
         "code versions and of their producers' normalised source.",
     )
     action = parser.add_mutually_exclusive_group(required=True)

@@ -107,3 +107,17 @@ def fraction_summary(values: Sequence[float]) -> dict[str, Any]:
         "count_ge_095": int((filled >= GOOD_FRACTION).sum()),
         "n": len(array),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# Verdicts on a claim: the words a page and the reproduction status both use
+
+HOLDS, PARTLY, FAILS, NOT_RUN = "holds", "holds in part", "does not hold", "not run here"
+VERDICTS = (HOLDS, PARTLY, FAILS, NOT_RUN)
+
+
+def share_verdict(checks: Sequence[bool]) -> str:
+    """holds when every check passes, in part when some do, does not hold when none do (not run: no check)."""
+    if not checks:
+        return NOT_RUN
+    return HOLDS if all(checks) else PARTLY if any(checks) else FAILS

@@ -42,7 +42,17 @@ from dahp.core.config import GroundTruthConfig, InvalidParameterError
 from dahp.core.device import resolve_device
 from dahp.core.progress import tqdm
 from dahp.core.results import _value, matches, read_json, write_json
-from dahp.core.statistics import Estimate, mean_estimate, paired_difference, paired_ratio
+from dahp.core.statistics import (
+    FAILS,
+    HOLDS,
+    NOT_RUN,
+    PARTLY,
+    Estimate,
+    mean_estimate,
+    paired_difference,
+    paired_ratio,
+    share_verdict,
+)
 from dahp.data.benchmark_folder import BenchmarkGroundTruth, benchmark_models
 from dahp.data.settings import Setting, get_setting
 from dahp.training.ground_truth import GroundTruth, attributed_setting, ground_truth
@@ -456,3 +466,67 @@ class GridRecord:
     def load_all(cls, folder: Path, pattern: str = "grid_*.json") -> list[GridRecord]:
         """Every grid saved under ``folder`` (matching ``pattern``)."""
         return [r for r in (cls.load(folder, p.stem) for p in sorted(folder.glob(pattern))) if r is not None]
+
+
+# --------------------------------------------------------------------------------------------
+# The claims judged from grids: a figure's page and the reproduction status call the same function
+
+#: C1 (Fig 1a): the rule behind :func:`regularization_verdict`.
+REGULARIZATION_RULE = (
+    "LDS(λ=1e-2) above LDS(λ=1e-4) by > 2 SE and ratio >= 2: holds; above but ratio < 2: in part; else does not hold"
+)
+#: C1: the ratio LDS(λ=1e-2) / LDS(λ=1e-4) at or above which the rise holds in full.
+REGULARIZATION_RATIO_HOLDS = 2.0
+
+
+def regularization_verdict(record: GridRecord) -> str:
+    """C1 on Fig 1a's grid: does raising λ from 1e-4 to 1e-2 raise the LDS, and by a large factor?"""
+    head = record.headline()
+    if "ratio_high_low" not in head:
+        raise InvalidParameterError("grid", record.stem, "a λ grid containing 1e-4 and 1e-2 (Fig 1a)")
+    if not head["difference_high_low"].exceeds(0):
+        return FAILS
+    return HOLDS if head["ratio_high_low"].value >= REGULARIZATION_RATIO_HOLDS else PARTLY
+
+
+#: C3 (Fig 1b): the rule behind :func:`entanglement_verdict`.
+ENTANGLEMENT_RULE = (
+    "largest vs smallest projection: worse at λ=0 by > 2 SE, and better at each one's best λ by > 2 SE: "
+    "holds; one of the two: in part"
+)
+
+
+def entanglement_verdict(record: GridRecord) -> str:
+    """C3 on a projection × λ grid: the largest projection is worse than the smallest at λ = 0 and better
+    once each has its best λ (the order flips with λ)."""
+    head = record.headline()
+    if "entanglement" not in head:
+        raise InvalidParameterError("grid", record.stem, "a proj_dim × regularization grid containing λ = 0")
+    ent = head["entanglement"]
+    return share_verdict([ent["zero_large_minus_small"].below(0), ent["best_large_minus_small"].exceeds(0)])
+
+
+#: C4 (Fig 1e, Fig 4): the rule behind :func:`epoch_verdict`.
+EPOCH_RULE = "some epoch sweep's best epoch beats its last epoch by > 2 SE: holds; none: does not hold"
+
+
+def epoch_verdict(records: Sequence[GridRecord]) -> str:
+    """C4 on training-epoch sweeps: in some sweep an earlier epoch beats the last one."""
+    if not records:
+        return NOT_RUN
+    return HOLDS if any(r.headline()["best_against_last"]["best_minus_last"].exceeds(0) for r in records) else FAILS
+
+
+#: C2 (Fig 1e): the two settings whose best epochs are compared.
+BEST_EPOCH_SETTINGS = ("mnist_mlp", "cifar2_resnet9")
+#: C2: the rule behind :func:`best_epoch_verdict`.
+BEST_EPOCH_RULE = "needs both settings: the best epoch of mnist_mlp differs from that of cifar2_resnet9"
+
+
+def best_epoch_verdict(records: Mapping[str, GridRecord]) -> str:
+    """C2 on TRAK's epoch sweeps by setting: the best epoch of one setting is not the best of the other
+    (not run unless both of :data:`BEST_EPOCH_SETTINGS` are among ``records``)."""
+    if not set(BEST_EPOCH_SETTINGS) <= set(records):
+        return NOT_RUN
+    bests = {records[name].headline()["best_against_last"]["best"] for name in BEST_EPOCH_SETTINGS}
+    return HOLDS if len(bests) > 1 else FAILS

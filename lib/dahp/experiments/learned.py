@@ -26,7 +26,7 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from dahp.core.cache import Cache, default_cache
 from dahp.core.config import GroundTruthConfig, InvalidParameterError
 from dahp.core.device import resolve_device
 from dahp.core.results import matches, read_json, write_json
-from dahp.core.statistics import Estimate, mean_estimate, paired_difference
+from dahp.core.statistics import Estimate, mean_estimate, paired_difference, share_verdict
 from dahp.data.settings import Setting, get_setting
 from dahp.experiments.cases import default_grid
 from dahp.experiments.grid import query_index
@@ -70,6 +70,13 @@ WEIGHTINGS = ("uniform", "learned")
 #: ξ̄ target of the pick: the paper's rule's (``xi_grid_0.5`` of :data:`dahp.selection.rules.RULES`), applied
 #: to each weighting's own ξ̄ curve (the learned weights change with λ, so the curve is built point by point).
 XI_THRESHOLD = rules.RULES[rules.PAPER_RULE].threshold
+#: Attributors C13 is judged on: Grad-Dot is TracIn at the final checkpoint only, and TRAK.
+C13_ATTRIBUTORS = ("grad_dot", "trak")
+#: C13: the rule behind :meth:`LearnedWeightsRecord.verdict`.
+C13_RULE = (
+    "per setting, for Grad-Dot (TracIn at the last checkpoint) and TRAK: LDS with learned weights at its best λ "
+    "above LDS with uniform weights at theirs by > 2 SE (paired over test queries); all: holds, some: in part"
+)
 #: Cases of the ablations: the cheap ones (the MLP's Grad-Dot and IFFIM need its full gradients).
 ABLATION_CASES = ("mnist_lr trak", "mnist_lr iffim", "mnist_mlp trak")
 
@@ -616,6 +623,15 @@ class LearnedWeightsRecord:
     def headline(self) -> dict[str, Any]:
         """Per case (``"<setting> <attributor>"``): :meth:`case_headline`."""
         return {self.label(s, a): self.case_headline(s, a) for s, a in self.cases}
+
+    def judged_cases(self, excluded_settings: Collection[str] = ()) -> list[tuple[str, str]]:
+        """The cases C13 is judged on: those of :data:`C13_ATTRIBUTORS`, on a setting not excluded."""
+        return [(s, a) for s, a in self.cases if a in C13_ATTRIBUTORS and s not in excluded_settings]
+
+    def verdict(self, cases: Sequence[tuple[str, str]]) -> str:
+        """C13 (:data:`C13_RULE`) on ``cases`` (``(setting, attributor)``; not run when there are none)."""
+        head = self.headline()
+        return share_verdict([head[self.label(s, a)]["learned_minus_uniform"].exceeds(0) for s, a in cases])
 
     def save(self, folder: Path) -> Path:
         """Write ``learned_weights.csv`` (long: setting, attributor, λ, weighting, LDS, SE), ``learned_weights_groups.csv``,

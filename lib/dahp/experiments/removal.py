@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,25 +29,22 @@ import torch
 from dahp.core.cache import Cache, default_cache
 from dahp.core.config import InvalidParameterError, option
 from dahp.core.device import resolve_device
+from dahp.core.published import POSTER_REMOVAL_RATES, POSTER_TABLE
 from dahp.core.results import read_json, write_json
-from dahp.core.statistics import Estimate, paired_difference
+from dahp.core.statistics import Estimate, paired_difference, share_verdict
 from dahp.data.settings import Setting, get_setting
 from dahp.experiments.cases import PUBLISHED, SELECTED, case_scores
 from dahp.training.executors import Executor, Task, resolve_executor, run_tasks
 from dahp.training.train import accuracy_many, dropout_stream, train_many
 
-#: Removal rates of the poster's table.
-REMOVAL_RATES = (0.1, 0.3, 0.5)
+#: Removal rates of the table: the poster's.
+REMOVAL_RATES = POSTER_REMOVAL_RATES
 
-#: The poster's numbers (test accuracy in %, mean ± std), for the comparison column.
-POSTER_TABLE = {
-    "Full": [(88.63, 0.03)] * 3,
-    "Random": [(88.52, 0.03), (88.06, 0.05), (87.60, 0.06)],
-    "IFFIM default": [(88.44, 0.05), (87.77, 0.08), (87.58, 0.10)],
-    "IFFIM selected": [(87.66, 0.04), (84.50, 0.04), (81.53, 0.06)],
-    "TRAK default": [(88.53, 0.06), (87.92, 0.11), (86.88, 0.29)],
-    "TRAK selected": [(87.30, 0.04), (83.84, 0.05), (80.12, 0.08)],
-}
+#: C11: the rule behind :meth:`RemovalRecord.verdict`.
+REMOVAL_RULE = (
+    "per setting, attributor and rate: accuracy after removal by the selected λ below that by the default "
+    "by > 2 SE (paired over seeds); all: holds, some: in part"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,7 +289,7 @@ class RemovalRecord:
             for method in methods:
                 values = self.seeds_of(setting, method, rate)
                 ours = f"{values.mean():.2f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.2f}"
-                poster = dict(zip(REMOVAL_RATES, POSTER_TABLE.get(method, []))).get(rate)
+                poster = dict(zip(POSTER_REMOVAL_RATES, POSTER_TABLE.get(method, []))).get(rate)
                 column[method] = ours + (f"  ({poster[0]:.2f} ± {poster[1]:.2f})" if poster else "")
             table[f"{round(100 * rate)} %"] = column
         return pd.DataFrame(table).loc[methods]
@@ -305,6 +302,11 @@ class RemovalRecord:
             for label in ("IFFIM", "TRAK")
             for rate in self.rates(setting)
         }
+
+    def verdict(self, keys: Collection[str] | None = None) -> str:
+        """C11 (:data:`REMOVAL_RULE`) on the :meth:`headline` cells named by ``keys`` (None: all)."""
+        head = self.headline()
+        return share_verdict([value.below(0) for key, value in head.items() if keys is None or key in keys])
 
     def save(self, folder: Path) -> Path:
         """Write ``removal_table.csv`` (long), ``removal_lambdas.csv`` and ``removal_table.json``."""

@@ -21,24 +21,30 @@ from typing import Any
 import pandas as pd
 
 from dahp.core.config import InvalidParameterError
+from dahp.core.published import PAPER_STATEMENTS, SEED_STATEMENTS
 from dahp.core.results import _plain, write_json
+from dahp.core.statistics import FAILS, HOLDS, NOT_RUN, VERDICTS, share_verdict
 from dahp.data.settings import get_setting
 from dahp.experiments.cases import QUANTILE_RULES, SELECTED, THRESHOLD_RULES, SelectionStudy
-from dahp.experiments.grid import GridRecord
-from dahp.experiments.learned import LearnedWeightsRecord
-from dahp.experiments.removal import RemovalRecord
-from dahp.experiments.theorem import TheoremRecord
+from dahp.experiments.grid import (
+    BEST_EPOCH_RULE,
+    BEST_EPOCH_SETTINGS,
+    ENTANGLEMENT_RULE,
+    EPOCH_RULE,
+    REGULARIZATION_RULE,
+    GridRecord,
+    best_epoch_verdict,
+    entanglement_verdict,
+    epoch_verdict,
+    regularization_verdict,
+)
+from dahp.experiments.learned import C13_RULE, LearnedWeightsRecord
+from dahp.experiments.removal import REMOVAL_RULE, RemovalRecord
+from dahp.experiments.theorem import THEOREM_RULE, TheoremRecord
 
-HOLDS, PARTLY, FAILS, NOT_RUN = "holds", "holds in part", "does not hold", "not run here"
-VERDICTS = (HOLDS, PARTLY, FAILS, NOT_RUN)
-
-#: The paper's own claims (its checklist).
-PAPER_CLAIMS = tuple(f"C{k}" for k in range(1, 13))
-#: Claims of seed papers this package adds, with the claim in words (the pages name it from here).
-SEED_CLAIMS = {
-    "C13": "learned parameter-group weights improve LDS for TracIn and TRAK, from seed 002 "
-    "(Li, Le, Xu and Salzmann, arXiv 2506.05647)",
-}
+#: The paper's own claims (its checklist); their texts are in :mod:`dahp.core.published`, as are the
+#: claims of seed papers this package adds (:data:`SEED_CLAIMS`).
+PAPER_CLAIMS = tuple(PAPER_STATEMENTS)
 
 #: Columns of ``reproduction_status.csv``.
 COLUMNS = ("claim", "artifact", "paper", "ours", "holds", "reason", "rule")
@@ -65,13 +71,6 @@ class Verdict:
         return {name: getattr(self, name) for name in COLUMNS}
 
 
-def share_verdict(checks: list[bool]) -> str:
-    """holds when every check passes, in part when some do, does not hold when none do."""
-    if not checks:
-        return NOT_RUN
-    return HOLDS if all(checks) else PARTLY if any(checks) else FAILS
-
-
 def _missing(claim: str, artifact: str, paper: str, rule: str, page: str) -> Verdict:
     return Verdict(claim, artifact, paper, "—", NOT_RUN, rule, f"page not run: {page}")
 
@@ -95,8 +94,8 @@ def _used(record: Any, *keys: str) -> dict[str, dict[str, Any]]:
 
 
 def c1(folder: Path) -> Verdict:
-    rule = "LDS(λ=1e-2) above LDS(λ=1e-4) by > 2 SE and ratio >= 2: holds; above but ratio < 2: in part; else does not hold"
-    paper = "about 3x (IF CG, mnist_mlp, λ 1e-4 -> 1e-2)"
+    rule = REGULARIZATION_RULE
+    paper = PAPER_STATEMENTS["C1"]
     grid = GridRecord.load(folder, FIG1A)
     if grid is None:
         return _missing("C1", "Fig 1a", paper, rule, "Fig 1a")
@@ -109,13 +108,12 @@ def c1(folder: Path) -> Verdict:
         f"ratio {ratio.text(2)}, difference {rise.text(3)} ({grid.queries_used()} test queries); "
         f"min..max LDS per grid: {spreads}"
     )
-    holds = (HOLDS if ratio.value >= 2 else PARTLY) if rise.exceeds(0) else FAILS
     return Verdict(
         "C1",
         "Fig 1a, Fig 1, Fig 4",
         paper,
         ours,
-        holds,
+        regularization_verdict(grid),
         rule,
         numbers=_used(grid, "ratio_high_low", "difference_high_low"),
     )
@@ -132,8 +130,8 @@ def _epoch_grids(folder: Path, attributor: str | None = None) -> list[GridRecord
 
 
 def c2(folder: Path) -> Verdict:
-    rule = "needs both settings: the best epoch of mnist_mlp differs from that of cifar2_resnet9"
-    paper = "epoch 5 best on MNIST+MLP, poor on CIFAR-2+ResNet-9"
+    rule = BEST_EPOCH_RULE
+    paper = PAPER_STATEMENTS["C2"]
     grids = {g.spec["setting"]: g for g in _epoch_grids(folder, "trak")}
     if not grids:
         return _missing("C2", "Fig 1e", paper, rule, "Fig 1e")
@@ -144,19 +142,15 @@ def c2(folder: Path) -> Verdict:
     numbers = {}
     for g in grids.values():
         numbers.update(_used(g, "best_against_last"))
-    if "cifar2_resnet9" not in grids:
-        reason = _setting_missing("cifar2_resnet9") or "cifar2_resnet9: Fig 1e's panel not run"
-        return Verdict("C2", "Fig 1e", paper, ours, NOT_RUN, rule, reason, numbers)
-    bests = {g.headline()["best_against_last"]["best"] for g in grids.values()}
-    return Verdict("C2", "Fig 1e", paper, ours, HOLDS if len(bests) > 1 else FAILS, rule, numbers=numbers)
+    reason = "; ".join(
+        _setting_missing(name) or f"{name}: Fig 1e's panel not run" for name in BEST_EPOCH_SETTINGS if name not in grids
+    )
+    return Verdict("C2", "Fig 1e", paper, ours, best_epoch_verdict(grids), rule, reason, numbers)
 
 
 def c3(folder: Path) -> Verdict:
-    rule = (
-        "largest vs smallest projection: worse at λ=0 by > 2 SE, and better at each one's best λ by > 2 SE: "
-        "holds; one of the two: in part"
-    )
-    paper = "larger projection: worse at λ=0, better once λ is tuned (TRAK, LoGra)"
+    rule = ENTANGLEMENT_RULE
+    paper = PAPER_STATEMENTS["C3"]
     grid = GridRecord.load(folder, FIG1B)
     if grid is None:
         return _missing("C3", "Fig 1b", paper, rule, "Fig 1b")
@@ -166,14 +160,13 @@ def c3(folder: Path) -> Verdict:
         f"p={ent['largest']} minus p={ent['smallest']}: at λ=0 {ent['zero_large_minus_small'].text()}, "
         f"at the best λ {ent['best_large_minus_small'].text()} ({per_dim})"
     )
-    checks = [ent["zero_large_minus_small"].below(0), ent["best_large_minus_small"].exceeds(0)]
     missing = [m for m in (_setting_missing("cifar2_resnet9"),) if m]
     return Verdict(
         "C3",
         "Fig 1b (Fig 1c/1f need user data)",
         paper,
         ours,
-        share_verdict(checks),
+        entanglement_verdict(grid),
         rule,
         "; ".join([*missing, *(m for m in (_setting_missing("wikitext2_gpt2"),) if m)]),
         _used(grid, "entanglement"),
@@ -181,23 +174,20 @@ def c3(folder: Path) -> Verdict:
 
 
 def c4(folder: Path) -> Verdict:
-    rule = "some epoch sweep's best epoch beats its last epoch by > 2 SE: holds; none: does not hold"
-    paper = "the epoch attributed matters; more epochs can be worse"
+    rule = EPOCH_RULE
+    paper = PAPER_STATEMENTS["C4"]
     grids = _epoch_grids(folder)
     if not grids:
         return _missing("C4", "Fig 1e, Fig 4", paper, rule, "Fig 1e / Fig 4")
-    parts, earlier, numbers = [], [], {}
+    parts, numbers = [], {}
     for g in grids:
         h = g.headline()["best_against_last"]
         parts.append(
             f"{g.spec['setting']} {g.spec['attributor']}: epoch {h['best']} {h['lds_best'].text()} "
             f"vs last {h['last']} {h['lds_last'].text()} (difference {h['best_minus_last'].text()})"
         )
-        earlier.append(h["best_minus_last"].exceeds(0))
         numbers.update(_used(g, "best_against_last"))
-    return Verdict(
-        "C4", "Fig 1e, Fig 4", paper, "; ".join(parts), HOLDS if any(earlier) else FAILS, rule, numbers=numbers
-    )
+    return Verdict("C4", "Fig 1e, Fig 4", paper, "; ".join(parts), epoch_verdict(grids), rule, numbers=numbers)
 
 
 def _studies(folder: Path) -> list[SelectionStudy]:
@@ -232,7 +222,7 @@ def _case_name(study: SelectionStudy, key: str) -> str:
 
 def c5(folder: Path) -> Verdict:
     rule = "every λ curve has one peak (a step counts only when > 2 SE, paired over queries): holds; most: in part"
-    paper = "uni-modal, roughly concave in log λ, rising at small λ"
+    paper = PAPER_STATEMENTS["C5"]
     studies = [s for s in _studies(folder) if s.ran]
     if not studies:
         return _missing("C5", "Fig 2, Fig 3", paper, rule, "Fig 2 / Fig 3")
@@ -253,49 +243,25 @@ def c5(folder: Path) -> Verdict:
 
 
 def c6(folder: Path) -> Verdict:
-    rule = (
-        "planted problems (exact β): every triple with ξ<ω has a rising LDS, else the code is wrong; "
-        "real data (β̂ from retraining): share of premise pairs whose LDS rises — all: holds, most: in part"
-    )
-    paper = "ξ < ω implies the Population Pearson LDS rises (Theorem 4.3)"
+    rule = THEOREM_RULE
+    paper = PAPER_STATEMENTS["C6"]
     record = TheoremRecord.load(folder)
     if record is None:
         return _missing("C6", "theory check", paper, rule, "Theory check")
     planted, real = record.planted_summary(), record.real_summary()
-    numbers = _used(record, "planted", "real")
     ours = (
         f"planted: {planted['premise_and_rises']} of {planted['premise']} triples with ξ<ω rise (verifies the algebra)"
     )
-    if planted["premise"] == 0 or planted["premise_and_rises"] < planted["premise"]:
-        return Verdict("C6", "theory check", paper, ours, FAILS, rule, "the planted check failed", numbers)
-    if real is None:
-        return Verdict("C6", "theory check", paper, ours, NOT_RUN, rule, "real-data check not run", numbers)
-    ours += (
-        f"; {record.setting}: ξ<ω̂ in {real['premise']} of {real['pairs']} (query, λ) pairs, "
-        f"largest ω̂ {real['largest_omega']:.3f}, smallest ξ {real['smallest_xi']:.3f}"
-    )
-    if real["premise"] == 0:
-        return Verdict(
-            "C6",
-            "theory check",
-            paper,
-            ours,
-            NOT_RUN,
-            rule,
-            f"vacuous: premise held for 0 of {real['pairs']} pairs on real data",
-            numbers,
+    holds, reason = record.verdict()
+    # the real-data numbers are shown unless the planted check failed (the only failure that gives a reason)
+    if real is not None and not (holds == FAILS and reason):
+        ours += (
+            f"; {record.setting}: ξ<ω̂ in {real['premise']} of {real['pairs']} (query, λ) pairs, "
+            f"largest ω̂ {real['largest_omega']:.3f}, smallest ξ {real['smallest_xi']:.3f}"
         )
-    share = real["premise_and_rises"] / real["premise"]
-    ours += f", LDS rises in {real['premise_and_rises']} of them"
-    return Verdict(
-        "C6",
-        "theory check",
-        paper,
-        ours,
-        HOLDS if share == 1 else PARTLY if share > 0.5 else FAILS,
-        rule,
-        numbers=numbers,
-    )
+        if real["premise"]:
+            ours += f", LDS rises in {real['premise_and_rises']} of them"
+    return Verdict("C6", "theory check", paper, ours, holds, rule, reason, _used(record, "planted", "real"))
 
 
 def c7(folder: Path) -> Verdict:
@@ -303,7 +269,7 @@ def c7(folder: Path) -> Verdict:
         "ξ̄ non-decreasing on every curve, and the LDS at the 0.4 and 0.6 picks within 0.05 of the 0.5 pick "
         "(paired difference): holds; one of the two: in part"
     )
-    paper = "ξ̄ monotone and sigmoid; thresholds 0.4 / 0.6 work about as well as 0.5"
+    paper = PAPER_STATEMENTS["C7"]
     studies = [s for s in _studies(folder) if s.ran]
     if not studies:
         return _missing("C7", "Fig 5", paper, rule, "Fig 2 / Fig 3")
@@ -332,7 +298,7 @@ def c8(folder: Path) -> Verdict:
         f"per case run: LDS({SELECTED})/LDS(best) >= 0.9 and LDS({SELECTED}) above LDS(published_default) by > 2 SE "
         "(paired over queries); all: holds, some: in part"
     )
-    paper = "selected λ much better than the default and close to the best, IFFIM and TRAK, six settings"
+    paper = PAPER_STATEMENTS["C8"]
     studies = [s for s in _studies(folder) if s.ran]
     if not studies:
         return _missing("C8", "Fig 2, Fig 3", paper, rule, "Fig 2 / Fig 3")
@@ -351,7 +317,7 @@ def c8(folder: Path) -> Verdict:
 
 def c9(folder: Path) -> Verdict:
     rule = "no spectrum quantile reaches 0.9 of the best LDS in every case run: holds; one does: does not hold"
-    paper = "no single spectrum quantile works in every setting"
+    paper = PAPER_STATEMENTS["C9"]
     studies = [s for s in _studies(folder) if s.ran]
     if not studies:
         return _missing("C9", "Fig 2, Fig 3", paper, rule, "Fig 2 / Fig 3")
@@ -365,7 +331,7 @@ def c9(folder: Path) -> Verdict:
 
 def c10(folder: Path) -> Verdict:
     rule = "per case, the best λ moves by at most one grid step across α and the selected λ's rank changes by at most 2: holds"
-    paper = "LDS-vs-λ shape and the selection robust to α ∈ {0.25, 0.5, 0.75}"
+    paper = PAPER_STATEMENTS["C10"]
     study = SelectionStudy.load(folder, "alpha_iffim")
     study = None if study is None else _judged_only(study)
     if study is None or not study.ran:
@@ -381,11 +347,8 @@ def c10(folder: Path) -> Verdict:
 
 
 def c11(folder: Path) -> Verdict:
-    rule = (
-        "per setting, attributor and rate: accuracy after removal by the selected λ below that by the default "
-        "by > 2 SE (paired over seeds); all: holds, some: in part"
-    )
-    paper = "poster: IFFIM 88.44/87.77/87.58 -> 87.66/84.50/81.53; TRAK 88.53/87.92/86.88 -> 87.30/83.84/80.12"
+    rule = REMOVAL_RULE
+    paper = PAPER_STATEMENTS["C11"]
     record = RemovalRecord.load(folder)
     if record is None or record.accuracies.empty:
         return _missing("C11", "removal table", paper, rule, "Removal table")
@@ -404,7 +367,7 @@ def c11(folder: Path) -> Verdict:
         "removal table",
         paper,
         ours,
-        share_verdict([v.below(0) for v in head.values()]),
+        record.verdict(head),
         rule,
         not_run,
         _used(record, *head),
@@ -417,7 +380,7 @@ def c12(folder: Path) -> Verdict:
         "and in every case the time ξ adds to running the attributor (validation features, ξ̄) is below the "
         "time the grid search adds (retraining, LDS over the grid): holds"
     )
-    paper = "selection needs no retraining"
+    paper = PAPER_STATEMENTS["C12"]
     studies = [s for s in _studies(folder) if s.ran]
     if not studies:
         return _missing("C12", "Fig 2, Fig 3", paper, rule, "Fig 2 / Fig 3")
@@ -440,24 +403,14 @@ def c12(folder: Path) -> Verdict:
     )
 
 
-#: Attributors C13 is judged on: Grad-Dot is TracIn at the final checkpoint only, and TRAK.
-C13_ATTRIBUTORS = ("grad_dot", "trak")
-
-
 def c13(folder: Path) -> Verdict:
-    rule = (
-        "per setting, for Grad-Dot (TracIn at the last checkpoint) and TRAK: LDS with learned weights at its best λ "
-        "above LDS with uniform weights at theirs by > 2 SE (paired over test queries); all: holds, some: in part"
-    )
-    paper = (
-        "seed 002 (arXiv 2506.05647, as summarised, not checked against the paper): LDS x100 on ImageNet ResNet-18, "
-        "TracIn 11.39 -> 23.92, TRAK 16.86 -> 23.30"
-    )
+    rule = C13_RULE
+    paper = SEED_STATEMENTS["C13"]
     record = LearnedWeightsRecord.load(folder)
     if record is None or record.per_query.empty:
         return _missing("C13", "learned weights", paper, rule, "Learned weights")
     unjudged = {s: _setting_missing(s) for s, _ in record.cases}
-    cases = [(s, a) for s, a in record.cases if a in C13_ATTRIBUTORS and unjudged[s] is None]
+    cases = record.judged_cases({s for s, reason in unjudged.items() if reason})
     if not cases:
         return _missing("C13", "learned weights", paper, rule, "Learned weights (no TracIn/TRAK case on judged data)")
     head = record.headline()
@@ -467,14 +420,13 @@ def c13(folder: Path) -> Verdict:
         f"difference {head[key]['learned_minus_uniform'].text(3)}"
         for key in keys
     )
-    checks = [head[key]["learned_minus_uniform"].exceeds(0) for key in keys]
     reason = "; ".join(r for r in unjudged.values() if r)
     return Verdict(
         "C13",
         "learned weights (new measurements on MNIST, not the seed's settings)",
         paper,
         ours,
-        share_verdict(checks),
+        record.verdict(cases),
         rule,
         reason,
         _used(record, *keys),

@@ -26,6 +26,7 @@ from dahp.core.cache import Cache
 from dahp.core.config import GroundTruthConfig, InvalidParameterError
 from dahp.core.device import resolve_device
 from dahp.core.results import read_json, write_json
+from dahp.core.statistics import FAILS, HOLDS, NOT_RUN, PARTLY
 from dahp.data.settings import Setting
 from dahp.selection.surrogate import beta_hat, omega, planted_problem, theorem_rows, xi
 from dahp.training.ground_truth import ground_truth
@@ -124,6 +125,12 @@ def theorem_check(
 # --------------------------------------------------------------------------------------------
 # The record
 
+#: C6: the rule behind :meth:`TheoremRecord.verdict`.
+THEOREM_RULE = (
+    "planted problems (exact β): every triple with ξ<ω has a rising LDS, else the code is wrong; "
+    "real data (β̂ from retraining): share of premise pairs whose LDS rises — all: holds, most: in part"
+)
+
 
 @dataclasses.dataclass
 class TheoremRecord:
@@ -161,6 +168,34 @@ class TheoremRecord:
             "largest_omega": float(self.real.omega.max()),
             "smallest_xi": float(self.real.xi.min()),
         }
+
+    def real_by_lambda(self) -> pd.DataFrame:
+        """The real-data check per λ (index): mean ξ, mean ω̂, and the shares of queries that meet the premise
+        and whose LDS rises."""
+        if self.real is None:
+            raise InvalidParameterError("real", None, "a theorem record with its real-data check")
+        return self.real.groupby("regularization").agg(
+            mean_xi=("xi", "mean"),
+            mean_omega=("omega", "mean"),
+            premise_share=("premise", "mean"),
+            lds_rises_share=("lds_rises", "mean"),
+        )
+
+    def verdict(self) -> tuple[str, str]:
+        """C6 (:data:`THEOREM_RULE`): the verdict, and why it could not be judged (empty when it could).
+
+        A planted check that fails is a failure whatever the real data say: β is exact there, so it
+        tests our algebra. On real data the check is vacuous when no (query, λ) pair meets the premise.
+        """
+        planted, real = self.planted_summary(), self.real_summary()
+        if planted["premise"] == 0 or planted["premise_and_rises"] < planted["premise"]:
+            return FAILS, "the planted check failed"
+        if real is None:
+            return NOT_RUN, "real-data check not run"
+        if real["premise"] == 0:
+            return NOT_RUN, f"vacuous: premise held for 0 of {real['pairs']} pairs on real data"
+        share = real["premise_and_rises"] / real["premise"]
+        return (HOLDS if share == 1 else PARTLY if share > 0.5 else FAILS), ""
 
     def headline(self) -> dict[str, Any]:
         """Both summaries."""
