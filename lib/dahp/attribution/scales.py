@@ -19,6 +19,7 @@ Book: "Fig 2", "Fig 3" (the grids), "The selector on your own model" (the scales
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -155,3 +156,54 @@ def fine_grid(top_eigenvalue: float, per_decade: int) -> np.ndarray:
     """``per_decade`` points per decade over :data:`CROSSING_BRACKET` relative to the largest eigenvalue."""
     low, high = CROSSING_BRACKET
     return top_eigenvalue * np.logspace(low, high, (high - low) * per_decade + 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """A λ axis of a figure: log-spaced values over ``decades`` (on the axis's attributor's own scale).
+
+    ``points`` fixes the number of values (``None``: the page's profile gives it); ``with_zero`` puts
+    λ = 0 first (the attributor's unregularized default) and spends one point on it; ``anchors`` are
+    values always on the axis (the paper's comparison points), merged into the log-spaced ones.
+    """
+
+    decades: tuple[int, int]
+    points: int | None = None
+    with_zero: bool = False
+    anchors: tuple[float, ...] = ()
+
+
+#: Every figure's λ axis by name (the pages ask for theirs here).
+SWEEPS: dict[str, Sweep] = {
+    # Fig 1a: IF (CG); the paper compares λ = 1e-4 with 1e-2
+    "fig1a_cg": Sweep((-4, 0), anchors=(1e-4, 1e-2)),
+    # Fig 1b / 1c: TRAK against its projection dimension, from dattri's default λ = 0
+    "fig1b_trak": Sweep((-4, 2), with_zero=True),
+    # Fig 1f: LoGra's λ is relative to each layer's trace, centred on its default 1e-3
+    "fig1f_logra": Sweep((-5, 1), points=7),
+    # Fig 4: IF (explicit)'s λ on the mean-loss scale
+    "fig4_if_explicit": Sweep((-6, 2)),
+    # Theorem 4.3: the planted problems (a fixed dense axis) and the real data
+    "theorem_planted": Sweep((-4, 2), points=25),
+    "theorem_real": Sweep((-6, 2)),
+    # the walkthrough's least-squares example
+    "walkthrough": Sweep((-7, 2), points=19),
+}
+
+
+def sweep(name: str, n_points: int | None = None) -> list[float]:
+    """The λ values of the figure axis ``name`` (:data:`SWEEPS`), with ``n_points`` values in all when the
+    sweep leaves the number to the page's profile (λ = 0 and the anchors included)."""
+    if name not in SWEEPS:
+        raise InvalidParameterError("sweep", name, sorted(SWEEPS))
+    axis = SWEEPS[name]
+    points = axis.points if axis.points is not None else n_points
+    if not (isinstance(points, int) and points >= 2):
+        raise InvalidParameterError("n_points", n_points, f"an integer >= 2 (sweep {name!r} takes it from the profile)")
+    if axis.with_zero:
+        return [0.0, *(float(v) for v in np.logspace(*axis.decades, points - 1))]
+    values = np.logspace(*axis.decades, points)
+    if axis.anchors:
+        # rounded so that an anchor the log spacing hits exactly is not listed twice
+        return sorted({*axis.anchors, *(float(v) for v in values.round(12))})
+    return [float(v) for v in values]
