@@ -64,44 +64,80 @@ from dahp.training.train import schedule_factor
 ATTRIBUTORS = ("iffim", "trak")  #: attributors whose λ scale the rules know
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+#: Each recipe field's test and the range it must lie in (one table: :class:`RecipeFacts` and the
+#: selector's ``lr`` / ``steps`` / ``momentum`` are checked against it).
+RECIPE_FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {
+    "lr": (lambda v: _is_number(v) and math.isfinite(v) and v > 0, "a finite number > 0"),
+    "momentum": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "betas": (
+        lambda v: isinstance(v, (tuple, list)) and len(v) == 2 and all(_is_number(b) and 0 <= b < 1 for b in v),
+        "two numbers in [0, 1)",
+    ),
+    "eps": (lambda v: _is_number(v) and math.isfinite(v) and v > 0, "a finite number > 0"),
+    "weight_decay": (lambda v: _is_number(v) and math.isfinite(v) and v >= 0, "a finite number >= 0"),
+    "warmup_steps": (lambda v: _is_count(v) and v >= 0, "an integer >= 0"),
+    "steps": (lambda v: _is_count(v) and v >= 1, "an integer >= 1 (optimizer steps)"),
+    "batch_size": (lambda v: _is_count(v) and v >= 1, "an integer >= 1 (examples per step; required for Adam, AdamW)"),
+    "n_train": (lambda v: _is_count(v) and v >= 1, "an integer >= 1"),
+    "n_params": (lambda v: _is_count(v) and v >= 1, "an integer >= 1"),
+}
+
+
+def check_recipe_field(name: str, value: object) -> None:
+    """Refuse ``value`` for the recipe field ``name`` outside its range (:data:`RECIPE_FIELDS`)."""
+    test, valid = RECIPE_FIELDS[name]
+    if not test(value):
+        raise InvalidParameterError(name, value, valid)
+
+
+#: ``torch.optim`` classes :meth:`RecipeFacts.from_optimizer` reads, by the name the recipe rule knows.
+TORCH_OPTIMIZERS = {"SGD": "sgd", "Adam": "adam", "AdamW": "adamw"}
+
+
 @dataclasses.dataclass(frozen=True)
 class RecipeFacts:
-    """What the full-data training did, as far as the recipe rule needs it."""
+    """What the full-data training did, as far as the recipe rule needs it.
 
-    optimizer: str  #: ``"sgd"``, ``"adam"`` or ``"adamw"``
-    lr: float  #: base learning rate η
-    momentum: float  #: heavy-ball momentum (SGD; 0 for Adam)
-    betas: tuple[float, float]  #: Adam's (β₁, β₂)
-    eps: float  #: Adam's ε
-    weight_decay: float  #: L2 (SGD, Adam) or decoupled (AdamW) weight decay, as in ``torch.optim``
-    schedule: str  #: one of :data:`dahp.core.config.SCHEDULES`
-    warmup_steps: int  #: warm-up length in optimizer steps
-    steps: int  #: optimizer steps of the full-data training
-    batch_size: int  #: examples per step
-    n_train: int  #: training points n
-    n_params: int  #: trainable parameters of the model
+    Build it by keyword (``RecipeFacts(optimizer="adam", lr=1e-3, steps=..., batch_size=..., n_train=...,
+    n_params=...)``; the rest default to ``torch.optim``'s defaults, a constant rate and no warm-up),
+    with :meth:`sgd` or :meth:`adam`, from a ``torch.optim`` optimizer (:meth:`from_optimizer`) or from a
+    setting's :class:`~dahp.core.config.TrainingRecipe` (:meth:`from_recipe`). The twelve fields also
+    still go positionally in the order below. ``lr``, ``steps``, ``n_train`` and ``n_params`` have no
+    default (None is refused); ``batch_size`` is required for Adam and AdamW, whose step depends on it
+    (:func:`adam_second_moment`), and unused for SGD.
+    """
+
+    optimizer: str = "sgd"  #: ``"sgd"``, ``"adam"`` or ``"adamw"``
+    lr: float | None = None  #: base learning rate η (required: None is refused)
+    momentum: float = 0.0  #: heavy-ball momentum (SGD; 0 for Adam)
+    betas: tuple[float, float] = (0.9, 0.999)  #: Adam's (β₁, β₂)
+    eps: float = 1e-8  #: Adam's ε
+    weight_decay: float = 0.0  #: L2 (SGD, Adam) or decoupled (AdamW) weight decay, as in ``torch.optim``
+    schedule: str = "constant"  #: one of :data:`dahp.core.config.SCHEDULES`
+    warmup_steps: int = 0  #: warm-up length in optimizer steps
+    steps: int | None = None  #: optimizer steps of the full-data training (required)
+    batch_size: int | None = None  #: examples per step (required for Adam / AdamW)
+    n_train: int | None = None  #: training points n (required)
+    n_params: int | None = None  #: trainable parameters of the model (required)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise InvalidParameterError("optimizer", self.optimizer, OPTIMIZERS)
         if self.schedule not in SCHEDULES:
             raise InvalidParameterError("schedule", self.schedule, SCHEDULES)
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise InvalidParameterError("lr", self.lr, "a number > 0")
-        if not 0 <= self.momentum < 1:
-            raise InvalidParameterError("momentum", self.momentum, "a number in [0, 1)")
-        if not self.weight_decay >= 0:
-            raise InvalidParameterError("weight_decay", self.weight_decay, "a number >= 0")
-        if not (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)):
-            raise InvalidParameterError("betas", self.betas, "two numbers in [0, 1)")
-        if not self.eps > 0:
-            raise InvalidParameterError("eps", self.eps, "a number > 0")
-        for name in ("steps", "batch_size", "n_train", "n_params"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, np.integer)) and value >= 1):
-                raise InvalidParameterError(name, value, "an integer >= 1")
-        if not (isinstance(self.warmup_steps, (int, np.integer)) and self.warmup_steps >= 0):
-            raise InvalidParameterError("warmup_steps", self.warmup_steps, "an integer >= 0")
+        for name in RECIPE_FIELDS:
+            if name == "batch_size" and self.batch_size is None and self.optimizer == "sgd":
+                continue  # SGD's recipe rule does not depend on it
+            check_recipe_field(name, getattr(self, name))
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
 
     @classmethod
     def from_recipe(cls, recipe: TrainingRecipe, n_train: int, n_params: int) -> RecipeFacts:
@@ -122,9 +158,108 @@ class RecipeFacts:
         )
 
     @classmethod
-    def sgd(cls, lr: float, steps: int, n_train: int, n_params: int, momentum: float = 0.0) -> RecipeFacts:
-        """Plain (or heavy-ball) SGD at a constant rate without weight decay."""
-        return cls("sgd", lr, momentum, (0.9, 0.999), 1e-8, 0.0, "constant", 0, steps, 1, n_train, n_params)
+    def sgd(
+        cls,
+        lr: float,
+        steps: int,
+        n_train: int,
+        n_params: int,
+        momentum: float = 0.0,
+        *,
+        weight_decay: float = 0.0,
+        schedule: str = "constant",
+        warmup_steps: int = 0,
+        batch_size: int | None = None,
+    ) -> RecipeFacts:
+        """SGD (heavy-ball with ``momentum``), by default at a constant rate without weight decay."""
+        return cls(
+            "sgd", lr, momentum, (0.9, 0.999), 1e-8, weight_decay, schedule, warmup_steps, steps, batch_size,
+            n_train, n_params,
+        )  # fmt: skip
+
+    @classmethod
+    def adam(
+        cls,
+        lr: float,
+        steps: int,
+        batch_size: int,
+        n_train: int,
+        n_params: int,
+        *,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        decoupled: bool = False,
+        schedule: str = "constant",
+        warmup_steps: int = 0,
+    ) -> RecipeFacts:
+        """Adam (``torch.optim.Adam``: L2 weight decay), or AdamW with ``decoupled=True``."""
+        if not isinstance(decoupled, bool):
+            raise InvalidParameterError("decoupled", decoupled, "True (AdamW) or False (Adam)")
+        return cls(
+            "adamw" if decoupled else "adam", lr, 0.0, betas, eps, weight_decay, schedule, warmup_steps, steps,
+            batch_size, n_train, n_params,
+        )  # fmt: skip
+
+    @classmethod
+    def from_optimizer(
+        cls,
+        optimizer,
+        steps: int,
+        batch_size: int,
+        n_train: int,
+        n_params: int | None = None,
+        *,
+        schedule: str = "constant",
+        warmup_steps: int = 0,
+    ) -> RecipeFacts:
+        """The facts of a ``torch.optim`` SGD, Adam or AdamW optimizer that ran ``steps`` steps.
+
+        Reads ``lr``, ``momentum``, ``betas``, ``eps`` and ``weight_decay`` from its (single)
+        parameter group; ``n_params`` defaults to the trainable parameters it updates. A learning-rate
+        scheduler is not visible on the optimizer: state its shape with ``schedule`` (the rate in the
+        group is taken as the base rate, so read it before the scheduler changed it, or pass the
+        schedule's base rate through :meth:`sgd` / :meth:`adam`).
+        """
+        kind = TORCH_OPTIMIZERS.get(type(optimizer).__name__)
+        groups = getattr(optimizer, "param_groups", None)
+        if kind is None or not groups:
+            raise InvalidParameterError(
+                "optimizer", type(optimizer).__name__, "a torch.optim." + ", torch.optim.".join(TORCH_OPTIMIZERS)
+            )
+        keys = ("lr", "momentum", "betas", "eps", "weight_decay", "nesterov", "dampening")
+        settings = [{k: group.get(k) for k in keys} for group in groups]
+        if any(s != settings[0] for s in settings[1:]):
+            raise InvalidParameterError(
+                "optimizer.param_groups",
+                len(groups),
+                "parameter groups that share lr, momentum, betas, eps and weight decay",
+            )
+        group = groups[0]
+        if kind == "sgd" and (group.get("nesterov") or group.get("dampening")):
+            raise InvalidParameterError(
+                "optimizer", "SGD with nesterov or dampening", "torch.optim.SGD with heavy-ball momentum"
+            )
+        if kind != "sgd" and group.get("amsgrad"):
+            raise InvalidParameterError("optimizer", f"{type(optimizer).__name__}(amsgrad=True)", "amsgrad=False")
+        if n_params is None:
+            n_params = sum(p.numel() for g in groups for p in g["params"] if p.requires_grad)
+        lr = group["lr"]
+        lr = float(lr) if hasattr(lr, "item") else lr  # a tensor learning rate
+        return cls(
+            kind,
+            lr,
+            group.get("momentum", 0.0) if kind == "sgd" else 0.0,
+            tuple(group.get("betas", (0.9, 0.999))),
+            group.get("eps", 1e-8),
+            group.get("weight_decay", 0.0),
+            schedule,
+            warmup_steps,
+            steps,
+            batch_size,
+            n_train,
+            n_params,
+        )
 
 
 ValidationLDS = Callable[[int, Sequence[float]], np.ndarray]
@@ -446,20 +581,33 @@ def recipe_gauss_newton(inp: RuleInput) -> RulePick:
 # a hedge of independent estimates
 
 
-def median_parts(inp: RuleInput) -> dict[str, RulePick]:
-    """The three retraining-free estimates :func:`median_xi_recipe` takes the median of, by rule name.
+def median_part_names(inp: RuleInput) -> tuple[str, str, str]:
+    """The names of the three retraining-free rules :func:`median_xi_recipe` takes the median of.
 
     The ξ̄ = 0.5 crossing, ξ̄'s saturation point and the recipe rule (``recipe_gauss_newton`` for TRAK
     with the training margins known; ``xi_max_slope`` standing in without a recipe).
     """
-    parts = {"xi_continuous": xi_continuous(inp), "xi_saturation_0.9": xi_relative(inp, 0.9, "xi_saturation_0.9")}
     if inp.recipe is not None and inp.attributor == "trak" and inp.train_margins is not None:
-        parts["recipe_gauss_newton"] = recipe_gauss_newton(inp)
+        third = "recipe_gauss_newton"
     elif inp.recipe is not None:
-        parts["recipe"] = recipe_rule(inp)
+        third = "recipe"
     else:
-        parts["xi_max_slope"] = xi_max_slope(inp)
-    return parts
+        third = "xi_max_slope"
+    return ("xi_continuous", "xi_saturation_0.9", third)
+
+
+def median_parts(inp: RuleInput) -> dict[str, RulePick]:
+    """The picks of the three rules :func:`median_xi_recipe` takes the median of, by rule name
+    (:func:`median_part_names`)."""
+    return {name: RULES[name](inp) for name in median_part_names(inp)}
+
+
+def agreement_decades(picks: Iterable[RulePick]) -> float:
+    """How many decades separate the smallest and the largest λ of ``picks`` (``inf`` when one is 0)."""
+    values = [p.regularization for p in picks]
+    if min(values) <= 0:
+        return math.inf
+    return math.log10(max(values) / min(values))
 
 
 def _by_log(parts: Mapping[str, RulePick]) -> list[str]:
