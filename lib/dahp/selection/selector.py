@@ -601,7 +601,7 @@ def select_regularization(
     :class:`~dahp.core.config.InvalidParameterError` naming it.
     """
     has_recipe = recipe is not None or (lr is not None and steps is not None)
-    if rule is None and retrain is not None and _is_int(max_retrainings):
+    if rule is None and retrain is not None and _is_int(max_retrainings) and max_retrainings >= 2:
         rule = rules.default_budget_rule(max_retrainings).name
     elif rule is None and retrain is not None:
         rule = rules.DEFAULT_BUDGET  # refused below, with the bad max_retrainings
