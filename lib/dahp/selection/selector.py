@@ -57,7 +57,8 @@ from dahp.core.progress import tqdm
 from dahp.core.published import PUBLISHED_DEFAULTS
 from dahp.selection import rules
 from dahp.selection.algorithm import Selection, check_threshold, mean_xi, xi_selection
-from dahp.selection.rules import RecipeFacts, RuleInput, RulePick, check_recipe_field
+from dahp.selection.recipe import RecipeFacts, check_recipe_field
+from dahp.selection.rules import RuleInput, RulePick
 
 SELECTABLE = ("iffim", "trak")
 #: The retraining-free estimates "agree" when their λ lie within this many decades of each other: a
@@ -356,7 +357,7 @@ def _check_arguments(
         raise InvalidParameterError("progress", progress, "True or False")
     lr, steps, momentum = sgd
     if recipe is not None and not isinstance(recipe, RecipeFacts):
-        raise InvalidParameterError("recipe", recipe, "None or a dahp.selection.rules.RecipeFacts")
+        raise InvalidParameterError("recipe", recipe, "None or a dahp.selection.recipe.RecipeFacts")
     if recipe is not None and (lr is not None or steps is not None or momentum != 0.0):
         raise InvalidParameterError("lr/steps/momentum", (lr, steps, momentum), "left out when recipe= is given")
     if (lr is None) != (steps is None):
@@ -581,7 +582,7 @@ def select_regularization(
             ``f"{dahp.selection.rules.DEFAULT_BUDGET}_{max_retrainings}"`` with it.
         lr, steps, momentum: the training's learning rate, number of optimizer steps and momentum
             (plain SGD), for the recipe rule; ``recipe`` gives the full facts instead (Adam,
-            schedules, weight decay: :class:`dahp.selection.rules.RecipeFacts`, e.g.
+            schedules, weight decay: :class:`dahp.selection.recipe.RecipeFacts`, e.g.
             ``RecipeFacts.adam(...)`` or ``RecipeFacts.from_optimizer(optimizer, steps, ...)``).
         device: where gradients, projections and the eigendecomposition run (default:
             :func:`dahp.core.device.resolve_device`); λ does not depend on it beyond rounding.
