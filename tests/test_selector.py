@@ -307,6 +307,7 @@ BAD_ARGUMENTS = [
     ({"recipe": "sgd"}, "recipe"),
     ({"recipe": RecipeFacts.sgd(0.1, 10, n_train=300, n_params=410), "lr": 0.1, "steps": 10}, "lr/steps/momentum"),
     ({"recipe": RecipeFacts.sgd(0.1, 10, n_train=299, n_params=410)}, "recipe.n_train"),
+    ({"recipe": RecipeFacts.sgd(0.1, 10, n_train=300, n_params=409)}, "recipe.n_params"),
     ({"fitted": {"recipe": {"factor": 2.0}}}, "fitted"),
     ({"progress": "yes"}, "progress"),
     ({"retrain": "not a function"}, "retrain"),

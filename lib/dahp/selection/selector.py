@@ -22,6 +22,12 @@ the best validation-query LDS, the same choice inside ξ̄'s bracket, and inside
 IFFIM's are exact. With a recipe and TRAK, the training points' margins (the task's target function
 on the training loader, once per checkpoint) feed ``recipe_gauss_newton``.
 
+Every argument is checked before any gradient is computed (a shuffled loader is refused wherever rows
+are paired across passes, and a ``retrain`` that cannot be called as ``retrain(train_indices, seed)``
+is refused up front). The result prints as one line; :meth:`SelectorResult.summary` says which λ to
+use, why and how sure, and :meth:`SelectorResult.to_frame` lists every rule with its cost and, for the
+budget rules, the validation-query LDS at its pick ± its standard error.
+
 Gradients come from the task's own per-example gradient functions; projections from dattri's
 projector, one ``ensemble_id`` per checkpoint, as dattri's TRAK draws them. Both, and the
 eigendecomposition, run on ``device`` (:func:`dahp.core.device.resolve_device`): the task's flattened
@@ -396,6 +402,9 @@ def _check_arguments(
     size = len(train_loader.dataset) if hasattr(getattr(train_loader, "dataset", None), "__len__") else None
     if recipe is not None and size is not None and recipe.n_train != size:
         raise InvalidParameterError("recipe.n_train", recipe.n_train, f"the training loader's size {size}")
+    if recipe is not None and recipe.n_params != _trainable(task):
+        n_params = _trainable(task)
+        raise InvalidParameterError("recipe.n_params", recipe.n_params, f"the model's trainable parameters {n_params}")
     _check_order(train_loader, val_loader, retrain is not None, attributor == "trak" and has_recipe)
 
 
@@ -428,7 +437,7 @@ def _check_order(train_loader, val_loader, retraining: bool, margins: bool) -> N
             )
         warnings.warn(
             f"{name} is shuffled ({sampler}): harmless here, but budget mode (retrain=) would refuse it",
-            stacklevel=3,
+            stacklevel=4,  # the caller of select_regularization
         )
 
 
