@@ -183,7 +183,7 @@ def test_cli_select_prints_the_selector_default_as_the_lambda_to_use(capsys):
     train_loader, val_loader = dattri_bridge.loaders(setting, "val", next(iter(state.values())).dtype)
     facts = RecipeFacts.from_recipe(setting.recipe, setting.data().n_train, setting.n_params())
     result = select_regularization(
-        task, train_loader, val_loader, "iffim", candidates=default_grid(setting, "iffim"), recipe=facts
+        task, train_loader, val_loader, "iffim", candidates=default_grid(setting, "iffim"), recipe=facts, progress=False
     )
     assert result.rule == rules.DEFAULT_NO_RETRAINING
     assert float(used.group(1)) == pytest.approx(result.regularization, rel=1e-3)  # printed to 4 digits

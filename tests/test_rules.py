@@ -286,3 +286,80 @@ def test_span_rule_searches_only_between_the_three_estimates_widened_by_half_a_d
     far = RuleInput("iffim", members, high_grid, inp.recipe, validation_lds=lambda m, lams: np.zeros(len(lams)))
     assert RULES["budget_span_5"](far).regularization == 1e4
     assert "budget_span_5" in DESIGNED_AFTER and "budget_span_5" in RETRAINING
+
+
+# ------------------------------------------------------------------------------------------------
+# RecipeFacts by keyword, by optimizer and from torch.optim
+
+
+def test_recipe_facts_by_keyword_equal_the_positional_form_and_the_constructors():
+    positional = RecipeFacts("adam", 1e-3, 0.0, (0.9, 0.999), 1e-8, 0.0, "constant", 0, 100, 32, 500, 40)
+    keyword = RecipeFacts(optimizer="adam", lr=1e-3, steps=100, batch_size=32, n_train=500, n_params=40)
+    assert keyword == positional == RecipeFacts.adam(1e-3, 100, 32, 500, 40)
+    adamw = RecipeFacts.adam(1e-3, 100, 32, 500, 40, betas=(0.8, 0.99), weight_decay=0.1, decoupled=True)
+    assert (adamw.optimizer, adamw.betas, adamw.weight_decay) == ("adamw", (0.8, 0.99), 0.1)
+    sgd = RecipeFacts(lr=0.1, steps=10, n_train=5, n_params=3)  # SGD needs no batch size
+    assert sgd == RecipeFacts.sgd(0.1, 10, 5, 3) and sgd.batch_size is None and sgd.schedule == "constant"
+    scheduled = RecipeFacts.sgd(0.1, 10, 5, 3, 0.9, weight_decay=0.01, schedule="cosine", warmup_steps=2)
+    assert (scheduled.momentum, scheduled.weight_decay, scheduled.schedule, scheduled.warmup_steps) == (
+        0.9,
+        0.01,
+        "cosine",
+        2,
+    )
+
+
+def test_recipe_facts_read_from_torch_optimizers():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    model[0].bias.requires_grad_(False)
+    sgd = RecipeFacts.from_optimizer(
+        torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4), 7, 8, 60
+    )
+    assert sgd == RecipeFacts.sgd(0.05, 7, 60, 12 + 8 + 2, 0.9, weight_decay=1e-4, batch_size=8)  # frozen bias left out
+    adam = RecipeFacts.from_optimizer(
+        torch.optim.Adam(model.parameters(), lr=2e-3, betas=(0.8, 0.9), eps=1e-6), 7, 8, 60
+    )
+    assert adam == RecipeFacts.adam(2e-3, 7, 8, 60, 22, betas=(0.8, 0.9), eps=1e-6)
+    adamw = RecipeFacts.from_optimizer(torch.optim.AdamW(model.parameters(), lr=2e-3), 7, 8, 60, n_params=5)
+    assert adamw == RecipeFacts.adam(2e-3, 7, 8, 60, 5, weight_decay=0.01, decoupled=True)  # AdamW's default decay
+    cosine = RecipeFacts.from_optimizer(torch.optim.SGD(model.parameters(), lr=0.1), 7, 8, 60, schedule="cosine")
+    assert cosine.schedule == "cosine"
+    with pytest.raises(InvalidParameterError, match=r"optimizer='RMSprop'.*SGD.*Adam.*AdamW"):
+        RecipeFacts.from_optimizer(torch.optim.RMSprop(model.parameters()), 7, 8, 60)
+    with pytest.raises(InvalidParameterError, match="nesterov"):
+        RecipeFacts.from_optimizer(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True), 7, 8, 60)
+    with pytest.raises(InvalidParameterError, match="param_groups"):
+        groups = [{"params": model[0].parameters(), "lr": 0.1}, {"params": model[1].parameters(), "lr": 0.2}]
+        RecipeFacts.from_optimizer(torch.optim.SGD(groups, lr=0.1), 7, 8, 60)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("lr", 0.0),
+        ("lr", None),
+        ("lr", float("inf")),
+        ("momentum", 1.0),
+        ("momentum", -0.1),
+        ("betas", (0.9,)),
+        ("betas", (0.9, 1.0)),
+        ("eps", 0.0),
+        ("weight_decay", -1e-3),
+        ("warmup_steps", -1),
+        ("steps", -3),
+        ("steps", 0),
+        ("steps", 10.0),
+        ("steps", True),
+        ("batch_size", None),  # Adam's step depends on it
+        ("batch_size", 0),
+        ("n_train", 0),
+        ("n_params", None),
+        ("optimizer", "rmsprop"),
+        ("schedule", "step"),
+    ],
+)
+def test_every_recipe_field_is_checked_with_one_clear_error(field, value):
+    good = dict(optimizer="adam", lr=1e-3, steps=100, batch_size=32, n_train=500, n_params=40)
+    with pytest.raises(InvalidParameterError, match=f"^invalid {field}=") as refused:
+        RecipeFacts(**{**good, field: value})
+    assert refused.value.parameter == field and refused.value.value == value

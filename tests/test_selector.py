@@ -1,5 +1,8 @@
 """The public selector works on a model this package does not define: a small CNN on sklearn digits."""
 
+import functools
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -11,8 +14,12 @@ from torch.utils.data import DataLoader, TensorDataset
 from dahp.core.config import InvalidParameterError
 from dahp.data.targets import correct_class_margin
 from dahp.selection import rules
+from dahp.selection import selector as selector_module
 from dahp.selection.rules import RecipeFacts
 from dahp.selection.selector import select_regularization
+
+#: the selector with its progress bars off, as the tests call it
+select = functools.partial(select_regularization, progress=False)
 
 
 class TinyCNN(nn.Module):
@@ -92,7 +99,7 @@ def xi_bar_by_hand(model, state, x, y, xq, yq, lam):
 
 def test_iffim_selection_on_a_foreign_cnn(digits_task):
     task, (train_loader, val_loader), (x, y, xq, yq, state, model), steps = digits_task
-    result = select_regularization(task, train_loader, val_loader, "iffim", lr=0.1, steps=steps)
+    result = select(task, train_loader, val_loader, "iffim", lr=0.1, steps=steps)
     assert result.xi_pick.xi_bar == pytest.approx(0.5, abs=2e-3)
     assert np.all(np.diff(result.xi_bar) > -1e-9) and result.xi_bar.min() >= 0 and result.xi_bar.max() <= 1
     assert xi_bar_by_hand(model, state, x, y, xq, yq, result.xi_pick.regularization) == pytest.approx(0.5, abs=3e-3)
@@ -100,16 +107,16 @@ def test_iffim_selection_on_a_foreign_cnn(digits_task):
     assert result.rule == rules.DEFAULT_NO_RETRAINING == "median_xi_recipe"
     three = sorted(result.pick(n).regularization for n in ("xi_continuous", "xi_saturation_0.9", "recipe"))
     assert result.regularization == result.pick("median_xi_recipe").regularization == three[1]
-    paper = select_regularization(task, train_loader, val_loader, "iffim", rule="xi", lr=0.1, steps=steps)
+    paper = select(task, train_loader, val_loader, "iffim", rule="xi", lr=0.1, steps=steps)
     assert paper.rule == "xi" and paper.regularization == result.xi_pick.regularization
     assert result.recipe_regularization == pytest.approx(1 / (0.1 * steps))
-    recipe = select_regularization(task, train_loader, val_loader, "iffim", rule="recipe", lr=0.1, steps=steps)
+    recipe = select(task, train_loader, val_loader, "iffim", rule="recipe", lr=0.1, steps=steps)
     assert recipe.regularization == result.recipe_regularization and recipe.rule == "recipe"
 
 
 def test_trak_selection_with_projection(digits_task):
     task, (train_loader, val_loader), _, _ = digits_task
-    result = select_regularization(task, train_loader, val_loader, "trak", proj_dim=64)
+    result = select(task, train_loader, val_loader, "trak", proj_dim=64)
     assert result.xi_pick.xi_bar == pytest.approx(0.5, abs=2e-3)
     assert result.grid_pick.regularization in result.candidates
 
@@ -117,16 +124,16 @@ def test_trak_selection_with_projection(digits_task):
 def test_selector_bad_input(digits_task):
     task, (train_loader, val_loader), _, _ = digits_task
     with pytest.raises(InvalidParameterError, match="attributor='tracin'"):
-        select_regularization(task, train_loader, val_loader, "tracin")
+        select(task, train_loader, val_loader, "tracin")
     with pytest.raises(InvalidParameterError, match="rule"):
-        select_regularization(task, train_loader, val_loader, rule="recipe")
+        select(task, train_loader, val_loader, rule="recipe")
     with pytest.raises(InvalidParameterError, match="proj_dim=100000"):
-        select_regularization(task, train_loader, val_loader, proj_dim=100_000)
+        select(task, train_loader, val_loader, proj_dim=100_000)
 
 
 def test_default_mode_reports_every_rule_with_a_diagnosis(digits_task):
     task, (train_loader, val_loader), _, steps = digits_task
-    result = select_regularization(task, train_loader, val_loader, "iffim", lr=0.1, steps=steps)
+    result = select(task, train_loader, val_loader, "iffim", lr=0.1, steps=steps)
     names = [p.rule for p in result.picks]
     assert result.mode == "no_retraining" and result.trainings == 0
     assert {"xi_grid_0.5", "xi_continuous", "recipe", "published_default", "mean_eig_0.1"} <= set(names)
@@ -135,7 +142,7 @@ def test_default_mode_reports_every_rule_with_a_diagnosis(digits_task):
     assert result.pick("xi_continuous").regularization == pytest.approx(result.xi_pick.regularization)
     assert result.pick("xi_grid_0.5").regularization == result.grid_pick.regularization
     assert result.pick("recipe").regularization == pytest.approx(1 / (0.1 * steps))
-    chosen = select_regularization(task, train_loader, val_loader, "iffim", rule="xi_saturation_0.9")
+    chosen = select(task, train_loader, val_loader, "iffim", rule="xi_saturation_0.9")
     assert chosen.regularization == chosen.pick("xi_saturation_0.9").regularization
 
 
@@ -189,9 +196,7 @@ def test_budget_mode_spends_at_most_its_budget_and_matches_a_brute_force_argmax(
         return net
 
     grid = [float(v) for v in np.logspace(-5, 1, 13)]
-    result = select_regularization(
-        task, train_loader, val_loader, "iffim", candidates=grid, retrain=retrain, max_retrainings=4
-    )
+    result = select(task, train_loader, val_loader, "iffim", candidates=grid, retrain=retrain, max_retrainings=4)
     assert len(calls) == 4 == result.trainings and result.mode == "budget" and result.retrain_seconds > 0
     assert all(len(s) == 150 and len(set(s.tolist())) == 150 for s in seen)  # α = 0.5 of 300, no repeats
     default = f"{rules.DEFAULT_BUDGET}_4"
@@ -204,6 +209,11 @@ def test_budget_mode_spends_at_most_its_budget_and_matches_a_brute_force_argmax(
 
     expected = brute_force_validation_lds(TinyCNN(), (state, states), seen, x, y, xq, yq, grid)
     assert result.pick("budget_val_lds_4").regularization == grid[int(np.nanargmax(expected))]
+    # the frame's validation LDS at the pick is the brute-force mean there, with a standard error over queries
+    mean, se = result.validation_lds["budget_val_lds_4"]
+    assert mean == pytest.approx(np.nanmax(expected), abs=1e-9) and 0 < se < 1
+    row = result.to_frame().set_index("rule").loc["budget_val_lds_4"]
+    assert (row.validation_lds, row.validation_lds_se, row.trainings) == (mean, se, 4)
     two = brute_force_validation_lds(TinyCNN(), (state, states[:2]), seen[:2], x, y, xq, yq, grid)
     assert result.pick("budget_val_lds_2").regularization == grid[int(np.nanargmax(two))]
     bracketed = result.pick("budget_bracket_4")
@@ -226,25 +236,23 @@ def test_budget_mode_bad_input_refused_before_any_retraining(digits_task):
         calls.append(seed)
 
     with pytest.raises(InvalidParameterError, match="max_retrainings"):
-        select_regularization(task, train_loader, val_loader, retrain=retrain, max_retrainings=1)
+        select(task, train_loader, val_loader, retrain=retrain, max_retrainings=1)
     with pytest.raises(InvalidParameterError, match="retrain"):
-        select_regularization(task, train_loader, val_loader, retrain="not a function")
+        select(task, train_loader, val_loader, retrain="not a function")
     with pytest.raises(InvalidParameterError, match="alpha"):
-        select_regularization(task, train_loader, val_loader, retrain=retrain, alpha=1.0)
+        select(task, train_loader, val_loader, retrain=retrain, alpha=1.0)
     with pytest.raises(InvalidParameterError, match="budget"):
-        select_regularization(task, train_loader, val_loader, rule="budget_bracket_5")
+        select(task, train_loader, val_loader, rule="budget_bracket_5")
     with pytest.raises(InvalidParameterError, match="rule"):
-        select_regularization(task, train_loader, val_loader, retrain=retrain, rule="budget_val_lds_10")
+        select(task, train_loader, val_loader, retrain=retrain, rule="budget_val_lds_10")
     with pytest.raises(InvalidParameterError, match="candidates"):
-        select_regularization(task, train_loader, val_loader, candidates=[1.0, 0.1])
+        select(task, train_loader, val_loader, candidates=[1.0, 0.1])
     with pytest.raises(InvalidParameterError, match=r"recipe\.n_train"):
-        select_regularization(
-            task, train_loader, val_loader, recipe=RecipeFacts.sgd(0.1, 10, n_train=299, n_params=410)
-        )
+        select(task, train_loader, val_loader, recipe=RecipeFacts.sgd(0.1, 10, n_train=299, n_params=410))
     with pytest.raises(InvalidParameterError, match="fitted"):
-        select_regularization(task, train_loader, val_loader, fitted={"recipe": {"factor": 2.0}})
+        select(task, train_loader, val_loader, fitted={"recipe": {"factor": 2.0}})
     with pytest.raises(InvalidParameterError, match="retrain"):
-        select_regularization(task, train_loader, val_loader, retrain=retrain, max_retrainings=2)  # returns None
+        select(task, train_loader, val_loader, retrain=retrain, max_retrainings=2)  # returns None
     assert len(calls) == 1  # the only call: the one whose None result was refused
 
 
@@ -257,8 +265,176 @@ def test_trak_margins_and_the_gauss_newton_recipe(digits_task):
         expected = correct_class_margin(model(x), y).double().numpy()
     margins = train_margins(task, train_loader, "cpu")
     assert margins.shape == (1, 300) and np.allclose(margins[0], expected, atol=1e-5)
-    result = select_regularization(task, train_loader, val_loader, "trak", proj_dim=64, lr=0.1, steps=steps)
+    result = select(task, train_loader, val_loader, "trak", proj_dim=64, lr=0.1, steps=steps)
     converted, plain = result.pick("recipe_gauss_newton"), result.pick("recipe")
     assert converted.regularization > plain.regularization  # divided by a mean p(1 − p) <= 1/4
-    iffim = select_regularization(task, train_loader, val_loader, "iffim", lr=0.1, steps=steps)
+    iffim = select(task, train_loader, val_loader, "iffim", lr=0.1, steps=steps)
     assert "recipe_gauss_newton" not in [p.rule for p in iffim.picks]
+
+
+# ------------------------------------------------------------------------------------------------
+# every bad argument refused before any gradient is computed
+
+
+def _retrain_never(train_indices, seed):
+    raise AssertionError("retrain was called despite a bad argument")
+
+
+def _shuffled(loader):
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=True)
+
+
+BAD_ARGUMENTS = [
+    ({"attributor": "tracin"}, "attributor"),
+    ({"rule": "no_such_rule"}, "rule"),
+    ({"rule": "recipe"}, "rule"),  # the recipe rule without lr and steps
+    ({"proj_dim": 0}, "proj_dim"),
+    ({"proj_dim": 100_000}, "proj_dim"),
+    ({"proj_dim": True}, "proj_dim"),
+    ({"proj_seed": -1}, "proj_seed"),
+    ({"threshold": 1.5}, "threshold"),
+    ({"candidates": [1.0, 0.1]}, "candidates"),
+    ({"lr": 0.1, "steps": -3}, "steps"),
+    ({"lr": 0.1, "steps": 0}, "steps"),
+    ({"lr": 0.1, "steps": 2.5}, "steps"),
+    ({"lr": 0.0, "steps": 10}, "lr"),
+    ({"lr": -0.1, "steps": 10}, "lr"),
+    ({"lr": float("nan"), "steps": 10}, "lr"),
+    ({"lr": 0.1}, "steps"),  # half a recipe
+    ({"steps": 10}, "lr"),
+    ({"lr": 0.1, "steps": 10, "momentum": 1.0}, "momentum"),
+    ({"momentum": 0.9}, "momentum"),  # momentum alone would be ignored
+    ({"recipe": "sgd"}, "recipe"),
+    ({"recipe": RecipeFacts.sgd(0.1, 10, n_train=300, n_params=410), "lr": 0.1, "steps": 10}, "lr/steps/momentum"),
+    ({"recipe": RecipeFacts.sgd(0.1, 10, n_train=299, n_params=410)}, "recipe.n_train"),
+    ({"recipe": RecipeFacts.sgd(0.1, 10, n_train=300, n_params=409)}, "recipe.n_params"),
+    ({"fitted": {"recipe": {"factor": 2.0}}}, "fitted"),
+    ({"progress": "yes"}, "progress"),
+    ({"retrain": "not a function"}, "retrain"),
+    ({"retrain": lambda train_indices: None}, "retrain"),  # one argument short of retrain(train_indices, seed)
+    ({"retrain": lambda train_indices, seed, model: None}, "retrain"),  # one too many
+    ({"retrain": _retrain_never, "max_retrainings": 1}, "max_retrainings"),
+    ({"retrain": _retrain_never, "max_retrainings": 0}, "max_retrainings"),
+    ({"retrain": _retrain_never, "max_retrainings": True}, "max_retrainings"),
+    ({"retrain": _retrain_never, "alpha": 1.0}, "alpha"),
+    ({"retrain": _retrain_never, "retrain_seed": -1}, "retrain_seed"),
+    ({"retrain": _retrain_never, "val_outputs": lambda: None}, "val_outputs"),
+    ({"retrain": _retrain_never, "rule": "budget_val_lds_10"}, "rule"),  # more models than the budget
+    ({"rule": "budget_bracket_5"}, "rule"),  # a budget rule without retrain=
+    ({"retrain": _retrain_never, "train_loader": "shuffled"}, "train_loader"),
+    ({"retrain": _retrain_never, "val_loader": "shuffled"}, "val_loader"),
+    ({"attributor": "trak", "lr": 0.1, "steps": 10, "train_loader": "shuffled"}, "train_loader"),  # margins
+    ({"train_loader": 3}, "train_loader"),
+    ({"task": object()}, "task"),
+]
+
+
+@pytest.mark.parametrize("kwargs, parameter", BAD_ARGUMENTS, ids=[p + str(i) for i, (_, p) in enumerate(BAD_ARGUMENTS)])
+def test_every_bad_argument_is_refused_before_any_gradient(digits_task, monkeypatch, kwargs, parameter):
+    def no_gradients(*args, **kw):
+        raise AssertionError("gradients were computed despite a bad argument")
+
+    monkeypatch.setattr(selector_module, "task_gradient_rows", no_gradients)
+    task, (train_loader, val_loader), _, _ = digits_task
+    arguments = {"task": task, "train_loader": train_loader, "val_loader": val_loader, **kwargs}
+    for name, loader in (("train_loader", train_loader), ("val_loader", val_loader)):
+        if arguments[name] == "shuffled":
+            arguments[name] = _shuffled(loader)
+    with pytest.raises(InvalidParameterError, match=f"^invalid {re.escape(parameter)}=") as refused:
+        select(**arguments)
+    assert refused.value.parameter == parameter and "\n" not in str(refused.value)
+
+
+def test_a_shuffled_loader_without_retraining_warns_once_and_gives_the_same_lambda(digits_task):
+    task, (train_loader, val_loader), _, steps = digits_task
+    ordered = select(task, train_loader, val_loader, "iffim", lr=0.1, steps=steps)
+    torch.manual_seed(1)
+    with pytest.warns(UserWarning, match="train_loader is shuffled") as caught:
+        shuffled = select(task, _shuffled(train_loader), val_loader, "iffim", lr=0.1, steps=steps)
+    assert len([w for w in caught if "shuffled" in str(w.message)]) == 1
+    assert len(str(caught[0].message).splitlines()) == 1
+    # every retraining-free rule reads the Gram matrix and the query projections only: the order does not count
+    assert shuffled.regularization == pytest.approx(ordered.regularization, rel=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# the budget never exceeded
+
+
+def _noisy_copy(task, counter):
+    """A ``retrain`` that counts its calls and returns the task's model with seeded noise on its weights
+    (cheap; the count is what is tested)."""
+    base = task.get_model()
+    state = {k: v.detach().clone() for k, v in task.get_checkpoints()[0].items()}
+
+    def retrain(train_indices, seed):
+        counter.append((len(train_indices), seed))
+        gen = torch.Generator().manual_seed(int(seed))
+        return {
+            k: v + 0.05 * torch.randn(v.shape, generator=gen)
+            for k, v in state.items()
+            if k in dict(base.named_parameters())
+        }
+
+    return retrain
+
+
+@pytest.mark.parametrize("budget, rule", [(2, None), (3, None), (3, "budget_val_lds_2"), (6, "budget_bracket_6")])
+def test_budget_mode_never_calls_retrain_more_than_the_maximum(digits_task, budget, rule):
+    task, (train_loader, val_loader), _, steps = digits_task
+    calls = []
+    result = select(
+        task, train_loader, val_loader, "iffim", lr=0.1, steps=steps, retrain=_noisy_copy(task, calls),
+        max_retrainings=budget, rule=rule,
+    )  # fmt: skip
+    assert 2 <= len(calls) <= budget and result.trainings == len(calls)
+    assert len({seed for _, seed in calls}) == len(calls)  # each model its own seed
+    assert all(p.trainings <= budget for p in result.picks)
+    frame = result.to_frame()
+    budget_rows = frame[frame.trainings > 0]
+    assert len(budget_rows) and budget_rows.validation_lds.notna().all() and (budget_rows.validation_lds_se > 0).all()
+    assert frame[frame.trainings == 0].validation_lds.isna().all()
+
+
+# ------------------------------------------------------------------------------------------------
+# what the result says
+
+
+def test_result_repr_summary_and_frame(digits_task):
+    task, (train_loader, val_loader), _, steps = digits_task
+    result = select(task, train_loader, val_loader, "iffim", lr=0.1, steps=steps)
+    text = repr(result)
+    assert len(text.splitlines()) == 1 and len(text) < 200
+    assert f"{result.regularization:.4g}" in text and result.rule in text and f"{len(result.picks)} rules" in text
+    summary = result.summary()
+    assert (
+        summary.splitlines()[0]
+        == f"use λ = {result.regularization:.4g}  [median_xi_recipe (the package default without retraining)]"
+    )
+    assert "why: median of" in summary and "scale: the mean-loss scale" in summary
+    # the confidence line states the spread of the three estimates, in decades
+    three = [result.pick(n).regularization for n in ("xi_continuous", "xi_saturation_0.9", "recipe")]
+    spread = np.log10(max(three) / min(three))
+    assert result.estimates == ("xi_continuous", "xi_saturation_0.9", "recipe")
+    assert result.agreement_decades() == pytest.approx(spread)
+    assert f"{spread:.2f} decades" in summary
+    assert ("agree within" in summary) == (spread <= selector_module.AGREEMENT_DECADES)
+    frame = result.to_frame()
+    assert list(frame.columns) == [
+        "rule", "regularization", "diagnosis", "trainings", "seconds", "validation_lds", "validation_lds_se", "chosen",
+    ]  # fmt: skip
+    assert list(frame.rule) == [p.rule for p in result.picks]
+    assert frame.set_index("rule").loc["recipe", "regularization"] == result.pick("recipe").regularization
+    assert frame.chosen.sum() == 1 and frame[frame.chosen].rule.item() == result.rule
+    assert (frame.trainings == 0).all() and frame.validation_lds.isna().all()
+
+
+def test_progress_bars_only_when_asked(digits_task, monkeypatch, capsys):
+    monkeypatch.delenv("DAHP_PROGRESS", raising=False)
+    task, (train_loader, val_loader), _, _ = digits_task
+    capsys.readouterr()
+    select(task, train_loader, val_loader, "trak", proj_dim=16)
+    assert capsys.readouterr().err == ""
+    select_regularization(task, train_loader, val_loader, "trak", proj_dim=16)
+    err = capsys.readouterr().err
+    assert "gradients" in err and "4/4" in err  # 3 training + 1 validation batch, one checkpoint

@@ -37,7 +37,7 @@ _PUBLIC = {
     "get_setting": "dahp.data.settings",
     "select_regularization": "dahp.selection.selector",
     "SelectorResult": "dahp.selection.selector",
-    "RecipeFacts": "dahp.selection.rules",
+    "RecipeFacts": "dahp.selection.recipe",
     "learn_group_weights": "dahp.methods.learned_weights",
 }
 

@@ -133,11 +133,12 @@ PRODUCERS: dict[str, tuple[str, ...]] = {
     # spectral, features' TRAK weights 1 - p, settings and targets for the model), the ξ rule and the
     # baselines (selection, surrogate), the LDS (lds) against the ground truth's subsets (ground_truth,
     # config's subset_size) and the checkpoints as read back (training's Checkpoints.state)
-    # + every retraining-free rule of the registry (rules) on the case's RuleInput (cases)
+    # + every retraining-free rule of the registry (rules) on the case's RuleInput and its RecipeFacts (recipe, cases)
     "selection_case": (
         *_TRAINING,
         *_SCORING,
         "training/ground_truth.py",
+        "selection/recipe.py",
         "selection/rules.py",
         "experiments/cases.py",
     ),

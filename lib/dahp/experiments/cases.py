@@ -134,6 +134,7 @@ def setting_selection(
         proj_seed=params.proj_seed,
         device=device,
         recipe=recipe,
+        progress=progress,
     )
 
 

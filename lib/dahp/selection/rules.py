@@ -50,7 +50,7 @@ import numpy as np
 
 from dahp.attribution.scales import fine_grid, from_mean_loss, trace_per_parameter
 from dahp.attribution.spectral import SpectralFactors
-from dahp.core.config import OPTIMIZERS, SCHEDULES, InvalidParameterError, TrainingRecipe
+from dahp.core.config import SCHEDULES, InvalidParameterError, TrainingRecipe
 from dahp.selection.algorithm import (
     mean_eigenvalue_rule,
     mean_xi,
@@ -59,72 +59,10 @@ from dahp.selection.algorithm import (
     spectrum_quantile,
     xi_bar_curve,
 )
+from dahp.selection.recipe import RecipeFacts  # its home; also importable from here, as before
 from dahp.training.train import schedule_factor
 
 ATTRIBUTORS = ("iffim", "trak")  #: attributors whose λ scale the rules know
-
-
-@dataclasses.dataclass(frozen=True)
-class RecipeFacts:
-    """What the full-data training did, as far as the recipe rule needs it."""
-
-    optimizer: str  #: ``"sgd"``, ``"adam"`` or ``"adamw"``
-    lr: float  #: base learning rate η
-    momentum: float  #: heavy-ball momentum (SGD; 0 for Adam)
-    betas: tuple[float, float]  #: Adam's (β₁, β₂)
-    eps: float  #: Adam's ε
-    weight_decay: float  #: L2 (SGD, Adam) or decoupled (AdamW) weight decay, as in ``torch.optim``
-    schedule: str  #: one of :data:`dahp.core.config.SCHEDULES`
-    warmup_steps: int  #: warm-up length in optimizer steps
-    steps: int  #: optimizer steps of the full-data training
-    batch_size: int  #: examples per step
-    n_train: int  #: training points n
-    n_params: int  #: trainable parameters of the model
-
-    def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise InvalidParameterError("optimizer", self.optimizer, OPTIMIZERS)
-        if self.schedule not in SCHEDULES:
-            raise InvalidParameterError("schedule", self.schedule, SCHEDULES)
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise InvalidParameterError("lr", self.lr, "a number > 0")
-        if not 0 <= self.momentum < 1:
-            raise InvalidParameterError("momentum", self.momentum, "a number in [0, 1)")
-        if not self.weight_decay >= 0:
-            raise InvalidParameterError("weight_decay", self.weight_decay, "a number >= 0")
-        if not (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas)):
-            raise InvalidParameterError("betas", self.betas, "two numbers in [0, 1)")
-        if not self.eps > 0:
-            raise InvalidParameterError("eps", self.eps, "a number > 0")
-        for name in ("steps", "batch_size", "n_train", "n_params"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, np.integer)) and value >= 1):
-                raise InvalidParameterError(name, value, "an integer >= 1")
-        if not (isinstance(self.warmup_steps, (int, np.integer)) and self.warmup_steps >= 0):
-            raise InvalidParameterError("warmup_steps", self.warmup_steps, "an integer >= 0")
-
-    @classmethod
-    def from_recipe(cls, recipe: TrainingRecipe, n_train: int, n_params: int) -> RecipeFacts:
-        """The facts of a :class:`~dahp.core.config.TrainingRecipe` run on ``n_train`` points."""
-        return cls(
-            recipe.optimizer,
-            recipe.lr,
-            recipe.momentum,
-            tuple(recipe.betas),
-            recipe.eps,
-            recipe.weight_decay,
-            recipe.schedule,
-            recipe.warmup_steps,
-            recipe.epochs * recipe.steps_per_epoch(n_train),
-            recipe.batch_size,
-            n_train,
-            n_params,
-        )
-
-    @classmethod
-    def sgd(cls, lr: float, steps: int, n_train: int, n_params: int, momentum: float = 0.0) -> RecipeFacts:
-        """Plain (or heavy-ball) SGD at a constant rate without weight decay."""
-        return cls("sgd", lr, momentum, (0.9, 0.999), 1e-8, 0.0, "constant", 0, steps, 1, n_train, n_params)
 
 
 ValidationLDS = Callable[[int, Sequence[float]], np.ndarray]
@@ -446,20 +384,33 @@ def recipe_gauss_newton(inp: RuleInput) -> RulePick:
 # a hedge of independent estimates
 
 
-def median_parts(inp: RuleInput) -> dict[str, RulePick]:
-    """The three retraining-free estimates :func:`median_xi_recipe` takes the median of, by rule name.
+def median_part_names(inp: RuleInput) -> tuple[str, str, str]:
+    """The names of the three retraining-free rules :func:`median_xi_recipe` takes the median of.
 
     The ξ̄ = 0.5 crossing, ξ̄'s saturation point and the recipe rule (``recipe_gauss_newton`` for TRAK
     with the training margins known; ``xi_max_slope`` standing in without a recipe).
     """
-    parts = {"xi_continuous": xi_continuous(inp), "xi_saturation_0.9": xi_relative(inp, 0.9, "xi_saturation_0.9")}
     if inp.recipe is not None and inp.attributor == "trak" and inp.train_margins is not None:
-        parts["recipe_gauss_newton"] = recipe_gauss_newton(inp)
+        third = "recipe_gauss_newton"
     elif inp.recipe is not None:
-        parts["recipe"] = recipe_rule(inp)
+        third = "recipe"
     else:
-        parts["xi_max_slope"] = xi_max_slope(inp)
-    return parts
+        third = "xi_max_slope"
+    return ("xi_continuous", "xi_saturation_0.9", third)
+
+
+def median_parts(inp: RuleInput) -> dict[str, RulePick]:
+    """The picks of the three rules :func:`median_xi_recipe` takes the median of, by rule name
+    (:func:`median_part_names`)."""
+    return {name: RULES[name](inp) for name in median_part_names(inp)}
+
+
+def agreement_decades(picks: Iterable[RulePick]) -> float:
+    """How many decades separate the smallest and the largest λ of ``picks`` (``inf`` when one is 0)."""
+    values = [p.regularization for p in picks]
+    if min(values) <= 0:
+        return math.inf
+    return math.log10(max(values) / min(values))
 
 
 def _by_log(parts: Mapping[str, RulePick]) -> list[str]:

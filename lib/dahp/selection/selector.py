@@ -22,6 +22,12 @@ the best validation-query LDS, the same choice inside ξ̄'s bracket, and inside
 IFFIM's are exact. With a recipe and TRAK, the training points' margins (the task's target function
 on the training loader, once per checkpoint) feed ``recipe_gauss_newton``.
 
+Every argument is checked before any gradient is computed (a shuffled loader is refused wherever rows
+are paired across passes, and a ``retrain`` that cannot be called as ``retrain(train_indices, seed)``
+is refused up front). The result prints as one line; :meth:`SelectorResult.summary` says which λ to
+use, why and how sure, and :meth:`SelectorResult.to_frame` lists every rule with its cost and, for the
+budget rules, the validation-query LDS at its pick ± its standard error.
+
 Gradients come from the task's own per-example gradient functions; projections from dattri's
 projector, one ``ensemble_id`` per checkpoint, as dattri's TRAK draws them. Both, and the
 eigendecomposition, run on ``device`` (:func:`dahp.core.device.resolve_device`): the task's flattened
@@ -35,12 +41,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
+import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
+from torch.utils.data import BatchSampler, DataLoader, IterableDataset, SequentialSampler
 
 from dahp.attribution.features import Projection, project, task_gradient_rows
 from dahp.attribution.lds import lds
@@ -48,17 +59,26 @@ from dahp.attribution.scales import feature_scale, gram_scale, scale_description
 from dahp.attribution.spectral import SpectralFactors, factorize
 from dahp.core.config import InvalidParameterError
 from dahp.core.device import resolve_device
+from dahp.core.progress import tqdm
 from dahp.core.published import PUBLISHED_DEFAULTS
 from dahp.selection import rules
 from dahp.selection.algorithm import Selection, check_threshold, mean_xi, xi_selection
-from dahp.selection.rules import RecipeFacts, RuleInput, RulePick
+from dahp.selection.recipe import RecipeFacts, check_recipe_field
+from dahp.selection.rules import RuleInput, RulePick
 
 SELECTABLE = ("iffim", "trak")
+#: The retraining-free estimates "agree" when their λ lie within this many decades of each other: a
+#: stated convention for :meth:`SelectorResult.summary` (one decade is about four grid steps of the
+#: default grid), not a constant tuned on any problem.
+AGREEMENT_DECADES = 1.0
+#: The documented signature of ``retrain``: ``retrain(train_indices, seed)``.
+RETRAIN_SIGNATURE = "retrain(train_indices, seed) -> model"
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class SelectorResult:
-    """What the selector found."""
+    """What the selector found: ``print(result)`` gives one line, :meth:`summary` a few, :meth:`to_frame`
+    every rule as a table."""
 
     attributor: str
     regularization: float  #: the λ to use (the rule asked for)
@@ -76,6 +96,88 @@ class SelectorResult:
     mode: str = "no_retraining"  #: ``"no_retraining"`` or ``"budget"`` (``retrain`` was given)
     trainings: int = 0  #: how many times ``retrain`` was called
     retrain_seconds: float = 0.0  #: wall time of those calls and of the retrained models' validation outputs
+    #: the rules :data:`dahp.selection.rules.DEFAULT_NO_RETRAINING` takes the median of
+    #: (:func:`dahp.selection.rules.median_part_names`), whose spread says how sure the retraining-free pick is
+    estimates: tuple[str, ...] = ()
+    #: budget rules: ``rule -> (mean, standard error)`` of the validation-query LDS at the rule's pick,
+    #: from the retrained models it used (the standard error over the validation queries)
+    validation_lds: Mapping[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        mode = f"budget, {self.trainings} retrainings" if self.mode == "budget" else "no retraining"
+        return (
+            f"SelectorResult(λ={self.regularization:.4g} [{self.rule}], {self.attributor} scale, "
+            f"{len(self.candidates)} candidates, {len(self.picks)} rules, {mode}; .summary(), .to_frame())"
+        )
+
+    def agreement_decades(self) -> float | None:
+        """Decades between the smallest and the largest of the retraining-free estimates
+        (:attr:`estimates`); None when they are unknown."""
+        if not self.estimates:
+            return None
+        return rules.agreement_decades(self.pick(name) for name in self.estimates)
+
+    def confidence(self) -> str:
+        """How sure the pick is, in one line: in budget mode the validation-query LDS at the pick ± its
+        standard error; otherwise whether the retraining-free estimates agree within
+        :data:`AGREEMENT_DECADES`, and whether ξ̄ reaches the threshold at all."""
+        if self.rule in self.validation_lds:
+            mean, se = self.validation_lds[self.rule]
+            models = self.pick(self.rule).trainings
+            return (
+                f"confidence: validation-query LDS at the pick {mean:.3f} ± {se:.3f} (standard error over the "
+                f"validation queries, {models} retrained models)"
+            )
+        notes = []
+        if abs(self.xi_pick.xi_bar - self.xi_pick.threshold) > 1e-3:
+            notes.append(f"ξ̄ never reaches {self.xi_pick.threshold:g} in the search range")
+        spread = self.agreement_decades()
+        if spread is not None:
+            listed = ", ".join(f"{n} {self.pick(n).regularization:.3g}" for n in self.estimates)
+            if spread <= AGREEMENT_DECADES:
+                notes.append(
+                    f"the retraining-free estimates agree within {spread:.2f} decades "
+                    f"(<= {AGREEMENT_DECADES:g}): {listed}"
+                )
+            else:
+                notes.append(
+                    f"the retraining-free estimates are {spread:.2f} decades apart "
+                    f"(> {AGREEMENT_DECADES:g}: uncertain; retrain= lets retrained models decide): {listed}"
+                )
+        if not notes:
+            return "confidence: not assessed (no retraining-free estimates for this rule)"
+        return "confidence: " + "; ".join(notes)
+
+    def to_frame(self) -> pd.DataFrame:
+        """Every rule's pick, one row each: ``rule``, ``regularization`` (λ), ``diagnosis``,
+        ``trainings``, ``seconds``, ``validation_lds`` and ``validation_lds_se`` (budget rules; NaN for
+        the others) and ``chosen`` (the rule of :attr:`regularization`)."""
+        rows = []
+        for p in self.picks:
+            mean, se = self.validation_lds.get(p.rule, (math.nan, math.nan))
+            rows.append(
+                {
+                    "rule": p.rule,
+                    "regularization": p.regularization,
+                    "diagnosis": p.diagnosis,
+                    "trainings": p.trainings,
+                    "seconds": p.seconds,
+                    "validation_lds": mean,
+                    "validation_lds_se": se,
+                    "chosen": p.rule == self.rule,
+                }
+            )
+        columns = [
+            "rule",
+            "regularization",
+            "diagnosis",
+            "trainings",
+            "seconds",
+            "validation_lds",
+            "validation_lds_se",
+            "chosen",
+        ]
+        return pd.DataFrame(rows, columns=columns)
 
     def pick(self, rule: str) -> RulePick:
         """The pick of rule ``rule``."""
@@ -89,7 +191,8 @@ class SelectorResult:
         ``python -m dahp select`` prints); with ``curve``, ξ̄ at every candidate first.
 
         The first line is ``use λ = ...``: :attr:`regularization`, the pick of :attr:`rule` (by default
-        :data:`dahp.selection.rules.DEFAULT_NO_RETRAINING`). Then the paper's pick: Algorithm 1 at
+        :data:`dahp.selection.rules.DEFAULT_NO_RETRAINING`), then why (the rule's diagnosis), on which
+        scale and how confident (:meth:`confidence`). Then the paper's pick: Algorithm 1 at
         ``ξ̄ = threshold`` on the candidates (:data:`dahp.selection.rules.PAPER_RULE` when the threshold
         is 0.5) and the continuous crossing (``xi_continuous``).
         """
@@ -106,6 +209,7 @@ class SelectorResult:
         if chosen is not None:
             lines.append(f"  why: {chosen.diagnosis}")
         lines.append(f"  scale: {scale_description(self.attributor)}")
+        lines.append(f"  {self.confidence()}")
         threshold = self.grid_pick.threshold
         paper = rules.PAPER_RULE if threshold == rules.RULES[rules.PAPER_RULE].threshold else f"xi ξ̄ = {threshold:g}"
         lines.append(
@@ -126,28 +230,89 @@ def task_factors(
     proj_dim: int | None = None,
     proj_seed: int = 0,
     device: str | torch.device | None = None,
+    bar: tqdm | None = None,
 ) -> list[SpectralFactors]:
     """One spectral factorization per checkpoint of ``task`` (IFFIM: loss vs target gradients;
     TRAK: gradients of the task's loss function -- the margin, in dattri's TRAK convention -- and
-    of its target, divided by ``sqrt(#parameters)``), computed on ``device``, returned on the CPU."""
-    n_params = sum(p.numel() for p in task.get_model().parameters() if p.requires_grad)
-    if proj_dim is not None and not (isinstance(proj_dim, int) and 1 <= proj_dim <= n_params):
-        raise InvalidParameterError(
-            "proj_dim", proj_dim, f"None or an integer in 1..{n_params} (the model's parameter count)"
-        )
+    of its target, divided by ``sqrt(#parameters)``), computed on ``device``, returned on the CPU.
+    ``bar`` advances by one per gradient batch."""
+    _check_proj_dim(proj_dim, _trainable(task))
+    n_params = _trainable(task)
     device = resolve_device(device)
     scale = feature_scale(attributor, n_params)
     members = []
     for k in range(len(task.get_checkpoints())):
         params, _ = task.get_param(ckpt_idx=k)
         params = params.to(device)
-        train = task_gradient_rows(task.get_grad_loss_func(in_dims=(None, 0)), params, train_loader, scale, device)
-        queries = task_gradient_rows(task.get_grad_target_func(in_dims=(None, 0)), params, val_loader, scale, device)
+        train = task_gradient_rows(
+            task.get_grad_loss_func(in_dims=(None, 0)), params, _counted(train_loader, bar), scale, device
+        )
+        queries = task_gradient_rows(
+            task.get_grad_target_func(in_dims=(None, 0)), params, _counted(val_loader, bar), scale, device
+        )
         if proj_dim is not None:
             projection = Projection(proj_dim, proj_seed, k)
             train, queries = project(train, projection, device), project(queries, projection, device)
         members.append(factorize(train, queries, scale=gram_scale(attributor, len(train)), device=device))
     return members
+
+
+def _trainable(task) -> int:
+    """The number of trainable parameters of ``task``'s model."""
+    return sum(p.numel() for p in task.get_model().parameters() if p.requires_grad)
+
+
+def _check_proj_dim(proj_dim: int | None, n_params: int) -> None:
+    if proj_dim is not None and not (_is_int(proj_dim) and 1 <= proj_dim <= n_params):
+        raise InvalidParameterError(
+            "proj_dim", proj_dim, f"None or an integer in 1..{n_params} (the model's parameter count)"
+        )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _counted(loader: Iterable, bar: tqdm | None) -> Iterator:
+    """The batches of ``loader``, advancing ``bar`` by one after each."""
+    for batch in loader:
+        yield batch
+        if bar is not None:
+            bar.update(1)
+
+
+def _batches(loader) -> int | None:
+    """How many batches ``loader`` yields, when it says."""
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
+def _random_order(loader) -> str | None:
+    """The sampler that makes ``loader`` yield its points in another order on every pass (None when the
+    order is fixed: a torch ``DataLoader`` with a ``SequentialSampler``, an ``IterableDataset`` --
+    whose order is the dataset's own --, or anything that is not a ``DataLoader``)."""
+    if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
+        return None
+    batches = loader.batch_sampler
+    if batches is not None and not isinstance(batches, BatchSampler):
+        return type(batches).__name__  # a custom batch sampler: its order is not known to be fixed
+    sampler = batches.sampler if batches is not None else loader.sampler
+    return None if isinstance(sampler, SequentialSampler) else type(sampler).__name__
+
+
+def _binds(fn: Callable, arguments: int) -> bool:
+    """Whether ``fn`` accepts ``arguments`` positional arguments (True when its signature is unknown)."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins and some C extensions have none
+        return True
+    try:
+        signature.bind(*([None] * arguments))
+    except TypeError:
+        return False
+    return True
 
 
 def _budget_rules(max_retrainings: int) -> dict[str, rules.Rule]:
@@ -156,20 +321,34 @@ def _budget_rules(max_retrainings: int) -> dict[str, rules.Rule]:
 
 
 def _check_arguments(
+    task,
+    train_loader,
+    val_loader,
     attributor: str,
     rule: str,
     threshold: float,
     candidates: Sequence[float] | None,
-    has_recipe: bool,
+    proj_dim: int | None,
+    proj_seed: int,
+    sgd: tuple[float | None, int | None, float],
+    recipe: RecipeFacts | None,
     retrain: Callable | None,
     max_retrainings: int,
     alpha: float,
+    retrain_seed: int,
     val_outputs: Callable | None,
     fitted: Mapping[str, Mapping[str, float]] | None,
+    progress: bool,
 ) -> None:
-    """Refuse bad arguments before any gradient is computed."""
+    """Refuse bad arguments before any gradient is computed (one :class:`InvalidParameterError` each)."""
     if attributor not in SELECTABLE:
         raise InvalidParameterError("attributor", attributor, SELECTABLE)
+    missing = [name for name in ("get_model", "get_param", "get_checkpoints") if not hasattr(task, name)]
+    if missing:
+        raise InvalidParameterError("task", type(task).__name__, "a dattri.task.AttributionTask")
+    for name, loader in (("train_loader", train_loader), ("val_loader", val_loader)):
+        if not hasattr(loader, "__iter__"):
+            raise InvalidParameterError(name, type(loader).__name__, "an iterable of batches (a torch DataLoader)")
     check_threshold(threshold)
     if candidates is not None:
         grid = np.asarray(list(candidates), dtype=float)
@@ -177,18 +356,39 @@ def _check_arguments(
             raise InvalidParameterError("candidates", candidates, "at least two finite, strictly ascending λ")
         if grid[0] < 0:
             raise InvalidParameterError("candidates", candidates, "λ >= 0")
-    if retrain is not None and not callable(retrain):
-        raise InvalidParameterError("retrain", retrain, "None or a function retrain(train_indices, seed) -> model")
-    if not (isinstance(max_retrainings, int) and max_retrainings >= 2):
+    _check_proj_dim(proj_dim, _trainable(task))
+    if not _is_int(proj_seed) or proj_seed < 0:
+        raise InvalidParameterError("proj_seed", proj_seed, "an integer >= 0")
+    if not isinstance(progress, bool):
+        raise InvalidParameterError("progress", progress, "True or False")
+    lr, steps, momentum = sgd
+    if recipe is not None and not isinstance(recipe, RecipeFacts):
+        raise InvalidParameterError("recipe", recipe, "None or a dahp.selection.recipe.RecipeFacts")
+    if recipe is not None and (lr is not None or steps is not None or momentum != 0.0):
+        raise InvalidParameterError("lr/steps/momentum", (lr, steps, momentum), "left out when recipe= is given")
+    if (lr is None) != (steps is None):
+        name, value = ("steps", steps) if steps is None else ("lr", lr)
+        raise InvalidParameterError(name, value, "given together with the other of lr and steps (or recipe=)")
+    if lr is not None:
+        for name, value in (("lr", lr), ("steps", steps), ("momentum", momentum)):
+            check_recipe_field(name, value)
+    elif momentum != 0.0:
+        raise InvalidParameterError("momentum", momentum, "0, or any value in [0, 1) together with lr and steps")
+    if retrain is not None and not (callable(retrain) and _binds(retrain, 2)):
+        raise InvalidParameterError("retrain", retrain, f"None or a function {RETRAIN_SIGNATURE}")
+    if not (_is_int(max_retrainings) and max_retrainings >= 2):
         raise InvalidParameterError("max_retrainings", max_retrainings, "an integer >= 2 (the LDS needs two models)")
-    if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
+    if not (isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and 0 < alpha < 1):
         raise InvalidParameterError("alpha", alpha, "a number in the open interval (0, 1)")
-    if val_outputs is not None and not callable(val_outputs):
+    if not _is_int(retrain_seed) or retrain_seed < 0:
+        raise InvalidParameterError("retrain_seed", retrain_seed, "an integer >= 0")
+    if val_outputs is not None and not (callable(val_outputs) and _binds(val_outputs, 1)):
         raise InvalidParameterError("val_outputs", val_outputs, "None or a function model -> (n_val,) outputs")
     if fitted is not None:
         unknown = sorted(set(fitted) - rules.FITTED)
         if unknown:
             raise InvalidParameterError("fitted", unknown, sorted(rules.FITTED))
+    has_recipe = recipe is not None or lr is not None
     allowed = ["xi", *_free_rule_names(attributor, has_recipe, fitted)]
     if retrain is not None:
         allowed += list(_budget_rules(max_retrainings))
@@ -199,6 +399,46 @@ def _check_arguments(
         if registered is not None and registered.retrains and retrain is None:
             raise InvalidParameterError("rule", rule, "a budget rule only together with retrain=")
         raise InvalidParameterError("rule", rule, allowed)
+    size = len(train_loader.dataset) if hasattr(getattr(train_loader, "dataset", None), "__len__") else None
+    if recipe is not None and size is not None and recipe.n_train != size:
+        raise InvalidParameterError("recipe.n_train", recipe.n_train, f"the training loader's size {size}")
+    if recipe is not None and recipe.n_params != _trainable(task):
+        n_params = _trainable(task)
+        raise InvalidParameterError("recipe.n_params", recipe.n_params, f"the model's trainable parameters {n_params}")
+    _check_order(train_loader, val_loader, retrain is not None, attributor == "trak" and has_recipe)
+
+
+def _check_order(train_loader, val_loader, retraining: bool, margins: bool) -> None:
+    """Refuse a loader that reorders its points on every pass where the selector pairs rows across
+    passes; warn where it does not.
+
+    Budget mode pairs the training rows with ``retrain``'s indices (positions in the training loader's
+    order) and the query rows with the retrained models' validation outputs, each read in another pass;
+    TRAK with a recipe pairs the training rows with their margins, read in another pass. Without
+    those, every rule reads only the Gram matrix and the query projections, which do not depend on the
+    order, so a shuffled loader gives the same λ.
+    """
+    for name, loader, paired in (
+        ("train_loader", train_loader, retraining or margins),
+        ("val_loader", val_loader, retraining),
+    ):
+        sampler = _random_order(loader)
+        if sampler is None:
+            continue
+        if name == "val_loader":
+            why = "the retrained models' validation outputs are paired with the queries by order"
+        elif retraining:
+            why = "retrain= gets positions in the loader's order"
+        else:
+            why = "TRAK's training margins are paired with the gradient rows by order"
+        if paired:
+            raise InvalidParameterError(
+                name, f"a DataLoader with {sampler}", f"a loader in a fixed order (shuffle=False): {why}"
+            )
+        warnings.warn(
+            f"{name} is shuffled ({sampler}): harmless here, but budget mode (retrain=) would refuse it",
+            stacklevel=4,  # the caller of select_regularization
+        )
 
 
 def _free_rule_names(attributor: str, has_recipe: bool, fitted: Mapping | None) -> list[str]:
@@ -259,8 +499,9 @@ def _validation_outputs(task, trained, val_loader, val_outputs: Callable | None,
     return torch.cat(rows)
 
 
-def train_margins(task, train_loader, device) -> np.ndarray:
-    """``(checkpoints, n)`` the task's target (the correct-class margin) on every training point, per checkpoint."""
+def train_margins(task, train_loader, device, bar: tqdm | None = None) -> np.ndarray:
+    """``(checkpoints, n)`` the task's target (the correct-class margin) on every training point, per
+    checkpoint (``bar`` advances by one per batch)."""
     target = torch.func.vmap(task.get_target_func(), in_dims=(None, 0), randomness="different")
     rows = []
     for k in range(len(task.get_checkpoints())):
@@ -268,7 +509,7 @@ def train_margins(task, train_loader, device) -> np.ndarray:
         params = params.to(device)
         values = []
         with torch.no_grad():
-            for batch in train_loader:
+            for batch in _counted(train_loader, bar):
                 batch = tuple(t.to(device) for t in batch) if isinstance(batch, (tuple, list)) else batch.to(device)
                 values.append(target(params, batch).detach().double().reshape(-1).cpu())
         rows.append(torch.cat(values).numpy())
@@ -282,8 +523,10 @@ class _Retrainings:
     with ``seed``; its model gets seed ``seed + 1 + j``.
     """
 
-    def __init__(self, retrain: Callable, n_train: int, budget: int, alpha: float, seed: int, outputs) -> None:
-        self.retrain, self.budget, self.outputs = retrain, budget, outputs
+    def __init__(
+        self, retrain: Callable, n_train: int, budget: int, alpha: float, seed: int, outputs, progress: bool = False
+    ) -> None:
+        self.retrain, self.budget, self.outputs, self.progress = retrain, budget, outputs, progress
         size = min(max(1, round(alpha * n_train)), n_train - 1)
         rng = np.random.default_rng(seed)
         self.subsets = np.stack([np.sort(rng.choice(n_train, size, replace=False)) for _ in range(budget)])
@@ -294,9 +537,12 @@ class _Retrainings:
         """Subsets and validation outputs of the first ``models`` retrained models."""
         if not 2 <= models <= self.budget:
             raise InvalidParameterError("models", models, f"an integer in 2..{self.budget} (the retraining budget)")
-        while len(self.targets) < models:
-            j = len(self.targets)
-            self.targets.append(self.outputs(self.retrain(self.subsets[j].copy(), self.seeds[j])))
+        missing = models - len(self.targets)
+        with tqdm(total=missing, desc="retraining", unit="model", disable=not self.progress or missing < 1) as bar:
+            while len(self.targets) < models:
+                j = len(self.targets)
+                self.targets.append(self.outputs(self.retrain(self.subsets[j].copy(), self.seeds[j])))
+                bar.update(1)
         return self.subsets[:models], torch.stack(self.targets[:models])
 
 
@@ -322,6 +568,7 @@ def select_regularization(
     retrain_seed: int = 0,
     val_outputs: Callable[[object], torch.Tensor] | None = None,
     fitted: Mapping[str, Mapping[str, float]] | None = None,
+    progress: bool = True,
 ) -> SelectorResult:
     """Choose λ for IFFIM or TRAK on ``task``: from the trained model(s) alone, or with a few retrainings.
 
@@ -330,8 +577,9 @@ def select_regularization(
 
     Args:
         task: a ``dattri.task.AttributionTask``; each of its checkpoints is one ensemble member.
-        train_loader: the training points (not shuffled).
-        val_loader: validation queries (not the queries you will evaluate on).
+        train_loader: the training points, in a fixed order (a shuffled DataLoader is refused in budget
+            mode and for TRAK with a recipe, where rows are paired across passes, and warned about otherwise).
+        val_loader: validation queries (not the queries you will evaluate on), in a fixed order in budget mode.
         attributor: ``"iffim"`` or ``"trak"``.
         proj_dim: random projection of the gradients (None: full gradients).
         candidates: λ grid for Algorithm 1 and the budget rules (default: 33 values, 4 per decade,
@@ -343,7 +591,8 @@ def select_regularization(
             ``f"{dahp.selection.rules.DEFAULT_BUDGET}_{max_retrainings}"`` with it.
         lr, steps, momentum: the training's learning rate, number of optimizer steps and momentum
             (plain SGD), for the recipe rule; ``recipe`` gives the full facts instead (Adam,
-            schedules, weight decay: :class:`dahp.selection.rules.RecipeFacts`).
+            schedules, weight decay: :class:`dahp.selection.recipe.RecipeFacts`, e.g.
+            ``RecipeFacts.adam(...)`` or ``RecipeFacts.from_optimizer(optimizer, steps, ...)``).
         device: where gradients, projections and the eigendecomposition run (default:
             :func:`dahp.core.device.resolve_device`); λ does not depend on it beyond rounding.
         retrain: budget mode: ``retrain(train_indices, seed)`` trains your model, your way, on the
@@ -356,46 +605,72 @@ def select_regularization(
         val_outputs: ``val_outputs(model) -> (n_val,)`` outputs of a retrained model on the
             validation queries, in ``val_loader``'s order (default: the task's target function).
         fitted: constants for the fitted rules (``rule name -> dahp.selection.rules.fit_rule(...)``).
+        progress: progress bars over the gradient batches and the retrainings.
+
+    Every argument is checked before any gradient is computed; a bad one raises one
+    :class:`~dahp.core.config.InvalidParameterError` naming it.
     """
     has_recipe = recipe is not None or (lr is not None and steps is not None)
-    if rule is None and retrain is not None and isinstance(max_retrainings, int):
+    if rule is None and retrain is not None and _is_int(max_retrainings) and max_retrainings >= 2:
         rule = rules.default_budget_rule(max_retrainings).name
     elif rule is None and retrain is not None:
         rule = rules.DEFAULT_BUDGET  # refused below, with the bad max_retrainings
     elif rule is None:
         rule = rules.DEFAULT_NO_RETRAINING
     _check_arguments(
-        attributor, rule, threshold, candidates, has_recipe, retrain, max_retrainings, alpha, val_outputs, fitted
+        task,
+        train_loader,
+        val_loader,
+        attributor,
+        rule,
+        threshold,
+        candidates,
+        proj_dim,
+        proj_seed,
+        (lr, steps, momentum),
+        recipe,
+        retrain,
+        max_retrainings,
+        alpha,
+        retrain_seed,
+        val_outputs,
+        fitted,
+        progress,
     )
-    if recipe is not None and not isinstance(recipe, RecipeFacts):
-        raise InvalidParameterError("recipe", recipe, "None or a dahp.selection.rules.RecipeFacts")
-    size = len(train_loader.dataset) if hasattr(getattr(train_loader, "dataset", None), "__len__") else None
-    if recipe is not None and size is not None and recipe.n_train != size:
-        raise InvalidParameterError("recipe.n_train", recipe.n_train, f"the training loader's size {size}")
     device = resolve_device(device)
-    members = task_factors(task, train_loader, val_loader, attributor, proj_dim, proj_seed, device)
+    with_margins = attributor == "trak" and has_recipe
+    passes = [_batches(train_loader), _batches(val_loader)] + ([_batches(train_loader)] if with_margins else [])
+    total = None if None in passes else sum(passes) * len(task.get_checkpoints())
+    with tqdm(total=total, desc="gradients", unit="batch", disable=not progress) as bar:
+        members = task_factors(task, train_loader, val_loader, attributor, proj_dim, proj_seed, device, bar)
+        margins = train_margins(task, train_loader, device, bar) if with_margins else None
     top = max(float(m.eigenvalues.max()) for m in members)
     grid = [float(v) for v in candidates] if candidates is not None else selector_grid(top)
     found = xi_selection(members, grid, threshold)
     n_train = members[0].left.shape[0]
-    n_params = sum(p.numel() for p in task.get_model().parameters() if p.requires_grad)
+    n_params = _trainable(task)
     if recipe is None and has_recipe:
         recipe = RecipeFacts.sgd(lr, steps, n_train, n_params, momentum)
 
     retrainings = None
     validation_lds = None
     retrain_seconds = 0.0
+    measured: dict[tuple[int, float], tuple[float, float]] = {}  # (models, λ) -> validation LDS mean, SE
     if retrain is not None:
         outputs = functools.partial(
             _validation_outputs, task, val_loader=val_loader, val_outputs=val_outputs, device=device
         )
-        retrainings = _Retrainings(retrain, n_train, max_retrainings, alpha, retrain_seed, outputs)
+        retrainings = _Retrainings(retrain, n_train, max_retrainings, alpha, retrain_seed, outputs, progress)
         sign = -1.0 if attributor == "iffim" else 1.0  # IFFIM scores -gᵀ(F+λI)⁻¹Gᵢ with loss gradients Gᵢ
 
         def validation_lds(models: int, lambdas: Sequence[float]) -> np.ndarray:
             subsets, targets = retrainings.first(models)
-            scores = [sign * sum(m.scores(lam) for m in members) / len(members) for lam in lambdas]
-            return np.array([lds(s, targets, subsets).mean for s in scores])
+            means = []
+            for lam in lambdas:
+                result = lds(sign * sum(m.scores(lam) for m in members) / len(members), targets, subsets)
+                measured[(models, float(lam))] = (result.mean, result.sem)
+                means.append(result.mean)
+            return np.array(means)
 
         # the whole budget up front: the default pick uses all of it, and the rules' own seconds then
         # exclude the retraining, which is reported once (retrain_seconds)
@@ -403,7 +678,6 @@ def select_regularization(
         retrainings.first(max_retrainings)
         retrain_seconds = time.perf_counter() - started
 
-    margins = train_margins(task, train_loader, device) if attributor == "trak" and recipe is not None else None
     inp = RuleInput(
         attributor, members, grid, recipe, PUBLISHED_DEFAULTS[attributor], validation_lds, dict(fitted or {}), margins
     )
@@ -416,6 +690,9 @@ def select_regularization(
     recipe_lam = recipe_pick.regularization if recipe_pick else None
     recipe_xi = mean_xi(members, recipe_lam) if recipe_pick else None
     chosen = found.continuous.regularization if rule == "xi" else by_name[rule].regularization
+    at_pick = {
+        p.rule: measured[(p.trainings, p.regularization)] for p in picks if (p.trainings, p.regularization) in measured
+    }
     return SelectorResult(
         attributor,
         chosen,
@@ -430,4 +707,6 @@ def select_regularization(
         "budget" if retrain is not None else "no_retraining",
         len(retrainings.targets) if retrainings is not None else 0,
         retrain_seconds,
+        rules.median_part_names(inp),
+        at_pick,
     )
