@@ -70,7 +70,7 @@ class RecipeFacts:
     """
 
     optimizer: str = "sgd"  #: ``"sgd"``, ``"adam"`` or ``"adamw"``
-    lr: float | None = None  #: base learning rate η (required: None is refused)
+    lr: float | None = None  #: base learning rate η (required; None is refused)
     momentum: float = 0.0  #: heavy-ball momentum (SGD; 0 for Adam)
     betas: tuple[float, float] = (0.9, 0.999)  #: Adam's (β₁, β₂)
     eps: float = 1e-8  #: Adam's ε

@@ -99,8 +99,8 @@ class SelectorResult:
     #: the rules :data:`dahp.selection.rules.DEFAULT_NO_RETRAINING` takes the median of
     #: (:func:`dahp.selection.rules.median_part_names`), whose spread says how sure the retraining-free pick is
     estimates: tuple[str, ...] = ()
-    #: budget rules: ``rule -> (mean, standard error)`` of the validation-query LDS at the rule's pick,
-    #: from the retrained models it used (the standard error over the validation queries)
+    #: for each budget rule, ``rule -> (mean, standard error)`` of the validation-query LDS at the rule's
+    #: pick, from the retrained models it used (the standard error over the validation queries)
     validation_lds: Mapping[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
 
     def __repr__(self) -> str:
