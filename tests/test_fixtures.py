@@ -69,5 +69,5 @@ def test_command_line_writes_fixtures_and_refuses_unknown_settings(tmp_path, cap
     assert main(["fixtures", "--out", str(tmp_path / "fx"), "--setting", "cifar2_resnet9"]) == 0
     assert fixture_settings(tmp_path / "fx") == ["cifar2_resnet9"]
     assert main(["fixtures", "--out", str(tmp_path / "other"), "--setting", "mnist_mlp"]) == 2
-    assert "invalid settings='mnist_mlp'" in capsys.readouterr().err
+    assert "invalid setting='mnist_mlp'" in capsys.readouterr().err  # named as the option --setting
     assert not (tmp_path / "other").exists()
