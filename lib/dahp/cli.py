@@ -133,7 +133,7 @@ def _cmd_selection(args: argparse.Namespace) -> None:
     cases = [(name, proj) for name, proj in PAPER_CASES if get_setting(name).embedded or name in args.setting]
     if args.setting:
         cases = [(name, proj) for name, proj in cases if name in args.setting]
-    for attributor in ("iffim", "trak"):
+    for attributor in SELECTABLE_ATTRIBUTORS:
         study = selection_study(
             f"selection_{attributor}", cases, attributor, 33, progress=True, profile="cli", device=args.device
         )
@@ -146,8 +146,8 @@ def _cmd_selection(args: argparse.Namespace) -> None:
 def _cmd_select(args: argparse.Namespace) -> None:
     from dahp.experiments.cases import setting_selection
 
-    if args.attributor not in ("iffim", "trak"):
-        raise InvalidParameterError("attributor", args.attributor, ["iffim", "trak"])
+    if args.attributor not in SELECTABLE_ATTRIBUTORS:
+        raise InvalidParameterError("attributor", args.attributor, SELECTABLE_ATTRIBUTORS)
     setting = get_setting(args.setting)
     started = time.perf_counter()
     result = setting_selection(

@@ -9,5 +9,6 @@ from __future__ import annotations
 
 #: the keys of :data:`dahp.attribution.attributors.ATTRIBUTORS`, in its order
 ATTRIBUTOR_NAMES = ("iffim", "trak", "if_explicit", "if_cg", "if_lissa", "tracin", "grad_dot", "grad_cos", "logra")
-#: the attributors whose λ the ξ rule selects (:data:`dahp.selection.selector.SELECTABLE`)
+#: the attributors whose λ the selector and its rules choose (their one definition: the selector and
+#: :mod:`dahp.selection.rules` import it)
 SELECTABLE_ATTRIBUTORS = ("iffim", "trak")

@@ -48,6 +48,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from dahp.attribution.names import SELECTABLE_ATTRIBUTORS
 from dahp.attribution.scales import fine_grid, from_mean_loss, trace_per_parameter
 from dahp.attribution.spectral import SpectralFactors
 from dahp.core.config import SCHEDULES, InvalidParameterError, TrainingRecipe
@@ -62,7 +63,7 @@ from dahp.selection.algorithm import (
 from dahp.selection.recipe import RecipeFacts  # its home; also importable from here, as before
 from dahp.training.train import schedule_factor
 
-ATTRIBUTORS = ("iffim", "trak")  #: attributors whose λ scale the rules know
+ATTRIBUTORS = SELECTABLE_ATTRIBUTORS  #: attributors whose λ scale the rules know
 
 
 ValidationLDS = Callable[[int, Sequence[float]], np.ndarray]

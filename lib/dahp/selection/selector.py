@@ -55,6 +55,7 @@ from torch.utils.data import BatchSampler, DataLoader, IterableDataset, Sequenti
 
 from dahp.attribution.features import Projection, project, task_gradient_rows
 from dahp.attribution.lds import lds
+from dahp.attribution.names import SELECTABLE_ATTRIBUTORS
 from dahp.attribution.scales import feature_scale, gram_scale, scale_description, selector_grid
 from dahp.attribution.spectral import SpectralFactors, factorize
 from dahp.core.config import InvalidParameterError
@@ -66,7 +67,7 @@ from dahp.selection.algorithm import Selection, check_threshold, mean_xi, xi_sel
 from dahp.selection.recipe import RecipeFacts, check_recipe_field
 from dahp.selection.rules import RuleInput, RulePick
 
-SELECTABLE = ("iffim", "trak")
+SELECTABLE = SELECTABLE_ATTRIBUTORS  #: the attributors whose λ the selector chooses
 #: The retraining-free estimates "agree" when their λ lie within this many decades of each other: a
 #: stated convention for :meth:`SelectorResult.summary` (one decade is about four grid steps of the
 #: default grid), not a constant tuned on any problem.
