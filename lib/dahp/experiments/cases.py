@@ -109,8 +109,7 @@ def setting_selection(
     checkpoint per ensemble member, margins as its training function), its training points and
     validation queries, the case grid (:func:`default_grid`) as candidates and the setting's recipe.
     No retraining; ``regularization`` is the package default's pick (``median_xi_recipe``)."""
-    if attributor not in SELECTABLE:
-        raise InvalidParameterError("attributor", attributor, SELECTABLE)
+    _check_attributor(attributor)
     check_threshold(threshold)
     params = selection_params(attributor, proj_dim, ensemble_size)
     device = resolve_device(device)
@@ -147,8 +146,8 @@ def selection_params(attributor: str, proj_dim: int | None, ensemble_size: int |
 
 
 def _check_attributor(attributor: str) -> None:
-    if attributor not in PUBLISHED_DEFAULTS:
-        raise InvalidParameterError("attributor", attributor, list(PUBLISHED_DEFAULTS))
+    if attributor not in SELECTABLE:
+        raise InvalidParameterError("attributor", attributor, SELECTABLE)
 
 
 def run_case(

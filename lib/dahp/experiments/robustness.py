@@ -36,6 +36,7 @@ import torch
 from dahp.core.cache import Cache, default_cache
 from dahp.core.config import InvalidParameterError
 from dahp.core.device import resolve_device
+from dahp.core.published import PUBLISHED_DEFAULTS
 from dahp.core.results import matches, read_json, write_json
 from dahp.core.statistics import fraction_summary
 from dahp.experiments import suite
@@ -118,7 +119,7 @@ def rule_input(curves: suite.Curves):
         members=curves.members,
         grid=list(curves.grid),
         recipe=curves.recipe_facts(),
-        published_default=suite.PUBLISHED_DEFAULTS[curves.attributor],
+        published_default=PUBLISHED_DEFAULTS[curves.attributor],
         validation_lds=curves.validation_lds,
         train_margins=curves.train_margins,
     )
