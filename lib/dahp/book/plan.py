@@ -48,8 +48,7 @@ from dahp.core.config import InvalidParameterError
 from dahp.core.paths import REPO_ROOT
 from dahp.experiments.profiles import get_profile
 from dahp.data.settings import available_settings, data_dir, get_setting
-from dahp.core.results import results_dir
-from dahp.core.results import results_dir
+from dahp.core.results import RUNS, results_dir
 from dahp.core.progress import ENV, OFF, TERMINAL
 
 ROOT = REPO_ROOT
@@ -230,10 +229,11 @@ def entry_key(entry: PlanEntry, parameters: dict[str, Any], out_dir: Path = EXEC
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Size and mtime of every file of a profile's folder the book reads (reruns under ``runs/`` left out)."""
     files = {}
     for path in folder.rglob("*"):
         try:
-            if path.is_file():
+            if path.is_file() and path.relative_to(folder).parts[0] != RUNS:
                 stat = path.stat()
                 files[path.relative_to(folder).as_posix()] = (stat.st_size, stat.st_mtime_ns)
         except OSError:  # removed while we looked
