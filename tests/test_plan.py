@@ -286,3 +286,48 @@ def test_progress_tqdm_is_plain_tqdm_unless_asked(monkeypatch, capfd):
     stream = io.StringIO()
     bar = tqdm(range(2), desc="off-bar", file=stream, disable=False)
     assert list(bar) == [0, 1] and stream.getvalue() == "" and bar.disable
+
+
+# --------------------------------------------------------------------------------------------------
+# what a page cost
+
+
+def test_every_executed_page_ends_with_its_run_record_and_the_build_report_lists_it(notebooks, tmp_path, capsys):
+    from dahp.book.records import PROBE_TAG, RECORD_TAG, read_record
+
+    write_notebook(
+        notebooks,
+        "costly.md",
+        code('profile = "default"  # run sizes', "parameters"),
+        code(
+            "from dahp.core.cache import default_cache\n"
+            "cache = default_cache()\n"
+            "assert cache.load('eigh', {'x': 1}) is None\n"
+            "cache.save('eigh', {'x': 1}, [1, 2])\n"
+            "assert cache.load('eigh', {'x': 1}) == [1, 2]\n"
+            "blob = bytearray(300_000_000)  # a peak of 300 MB the record must see"
+        ),
+    )
+    (notebooks / "plan.yml").write_text(
+        "- notebook: costly.md\n  page: costly\n- notebook: costly.md\n  page: costly_b\n"
+    )
+    out = tmp_path / "out"
+    assert plan.run_plan("quick", out, only=["costly"], progress=False) == ["costly"]
+    printed = capsys.readouterr().out
+    assert "[quick 1/1] costly: executed in" in printed
+    assert "1 of 1 pages executed, 0 up to date, in " in printed  # the total at the end
+    executed = nbformat.read(out / "costly.ipynb", as_version=4)
+    assert not any(PROBE_TAG in c.metadata.get("tags", []) for c in executed.cells)  # the probe is gone
+    last = executed.cells[-1]
+    assert last.cell_type == "markdown" and RECORD_TAG in last.metadata.tags
+    record = read_record(out, "costly")
+    assert record["profile"] == "quick" and record["device"].startswith("cpu") and record["wall_s"] > 0
+    assert (record["cache_hits"], record["cache_misses"]) == (1, 1)
+    assert record["peak_rss_bytes"] > 300_000_000
+    assert record["torch"] and record["dahp"]
+    for shown in ("profile `quick`", "device cpu", "wall time", "peak memory", "cache 1 hits, 1 misses", "torch"):
+        assert shown in last.source, shown
+    report = (out / "build_report.md").read_text()
+    assert "| [costly](costly) | quick | cpu" in report
+    assert "| costly_b | not run |" in report
+    assert "Total wall time" in report
