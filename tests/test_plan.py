@@ -331,3 +331,28 @@ def test_every_executed_page_ends_with_its_run_record_and_the_build_report_lists
     assert "| [costly](costly) | quick | cpu" in report
     assert "| costly_b | not run |" in report
     assert "Total wall time" in report
+
+
+def test_a_known_warning_becomes_a_note_without_paths_and_any_other_stays_and_is_named(notebooks, tmp_path, capsys):
+    from dahp.book.notes import plain_paths
+
+    data = tmp_path / "data"
+    assert plain_paths(f"see {data}/maestro/fixture_sizes.json and /opt/x/y.py") == (
+        "see data/maestro/fixture_sizes.json and y.py"
+    )
+    name = write_notebook(
+        notebooks,
+        "warned.md",
+        code(
+            "import warnings\nfrom dahp.core.paths import data_dir\nfrom dahp.data.maestro import FixtureSizesWarning\n"
+            "for _ in range(2):\n"
+            "    warnings.warn(f'{data_dir()}/maestro/fixture_sizes.json scales it down', FixtureSizesWarning)\n"
+            "warnings.warn('something unexpected', RuntimeWarning)"
+        ),
+    )
+    assert run_entry(PlanEntry(name, "warned", {}), "quick", tmp_path / "out", progress=False)
+    outputs = outputs_text(nbformat.read(tmp_path / "out" / "warned.ipynb", as_version=4))
+    assert outputs.count("*Note.* data/maestro/fixture_sizes.json scales it down") == 1  # once, in prose
+    assert "FixtureSizesWarning" not in outputs and str(tmp_path) not in outputs
+    assert "RuntimeWarning: something unexpected" in outputs  # not hidden: the browser check fails on it
+    assert "warned: warning text in the page's output:" in capsys.readouterr().out

@@ -7,7 +7,8 @@ Jupyter Book to render.
 
 Reader view. The notebooks stay clean; the runner shapes the executed page: every code cell without
 a ``remove-*`` or ``hide-*`` tag is tagged ``hide-input`` at conversion (figures and tables first,
-code folded), and after execution the notebook's ``parameters`` cell and papermill's
+code folded), the first figure caption of a page named after a paper figure starts with that
+figure's name (the book numbers no figures itself), and after execution the notebook's ``parameters`` cell and papermill's
 ``injected-parameters`` cell are tagged ``remove-cell`` and a small table of the page's effective
 parameters (value injected, else the default; meaning = the inline comment in the parameters cell)
 is inserted after the first heading.
@@ -29,6 +30,10 @@ papermill's per-cell bar, and launches every kernel with ``DAHP_PROGRESS=termina
 with :class:`dahp.core.progress.tqdm` reach the terminal and never the page (``off`` with
 ``progress=False``). A failing cell stops the run with the notebook and the cell named. At the end it
 prints the number of pages executed and the build's total time.
+
+Warnings. The runner puts :data:`dahp.book.notes.ROUTE` first in every page: known warnings become
+a note in the page's prose (no machine paths); any other warning stays in the page's stderr, is
+named on the terminal and fails the book's browser check.
 
 Run records. Every executed page ends with one line saying what its run cost (profile, device, wall
 time, peak memory, cache hits and misses, dahp and torch versions), also saved as
@@ -57,6 +62,7 @@ from dahp.experiments.profiles import get_profile
 from dahp.data.settings import available_settings, data_dir, get_setting
 from dahp.core.results import RUNS, results_dir
 from dahp.core.progress import ENV, OFF, TERMINAL
+from dahp.book.notes import ROUTE, ROUTE_TAG, stray_warnings
 from dahp.book.records import (
     PROBE,
     PROBE_TAG,
@@ -288,8 +294,28 @@ def convert(entry: PlanEntry):
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     if entry.title:
         retitle(notebook, entry.title)
+    name_figures(notebook, entry.page)
     hide_inputs(notebook)
     return notebook
+
+
+def paper_figure(page: str) -> str | None:
+    """The paper's name of the figure a page reproduces (``fig2_iffim_selection`` -> ``Fig 2``), or None."""
+    labels = figure_labels(page)
+    return f"Fig {labels[0][3:]}" if labels else None
+
+
+def name_figures(notebook, page: str) -> None:
+    """Start the caption of the first captioned figure of a figure page with the paper's name for it: the
+    book numbers no figures itself (``numfig`` off), so the only figure names a reader sees are the paper's."""
+    name = paper_figure(page)
+    if name is None:
+        return
+    for cell in notebook.cells:
+        figure = cell.get("metadata", {}).get("mystnb", {}).get("figure", {})
+        if cell.cell_type == "code" and figure.get("caption"):
+            figure["caption"] = f"The paper's {name}, reproduced. {figure['caption']}"
+            return
 
 
 def retitle(notebook, title: str) -> None:
@@ -420,6 +446,7 @@ def run_entry(
         on_start()
     out_dir.mkdir(parents=True, exist_ok=True)
     notebook = convert(entry)
+    notebook.cells.insert(0, nbformat.v4.new_code_cell(ROUTE, metadata={"tags": ["remove-cell", ROUTE_TAG]}))
     notebook.cells.append(nbformat.v4.new_code_cell(PROBE, metadata={"tags": ["remove-cell", PROBE_TAG]}))
     source = out_dir / f".{entry.page}.source.ipynb"
     jupytext.write(notebook, source)
@@ -450,6 +477,8 @@ def run_entry(
     if previous is not None and previous.get("profile") == profile:
         wrote |= {name for name in previous["wrote"] if name in after}
     executed = nbformat.read(output, as_version=4)
+    for line in stray_warnings(executed):  # the browser check of the book fails on these: say where
+        print(f"{entry.page}: warning text in the page's output: {line}", flush=True)
     reader_view(executed, parameters)
     record = {
         "page": entry.page,
