@@ -125,40 +125,48 @@ def read_record(out_dir: Path, page: str) -> dict[str, Any] | None:
 
 
 def build_report(out_dir: Path, pages: Sequence[str]) -> str:
-    """The markdown of the build report: one row per page of ``pages`` (in order) and the totals."""
+    """The markdown of the build report: one row per page of ``pages`` (in order), the totals, and the
+    versions and times the records name."""
     lines = [
         "# Build report",
         "",
         "What each executed page of this build cost, from the run record that ends the page: the profile",
         "it ran under, the device, the wall time of its execution, the peak resident memory of its kernel",
-        "(and of the worker processes it started), the cache look-ups it made and the versions it ran with.",
-        "A page that was up to date keeps the record of the run that made it.",
+        "(and of the worker processes it started) and the cache look-ups it made. A page that was up to",
+        "date keeps the record of the run that made it.",
         "",
-        "| page | profile | device | wall time | peak memory | cache hits / misses | dahp | torch | finished |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| page | profile | device | wall time | peak memory | cache hits / misses |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     total = 0.0
     peak = 0
+    versions: set[str] = set()
+    finished: list[str] = []
     for page in pages:
         record = read_record(out_dir, page)
         if record is None:
-            lines.append(f"| {page} | not run | | | | | | | |")
+            lines.append(f"| {page} | not run | | | | |")
             continue
         total += record["wall_s"]
         peak = max(peak, record.get("peak_rss_bytes") or 0)
+        versions.add(f"dahp {record.get('dahp', '?')}, torch {record.get('torch', '?')}")
+        finished.append(record["finished"])
         cached = f"{record['cache_hits']} / {record['cache_misses']}" if "cache_hits" in record else "?"
         lines.append(
             f"| [{page}]({page}) | {record['profile']} | {record.get('device', '?')} | {duration(record['wall_s'])} "
-            f"| {memory(record.get('peak_rss_bytes'))} | {cached} | {record.get('dahp', '?')} "
-            f"| {record.get('torch', '?')} | {record['finished']} |"
+            f"| {memory(record.get('peak_rss_bytes'))} | {cached} |"
         )
     lines += [
         "",
         f"Total wall time of the pages' executions: {duration(total)}; the largest peak memory of one page: "
         f"{memory(peak)}. (The build of the HTML and the install are not included.)",
-        "",
     ]
-    return "\n".join(lines)
+    if finished:
+        lines += [
+            "",
+            f"Versions: {'; '.join(sorted(versions))}. Pages finished between {min(finished)} and {max(finished)}.",
+        ]
+    return "\n".join(lines) + "\n"
 
 
 def write_build_report(out_dir: Path, pages: Sequence[str]) -> Path:
