@@ -347,6 +347,8 @@ def test_a_known_warning_becomes_a_note_without_paths_and_any_other_stays_and_is
             "import warnings\nfrom dahp.core.paths import data_dir\nfrom dahp.data.maestro import FixtureSizesWarning\n"
             "for _ in range(2):\n"
             "    warnings.warn(f'{data_dir()}/maestro/fixture_sizes.json scales it down', FixtureSizesWarning)\n"
+            "from tqdm import TqdmWarning\n"
+            "warnings.warn('IProgress not found. Please update jupyter and ipywidgets.', TqdmWarning)\n"
             "warnings.warn('something unexpected', RuntimeWarning)"
         ),
     )
@@ -354,5 +356,6 @@ def test_a_known_warning_becomes_a_note_without_paths_and_any_other_stays_and_is
     outputs = outputs_text(nbformat.read(tmp_path / "out" / "warned.ipynb", as_version=4))
     assert outputs.count("*Note.* data/maestro/fixture_sizes.json scales it down") == 1  # once, in prose
     assert "FixtureSizesWarning" not in outputs and str(tmp_path) not in outputs
+    assert "IProgress" not in outputs  # silenced: about notebook widgets, not the results
     assert "RuntimeWarning: something unexpected" in outputs  # not hidden: the browser check fails on it
     assert "warned: warning text in the page's output:" in capsys.readouterr().out

@@ -4,7 +4,8 @@ The plan runner makes :data:`ROUTE` the first cell of every page it executes (re
 page). In the kernel, :func:`route_warnings` replaces :func:`warnings.showwarning`: a warning of a
 known category (:data:`KNOWN`: the package's own warnings, which a page is expected to meet, such as
 the MAESTRO fixture's sizes) is shown once as a short note, with absolute paths written relative to
-the data directory or the repository. Any other warning is left to Python, reaches the page's stderr
+the data directory or the repository. A few third-party warnings that say nothing about the
+page's results (:data:`SILENCED`, each with why) are dropped. Any other warning is left to Python, reaches the page's stderr
 and fails the book's browser check, so that a real problem is seen rather than hidden; the runner
 also names it on the terminal (:func:`stray_warnings`).
 """
@@ -16,11 +17,22 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from tqdm import TqdmWarning
+
 from dahp.core.paths import REPO_ROOT, data_dir
 from dahp.data.maestro import FixtureSizesWarning
 
 #: Warning categories a page shows as a note (the package's, each expected on some page).
 KNOWN: tuple[type[Warning], ...] = (FixtureSizesWarning,)
+#: Warnings that say nothing about a page's results, dropped: (category, start of the message, why).
+SILENCED: tuple[tuple[type[Warning], str, str], ...] = (
+    (
+        TqdmWarning,
+        "IProgress not found",
+        "tqdm.auto (imported by transformers) asks for notebook widgets; the book's progress bars go to the "
+        "terminal (DAHP_PROGRESS), never to the page",
+    ),
+)
 #: The cell the runner puts first in every executed page.
 ROUTE = "from dahp.book.notes import route_warnings as _dahp_route_warnings\n_dahp_route_warnings()"
 #: Tag of that cell.
@@ -56,6 +68,8 @@ def route_warnings() -> None:
     """In a page's kernel: show warnings of :data:`KNOWN` categories as a markdown note (once per text)."""
     from IPython.display import Markdown, display
 
+    for category, message, _why in SILENCED:
+        warnings.filterwarnings("ignore", message=re.escape(message), category=category)
     shown: set[str] = set()
     original = warnings.showwarning
 
