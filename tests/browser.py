@@ -7,7 +7,8 @@ loading with a non-zero size, and saves a full-page screenshot. Nothing leaves t
 What a reader sees (:data:`READER_CHECKS`, run in the page): markdown table syntax left as raw text
 (``| a | b |`` over ``|---|---|``, outside code blocks), warning text (an output on stderr, or
 ``SomeWarning:`` anywhere in the text), and a table that runs past the right edge of the text column
-with no scrolling box around it (cut off or overlapping the margin).
+with no scrolling box around it (cut off or overlapping the margin); and an automatic figure
+number ("Fig. 6") shown before a caption, which would clash with the paper's figure names.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-#: JavaScript run in each page; returns ``{raw_tables, warnings, clipped}``, lists of short descriptions.
+#: JavaScript run in each page; returns ``{raw_tables, warnings, clipped, numbered}``, lists of short descriptions.
 READER_CHECKS = r"""
 const article = document.querySelector('article') || document.querySelector('main') || document.body;
 const copy = article.cloneNode(true);
@@ -85,14 +86,18 @@ article.querySelectorAll('table').forEach((table, index) => {
     clipped.push(`table ${index} (${head}) ends ${Math.round(right - edge)} px past the text column`);
   }
 });
-return {raw_tables: raw_tables, warnings: warnings, clipped: clipped};
+const numbered = [];
+article.querySelectorAll('.caption-number').forEach(e => {
+  if (e.getClientRects().length && e.textContent.trim()) numbered.push(e.textContent.trim());
+});
+return {raw_tables: raw_tables, warnings: warnings, clipped: clipped, numbered: numbered};
 """
 
 
 def check_pages(html: Path, pages: list[str], screenshots: Path) -> dict[str, dict]:
     """Open every page (path relative to ``html``, without ``.html``); returns per page its title,
     the number of images, the images that failed to load, the screenshot file, and what
-    :data:`READER_CHECKS` found (``raw_tables``, ``warnings``, ``clipped``)."""
+    :data:`READER_CHECKS` found (``raw_tables``, ``warnings``, ``clipped``, ``numbered``)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

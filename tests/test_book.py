@@ -188,7 +188,7 @@ def check_in_browser(html: Path) -> None:
     for page, seen in report.items():
         assert not seen["error"] and seen["title"], (page, seen)
         # what a reader sees: no raw table syntax, no warning text, no table cut off (tests/browser.py)
-        assert not (seen["raw_tables"] or seen["warnings"] or seen["clipped"]), (page, seen)
+        assert not (seen["raw_tables"] or seen["warnings"] or seen["clipped"] or seen["numbered"]), (page, seen)
         assert not seen["broken"], (page, seen["broken"])
         assert seen["screenshot"].stat().st_size > 10_000, page
     # notebook figures are copied to _images/ by the build; a theme logo would not be

@@ -20,6 +20,8 @@ PAGES = {
     "warning": "<h1>Warned</h1><div class='output stderr'><pre>/tmp/x/maestro.py:371: FixtureSizesWarning: "
     "maestro_mt: /tmp/data/fixture_sizes.json scales the setting down</pre></div>",
     "clipped": "<h1>Clipped</h1>" + WIDE,
+    "numbered": "<h1>Numbered</h1><figure><img alt=''><figcaption><p><span class='caption-number'>Fig. 6 </span>"
+    "<span class='caption-text'>The paper's Fig 2, reproduced.</span></p></figcaption></figure>",
 }
 
 
@@ -34,13 +36,16 @@ def report(tmp_path_factory):
 
 
 def found(seen: dict) -> dict[str, list[str]]:
-    return {check: seen[check] for check in ("raw_tables", "warnings", "clipped") if seen[check]}
+    return {check: seen[check] for check in ("raw_tables", "warnings", "clipped", "numbered") if seen[check]}
 
 
 def test_a_page_without_faults_passes_every_check(report):
     assert found(report["good"]) == {}
 
 
-@pytest.mark.parametrize("fault, check", [("raw_table", "raw_tables"), ("warning", "warnings"), ("clipped", "clipped")])
+@pytest.mark.parametrize(
+    "fault, check",
+    [("raw_table", "raw_tables"), ("warning", "warnings"), ("clipped", "clipped"), ("numbered", "numbered")],
+)
 def test_each_fault_fails_its_check_and_only_its_own(report, fault, check):
     assert list(found(report[fault])) == [check], report[fault]
