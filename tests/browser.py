@@ -3,6 +3,12 @@
 Serves ``_build/html`` over HTTP on a free local port, opens each page, waits for it to load,
 checks that the page rendered (a title, no server error) and that every image on it finished
 loading with a non-zero size, and saves a full-page screenshot. Nothing leaves the machine.
+
+What a reader sees (:data:`READER_CHECKS`, run in the page): markdown table syntax left as raw text
+(``| a | b |`` over ``|---|---|``, outside code blocks), warning text (an output on stderr, or
+``SomeWarning:`` anywhere in the text), and a table that runs past the right edge of the text column
+with no scrolling box around it (cut off or overlapping the margin); and an automatic figure
+number ("Fig. 6") shown before a caption, which would clash with the paper's figure names.
 """
 
 from __future__ import annotations
@@ -43,9 +49,55 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+#: JavaScript run in each page; returns ``{raw_tables, warnings, clipped, numbered}``, lists of short descriptions.
+READER_CHECKS = r"""
+const article = document.querySelector('article') || document.querySelector('main') || document.body;
+const copy = article.cloneNode(true);
+copy.querySelectorAll('pre, code, .highlight, script, style').forEach(e => e.remove());
+const text = copy.textContent;
+const raw_tables = [];
+const separator = /\|\s*:?-{3,}:?\s*\|/g;
+let m;
+while ((m = separator.exec(text)) !== null) {
+  raw_tables.push(text.slice(Math.max(0, m.index - 80), m.index + 40).replace(/\s+/g, ' '));
+}
+const warnings = [];
+article.querySelectorAll('.stderr, [class*="stderr"]').forEach(e => {
+  if (/warn/i.test(e.textContent)) warnings.push('stderr: ' + e.textContent.trim().slice(0, 160));
+});
+const warned = /\b[A-Z]\w*Warning\b:/g;
+while ((m = warned.exec(article.textContent)) !== null) {
+  warnings.push(article.textContent.slice(m.index, m.index + 160).replace(/\s+/g, ' '));
+}
+const clipped = [];
+const edge = article.getBoundingClientRect().right;
+article.querySelectorAll('table').forEach((table, index) => {
+  let scrolls = false;
+  for (let e = table; e && e !== article.parentElement; e = e.parentElement) {
+    const style = getComputedStyle(e);
+    if ((style.overflowX === 'auto' || style.overflowX === 'scroll') && e.getBoundingClientRect().right <= edge + 1) {
+      scrolls = true;
+      break;
+    }
+  }
+  const right = table.getBoundingClientRect().right;
+  if (!scrolls && right > edge + 1) {
+    const head = (table.querySelector('tr') || table).textContent.trim().replace(/\s+/g, ' ').slice(0, 60);
+    clipped.push(`table ${index} (${head}) ends ${Math.round(right - edge)} px past the text column`);
+  }
+});
+const numbered = [];
+article.querySelectorAll('.caption-number').forEach(e => {
+  if (e.getClientRects().length && e.textContent.trim()) numbered.push(e.textContent.trim());
+});
+return {raw_tables: raw_tables, warnings: warnings, clipped: clipped, numbered: numbered};
+"""
+
+
 def check_pages(html: Path, pages: list[str], screenshots: Path) -> dict[str, dict]:
     """Open every page (path relative to ``html``, without ``.html``); returns per page its title,
-    the number of images, the images that failed to load, and the screenshot file."""
+    the number of images, the images that failed to load, the screenshot file, and what
+    :data:`READER_CHECKS` found (``raw_tables``, ``warnings``, ``clipped``, ``numbered``)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -77,6 +129,7 @@ def check_pages(html: Path, pages: list[str], screenshots: Path) -> dict[str, di
                 images = driver.execute_script(
                     "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0]);"
                 )
+                seen = driver.execute_script(READER_CHECKS)
                 shot = screenshots / f"{page.replace('/', '__')}.png"
                 height = driver.execute_script("return document.body.scrollHeight")
                 driver.set_window_size(1280, min(max(int(height), 800), 12000))
@@ -88,6 +141,7 @@ def check_pages(html: Path, pages: list[str], screenshots: Path) -> dict[str, di
                     "broken": [src for src, ok in images if not ok],
                     "screenshot": shot,
                     "error": "404" in driver.title or "Error response" in driver.page_source[:500],
+                    **seen,
                 }
     finally:
         driver.quit()

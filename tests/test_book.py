@@ -38,6 +38,7 @@ def test_plan_runs_in_quick_profile_and_book_builds_warning_free(book_root, tmp_
     executed = run_plan("quick", out_dir=book_root / "book" / "executed")
     assert executed == [entry.page for entry in load_plan()]
     assert run_plan("quick", out_dir=book_root / "book" / "executed") == []  # up to date: nothing re-runs
+    check_run_records(book_root / "book" / "executed")
     results = tmp_path / "data" / "results" / "quick"
     for name in EXPECTED_FIGURES:
         check_figure(results / name, started)
@@ -86,6 +87,21 @@ def test_fig1c_page_runs_on_cifar2_fixture_data(book_root, tmp_path):
     page = json.loads((book_root / "book" / "executed" / "fig1c_cifar2_trak_grid.ipynb").read_text())
     outputs = json.dumps([cell.get("outputs", []) for cell in page["cells"]])
     assert "Fixture data" in outputs and "Not run here" not in outputs
+
+
+def check_run_records(executed: Path) -> None:
+    """Every page ends with its run record, and the build report has a row for every page of the plan."""
+    import json
+
+    from dahp.book.records import RECORD_TAG, read_record
+
+    report = (executed / "build_report.md").read_text()
+    for entry in load_plan():
+        cells = json.loads((executed / f"{entry.page}.ipynb").read_text())["cells"]
+        assert RECORD_TAG in cells[-1]["metadata"].get("tags", []), entry.page
+        record = read_record(executed, entry.page)
+        assert record["profile"] == "quick" and record["wall_s"] > 0 and record["peak_rss_bytes"] > 0, entry.page
+        assert f"| [{entry.page}]({entry.page}) | quick |" in report, entry.page
 
 
 def check_figure(path: Path, written_after: float) -> None:
@@ -166,10 +182,13 @@ def check_in_browser(html: Path) -> None:
 
     if not browser_available():
         pytest.skip("chromium/chromedriver not installed (make test installs them with apt-get when it can)")
-    pages = [f"book/executed/{entry.page}" for entry in load_plan()] + ["book/theory_xi", "book/rerun"]
+    pages = [f"book/executed/{entry.page}" for entry in load_plan()]
+    pages += ["book/executed/build_report", "book/theory_xi", "book/rerun"]
     report = check_pages(html, pages, SCREENSHOTS)
     for page, seen in report.items():
         assert not seen["error"] and seen["title"], (page, seen)
+        # what a reader sees: no raw table syntax, no warning text, no table cut off (tests/browser.py)
+        assert not (seen["raw_tables"] or seen["warnings"] or seen["clipped"] or seen["numbered"]), (page, seen)
         assert not seen["broken"], (page, seen["broken"])
         assert seen["screenshot"].stat().st_size > 10_000, page
     # notebook figures are copied to _images/ by the build; a theme logo would not be

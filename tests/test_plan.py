@@ -286,3 +286,76 @@ def test_progress_tqdm_is_plain_tqdm_unless_asked(monkeypatch, capfd):
     stream = io.StringIO()
     bar = tqdm(range(2), desc="off-bar", file=stream, disable=False)
     assert list(bar) == [0, 1] and stream.getvalue() == "" and bar.disable
+
+
+# --------------------------------------------------------------------------------------------------
+# what a page cost
+
+
+def test_every_executed_page_ends_with_its_run_record_and_the_build_report_lists_it(notebooks, tmp_path, capsys):
+    from dahp.book.records import PROBE_TAG, RECORD_TAG, read_record
+
+    write_notebook(
+        notebooks,
+        "costly.md",
+        code('profile = "default"  # run sizes', "parameters"),
+        code(
+            "from dahp.core.cache import default_cache\n"
+            "cache = default_cache()\n"
+            "assert cache.load('eigh', {'x': 1}) is None\n"
+            "cache.save('eigh', {'x': 1}, [1, 2])\n"
+            "assert cache.load('eigh', {'x': 1}) == [1, 2]\n"
+            "blob = bytearray(300_000_000)  # a peak of 300 MB the record must see"
+        ),
+    )
+    (notebooks / "plan.yml").write_text(
+        "- notebook: costly.md\n  page: costly\n- notebook: costly.md\n  page: costly_b\n"
+    )
+    out = tmp_path / "out"
+    assert plan.run_plan("quick", out, only=["costly"], progress=False) == ["costly"]
+    printed = capsys.readouterr().out
+    assert "[quick 1/1] costly: executed in" in printed
+    assert "1 of 1 pages executed, 0 up to date, in " in printed  # the total at the end
+    executed = nbformat.read(out / "costly.ipynb", as_version=4)
+    assert not any(PROBE_TAG in c.metadata.get("tags", []) for c in executed.cells)  # the probe is gone
+    last = executed.cells[-1]
+    assert last.cell_type == "markdown" and RECORD_TAG in last.metadata.tags
+    record = read_record(out, "costly")
+    assert record["profile"] == "quick" and record["device"].startswith("cpu") and record["wall_s"] > 0
+    assert (record["cache_hits"], record["cache_misses"]) == (1, 1)
+    assert record["peak_rss_bytes"] > 300_000_000
+    assert record["torch"] and record["dahp"]
+    for shown in ("profile `quick`", "device cpu", "wall time", "peak memory", "cache 1 hits, 1 misses", "torch"):
+        assert shown in last.source, shown
+    report = (out / "build_report.md").read_text()
+    assert "| [costly](costly) | quick | cpu" in report
+    assert "| costly_b | not run |" in report
+    assert "Total wall time" in report
+
+
+def test_a_known_warning_becomes_a_note_without_paths_and_any_other_stays_and_is_named(notebooks, tmp_path, capsys):
+    from dahp.book.notes import plain_paths
+
+    data = tmp_path / "data"
+    assert plain_paths(f"see {data}/maestro/fixture_sizes.json and /opt/x/y.py") == (
+        "see data/maestro/fixture_sizes.json and y.py"
+    )
+    name = write_notebook(
+        notebooks,
+        "warned.md",
+        code(
+            "import warnings\nfrom dahp.core.paths import data_dir\nfrom dahp.data.maestro import FixtureSizesWarning\n"
+            "for _ in range(2):\n"
+            "    warnings.warn(f'{data_dir()}/maestro/fixture_sizes.json scales it down', FixtureSizesWarning)\n"
+            "from tqdm import TqdmWarning\n"
+            "warnings.warn('IProgress not found. Please update jupyter and ipywidgets.', TqdmWarning)\n"
+            "warnings.warn('something unexpected', RuntimeWarning)"
+        ),
+    )
+    assert run_entry(PlanEntry(name, "warned", {}), "quick", tmp_path / "out", progress=False)
+    outputs = outputs_text(nbformat.read(tmp_path / "out" / "warned.ipynb", as_version=4))
+    assert outputs.count("*Note.* data/maestro/fixture_sizes.json scales it down") == 1  # once, in prose
+    assert "FixtureSizesWarning" not in outputs and str(tmp_path) not in outputs
+    assert "IProgress" not in outputs  # silenced: about notebook widgets, not the results
+    assert "RuntimeWarning: something unexpected" in outputs  # not hidden: the browser check fails on it
+    assert "warned: warning text in the page's output:" in capsys.readouterr().out

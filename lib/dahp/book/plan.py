@@ -7,7 +7,8 @@ Jupyter Book to render.
 
 Reader view. The notebooks stay clean; the runner shapes the executed page: every code cell without
 a ``remove-*`` or ``hide-*`` tag is tagged ``hide-input`` at conversion (figures and tables first,
-code folded), and after execution the notebook's ``parameters`` cell and papermill's
+code folded), the first figure caption of a page named after a paper figure starts with that
+figure's name (the book numbers no figures itself), and after execution the notebook's ``parameters`` cell and papermill's
 ``injected-parameters`` cell are tagged ``remove-cell`` and a small table of the page's effective
 parameters (value injected, else the default; meaning = the inline comment in the parameters cell)
 is inserted after the first heading.
@@ -27,13 +28,24 @@ they exist, so a result reused from a cache still counts).
 Progress. :func:`run_plan` prints each page as it starts and its wall time when it ends, shows
 papermill's per-cell bar, and launches every kernel with ``DAHP_PROGRESS=terminal`` so bars made
 with :class:`dahp.core.progress.tqdm` reach the terminal and never the page (``off`` with
-``progress=False``). A failing cell stops the run with the notebook and the cell named.
+``progress=False``). A failing cell stops the run with the notebook and the cell named. At the end it
+prints the number of pages executed and the build's total time.
+
+Warnings. The runner puts :data:`dahp.book.notes.ROUTE` first in every page: known warnings become
+a note in the page's prose (no machine paths); any other warning stays in the page's stderr, is
+named on the terminal and fails the book's browser check.
+
+Run records. Every executed page ends with one line saying what its run cost (profile, device, wall
+time, peak memory, cache hits and misses, dahp and torch versions), also saved as
+``book/executed/.<page>.run.json``; after every run of the plan ``book/executed/build_report.md``
+tabulates the records of all the plan's pages (:mod:`dahp.book.records`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import functools
 import hashlib
 import json
@@ -48,9 +60,19 @@ from dahp.core.config import InvalidParameterError
 from dahp.core.paths import REPO_ROOT
 from dahp.experiments.profiles import get_profile
 from dahp.data.settings import available_settings, data_dir, get_setting
-from dahp.core.results import results_dir
-from dahp.core.results import results_dir
+from dahp.core.results import RUNS, results_dir
 from dahp.core.progress import ENV, OFF, TERMINAL
+from dahp.book.notes import ROUTE, ROUTE_TAG, stray_warnings
+from dahp.book.records import (
+    PROBE,
+    PROBE_TAG,
+    RECORD_TAG,
+    duration,
+    record_line,
+    record_path,
+    take_probe,
+    write_build_report,
+)
 
 ROOT = REPO_ROOT
 NOTEBOOKS = ROOT / "notebooks"
@@ -230,10 +252,11 @@ def entry_key(entry: PlanEntry, parameters: dict[str, Any], out_dir: Path = EXEC
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Size and mtime of every file of a profile's folder the book reads (reruns under ``runs/`` left out)."""
     files = {}
     for path in folder.rglob("*"):
         try:
-            if path.is_file():
+            if path.is_file() and path.relative_to(folder).parts[0] != RUNS:
                 stat = path.stat()
                 files[path.relative_to(folder).as_posix()] = (stat.st_size, stat.st_mtime_ns)
         except OSError:  # removed while we looked
@@ -271,8 +294,28 @@ def convert(entry: PlanEntry):
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     if entry.title:
         retitle(notebook, entry.title)
+    name_figures(notebook, entry.page)
     hide_inputs(notebook)
     return notebook
+
+
+def paper_figure(page: str) -> str | None:
+    """The paper's name of the figure a page reproduces (``fig2_iffim_selection`` -> ``Fig 2``), or None."""
+    labels = figure_labels(page)
+    return f"Fig {labels[0][3:]}" if labels else None
+
+
+def name_figures(notebook, page: str) -> None:
+    """Start the caption of the first captioned figure of a figure page with the paper's name for it: the
+    book numbers no figures itself (``numfig`` off), so the only figure names a reader sees are the paper's."""
+    name = paper_figure(page)
+    if name is None:
+        return
+    for cell in notebook.cells:
+        figure = cell.get("metadata", {}).get("mystnb", {}).get("figure", {})
+        if cell.cell_type == "code" and figure.get("caption"):
+            figure["caption"] = f"The paper's {name}, reproduced. {figure['caption']}"
+            return
 
 
 def retitle(notebook, title: str) -> None:
@@ -403,11 +446,14 @@ def run_entry(
         on_start()
     out_dir.mkdir(parents=True, exist_ok=True)
     notebook = convert(entry)
+    notebook.cells.insert(0, nbformat.v4.new_code_cell(ROUTE, metadata={"tags": ["remove-cell", ROUTE_TAG]}))
+    notebook.cells.append(nbformat.v4.new_code_cell(PROBE, metadata={"tags": ["remove-cell", PROBE_TAG]}))
     source = out_dir / f".{entry.page}.source.ipynb"
     jupytext.write(notebook, source)
     stamp.unlink(missing_ok=True)
     results = results_dir(profile)
     before = _snapshot(results)
+    started = time.perf_counter()
     try:
         with _environment(**{ENV: TERMINAL if progress else OFF}):
             papermill.execute_notebook(
@@ -425,22 +471,31 @@ def run_entry(
         ) from None
     finally:
         source.unlink(missing_ok=True)
+    wall = time.perf_counter() - started
     after = _snapshot(results)
     wrote = {name for name, seen in after.items() if before.get(name) != seen}
     if previous is not None and previous.get("profile") == profile:
         wrote |= {name for name in previous["wrote"] if name in after}
     executed = nbformat.read(output, as_version=4)
+    for line in stray_warnings(executed):  # the browser check of the book fails on these: say where
+        print(f"{entry.page}: warning text in the page's output: {line}", flush=True)
     reader_view(executed, parameters)
+    record = {
+        "page": entry.page,
+        "notebook": entry.notebook,
+        "profile": profile,
+        "wall_s": round(wall, 2),
+        **take_probe(executed),
+        "finished": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    end = nbformat.v4.new_markdown_cell(record_line(record), metadata={"tags": [RECORD_TAG]})
+    if (executed.get("nbformat"), executed.get("nbformat_minor", 0)) < (4, 5):
+        end.pop("id", None)
+    executed.cells.append(end)
     nbformat.write(executed, output)
+    record_path(out_dir, entry.page).write_text(json.dumps(record, indent=1) + "\n")
     stamp.write_text(json.dumps({"key": key, "profile": profile, "wrote": sorted(wrote)}, indent=1) + "\n")
     return True
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, seconds = divmod(round(seconds), 60)
-    return f"{minutes} min {seconds:02d} s"
 
 
 def run_plan(
@@ -459,6 +514,7 @@ def run_plan(
             raise InvalidParameterError("page", name, pages)
     chosen = [e for e in entries if not only or e.page in only]
     executed = []
+    build_started = time.perf_counter()
     for number, entry in enumerate(chosen, 1):
         label = f"[{profile} {number}/{len(chosen)}] {entry.page}"
         started = time.perf_counter()
@@ -471,9 +527,15 @@ def run_plan(
             on_start=functools.partial(print, f"{label}: started", flush=True),
         )
         print(
-            f"{label}: executed in {_duration(time.perf_counter() - started)}" if ran else f"{label}: up to date",
+            f"{label}: executed in {duration(time.perf_counter() - started)}" if ran else f"{label}: up to date",
             flush=True,
         )
         if ran:
             executed.append(entry.page)
+    report = write_build_report(out_dir, pages)
+    print(
+        f"[{profile}] {len(executed)} of {len(chosen)} pages executed, {len(chosen) - len(executed)} up to date, "
+        f"in {duration(time.perf_counter() - build_started)}; build report: {report}",
+        flush=True,
+    )
     return executed

@@ -53,6 +53,10 @@ FORMAT_VERSION = 1
 MAGIC = b"dahp-cache"
 T = TypeVar("T")
 
+#: Look-ups of this process: ``hits`` (an entry was loaded) and ``misses`` (none, or a damaged one).
+#: The book's run record of each page reports them (``dahp.book.records``).
+COUNTS = {"hits": 0, "misses": 0}
+
 
 def file_sha256(path: Path) -> str:
     """SHA-256 of a file's contents, read again only when its size or modification time changed
@@ -222,13 +226,17 @@ class Cache:
         try:
             blob = path.read_bytes()
         except FileNotFoundError:
+            COUNTS["misses"] += 1
             return None
         try:
-            return _decode(blob, canonical_json(spec))
+            payload = _decode(blob, canonical_json(spec))
         except (ValueError, RuntimeError, EOFError, OSError, json.JSONDecodeError, KeyError) as error:
             warnings.warn(f"discarding damaged cache entry {path}: {error}", stacklevel=2)
             path.unlink(missing_ok=True)
+            COUNTS["misses"] += 1
             return None
+        COUNTS["hits"] += 1
+        return payload
 
     def save(self, kind: str, spec: dict[str, Any], payload: Any) -> Path:
         """Store ``payload`` atomically (temporary file + rename) and return its path."""

@@ -6,6 +6,7 @@ JSON file beside them with the configuration, the profile and the headline numbe
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Iterable, Mapping
@@ -23,16 +24,33 @@ from dahp.core.statistics import Estimate
 RESULT_FOLDERS = ("quick", "default", "paper", "cli")
 
 
-def results_dir(profile: str) -> Path:
+#: Sub-folder of a profile's folder holding the runs made with non-default parameters.
+RUNS = "runs"
+
+
+def run_name(parameters: Mapping[str, Any]) -> str:
+    """A short, stable name for a set of parameters: the first 12 hex digits of its canonical JSON's SHA-256."""
+    text = json.dumps(_plain(dict(parameters)), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def results_dir(profile: str, parameters: Mapping[str, Any] | None = None) -> Path:
     """``data/results/<profile>/`` (under ``$DAHP_DATA_DIR`` if set), created if absent.
 
     Every profile writes to its own folder, and the command line to ``cli/``, so a rerun at other
-    sizes never overwrites the tables another profile's pages are judged from.
+    sizes never overwrites the tables another profile's pages are judged from. ``parameters``: the
+    non-default parameters of a run (empty or None for the book's own run); a run with any gets
+    ``<profile>/runs/<run_name(parameters)>/`` with ``parameters.json`` beside its results, so it never
+    overwrites the files the book reads (``dahp.book.runs`` decides what is non-default).
     """
     if profile not in RESULT_FOLDERS:
         raise InvalidParameterError("profile", profile, RESULT_FOLDERS)
     folder = data_dir() / "results" / profile
+    if parameters:
+        folder = folder / RUNS / run_name(parameters)
     folder.mkdir(parents=True, exist_ok=True)
+    if parameters:
+        write_json(folder / "parameters.json", dict(parameters))
     return folder
 
 

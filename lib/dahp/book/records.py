@@ -1,0 +1,177 @@
+"""What each executed page cost: its run record, and the build report that tabulates them.
+
+The plan runner (:mod:`dahp.book.plan`) appends :data:`PROBE` as the notebook's last cell before
+execution; in the kernel it prints :func:`kernel_facts` (device, peak memory, cache look-ups,
+versions) as one JSON line. After execution the runner takes that line out of the page
+(:func:`take_probe`), adds the wall time it measured, saves the record as
+``book/executed/.<page>.run.json`` and ends the page with one line (:func:`record_line`).
+:func:`write_build_report` turns the records of the plan's pages into ``book/executed/build_report.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from dahp import __version__
+from dahp.core import cache
+from dahp.core.device import describe, resolve_device
+
+#: Tag of the probe cell (removed from the page after execution) and of the record line that replaces it.
+PROBE_TAG = "dahp-run-probe"
+RECORD_TAG = "dahp-run-record"
+#: Prefix of the probe's output line.
+MARK = "dahp-run-record:"
+#: The probe cell's source: the notebook's own ``device`` parameter, when it has one, names the device.
+PROBE = (
+    "from dahp.book.records import kernel_facts as _dahp_kernel_facts\n"
+    "_dahp_kernel_facts(globals().get('device'))"
+)
+#: Name of the build report page under book/executed/.
+REPORT = "build_report"
+
+
+def _peak_rss_bytes() -> int:
+    """Peak resident memory of this process and of its finished child processes (the larger; Linux counts KiB)."""
+    scale = 1 if sys.platform == "darwin" else 1024
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return int(max(own, children) * scale)
+
+
+def kernel_facts(device: str | None = None) -> dict[str, Any]:
+    """Prints and returns what the kernel knows of its run: device, peak memory, cache look-ups, versions."""
+    import torch
+
+    resolved = resolve_device(device)
+    facts: dict[str, Any] = {
+        "device": describe(resolved),
+        "peak_rss_bytes": _peak_rss_bytes(),
+        "cache_hits": cache.COUNTS["hits"],
+        "cache_misses": cache.COUNTS["misses"],
+        "dahp": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    if resolved.type == "cuda":
+        facts["peak_gpu_bytes"] = int(torch.cuda.max_memory_allocated(resolved))
+    print(MARK + json.dumps(facts))
+    return facts
+
+
+def take_probe(notebook) -> dict[str, Any]:
+    """Remove the probe cell from an executed notebook; the facts it printed (empty when it printed none)."""
+    facts: dict[str, Any] = {}
+    kept = []
+    for cell in notebook.cells:
+        if PROBE_TAG not in cell.get("metadata", {}).get("tags", []):
+            kept.append(cell)
+            continue
+        for output in cell.get("outputs", []):
+            for line in str(output.get("text", "")).splitlines():
+                if line.startswith(MARK):
+                    facts = json.loads(line[len(MARK) :])
+    notebook.cells = kept
+    return facts
+
+
+def duration(seconds: float) -> str:
+    """``12.3 s`` or ``7 min 49 s``."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes} min {seconds:02d} s"
+
+
+def memory(size: float | None) -> str:
+    """``612 MB`` or ``7.04 GB``; ``?`` when unknown."""
+    if size is None:
+        return "?"
+    return f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.0f} MB"
+
+
+def record_line(record: Mapping[str, Any]) -> str:
+    """The one line that ends an executed page."""
+    parts = [
+        f"profile `{record['profile']}`",
+        f"device {record.get('device', '?')}",
+        f"wall time {duration(record['wall_s'])}",
+        f"peak memory {memory(record.get('peak_rss_bytes'))}",
+    ]
+    if "peak_gpu_bytes" in record:
+        parts.append(f"peak GPU memory {memory(record['peak_gpu_bytes'])}")
+    if "cache_hits" in record:
+        parts.append(f"cache {record['cache_hits']} hits, {record['cache_misses']} misses")
+    parts.append(f"dahp {record.get('dahp', '?')}, torch {record.get('torch', '?')}")
+    return "**Run record.** " + " · ".join(parts) + f" (finished {record['finished']})."
+
+
+def record_path(out_dir: Path, page: str) -> Path:
+    """Where the run record of ``page`` is saved."""
+    return out_dir / f".{page}.run.json"
+
+
+def read_record(out_dir: Path, page: str) -> dict[str, Any] | None:
+    """The saved run record of ``page``, or None."""
+    try:
+        return json.loads(record_path(out_dir, page).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def build_report(out_dir: Path, pages: Sequence[str]) -> str:
+    """The markdown of the build report: one row per page of ``pages`` (in order), the totals, and the
+    versions and times the records name."""
+    lines = [
+        "# Build report",
+        "",
+        "What each executed page of this build cost, from the run record that ends the page: the profile",
+        "it ran under, the device, the wall time of its execution, the peak resident memory of its kernel",
+        "(and of the worker processes it started) and the cache look-ups it made. A page that was up to",
+        "date keeps the record of the run that made it.",
+        "",
+        "| page | profile | device | wall time | peak memory | cache hits / misses |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    total = 0.0
+    peak = 0
+    versions: set[str] = set()
+    finished: list[str] = []
+    for page in pages:
+        record = read_record(out_dir, page)
+        if record is None:
+            lines.append(f"| {page} | not run | | | | |")
+            continue
+        total += record["wall_s"]
+        peak = max(peak, record.get("peak_rss_bytes") or 0)
+        versions.add(f"dahp {record.get('dahp', '?')}, torch {record.get('torch', '?')}")
+        finished.append(record["finished"])
+        cached = f"{record['cache_hits']} / {record['cache_misses']}" if "cache_hits" in record else "?"
+        lines.append(
+            f"| [{page}]({page}) | {record['profile']} | {record.get('device', '?')} | {duration(record['wall_s'])} "
+            f"| {memory(record.get('peak_rss_bytes'))} | {cached} |"
+        )
+    lines += [
+        "",
+        f"Total wall time of the pages' executions: {duration(total)}; the largest peak memory of one page: "
+        f"{memory(peak)}. (The build of the HTML and the install are not included.)",
+    ]
+    if finished:
+        lines += [
+            "",
+            f"Versions: {'; '.join(sorted(versions))}. Pages finished between {min(finished)} and {max(finished)}.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_build_report(out_dir: Path, pages: Sequence[str]) -> Path:
+    """Write :func:`build_report` to ``out_dir/build_report.md``; returns its path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{REPORT}.md"
+    path.write_text(build_report(out_dir, pages))
+    return path
