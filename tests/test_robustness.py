@@ -115,6 +115,7 @@ def _fake_case(family: str, k: int) -> robustness.Case:
         factor_seconds=0.0,
         lds_at=lambda lam: 0.5,
         seconds_per_training=lambda: 1.0,
+        paired_se=lambda lam: 0.0,
     )
     return robustness.Case(curves, FakeInput([1.0, 2.0, 3.0, 4.0, 5.0]))
 
