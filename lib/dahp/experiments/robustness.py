@@ -10,6 +10,14 @@ best test-query LDS over the dense grid (``lds_over_best``). Test queries never 
 Rules designed after the suite's results were seen (``DESIGNED_AFTER``) are marked in the column
 ``designed_after``: their numbers are not held out, whatever half their problem belongs to.
 
+Sealed families (:data:`dahp.experiments.suite.SEALED_FAMILIES`, issue 21) were sealed before the
+adaptive budget rule and the "don't know" flag were designed: their rows carry ``sealed`` and the
+``half`` :data:`SEALED_HALF`, they are summarized apart (:meth:`SelectorRobustnessRecord.summary` with
+``group="sealed"``), and fitted rules are fitted for them on every development family, never on them.
+Each row also says whether the pick lies within two paired standard errors of the best
+(``good_or_2se``), whether the retraining-free "don't know" flag fired on the case (``flagged``) and,
+for the adaptive rule, its stated expected LDS ratio with interval.
+
 Rules with constants fitted on data (``FITTED``) are judged leave-families-out: the families are
 split in two halves (:func:`family_halves`); the rule is fitted (``fit_rule``) on the rows of one
 half and reported on the problems of the other, both ways. Every row names the half its problem
