@@ -115,6 +115,7 @@ def _fake_case(family: str, k: int) -> robustness.Case:
         factor_seconds=0.0,
         lds_at=lambda lam: 0.5,
         seconds_per_training=lambda: 1.0,
+        paired_se=lambda lam: 0.0,
     )
     return robustness.Case(curves, FakeInput([1.0, 2.0, 3.0, 4.0, 5.0]))
 
@@ -181,7 +182,8 @@ def test_the_record_round_trips_and_its_csv_leads_with_the_issues_columns(study,
     assert_nested_close(loaded.headline(), record.headline())
     head = record.headline()
     assert head["problems"] == 2 and head["cases"] == 4
-    assert set(head) == {"problems", "cases", "all", "held_out_A", "held_out_B"}
+    # two development families, no sealed one: the development group only
+    assert set(head) == {"problems", "cases", "all", "held_out_A", "held_out_B", "development"}
     for rule in ("fourth_point", "val_best_2", "shifted"):
         rows = record.table[record.table.rule == rule].lds_over_best
         assert head["all"][rule]["worst"] == pytest.approx(rows.min())

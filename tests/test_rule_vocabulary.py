@@ -42,9 +42,12 @@ def test_rules_expose_needs_and_trainings_as_fields_not_names():
         "budget_val_lds_7",
         "budget_bracket_7",
         "budget_span_7",
+        "budget_smooth_7",
     ]
-    assert [r.trainings for r in built] == [2, 5, 7, 7, 7] and built[-1].designed_after
-    assert rules.default_budget_rule(4).name == "budget_span_4" and rules.default_budget_rule(4).family == "budget_span"
+    assert [r.trainings for r in built] == [2, 5, 7, 7, 7, 7] and built[-2].designed_after
+    assert not built[-1].designed_after  # issue 21's adaptive rule: designed on development families only
+    default = rules.default_budget_rule(4)
+    assert default.name == "budget_smooth_4" and default.family == rules.DEFAULT_BUDGET == "budget_smooth"
     # applicable() reads needs, never the name
     inp = RuleInput("iffim", _members(), [1e-3, 1.0])
     pick = RulePick("x", 1.0, "", 0, 0.0)

@@ -33,12 +33,21 @@ def test_default_suite_has_at_least_30_problems_over_every_family_and_quick_a_ha
     assert any(r.momentum > 0 for r in recipes) and any(r.weight_decay > 0 for r in recipes)
     assert {r.schedule for r in recipes} >= {"constant", "linear", "cosine"}
     assert len({r.epochs for r in recipes if r.optimizer == "sgd"}) >= 3  # short and long training
-    assert {p.model for p in default} == set(suite.MODELS)  # widths and depths
+    assert {p.model for p in default} == set(suite.MODELS) | set(suite.CONV_MODELS)  # widths, depths, convolutions
 
 
 @pytest.mark.parametrize(
     "name",
-    ["suite_iris_lr_sgd", "suite_digits_lr_sgd", "suite_gauss_mix_hard_lr_sgd", "suite_teacher_lr_sgd"],
+    [
+        "suite_iris_lr_sgd",
+        "suite_digits_lr_sgd",
+        "suite_gauss_mix_hard_lr_sgd",
+        "suite_teacher_lr_sgd",
+        "suite_spirals_gelu4_adam",
+        "suite_cancer_wide512_sgd",
+        "suite_wine_lr_long",
+        "suite_conv_digits_conv4_sgd",
+    ],
 )
 def test_problems_are_deterministic_and_their_splits_disjoint(name, tmp_path):
     setting = get_setting(name)
@@ -176,3 +185,17 @@ def test_full_data_models_trained_together_equal_those_trained_alone_bit_for_bit
         torch.equal(a.states["1.weight"], b.states["1.weight"])
         for a, b in zip(batched, train_full_many(setting, [0, 1, 2], together, False, device="cpu"))
     )
+
+
+@pytest.mark.parametrize("family", ["conv_digits", "spirals", "cancer", "wine"])
+def test_the_new_families_models_take_their_data(family, tmp_path):
+    for problem in suite.suite_problems("default", [family]):
+        setting = problem.setting
+        data = setting.load(tmp_path)
+        out = setting.make_model()(data.x_train[:4])
+        assert out.shape == (4, int(data.y_train.max()) + 1)
+        assert problem.sealed == (family in suite.SEALED_FAMILIES)
+    if family == "conv_digits":
+        assert any(isinstance(m, torch.nn.Conv2d) for m in setting.make_model().modules())
+    if family == "spirals":
+        assert any(isinstance(m, torch.nn.GELU) for m in setting.make_model().modules())

@@ -63,7 +63,9 @@ class Profile:
     learned_ablation_penalties: tuple[float, ...] = option(
         help="λ_w (penalty pulling the weights toward uniform) of the learned weights' ablations"
     )
-    suite: str = option(help="problems of the robustness suite: ``quick`` (a handful) or ``default`` (all)")
+    suite: str = option(
+        help="problems of the robustness suite: ``quick`` (a handful), ``small`` (a few per family) or ``default`` (all)"
+    )
     suite_models: int = option(help="retrained models (M) of each robustness-suite problem's ground truth")
     suite_trak_ensemble: int = option(help="TRAK ensemble size on the robustness suite")
 
@@ -117,9 +119,9 @@ PROFILES = {
         learned_left_out=(),
         learned_ablation_ks=(1, 5, 10, 20, 50, 100),
         learned_ablation_penalties=(0.0, 1e-3, 1e-2),
-        suite="default",
-        suite_models=40,
-        suite_trak_ensemble=5,
+        suite="small",
+        suite_models=12,
+        suite_trak_ensemble=2,
     ),
     "paper": Profile(
         "paper",

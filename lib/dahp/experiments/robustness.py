@@ -10,6 +10,14 @@ best test-query LDS over the dense grid (``lds_over_best``). Test queries never 
 Rules designed after the suite's results were seen (``DESIGNED_AFTER``) are marked in the column
 ``designed_after``: their numbers are not held out, whatever half their problem belongs to.
 
+Sealed families (:data:`dahp.experiments.suite.SEALED_FAMILIES`, issue 21) were sealed before the
+adaptive budget rule and the "don't know" flag were designed: their rows carry ``sealed`` and the
+``half`` :data:`SEALED_HALF`, they are summarized apart (:meth:`SelectorRobustnessRecord.summary` with
+``group="sealed"``), and fitted rules are fitted for them on every development family, never on them.
+Each row also says whether the pick lies within two paired standard errors of the best
+(``good_or_2se``), whether the retraining-free "don't know" flag fired on the case (``flagged``) and,
+for the adaptive rule, its stated expected LDS ratio with interval.
+
 Rules with constants fitted on data (``FITTED``) are judged leave-families-out: the families are
 split in two halves (:func:`family_halves`); the rule is fitted (``fit_rule``) on the rows of one
 half and reported on the problems of the other, both ways. Every row names the half its problem
@@ -42,10 +50,14 @@ from dahp.core.statistics import fraction_summary
 from dahp.experiments import suite
 from dahp.experiments.profiles import get_profile
 from dahp.selection import rules
-from dahp.selection.rules import RuleInput
+from dahp.selection.rules import DEFAULT_NO_RETRAINING, RuleInput
+from dahp.selection.selector import dont_know
 
 #: The held-out halves' labels, in the order :func:`family_halves` returns them.
 HALVES = ("A", "B")
+#: The ``half`` label of a sealed family's rows (:data:`dahp.experiments.suite.SEALED_FAMILIES`): fitted
+#: rules are fitted on every development family for them, and no rule was designed looking at them.
+SEALED_HALF = "sealed"
 
 
 def family_halves(families: Iterable[str]) -> tuple[list[str], list[str]]:
@@ -104,6 +116,7 @@ class Case:
 
     curves: suite.Curves
     inp: Any  #: the dahp.selection.rules.RuleInput the rules see
+    flag: str | None = None  #: the retraining-free "don't know" flag (:func:`dahp.selection.selector.dont_know`)
 
     @property
     def family(self) -> str:
@@ -122,6 +135,7 @@ def rule_input(curves: suite.Curves):
         published_default=PUBLISHED_DEFAULTS[curves.attributor],
         validation_lds=curves.validation_lds,
         train_margins=curves.train_margins,
+        validation_sums=curves.validation_sums,
     )
 
 
@@ -130,6 +144,8 @@ def _row(case: Case, name: str, pick, half: str, fitted_on: Sequence[str], desig
     problem = curves.problem
     lam = float(pick.regularization)
     value = curves.lds_at(lam)
+    se = curves.paired_se(lam)
+    ratio = pick.ratio if getattr(pick, "ratio", None) is not None else (float("nan"),) * 3
     return {
         "family": problem.family,
         "problem": problem.name,
@@ -150,6 +166,15 @@ def _row(case: Case, name: str, pick, half: str, fitted_on: Sequence[str], desig
         "half": half,
         "fitted_on": ",".join(fitted_on),
         "designed_after": designed_after,
+        "sealed": problem.family in suite.SEALED_FAMILIES,
+        "paired_se": se,
+        # ≥ 0.95 of the best, or within two paired standard errors of it (over test queries)
+        "good_or_2se": bool(value / curves.best >= TARGET_EVERY_CASE or curves.best - value <= 2 * se),
+        # the retraining-free "don't know" flag on this case (the same for every rule of the case)
+        "flagged": case.flag is not None,
+        "expected_ratio": ratio[0],
+        "expected_ratio_low": ratio[1],
+        "expected_ratio_high": ratio[2],
         "diagnosis": pick.diagnosis,
     }
 
@@ -191,22 +216,30 @@ def fit_rows(cases: Sequence[Case], rule_set: RuleSet) -> list[dict[str, Any]]:
 def judge(cases: Sequence[Case], rule_set: RuleSet) -> pd.DataFrame:
     """Every rule's row on every case; fitted rules leave-families-out, both ways."""
     rule_set.check()
-    halves = dict(zip(HALVES, family_halves(c.family for c in cases)))
+    developed = [c.family for c in cases if c.family not in suite.SEALED_FAMILIES]
+    halves = dict(zip(HALVES, family_halves(developed)))
     half_of = {family: label for label, families in halves.items() for family in families}
+    half_of.update({c.family: SEALED_HALF for c in cases if c.family in suite.SEALED_FAMILIES})
     rows = []
     for case in cases:
         for name, rule in rule_set.rules.items():
             if name not in rule_set.fitted:
                 late = name in rule_set.designed_after
                 rows.append(_row(case, name, rule(case.inp), half_of[case.family], (), late))
+    sealed = [c for c in cases if c.family in suite.SEALED_FAMILIES]
     for name in sorted(rule_set.fitted):
         for label, held_out in halves.items():
-            train = sorted(f for f in half_of if f not in held_out)
+            train = sorted(f for f, h in half_of.items() if f not in held_out and h != SEALED_HALF)
             params = rule_set.fit_rule(name, fit_rows([c for c in cases if c.family in train], rule_set))
             for case in cases:
                 if case.family in held_out:
                     pick = rule_set.apply_fitted(name, params, case.inp)
                     rows.append(_row(case, name, pick, label, train, name in rule_set.designed_after))
+        if sealed:  # fitted on every development family, never on a sealed one
+            params = rule_set.fit_rule(name, fit_rows([c for c in cases if half_of[c.family] != SEALED_HALF], rule_set))
+            for case in sealed:
+                pick = rule_set.apply_fitted(name, params, case.inp)
+                rows.append(_row(case, name, pick, SEALED_HALF, sorted(halves["A"] + halves["B"]), False))
     return pd.DataFrame(rows)
 
 
@@ -222,7 +255,8 @@ def build_cases(
     for problem in problems:
         for attributor, proj_dim in suite.attributor_configs(problem):
             curves = suite.problem_curves(problem, attributor, proj_dim, config, cache, progress, device)
-            cases.append(Case(curves, rule_input(curves)))
+            inp = rule_input(curves)
+            cases.append(Case(curves, inp, dont_know(inp)))
     return cases
 
 
@@ -251,7 +285,7 @@ def robustness_study(
     chosen = (
         [suite.get_problem(name) for name in problems] if problems is not None else suite.suite_problems(sizes.suite)
     )
-    family_halves(p.family for p in chosen)
+    family_halves(p.family for p in chosen if not p.sealed)
     config = config or suite.CurveConfig(n_models=sizes.suite_models, trak_ensemble=sizes.suite_trak_ensemble)
     device = resolve_device(device)
     cache = default_cache() if cache is None else cache
@@ -259,12 +293,13 @@ def robustness_study(
     cases = build_cases(chosen, config, cache, progress, device)
     table = judge(cases, rule_set)
     curves = pd.DataFrame([row for case in cases for row in _curve_rows(case.curves)])
-    halves = dict(zip(HALVES, family_halves(p.family for p in chosen)))
+    halves = dict(zip(HALVES, family_halves(p.family for p in chosen if not p.sealed)))
     study = {
         "suite": sizes.suite,
         "problems": [p.name for p in chosen],
         "curves": dataclasses.asdict(config),
         "halves": halves,
+        "sealed_families": sorted({p.family for p in chosen if p.sealed}),
         "rules": list(rule_set.rules),
         "fitted": sorted(rule_set.fitted),
         "designed_after": sorted(rule_set.designed_after),
@@ -282,8 +317,11 @@ def robustness_study(
 TARGET_EVERY_CASE = 0.95
 #: ... and at least this in the worst case.
 TARGET_WORST_CASE = 0.9
-#: The selector's two modes and the most retrained models a rule of each may use.
-MODES = {"no retraining": 0, "a budget of at most 5 retrained models": 5}
+#: The selector's two modes and the most retrained models a rule of each may use (issue 21: at most 8,
+#: at most 5 on average).
+MODES = {"no retraining": 0, "a budget of at most 8 retrained models": 8}
+#: The groups of families reported apart: those rules were designed on, and the sealed ones.
+GROUPS = ("development", "sealed")
 
 
 #: The columns of ``selector_robustness.csv`` that come first (issue 13's list; more follow).
@@ -323,16 +361,53 @@ class SelectorRobustnessRecord:
         """The rules judged, in the table's order."""
         return list(dict.fromkeys(self.table.rule))
 
-    def summary(self, half: str | None = None) -> dict[str, dict[str, Any]]:
-        """Per rule :func:`fraction_summary` over all rows, or over the rows of one held-out half."""
-        rows = self.table if half is None else self.table[self.table.half == half]
-        return {rule: fraction_summary(rows[rows.rule == rule].lds_over_best) for rule in self.rules}
+    def rows_of(self, group: str | None = None) -> pd.DataFrame:
+        """The table's rows of one of :data:`GROUPS` (development or sealed families), or all rows."""
+        if group is None:
+            return self.table
+        if group not in GROUPS:
+            raise InvalidParameterError("group", group, GROUPS)
+        sealed = self.table.sealed.astype(bool) if "sealed" in self.table else pd.Series(False, index=self.table.index)
+        return self.table[sealed == (group == "sealed")]
 
-    def summary_table(self, half: str | None = None) -> pd.DataFrame:
+    def summary(self, half: str | None = None, group: str | None = None) -> dict[str, dict[str, Any]]:
+        """Per rule :func:`fraction_summary` over all rows, or over the rows of one held-out half and/or one
+        of :data:`GROUPS`; with the count within two paired SE (``count_ok_or_2se``), the mean and the most
+        retrained models and the mean seconds."""
+        rows = self.rows_of(group)
+        rows = rows if half is None else rows[rows.half == half]
+        found = {}
+        for rule in self.rules:
+            mine = rows[rows.rule == rule]
+            found[rule] = {
+                **fraction_summary(mine.lds_over_best),
+                "count_ok_or_2se": int(mine.good_or_2se.astype(bool).sum()) if "good_or_2se" in mine else 0,
+                "trainings_mean": float(mine.trainings.mean()) if len(mine) else float("nan"),
+                "trainings_max": int(mine.trainings.max()) if len(mine) else 0,
+                "seconds_mean": float(mine.seconds.mean()) if len(mine) else float("nan"),
+            }
+        return found
+
+    def summary_table(self, half: str | None = None, group: str | None = None) -> pd.DataFrame:
         """:meth:`summary` as a frame, one row per rule, best worst case first."""
-        frame = pd.DataFrame.from_dict(self.summary(half), orient="index")
+        frame = pd.DataFrame.from_dict(self.summary(half, group), orient="index")
         frame.index.name = "rule"
         return frame.sort_values(["worst", "median"], ascending=False)
+
+    def flag_check(self, rule: str = DEFAULT_NO_RETRAINING, below: float = 0.8, group: str | None = None) -> dict:
+        """How the "don't know" flag covers ``rule``'s failures: cases below ``below`` of the best, how many
+        of them were flagged, and how many cases were flagged in all."""
+        rows = self.rows_of(group)
+        rows = rows[rows.rule == rule]
+        if "flagged" not in rows:
+            return {"cases": 0, "below": 0, "below_flagged": 0, "flagged": 0}
+        low = rows[rows.lds_over_best < below]
+        return {
+            "cases": len(rows),
+            "below": len(low),
+            "below_flagged": int(low.flagged.astype(bool).sum()),
+            "flagged": int(rows.flagged.astype(bool).sum()),
+        }
 
     def worst_cases(self, rule: str, count: int = 3) -> pd.DataFrame:
         """The rows where ``rule`` did worst (lowest LDS / best)."""
@@ -350,11 +425,13 @@ class SelectorRobustnessRecord:
         """Per rule: worst, 10th percentile, median LDS / best and the count ≥ 0.95, over all problems and
         over each held-out half; the number of problems and cases."""
         halves = sorted(self.table.half.dropna().unique())
+        groups = [g for g in GROUPS if len(self.rows_of(g))] if "sealed" in self.table else []
         return {
             "problems": int(self.table.problem.nunique()),
             "cases": int(self.table.groupby(["problem", "attributor", "proj_dim"], dropna=False).ngroups),
             "all": self.summary(),
             **{f"held_out_{half}": self.summary(half) for half in halves},
+            **{group: self.summary(group=group) for group in groups},
         }
 
     def meets_target(self, rule: str) -> bool:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -59,11 +60,22 @@ from dahp.selection.algorithm import xi_bar_curve
 from dahp.selection.rules import RecipeFacts
 from dahp.training.ground_truth import GroundTruth, ground_truth
 
-FAMILIES = ("mnist_subset", "digits", "iris", "gauss_mix", "teacher")
+FAMILIES = ("mnist_subset", "digits", "iris", "gauss_mix", "teacher", "conv_digits", "spirals", "cancer", "wine")
+#: Families added for issue 21, chosen to differ from the first five in architecture (a small
+#: convolutional net, a deep GELU net, wide-shallow nets), size (n = 100 to 1,600) and recipe.
+NEW_FAMILIES = ("conv_digits", "spirals", "cancer", "wine")
+#: Families SEALED on 2026-12-07, before the adaptive budget rule and the "don't know" flag of issue 21
+#: were designed: no rule or constant may be designed or tuned while looking at their results. They are
+#: evaluated once, after those designs are frozen and committed, and reported apart from the
+#: development families (``robustness.SelectorRobustnessRecord.sealed_summary_table``); both are new,
+#: so no registered rule was designed after seeing them.
+SEALED_FAMILIES = ("spirals", "cancer")
+#: The other families: rules may be designed and tuned on their validation queries (never on test queries).
+DEVELOPMENT_FAMILIES = tuple(f for f in FAMILIES if f not in SEALED_FAMILIES)
 #: Seed of every split and synthetic draw of the suite (fixed: the problems are the same everywhere).
 SUITE_SEED = 13
 #: Problem-list sizes a profile may ask for (:data:`dahp.experiments.profiles.Profile.suite`).
-SUITE_SIZES = ("quick", "default")
+SUITE_SIZES = ("quick", "small", "default")
 #: IFFIM is also run on projected gradients, and TRAK projects, when the model has at least this
 #: many parameters (below it a projection keeps almost everything and changes nothing).
 PROJECT_FROM_PARAMS = 2048
@@ -152,23 +164,93 @@ def load_teacher(root: Path, dim: int, classes: int, width: int, temperature: fl
     return SplitData(**tensors)
 
 
+def load_spirals(root: Path, turns: float, noise: float, seed: int) -> SplitData:
+    """Two interleaved spirals in the plane (class = arm), ``turns`` turns, Gaussian noise of scale
+    ``noise``, lifted to 8 inputs by fixed random features (sin/cos of random projections) so a deep
+    net has something to compose; 1,000 / 200 / 200 points."""
+    rng = np.random.default_rng([SUITE_SEED, seed, 2])
+    n = {"train": 1000, "val": 200, "test": 200}
+    total = sum(n.values())
+    y = rng.integers(0, 2, size=total)
+    t = np.sqrt(rng.uniform(0.02, 1.0, size=total)) * turns * 2 * np.pi
+    arm = np.stack([t * np.cos(t + np.pi * y), t * np.sin(t + np.pi * y)], 1) / (turns * 2 * np.pi)
+    plane = arm + rng.normal(scale=noise, size=arm.shape)
+    projection = rng.normal(size=(2, 3)) * 2.0
+    x = np.concatenate([plane, np.sin(plane @ projection), np.cos(plane @ projection)], 1)
+    cuts = np.cumsum([n["train"], n["val"]])
+    tensors = {}
+    mean, std = x[: n["train"]].mean(0), x[: n["train"]].std(0)
+    for name, part in zip(("train", "val", "test"), np.split(np.arange(total), cuts)):
+        tensors[f"x_{name}"] = torch.from_numpy(((x[part] - mean) / std).astype(np.float32))
+        tensors[f"y_{name}"] = torch.from_numpy(y[part].astype(np.int64))
+    return SplitData(**tensors)
+
+
+def load_cancer_split(root: Path) -> SplitData:
+    """scikit-learn's breast-cancer set (569 tumours, 30 measurements, 2 classes): per class 150 train,
+    30 validation, 30 test (300 / 60 / 60)."""
+    from sklearn.datasets import load_breast_cancer
+
+    bunch = load_breast_cancer()
+    return _tabular_split(bunch.data, bunch.target, {"train": 150, "val": 30, "test": 30}, SUITE_SEED)
+
+
+def load_wine_split(root: Path) -> SplitData:
+    """scikit-learn's 178 wines (13 measurements, 3 cultivars): per class 34 train, 7 validation, 7 test
+    (102 / 21 / 21) -- the smallest training set of the suite."""
+    from sklearn.datasets import load_wine
+
+    bunch = load_wine()
+    return _tabular_split(bunch.data, bunch.target, {"train": 34, "val": 7, "test": 7}, SUITE_SEED)
+
+
 # --------------------------------------------------------------------------------------------
 # Models
 
 
-def make_mlp(inputs: int, hidden: tuple[int, ...], classes: int) -> nn.Module:
-    """``Flatten`` then ``Linear``/``ReLU`` layers of the given hidden widths (none: logistic regression)."""
+_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
+
+
+def make_mlp(inputs: int, hidden: tuple[int, ...], classes: int, activation: str = "relu") -> nn.Module:
+    """``Flatten`` then ``Linear``/activation layers of the given hidden widths (none: logistic regression)."""
     layers: list[nn.Module] = [nn.Flatten()]
     width = inputs
     for size in hidden:
-        layers += [nn.Linear(width, size), nn.ReLU()]
+        layers += [nn.Linear(width, size), _ACTIVATIONS[activation]()]
         width = size
     layers.append(nn.Linear(width, classes))
     return nn.Sequential(*layers)
 
 
-#: Model names of the suite -> hidden widths.
-MODELS = {"lr": (), "mlp": (32,), "narrow": (16,), "wide": (128,), "deep": (32, 32)}
+def make_convnet(side: int, channels: int, classes: int) -> nn.Module:
+    """A small convolutional net on ``side × side`` one-channel images given as flat rows: two 3×3
+    convolutions (``channels`` each, ReLU), 2×2 average pooling, then a linear layer."""
+    pooled = side // 2
+    return nn.Sequential(
+        nn.Unflatten(1, (1, side, side)),
+        nn.Conv2d(1, channels, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(channels, channels, 3, padding=1),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(channels * pooled * pooled, classes),
+    )
+
+
+#: Model names of the suite -> hidden widths (MLPs; ``gelu*`` models use GELU, the others ReLU).
+MODELS = {
+    "lr": (),
+    "mlp": (32,),
+    "narrow": (16,),
+    "wide": (128,),
+    "deep": (32, 32),
+    "wide512": (512,),
+    "gelu4": (32, 32, 32, 32),
+    "gelu3": (64, 64, 64),
+}
+#: Convolutional model names -> channels of both convolutions.
+CONV_MODELS = {"conv4": 4, "conv8": 8}
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,6 +289,12 @@ class Problem:
     model: str = option(help="model name (a key of MODELS)")
     recipe: str = option(help="recipe name (see recipe_variant)")
     quick: bool = option(False, help="part of the quick profile's handful")
+    small: bool = option(False, help="part of the small suite (the default profile's few problems per family)")
+
+    @property
+    def sealed(self) -> bool:
+        """Whether the problem's family is sealed (:data:`SEALED_FAMILIES`)."""
+        return self.family in SEALED_FAMILIES
 
     @property
     def name(self) -> str:
@@ -245,6 +333,37 @@ _FAMILY_DATA = {
 }
 
 
+_FAMILY_DATA.update(
+    {
+        "conv_digits": (load_digits_split, TrainingRecipe(epochs=20, batch_size=32, lr=0.05), 64, 10),
+        "spirals": (
+            functools.partial(load_spirals, turns=1.5, noise=0.04, seed=0),
+            TrainingRecipe(epochs=30, batch_size=32, lr=0.05),
+            8,
+            2,
+        ),
+        "cancer": (load_cancer_split, TrainingRecipe(epochs=30, batch_size=16, lr=0.02), 30, 2),
+        "wine": (load_wine_split, TrainingRecipe(epochs=40, batch_size=16, lr=0.05), 13, 3),
+    }
+)
+#: The small suite (the default profile): problem names -> part of it; a few per family.
+_SMALL = {
+    "suite_mnist_subset_n1000_lr_sgd",
+    "suite_digits_lr_sgd",
+    "suite_digits_mlp_adam",
+    "suite_iris_lr_sgd",
+    "suite_gauss_mix_mlp_momentum",
+    "suite_teacher_mlp_adam",
+    "suite_conv_digits_conv4_sgd",
+    "suite_spirals_gelu4_adam",
+    "suite_spirals_gelu3_cosine",
+    "suite_cancer_wide512_sgd",
+    "suite_cancer_wide_adamw",
+    "suite_wine_wide512_momentum",
+    "suite_wine_lr_long",
+}
+
+
 def _mnist_loader(n_train: int):
     return functools.partial(load_mnist_subset, n_train=n_train)
 
@@ -263,7 +382,8 @@ def _problem_table() -> list[tuple[Problem, object, TrainingRecipe, int, int]]:
         (1000, "lr", "adam"),
         (2000, "narrow", "wd"),
     ]:
-        problem = Problem("mnist_subset", f"n{n}_{model}_{recipe}", model, recipe)
+        variant = f"n{n}_{model}_{recipe}"
+        problem = Problem("mnist_subset", variant, model, recipe, small=f"suite_mnist_subset_{variant}" in _SMALL)
         rows.append((problem, _mnist_loader(n), recipe_variant(mnist_base, recipe), 784, 10))
     plan = {
         "digits": [
@@ -286,6 +406,26 @@ def _problem_table() -> list[tuple[Problem, object, TrainingRecipe, int, int]]:
             ("mlp", "linear", False),
         ],
         "gauss_mix_hard": [("lr", "sgd", False), ("mlp", "cosine", False)],
+        "conv_digits": [
+            ("conv4", "sgd", False),
+            ("conv4", "adam", False),
+            ("conv8", "cosine", False),
+            ("conv4", "short", False),
+        ],
+        "spirals": [
+            ("gelu4", "adam", False),
+            ("gelu3", "cosine", False),
+            ("gelu4", "momentum", False),
+            ("gelu3", "adamw", False),
+            ("gelu4", "long", False),
+        ],
+        "cancer": [("wide512", "sgd", False), ("wide", "adamw", False), ("lr", "wd", False), ("mlp", "linear", False)],
+        "wine": [
+            ("wide512", "momentum", False),
+            ("lr", "long", False),
+            ("wide512", "adam", False),
+            ("wide", "sgd", False),
+        ],
         "teacher": [
             ("lr", "sgd", False),
             ("mlp", "sgd", False),
@@ -300,7 +440,9 @@ def _problem_table() -> list[tuple[Problem, object, TrainingRecipe, int, int]]:
         family = "gauss_mix" if key.startswith("gauss_mix") else key
         prefix = "hard_" if key == "gauss_mix_hard" else ""
         for model, recipe, quick in entries:
-            problem = Problem(family, f"{prefix}{model}_{recipe}", model, recipe, quick)
+            name = f"{prefix}{model}_{recipe}"
+            small = f"suite_{family}_{name}" in _SMALL
+            problem = Problem(family, name, model, recipe, quick, small)
             rows.append((problem, loader, recipe_variant(base, recipe), inputs, classes))
     return rows
 
@@ -308,14 +450,25 @@ def _problem_table() -> list[tuple[Problem, object, TrainingRecipe, int, int]]:
 def _register_all() -> dict[str, Problem]:
     problems = {}
     for problem, loader, recipe, inputs, classes in _problem_table():
-        hidden = MODELS[problem.model]
-        architecture = {"inputs": inputs, "hidden": list(hidden), "classes": classes, "activation": "relu"}
+        if problem.model in CONV_MODELS:
+            channels = CONV_MODELS[problem.model]
+            side = math.isqrt(inputs)
+            architecture = {"inputs": inputs, "conv": [channels, channels], "classes": classes, "activation": "relu"}
+            make_model = functools.partial(make_convnet, side, channels, classes)
+            shape = f"conv {channels}x2"
+        else:
+            hidden = MODELS[problem.model]
+            activation = "gelu" if problem.model.startswith("gelu") else "relu"
+            # the old problems' architecture dict is unchanged (it joins every cache key)
+            architecture = {"inputs": inputs, "hidden": list(hidden), "classes": classes, "activation": activation}
+            make_model = functools.partial(make_mlp, inputs, hidden, classes, activation)
+            shape = f"{list(hidden)} {activation}"
         register(
             Setting(
                 name=problem.name,
-                description=f"suite {problem.family}: {problem.model} {list(hidden)}, recipe {problem.recipe}",
+                description=f"suite {problem.family}: {problem.model} {shape}, recipe {problem.recipe}",
                 load=loader,
-                make_model=functools.partial(make_mlp, inputs, hidden, classes),
+                make_model=make_model,
                 recipe=recipe,
                 embedded=True,
                 model_spec=lambda root, architecture=architecture: architecture,
@@ -329,15 +482,16 @@ PROBLEMS: dict[str, Problem] = _register_all()
 
 
 def suite_problems(size: str = "default", families: Sequence[str] | None = None) -> list[Problem]:
-    """The problems of a profile's suite size (``quick``: a handful; ``default``: all), optionally of
-    some families only."""
+    """The problems of a profile's suite size (``quick``: a handful; ``small``: a few per family;
+    ``default``: all), optionally of some families only."""
     if size not in SUITE_SIZES:
         raise InvalidParameterError("suite", size, SUITE_SIZES)
     if families is not None:
         for family in families:
             if family not in FAMILIES:
                 raise InvalidParameterError("family", family, FAMILIES)
-    chosen = [p for p in PROBLEMS.values() if size == "default" or p.quick]
+    keep = {"quick": lambda p: p.quick, "small": lambda p: p.small, "default": lambda p: True}[size]
+    chosen = [p for p in PROBLEMS.values() if keep(p)]
     return [p for p in chosen if families is None or p.family in families]
 
 
@@ -409,7 +563,8 @@ class Curves:
     truth_seconds: float  #: training of the M retrained models (as recorded when they were trained)
     #: ``(members, n)`` correct-class margins of the training points under each member's full-data model
     train_margins: np.ndarray | None = None
-    _reduced: dict = dataclasses.field(default_factory=dict, repr=False)  #: split -> [(membership @ L, factors)]
+    #: split -> [(membership @ L, factors)], and (split, λ) -> the sums at λ (computed once)
+    _reduced: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def members(self) -> list[SpectralFactors]:
@@ -437,6 +592,26 @@ class Curves:
         targets = self.truth.targets("val")[:n_models]
         return np.array([_mean_lds(self._sums("val", lam)[:n_models], targets) for lam in regularizations])
 
+    def test_per_query(self, regularization: float) -> np.ndarray:
+        """``(q,)`` the test-query LDS per query at ``regularization`` (NaN where undefined)."""
+        targets = self.truth.targets("test").numpy().astype(np.float64)
+        return columnwise_spearman(self._sums("test", regularization), targets)
+
+    def paired_se(self, regularization: float) -> float:
+        """Standard error, over test queries, of the per-query LDS difference between the best grid λ
+        and ``regularization`` (paired: the same queries, the same retrained models)."""
+        diff = self.test_per_query(self.best_regularization) - self.test_per_query(regularization)
+        diff = diff[np.isfinite(diff)]
+        return float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
+
+    def validation_sums(self, n_models: int, regularizations: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+        """``(sums (len(λ), n_models, q), targets (n_models, q))`` of the first ``n_models`` retrained models
+        on the validation queries (:data:`dahp.selection.adaptive.ValidationSums`)."""
+        if not (isinstance(n_models, int) and 2 <= n_models <= self.truth.n_models):
+            raise InvalidParameterError("n_models", n_models, f"an integer in 2..{self.truth.n_models}")
+        sums = np.stack([self._sums("val", lam)[:n_models] for lam in regularizations])
+        return sums, self.truth.targets("val")[:n_models].numpy().astype(np.float64)
+
     def _sums(self, split: str, regularization: float) -> np.ndarray:
         """``(M, q)`` attribution summed over each retrained model's subset, at one λ.
 
@@ -445,6 +620,11 @@ class Curves:
         :func:`dahp.attribution.lds.subset_sums` of ``scores(λ)``, up to summation order.
         """
         check_regularization(regularization)
+        # every rule of the study asks for the same few dozen λ again (the budget rules over the whole
+        # grid, the paired SE at the best λ): each (split, λ) is computed once per case
+        key = (split, float(regularization))
+        if key in self._reduced:
+            return self._reduced[key]
         if split not in self._reduced:
             scorer = self.validation if split == "val" else self.test
             membership = self.truth.membership(len(scorer.members[0].left)).double()
@@ -456,7 +636,9 @@ class Curves:
             m.sign * (reduced @ ((1.0 / (m.eigenvalues + regularization)).unsqueeze(1) * m.right))
             for reduced, m in parts
         )
-        return (total / len(parts)).numpy()
+        self._reduced[key] = (total / len(parts)).numpy()
+        self._reduced[key].setflags(write=False)  # shared by every caller: never changed in place
+        return self._reduced[key]
 
     def seconds_per_training(self) -> float:
         """Wall time of one retrained model (the ground truth's training time over M)."""

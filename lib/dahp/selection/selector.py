@@ -14,11 +14,12 @@ pick is :data:`dahp.selection.rules.DEFAULT_NO_RETRAINING` (``median_xi_recipe``
 crossing, ξ̄'s saturation point and the training-recipe rule -- the retraining-free rule with the best
 worst case on the robustness suite); the paper's rule stays available as ``rule="xi"``. *Small
 budget*: pass ``retrain(train_indices, seed)``, which trains your model your way on a subset; the
-selector calls it at most ``max_retrainings`` times (default 5) on random halves of the training set,
-evaluates each retrained model on the validation queries and adds the budget rules: the grid λ with
-the best validation-query LDS, the same choice inside ξ̄'s bracket, and inside the span of
-``median_xi_recipe``'s three estimates; the default pick of this mode is
-``f"{dahp.selection.rules.DEFAULT_BUDGET}_{max_retrainings}"``. TRAK's scores there leave out its per-training-point factor ``1 − p_i``;
+selector calls it at most ``max_retrainings`` times (default 8) on random halves of the training set,
+evaluates each retrained model on the validation queries; the default pick of this mode is
+``f"{dahp.selection.rules.DEFAULT_BUDGET}_{max_retrainings}"``, the adaptive search of
+:mod:`dahp.selection.adaptive` (3 models first, one more at a time while its pick is uncertain); the
+other budget rules (the plain search ``budget_val_lds_M`` among them) are then reported on the models it
+trained, at no further retraining. TRAK's scores there leave out its per-training-point factor ``1 − p_i``;
 IFFIM's are exact. With a recipe and TRAK, the training points' margins (the task's target function
 on the training loader, once per checkpoint) feed ``recipe_gauss_newton``.
 
@@ -54,7 +55,7 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, IterableDataset, SequentialSampler
 
 from dahp.attribution.features import Projection, project, task_gradient_rows
-from dahp.attribution.lds import lds
+from dahp.attribution.lds import lds, subset_sums
 from dahp.attribution.names import SELECTABLE_ATTRIBUTORS
 from dahp.attribution.scales import feature_scale, gram_scale, scale_description, selector_grid
 from dahp.attribution.spectral import SpectralFactors, factorize
@@ -62,8 +63,8 @@ from dahp.core.config import InvalidParameterError
 from dahp.core.device import resolve_device
 from dahp.core.progress import tqdm
 from dahp.core.published import PUBLISHED_DEFAULTS
-from dahp.selection import rules
-from dahp.selection.algorithm import Selection, check_threshold, mean_xi, xi_selection
+from dahp.selection import adaptive, rules
+from dahp.selection.algorithm import Selection, check_threshold, mean_xi, xi_bar_curve, xi_selection
 from dahp.selection.recipe import RecipeFacts, check_recipe_field
 from dahp.selection.rules import RuleInput, RulePick
 
@@ -72,6 +73,38 @@ SELECTABLE = SELECTABLE_ATTRIBUTORS  #: the attributors whose λ the selector ch
 #: stated convention for :meth:`SelectorResult.summary` (one decade is about four grid steps of the
 #: default grid), not a constant tuned on any problem.
 AGREEMENT_DECADES = 1.0
+#: The retraining-free "don't know" flag (:func:`dont_know`) fires when the estimates lie more than this
+#: many decades apart (the agreement convention above), or when ξ̄ never crosses the threshold.
+DONT_KNOW_DECADES = AGREEMENT_DECADES
+#: Retrained models the adaptive budget search used on average on the development families of the
+#: robustness suite (default profile, measured before the sealed families were looked at); what the
+#: "don't know" flag recommends.
+BUDGET_TYPICAL_TRAININGS = 5
+
+
+def dont_know(inp: RuleInput, threshold: float = 0.5) -> str | None:
+    """One line saying the retraining-free pick is not to be trusted, or None when nothing says so.
+
+    It fires when :func:`dahp.selection.rules.median_parts`' estimates lie more than
+    :data:`DONT_KNOW_DECADES` apart, or when ξ̄ over the candidates never crosses ``threshold``; it then
+    recommends the budget mode with the number of retrainings the suite says it takes.
+    """
+    reasons = []
+    curve = np.asarray(xi_bar_curve(inp.members, inp.grid), dtype=float)
+    if not (curve.min() <= threshold <= curve.max()):
+        reasons.append(f"ξ̄ never crosses {threshold:g} over the candidates")
+    parts = rules.median_parts(inp)
+    spread = rules.agreement_decades(parts.values())
+    if spread > DONT_KNOW_DECADES:
+        reasons.append(f"the retraining-free estimates are {spread:.1f} decades apart (> {DONT_KNOW_DECADES:g})")
+    if not reasons:
+        return None
+    return (
+        f"don't know: {' and '.join(reasons)}; use the budget mode (retrain=, at most "
+        f"{adaptive.MAX_MODELS} retrainings, about {BUDGET_TYPICAL_TRAININGS} on average on the suite)"
+    )
+
+
 #: The documented signature of ``retrain``: ``retrain(train_indices, seed)``.
 RETRAIN_SIGNATURE = "retrain(train_indices, seed) -> model"
 
@@ -103,6 +136,9 @@ class SelectorResult:
     #: for each budget rule, ``rule -> (mean, standard error)`` of the validation-query LDS at the rule's
     #: pick, from the retrained models it used (the standard error over the validation queries)
     validation_lds: Mapping[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+    #: the retraining-free "don't know" flag (:func:`dont_know`): one line, or None when the estimates
+    #: agree and ξ̄ crosses the threshold
+    dont_know: str | None = None
 
     def __repr__(self) -> str:
         mode = f"budget, {self.trainings} retrainings" if self.mode == "budget" else "no retraining"
@@ -124,10 +160,16 @@ class SelectorResult:
         :data:`AGREEMENT_DECADES`, and whether ξ̄ reaches the threshold at all."""
         if self.rule in self.validation_lds:
             mean, se = self.validation_lds[self.rule]
-            models = self.pick(self.rule).trainings
+            chosen = self.pick(self.rule)
+            ratio = ""
+            if chosen.ratio is not None:
+                ratio = (
+                    f"; expected {chosen.ratio[0]:.2f} [{chosen.ratio[1]:.2f}, {chosen.ratio[2]:.2f}] of the best "
+                    "candidate's (bootstrap over validation queries)"
+                )
             return (
                 f"confidence: validation-query LDS at the pick {mean:.3f} ± {se:.3f} (standard error over the "
-                f"validation queries, {models} retrained models)"
+                f"validation queries, {chosen.trainings} retrained models){ratio}"
             )
         notes = []
         if abs(self.xi_pick.xi_bar - self.xi_pick.threshold) > 1e-3:
@@ -211,6 +253,8 @@ class SelectorResult:
             lines.append(f"  why: {chosen.diagnosis}")
         lines.append(f"  scale: {scale_description(self.attributor)}")
         lines.append(f"  {self.confidence()}")
+        if self.dont_know is not None and self.mode == "no_retraining":
+            lines.append(f"  {self.dont_know}")
         threshold = self.grid_pick.threshold
         paper = rules.PAPER_RULE if threshold == rules.RULES[rules.PAPER_RULE].threshold else f"xi ξ̄ = {threshold:g}"
         lines.append(
@@ -533,17 +577,20 @@ class _Retrainings:
         self.subsets = np.stack([np.sort(rng.choice(n_train, size, replace=False)) for _ in range(budget)])
         self.seeds = [seed + 1 + j for j in range(budget)]
         self.targets: list[torch.Tensor] = []
+        self.seconds = 0.0  #: wall time of the retrainings and their validation outputs
 
     def first(self, models: int) -> tuple[np.ndarray, torch.Tensor]:
         """Subsets and validation outputs of the first ``models`` retrained models."""
         if not 2 <= models <= self.budget:
             raise InvalidParameterError("models", models, f"an integer in 2..{self.budget} (the retraining budget)")
         missing = models - len(self.targets)
+        started = time.perf_counter()
         with tqdm(total=missing, desc="retraining", unit="model", disable=not self.progress or missing < 1) as bar:
             while len(self.targets) < models:
                 j = len(self.targets)
                 self.targets.append(self.outputs(self.retrain(self.subsets[j].copy(), self.seeds[j])))
                 bar.update(1)
+        self.seconds += time.perf_counter() - started
         return self.subsets[:models], torch.stack(self.targets[:models])
 
 
@@ -564,7 +611,7 @@ def select_regularization(
     *,
     recipe: RecipeFacts | None = None,
     retrain: Callable[[np.ndarray, int], object] | None = None,
-    max_retrainings: int = 5,
+    max_retrainings: int = adaptive.MAX_MODELS,
     alpha: float = 0.5,
     retrain_seed: int = 0,
     val_outputs: Callable[[object], torch.Tensor] | None = None,
@@ -599,8 +646,9 @@ def select_regularization(
         retrain: budget mode: ``retrain(train_indices, seed)`` trains your model, your way, on the
             training points at ``train_indices`` (positions in ``train_loader``'s order) and returns
             the model (``nn.Module``), its state dict or an ``AttributionTask``. Called at most
-            ``max_retrainings`` times, on random subsets of ``round(alpha · n)`` points.
-        max_retrainings: the retraining budget (>= 2; default 5).
+            ``max_retrainings`` times, on random subsets of ``round(alpha · n)`` points; the default
+            rule calls it 4 to ``max_retrainings`` times, as its pick's uncertainty asks.
+        max_retrainings: the retraining budget (>= 2; default 8).
         alpha: the subset fraction of the retrainings (0.5, as the LDS).
         retrain_seed: seeds the subsets (and, plus ``1 + j``, the ``j``-th retraining's seed).
         val_outputs: ``val_outputs(model) -> (n_val,)`` outputs of a retrained model on the
@@ -664,28 +712,51 @@ def select_regularization(
         retrainings = _Retrainings(retrain, n_train, max_retrainings, alpha, retrain_seed, outputs, progress)
         sign = -1.0 if attributor == "iffim" else 1.0  # IFFIM scores -gᵀ(F+λI)⁻¹Gᵢ with loss gradients Gᵢ
 
+        def scores(lam: float) -> np.ndarray:
+            return sign * sum(m.scores(lam) for m in members) / len(members)
+
         def validation_lds(models: int, lambdas: Sequence[float]) -> np.ndarray:
             subsets, targets = retrainings.first(models)
             means = []
             for lam in lambdas:
-                result = lds(sign * sum(m.scores(lam) for m in members) / len(members), targets, subsets)
+                result = lds(scores(lam), targets, subsets)
                 measured[(models, float(lam))] = (result.mean, result.sem)
                 means.append(result.mean)
             return np.array(means)
 
-        # the whole budget up front: the default pick uses all of it, and the rules' own seconds then
-        # exclude the retraining, which is reported once (retrain_seconds)
-        started = time.perf_counter()
-        retrainings.first(max_retrainings)
-        retrain_seconds = time.perf_counter() - started
+        def validation_sums(models: int, lambdas: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+            subsets, targets = retrainings.first(models)
+            sums = np.stack([subset_sums(scores(lam), subsets) for lam in lambdas])
+            return sums, targets.double().reshape(models, -1).numpy()
 
     inp = RuleInput(
-        attributor, members, grid, recipe, PUBLISHED_DEFAULTS[attributor], validation_lds, dict(fitted or {}), margins
+        attributor,
+        members,
+        grid,
+        recipe,
+        PUBLISHED_DEFAULTS[attributor],
+        validation_lds if retrain is not None else None,
+        dict(fitted or {}),
+        margins,
+        validation_sums if retrain is not None else None,
     )
     chosen_rules = [rules.RULES[name] for name in _free_rule_names(attributor, recipe is not None, fitted)]
-    if retrain is not None:
-        chosen_rules += list(_budget_rules(max_retrainings).values())
     picks = [rule_(inp) for rule_ in chosen_rules]
+    if retrain is not None:
+        # the adaptive rule first: it decides how many models to train; the fixed-size budget rules are
+        # then reported on the models already trained (and the rule asked for, at its own size)
+        smooth = rules.default_budget_rule(max_retrainings)
+        first = smooth(inp)
+        spent = max(2, len(retrainings.targets))
+        extra = {r.name: r for r in rules.budget_rules(spent) if r.family != smooth.family}
+        asked = _budget_rules(max_retrainings).get(rule)
+        if asked is not None and asked.family != smooth.family:
+            extra[asked.name] = asked
+        picks += [first, *(r(inp) for r in extra.values())]
+        for p in picks:
+            if p.trainings and (p.trainings, p.regularization) not in measured:
+                validation_lds(p.trainings, [p.regularization])
+        retrain_seconds = retrainings.seconds
     by_name = {p.rule: p for p in picks}
     recipe_pick = by_name.get("recipe")
     recipe_lam = recipe_pick.regularization if recipe_pick else None
@@ -710,4 +781,5 @@ def select_regularization(
         retrain_seconds,
         rules.median_part_names(inp),
         at_pick,
+        dont_know(inp, threshold),
     )
