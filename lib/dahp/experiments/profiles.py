@@ -119,7 +119,7 @@ PROFILES = {
         learned_left_out=(),
         learned_ablation_ks=(1, 5, 10, 20, 50, 100),
         learned_ablation_penalties=(0.0, 1e-3, 1e-2),
-        suite="small",
+        suite="quick",
         suite_models=12,
         suite_trak_ensemble=2,
     ),

@@ -288,7 +288,9 @@ class Problem:
     variant: str = option(help="what distinguishes it inside the family: data size, model, recipe")
     model: str = option(help="model name (a key of MODELS)")
     recipe: str = option(help="recipe name (see recipe_variant)")
-    quick: bool = option(False, help="part of the quick profile's handful")
+    quick: bool = option(
+        False, help="part of the quick suite (the quick and default profiles: six cheap problems, one of them sealed)"
+    )
     small: bool = option(False, help="part of the small suite (the default profile's few problems per family)")
 
     @property
@@ -419,10 +421,10 @@ def _problem_table() -> list[tuple[Problem, object, TrainingRecipe, int, int]]:
             ("gelu3", "adamw", False),
             ("gelu4", "long", False),
         ],
-        "cancer": [("wide512", "sgd", False), ("wide", "adamw", False), ("lr", "wd", False), ("mlp", "linear", False)],
+        "cancer": [("wide512", "sgd", False), ("wide", "adamw", False), ("lr", "wd", True), ("mlp", "linear", False)],
         "wine": [
             ("wide512", "momentum", False),
-            ("lr", "long", False),
+            ("lr", "long", True),
             ("wide512", "adam", False),
             ("wide", "sgd", False),
         ],
