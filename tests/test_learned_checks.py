@@ -1,16 +1,15 @@
 """The checks of issue 23: per-layer groups, the short fit, TRAK's per-group projection, C13's scoped verdict,
 and the checks' table for every MLP attributor."""
 
-import dataclasses
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from torch import nn
 
+from dahp.attribution.features import Projection
 from dahp.core.config import GroundTruthConfig
-from dahp.core.statistics import FAILS, HOLDS, PARTLY
+from dahp.core.statistics import FAILS, HOLDS
 from dahp.experiments.learned import (
     ABLATION_COLUMNS,
     SHORT_FIT,
@@ -29,7 +28,6 @@ from dahp.methods.learned_weights import (
     regroup,
     shared_projector,
 )
-from dahp.attribution.features import Projection
 from dahp.training.ground_truth import ground_truth
 from helpers import small
 
@@ -55,7 +53,9 @@ def test_layer_groups_hold_weight_and_bias_of_one_linear_and_regroup_sums_tensor
     torch.manual_seed(0)
     train, queries = torch.randn(7, 53), torch.randn(4, 53)
     np.testing.assert_allclose(
-        regroup(group_products(train, queries, tensors), tensors, layers), group_products(train, queries, layers), rtol=1e-12
+        regroup(group_products(train, queries, tensors), tensors, layers),
+        group_products(train, queries, layers),
+        rtol=1e-12,
     )
 
 
@@ -64,7 +64,13 @@ def _signal_in_one_group(n=200, q=30):
     g = torch.Generator().manual_seed(1)
     signal = torch.randn(n, q, generator=g, dtype=torch.float64) * 0.1
     signal[:10] += 3.0
-    return torch.stack([signal, torch.randn(n, q, generator=g, dtype=torch.float64) * 2.0, torch.randn(n, q, generator=g, dtype=torch.float64)])
+    return torch.stack(
+        [
+            signal,
+            torch.randn(n, q, generator=g, dtype=torch.float64) * 2.0,
+            torch.randn(n, q, generator=g, dtype=torch.float64),
+        ]
+    )
 
 
 def test_short_fit_keeps_weights_within_ten_percent_of_uniform_while_the_long_fit_does_not():
@@ -110,7 +116,9 @@ def _checks_record(diffs, val_diffs, settings=("mnist_lr", "mnist_mlp"), n=60):
             for weighting in ("uniform", "learned"):
                 shift = diffs.get((attributor, *reference), 0.0) if weighting == "learned" else 0.0
                 study += [
-                    dict(setting=setting, attributor=attributor, regularization=None, weighting=weighting, query=q, lds=v)
+                    dict(
+                        setting=setting, attributor=attributor, regularization=None, weighting=weighting, query=q, lds=v
+                    )
                     for q, v in enumerate(base + shift)
                 ]
             for split, shifts in (("test", diffs), ("val", val_diffs)):
@@ -118,17 +126,31 @@ def _checks_record(diffs, val_diffs, settings=("mnist_lr", "mnist_mlp"), n=60):
                 for check, value in (("uniform", "shared"), reference, ("fit", "10 steps at lr 0.005"), ("k", "1")):
                     shift = shifts.get((attributor, check, value), 0.0)
                     rows += [
-                        dict(setting=setting, attributor=attributor, regularization=None, check=check, value=value,
-                             split=split, query=q, lds=v)
+                        dict(
+                            setting=setting,
+                            attributor=attributor,
+                            regularization=None,
+                            check=check,
+                            value=value,
+                            split=split,
+                            query=q,
+                            lds=v,
+                        )
                         for q, v in enumerate(base + noise * (check != "uniform") + shift)
                     ]
     timing = pd.DataFrame(
-        [dict(setting=s, attributor=a, contributions_seconds=1.0, fit_seconds=1.0) for s in settings for a in ("grad_dot", "trak")]
+        [
+            dict(setting=s, attributor=a, contributions_seconds=1.0, fit_seconds=1.0)
+            for s in settings
+            for a in ("grad_dot", "trak")
+        ]
     )
     frames = {"per_query": pd.DataFrame(study), "groups": pd.DataFrame(), "picks": pd.DataFrame(), "timing": timing}
     config = {"settings": list(settings), "weights": weights, "n_lambdas": 1, "iffim_proj_dim_by_setting": {}}
     record = LearnedWeightsRecord.from_per_query(frames, config, "quick")
-    checks = LearnedAblationRecord(pd.DataFrame(rows), pd.DataFrame(columns=["check", "value", "setting", "attributor", "group", "weight"]), config)
+    checks = LearnedAblationRecord(
+        pd.DataFrame(rows), pd.DataFrame(columns=["check", "value", "setting", "attributor", "group", "weight"]), config
+    )
     return record, checks
 
 
