@@ -885,6 +885,8 @@ class LearnedAblationRecord:
         meta = read_json(folder / f"{stem}.json")
         text = {"value": str, "group": str}  # "0.001" and "10" stay the text the rows were written with
         per_query = pd.read_csv(folder / f"{stem}_per_query.csv", dtype=text)
+        if "check" not in per_query.columns:  # written before the checks of issue 23: not comparable
+            return None
         weights = pd.read_csv(folder / f"{stem}_weights.csv", dtype=text)
         return cls(per_query, weights, meta.get("config", {}), meta.get("profile"), stem)
 
