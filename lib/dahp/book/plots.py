@@ -312,7 +312,9 @@ def learned_check_differences(checks: LearnedAblationRecord, names: Mapping[str,
     table = checks.table()
     base = checks.config.get("weights", {})
     own = {("grouping", base.get("grouping")), ("projection", base.get("projection")), ("k", str(base.get("k"))),
-           ("signal", base.get("signal")), ("labels", base.get("labels"))}
+           ("signal", base.get("signal")), ("labels", base.get("labels")),
+           ("fit", f"{base.get('steps')} steps at lr {base.get('lr', 0):g}"),
+           ("weight_penalty", f"{base.get('weight_penalty', 0.0):g}")}
     cases = checks.cases
     fig, axes = panel_grid(len(cases), n_columns=3, size=(4.6, 0.28 * 20 + 1.2))
     for ax, (setting, attributor) in zip(axes, cases):
