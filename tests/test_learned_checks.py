@@ -162,7 +162,7 @@ def test_c13_verdict_is_scoped_and_says_which_check_changes_it():
     verdict = c13_verdict(record, checks)
     assert verdict.verdict == FAILS and verdict.at_lambda == FAILS
     assert verdict.checks["fit=10 steps at lr 0.005"] == HOLDS and verdict.checks["k=1"] == FAILS
-    assert verdict.changed_by == ["fit=10 steps at lr 0.005"]
+    assert verdict.changed_by == ["fit=10 steps at lr 0.005 (holds)"]
     assert verdict.helps_on_validation == []  # on validation the short fit helps Grad-Dot only
     assert "mnist_lr and mnist_mlp" in verdict.scope and "300 full-batch Adam steps" in verdict.scope
     assert verdict.cases == ["mnist_lr grad_dot", "mnist_lr trak", "mnist_mlp grad_dot", "mnist_mlp trak"]

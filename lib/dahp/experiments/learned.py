@@ -911,7 +911,7 @@ class C13Verdict:
     scope: str  #: these models, these settings, these choices
     at_lambda: str  #: the same rule on the checks' reference rows (the study's configuration at the checks' λ)
     checks: dict[str, str]  #: ``"check=value"`` -> the rule on that row (a case without the check keeps its reference)
-    changed_by: list[str]  #: the rows whose verdict differs from ``at_lambda``
+    changed_by: list[str]  #: ``"check=value (its verdict)"`` of the rows whose verdict differs from ``at_lambda``
     helps_on_validation: list[
         str
     ]  #: rows where learned beats uniform by > 2 SE on validation queries in every judged case
@@ -973,5 +973,5 @@ def c13_verdict(
                 on_val = [outcome(s, a, check, value, "val") for s, a in judged]
                 if on_val and all(o is True for o in on_val):
                     helps.append(f"{check}={value}")
-    changed = [name for name, v in found.items() if v != at_lambda]
+    changed = [f"{name} ({v})" for name, v in found.items() if v != at_lambda]
     return C13Verdict(verdict, labels, scope, at_lambda, found, changed, helps)
