@@ -7,10 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from dahp.attribution.attributors import make_params, scorer
-from dahp.attribution.lds import lds
 from dahp.attribution.spectral import SpectralFactors
-from dahp.core.config import GroundTruthConfig, InvalidParameterError
+from dahp.core.config import InvalidParameterError
 from dahp.core.results import _plain
 from dahp.core.statistics import FAILS, HOLDS, NOT_RUN, PARTLY, paired_difference
 from dahp.experiments.learned import (
@@ -18,16 +16,13 @@ from dahp.experiments.learned import (
     LEARNED_COLUMNS,
     LearnedAblationRecord,
     LearnedWeightsRecord,
-    learned_weights_ablations,
+    StudySizes,
     learned_weights_study,
-    run_ablation_case,
-    weighted_members,
 )
 from dahp.experiments.status import c13
-from dahp.methods.learned_weights import GroupWeightConfig, SpectralContributions
+from dahp.methods.learned_weights import GroupWeightConfig, SpectralContributions, weighted_members
 from dahp.selection.algorithm import xi_bar_curve
-from dahp.training.ground_truth import ground_truth
-from helpers import assert_nested_close, small
+from helpers import assert_nested_close
 
 RNG = np.random.default_rng(0)
 GRID = (1e-3, 1e-1)
@@ -123,7 +118,7 @@ def test_table_headline_and_round_trip(tmp_path):
     )
     assert trak["xi"]["learned_minus_uniform"] == expected
     assert record.weights_at("mnist_lr", "trak", GRID[0]).to_dict() == {"linear.weight": 1.5, "linear.bias": 0.5}
-    assert gd["seconds"] == {"attributor": 2.0, "contributions": 1.0, "fit": 0.5}
+    assert gd["seconds"] == {"contributions": 1.0, "fit": 0.5}
 
     record.save(tmp_path)
     saved = pd.read_csv(tmp_path / "learned_weights.csv")
@@ -184,20 +179,25 @@ def test_bad_arguments_are_refused_before_any_compute():
 
 
 # --------------------------------------------------------------------------------------------
-# Ablations (spec §4, §6)
+# The checks' record (issue 23)
 
 
 def _ablation_record(n=30):
-    """mnist_mlp trak: learned = uniform + 0.05; k=5 is learned - 0.02; both tails learned + 0.01; two groups."""
+    """mnist_mlp trak: learned = uniform + 0.05; k=5 is learned - 0.02; both tails learned + 0.01; TRAK's
+    per-group projection has its own uniform row (uniform + 0.1) and learned at uniform + 0.1; two groups."""
     uniform = RNG.normal(0.2, 0.05, n)
     learned = uniform + 0.05
+    fit = "300 steps at lr 0.05"
     rows = [
-        ("weighting", "uniform", uniform),
-        ("weighting", "learned", learned),
+        ("uniform", "shared", uniform),
+        ("uniform", "per_group", uniform + 0.1),
+        ("fit", fit, learned),
         ("k", "5", learned - 0.02),
         ("k", "10", learned),
         ("signal", "top", learned),
         ("signal", "top_and_bottom", learned + 0.01),
+        ("projection", "shared", learned),
+        ("projection", "per_group", uniform + 0.1),
         ("weight_penalty", "0", learned),
         ("weight_penalty", "0.001", learned),
         ("group", "fc1.weight", uniform - 0.1),
@@ -205,36 +205,54 @@ def _ablation_record(n=30):
     ]
     per_query = pd.DataFrame(
         [
-            {"setting": "mnist_mlp", "attributor": "trak", "ablation": a, "value": v, "query": 10 * q, "lds": x}
+            {
+                "setting": "mnist_mlp",
+                "attributor": "trak",
+                "regularization": 0.01,
+                "check": a,
+                "value": v,
+                "split": "test",
+                "query": 10 * q,
+                "lds": x,
+            }
             for a, v, values in rows
             for q, x in enumerate(values)
         ]
     )
     weights = pd.DataFrame(
         [
-            {"setting": "mnist_mlp", "attributor": "trak", "ablation": a, "value": v, "group": g, "weight": w}
-            for a, v in (("weighting", "learned"), ("k", "5"))
+            {
+                "setting": "mnist_mlp",
+                "attributor": "trak",
+                "regularization": 0.01,
+                "check": a,
+                "value": v,
+                "group": g,
+                "weight": w,
+            }
+            for a, v in (("fit", fit), ("k", "5"))
             for g, w in (("fc1.weight", 0.4), ("fc3.weight", 1.6))
         ]
     )
-    config = {"base": {"k": 10, "signal": "top", "weight_penalty": 0.0}, "regularization": {"mnist_mlp trak": 0.01}}
-    return LearnedAblationRecord(per_query, weights, config, "quick")
+    return LearnedAblationRecord(per_query, weights, {"weights": GroupWeightConfig().as_dict()}, "quick")
 
 
 def test_ablation_table_headline_and_round_trip(tmp_path):
     record = _ablation_record()
     table = record.table()
-    assert list(table.columns) == list(ABLATION_COLUMNS) and len(table) == 10
-    assert list(table.value[table.ablation == "weight_penalty"]) == ["0", "0.001"]
+    assert list(table.columns) == list(ABLATION_COLUMNS) and len(table) == 11  # every row but the uniform ones
+    assert list(table.value[table.check == "weight_penalty"]) == ["0", "0.001"]
+    per_group = table[(table.check == "projection") & (table.value == "per_group")].iloc[0]
+    # paired with its own uniform row: no difference, though 0.05 above the shared projection's learned row
+    assert per_group.difference == pytest.approx(0.0) and per_group.lds_uniform == pytest.approx(per_group.lds_learned)
     head = record.headline()["mnist_mlp trak"]
     assert head["regularization"] == 0.01
     assert head["learned_minus_uniform"].value == pytest.approx(0.05) and head["learned_minus_uniform"].se < 1e-12
     assert head["k"]["base"] == "10" and head["weight_penalty"]["base"] == "0" and head["signal"]["base"] == "top"
     assert head["k"]["minus_base"]["5"].value == pytest.approx(-0.02)
-    assert head["k"]["minus_base"]["10"].value == pytest.approx(0.0)
+    assert head["k"]["rows"]["5"]["difference"].value == pytest.approx(0.03)
     assert head["signal"]["minus_base"]["top_and_bottom"].value == pytest.approx(0.01)
-    learned = record.per_query_at("mnist_mlp", "trak", "weighting", "learned")
-    assert head["learned"].value == pytest.approx(learned.mean())
+    assert head["projection"]["minus_base"]["per_group"].value == pytest.approx(0.05)
     assert head["group"]["best_alone"] == "fc3.weight" and head["group"]["largest_weight"] == "fc3.weight"
     assert "labels" not in head  # not run in this record
     record.save(tmp_path)
@@ -248,55 +266,10 @@ def test_ablation_table_headline_and_round_trip(tmp_path):
     assert LearnedAblationRecord.load(tmp_path / "nowhere") is None
 
 
-def test_ablation_case_on_a_small_setting(cache):
-    """Reference rows against the attributor's own scores; every ablation's study value is the study's fit;
-    predicted labels change the fit; one row per group."""
-    setting = small("mnist_lr")
-    params, lam = make_params("iffim"), 1e-2
-    truth = ground_truth(setting, GroundTruthConfig(n_models=4, models_per_chunk=4), cache, progress=False)
-    columns = np.arange(0, 500, 50)
-    base = GroupWeightConfig(k=5, steps=40)
-    rows = run_ablation_case(
-        setting,
-        "iffim",
-        lam,
-        params,
-        truth,
-        columns,
-        torch.arange(500),
-        base,
-        (5, 20),
-        (0.0, 1e-2),
-        cache,
-        False,
-        torch.device("cpu"),
-    )
-    record = LearnedAblationRecord(pd.DataFrame(rows["per_query"]), pd.DataFrame(rows["weights"]), {"base": {}})
-    own = scorer(setting, "iffim", params, "test", cache, False, torch.from_numpy(columns)).scores(lam)
-    expected = lds(own, truth.targets("test")[:, columns], truth.subsets).per_query
-    np.testing.assert_allclose(record.per_query_at(setting.name, "iffim", "weighting", "uniform"), expected, atol=1e-9)
-    learned = record.per_query_at(setting.name, "iffim", "weighting", "learned")
-    for ablation, value in (("k", "5"), ("signal", "top"), ("labels", "true"), ("weight_penalty", "0")):
-        np.testing.assert_array_equal(record.per_query_at(setting.name, "iffim", ablation, value), learned)
-    w = {v: record.weights_of(setting.name, "iffim", "labels", v).to_numpy() for v in ("true", "predicted")}
-    assert not np.allclose(w["true"], w["predicted"])  # a 2-epoch model misclassifies validation queries
-    assert record.values(setting.name, "iffim", "group") == ["linear.weight", "linear.bias"]
-    assert record.values(setting.name, "iffim", "k") == ["5", "20"]
-
-
-def test_ablations_refuse_bad_arguments_before_compute_and_list_cases_not_run():
-    sizes = {"trak_ensemble": 2, "n_models": 6, "n_queries": 10, "fit_queries": 10, "seed": 0, "weights": {}}
-    record = _record({"grad_dot": 0.1, "trak": 0.0})
-    with pytest.raises(InvalidParameterError, match="record"):
-        learned_weights_ablations(record)  # its config lacks the study's sizes
-    record.config = sizes
-    with pytest.raises(InvalidParameterError, match="cases"):
-        learned_weights_ablations(record, cases=("mnist_lr grad_dot",))
+def test_checks_refuse_bad_sizes_before_compute():
     with pytest.raises(InvalidParameterError, match="ks"):
-        learned_weights_ablations(record, ks=(0,))
+        learned_weights_study(settings=("mnist_lr",), sizes=StudySizes(ks=(0,)), checks=True)
     with pytest.raises(InvalidParameterError, match="penalties"):
-        learned_weights_ablations(record, penalties=(-1e-3,))
+        learned_weights_study(settings=("mnist_lr",), sizes=StudySizes(penalties=(-1e-3,)), checks=True)
     with pytest.raises(InvalidParameterError, match="k"):
-        learned_weights_ablations(record, cases=("mnist_lr trak",), ks=(5000,))  # mnist_lr has 4,000 points
-    empty = learned_weights_ablations(record, cases=("mnist_mlp trak",))
-    assert empty.config["not_run"] == ["mnist_mlp trak"] and empty.table().empty and empty.headline() == {}
+        learned_weights_study(settings=("mnist_lr",), sizes=StudySizes(ks=(5000,)), checks=True)  # 4,000 points

@@ -103,7 +103,8 @@ def test_layer_groups_add_their_tensors_and_predicted_labels_change_only_misclas
     layers = setting_contributions(
         setting, "grad_dot", split="val", config=GroupWeightConfig(grouping="layer"), cache=cache
     )
-    assert torch.allclose(layers.at(), tensors.reshape(3, 2, *tensors.shape[1:]).sum(1), rtol=1e-12, atol=1e-12)
+    # each group's product is taken in float32 (the training gradients are streamed, not stored)
+    assert relative_error(layers.at(), tensors.reshape(3, 2, *tensors.shape[1:]).sum(1)) <= 1e-6
     predicted = setting_contributions(
         setting, "grad_dot", split="val", config=GroupWeightConfig(labels="predicted"), cache=cache
     ).at()
@@ -111,7 +112,7 @@ def test_layer_groups_add_their_tensors_and_predicted_labels_change_only_misclas
     x, y = setting.data().queries("val")
     right = predicted_labels(setting, state, x) == y
     assert 0 < int((~right).sum()) < len(y)
-    assert torch.allclose(predicted[:, :, right], tensors[:, :, right], rtol=1e-6, atol=1e-9)
+    assert relative_error(predicted[:, :, right], tensors[:, :, right]) <= 1e-6
     assert not torch.isclose(predicted[:, :, ~right], tensors[:, :, ~right]).all(dim=(0, 1)).any()
 
 

@@ -21,7 +21,7 @@ import seaborn as sns
 
 if TYPE_CHECKING:  # the records are only read here; importing them would load the experiments with every plot
     from dahp.experiments.grid import GridRecord
-    from dahp.experiments.learned import LearnedWeightsRecord
+    from dahp.experiments.learned import LearnedAblationRecord, LearnedWeightsRecord
 
 
 def use_style() -> None:
@@ -300,5 +300,55 @@ def lds_and_xi_bar(
     ax.set_xscale("log")
     ax.set_xlabel(f"λ ({lambda_scale})")
     ax.legend(fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def learned_check_differences(checks: LearnedAblationRecord, names: Mapping[str, str], order: Sequence[str]) -> plt.Figure:
+    """Learned minus uniform test LDS (± two paired standard errors) of every row of the checks in ``order``
+    (check names), one panel per (setting, attributor); the study's own configuration in black.
+    ``names``: attributor -> its label."""
+    use_style()
+    table = checks.table()
+    base = checks.config.get("weights", {})
+    own = {("grouping", base.get("grouping")), ("projection", base.get("projection")), ("k", str(base.get("k"))),
+           ("signal", base.get("signal")), ("labels", base.get("labels")),
+           ("fit", f"{base.get('steps')} steps at lr {base.get('lr', 0):g}"),
+           ("weight_penalty", f"{base.get('weight_penalty', 0.0):g}")}
+    cases = checks.cases
+    fig, axes = panel_grid(len(cases), n_columns=3, size=(4.6, 0.28 * 20 + 1.2))
+    for ax, (setting, attributor) in zip(axes, cases):
+        rows = table[(table.setting == setting) & (table.attributor == attributor) & table.check.isin(order)]
+        rows = rows.assign(rank=rows.check.map({c: i for i, c in enumerate(order)})).sort_values("rank", kind="stable")
+        y = np.arange(len(rows))[::-1]
+        colours = ["black" if (c, v) in own else "tab:blue" for c, v in zip(rows.check, rows.value)]
+        for yi, d, se, colour in zip(y, rows.difference, rows.difference_se, colours):
+            ax.errorbar([d], [yi], xerr=[2 * se], fmt="o", color=colour, markersize=3, capsize=2)
+        ax.axvline(0.0, color="grey", linestyle=":", linewidth=1)
+        ax.set_yticks(y, [f"{c}: {v}" for c, v in zip(rows.check, rows.value)], fontsize=7)
+        ax.set_xlabel("learned − uniform test LDS")
+        ax.set_title(f"{setting}, {names[attributor]}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def learned_fit_trace(checks: LearnedAblationRecord, names: Mapping[str, str], trace: str = "fit_trace") -> plt.Figure:
+    """Test LDS (± one standard error) after each recorded step of the study's fit (step 0: uniform weights),
+    one line per (setting, attributor); ``names``: attributor -> its label."""
+    use_style()
+    fig, axes = panel_grid(1, n_columns=1, size=(7.0, 4.0))
+    ax = axes[0]
+    for setting, attributor in checks.cases:
+        steps = [int(v) for v in checks.values(setting, attributor, trace)]
+        if not steps:
+            continue
+        rows = [checks.row(setting, attributor, trace, str(s))["learned"] for s in steps]
+        x = [max(s, 0.5) for s in steps]  # step 0 drawn at 0.5 on the log axis
+        ax.errorbar(x, [e.value for e in rows], yerr=[e.se for e in rows], fmt="o-", markersize=3, capsize=2,
+                    label=f"{setting}, {names[attributor]}")
+    ax.set_xscale("log")
+    ax.set_xlabel("Adam steps of the fit (0 drawn at 0.5: uniform weights)")
+    ax.set_ylabel("test LDS")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

@@ -12,10 +12,11 @@ weights it is Algorithm 1 on the attributor's spectral factors; with learned wei
 on the same factors whose query side is ``Σ_j w_j R_j`` (the weights learned at each λ), i.e. ξ of the
 weighted attributor. Neither sees a test query.
 
-Timing: the seconds to form the validation contributions and to fit the weights (all λ), next to the
-seconds the attributor itself takes to score the judged test queries (:func:`dahp.attribution.attributors.scorer`
-plus its scores at every λ). Both as measured in this run: features already cached are loaded, not
-recomputed, in either.
+The checks (issue 23, :func:`learned_weights_checks`) vary one choice at a time at one λ per case, from the
+same contributions: per-layer groups, a short fit (and the LDS along the study's fit), TRAK with each group
+projected on its own, k, the signal, the labels, λ_w. :func:`c13_verdict` is the one verdict the page and the
+status page show. Timing: the seconds to form every contribution of a case (one pass over the training
+gradients) and to fit the weights at every λ.
 
 Book: "Learned parameter-group weights".
 """
@@ -36,26 +37,27 @@ import torch
 
 from dahp.attribution import attributors as attr
 from dahp.attribution.lds import lds
-from dahp.attribution.spectral import SpectralFactors
 from dahp.core.cache import Cache, default_cache
 from dahp.core.config import GroundTruthConfig, InvalidParameterError
 from dahp.core.device import resolve_device
 from dahp.core.results import matches, read_json, write_json
-from dahp.core.statistics import Estimate, mean_estimate, paired_difference, share_verdict
+from dahp.core.statistics import NOT_RUN, Estimate, mean_estimate, paired_difference, share_verdict
 from dahp.data.settings import Setting, get_setting
 from dahp.experiments.cases import default_grid
 from dahp.experiments.grid import query_index
 from dahp.experiments.profiles import get_profile
 from dahp.methods.learned_weights import (
+    GROUPINGS,
     LABELS,
+    PROJECTIONS,
     SIGNALS,
     GroupWeightConfig,
-    RowWeightedContributions,
-    SpectralContributions,
-    SummedContributions,
+    QuerySet,
     fit_weights,
     parameter_groups,
-    setting_contributions,
+    regroup,
+    setting_contributions_many,
+    weighted_members,
     weighted_scores,
 )
 from dahp.selection import rules
@@ -77,8 +79,11 @@ C13_RULE = (
     "per setting, for Grad-Dot (TracIn at the last checkpoint) and TRAK: LDS with learned weights at its best λ "
     "above LDS with uniform weights at theirs by > 2 SE (paired over test queries); all: holds, some: in part"
 )
-#: Cases of the ablations: the cheap ones (the MLP's Grad-Dot and IFFIM need its full gradients).
-ABLATION_CASES = ("mnist_lr trak", "mnist_lr iffim", "mnist_mlp trak")
+#: The short fit of the checks: about ten full-batch steps at a small rate, which keep every weight within about
+#: 10 % of uniform (Adam moves each logit by at most about lr per step).
+SHORT_FIT = {"steps": 10, "lr": 0.005}
+#: Adam steps of the study's fit after which the test LDS is also recorded (the fitting trace).
+TRACE_STEPS = (0, 10, 30, 100, 300)
 
 
 def study_grid(setting: Setting, attributor: str, n_lambdas: int) -> list[float | None]:
@@ -87,42 +92,6 @@ def study_grid(setting: Setting, attributor: str, n_lambdas: int) -> list[float 
     if attributor == "grad_dot":
         return [None]
     return default_grid(setting, attributor, n_lambdas)
-
-
-def study_params(attributor: str, trak_ensemble: int):
-    """The attributor's defaults (TRAK with the profile's ensemble); IFFIM unprojected (learned weights
-    of projected IFFIM are not implemented)."""
-    if attributor == "trak":
-        return attr.make_params("trak", ensemble_size=trak_ensemble)
-    return attr.make_params(attributor)
-
-
-def _spectral_parts(contributions) -> list[SpectralContributions]:
-    """The per-member spectral contributions of IFFIM (one) or TRAK (one per ensemble member)."""
-    if isinstance(contributions, RowWeightedContributions):
-        contributions = contributions.inner
-    if isinstance(contributions, SummedContributions):
-        return list(contributions.parts)
-    return [contributions]
-
-
-def weighted_members(members: Sequence[SpectralFactors], contributions, weights: torch.Tensor) -> list[SpectralFactors]:
-    """The validation scorer's spectral factors with query side ``Σ_j w_j R_j`` (ξ of the weighted attributor).
-
-    Checks that the contributions split exactly these factors (``Σ_j R_j = R`` per member).
-    """
-    parts = _spectral_parts(contributions)
-    if len(parts) != len(members):
-        raise InvalidParameterError("members", len(members), f"{len(parts)} (one per contribution part)")
-    out = []
-    for member, part in zip(members, parts):
-        # TRAK's scorer projects in float32: agreement to float32 rounding of the largest entry
-        gap = float((part.rights.sum(0) - member.right.double()).abs().max())
-        if gap > 1e-5 * float(member.right.abs().max()):
-            raise InvalidParameterError("contributions", "per-group rights", "a split of the scorer's own factors")
-        right = torch.einsum("m,mrq->rq", weights.double(), part.rights)
-        out.append(dataclasses.replace(member, right=right.to(member.right.dtype)))
-    return out
 
 
 @contextlib.contextmanager
@@ -137,82 +106,244 @@ def _one_thread():
         torch.set_num_threads(threads)
 
 
-def _per_query(scores: torch.Tensor, truth, columns: np.ndarray, device: torch.device) -> np.ndarray:
-    targets = truth.targets("test")[:, columns]
+def _per_query(
+    scores: torch.Tensor, truth, columns: np.ndarray, device: torch.device, split: str = "test"
+) -> np.ndarray:
+    targets = truth.targets(split)[:, columns]
     return lds(scores, targets, truth.subsets, device=device).per_query
+
+
+@dataclasses.dataclass(frozen=True)
+class StudySizes:
+    """How big one run of the study and its checks is (from a profile's ``learned_*`` fields)."""
+
+    n_lambdas: int = 5
+    trak_ensemble: int = 2
+    n_models: int = 50
+    n_queries: int | None = None  #: test queries judged (None: all)
+    fit_queries: int | None = None  #: validation queries the weights are fitted on (None: all)
+    select_queries: int | None = None  #: other validation queries the checks are also judged on (0: none)
+    iffim_proj_dim: int | None = (
+        None  #: IFFIM's projection where a setting has at least ``iffim_project_from`` parameters
+    )
+    iffim_project_from: int = 0
+    ks: tuple[int, ...] = (1, 5, 10, 20, 50, 100)
+    penalties: tuple[float, ...] = (0.0, 1e-3, 1e-2)
+    seed: int = 0
+
+    @classmethod
+    def of_profile(cls, name: str, seed: int = 0) -> StudySizes:
+        """The sizes of profile ``name``."""
+        p = get_profile(name)
+        return cls(
+            p.learned_lambdas,
+            p.learned_trak_ensemble,
+            p.n_models,
+            p.learned_test_queries,
+            p.learned_fit_queries,
+            p.learned_select_queries,
+            p.learned_iffim_proj_dim,
+            p.learned_iffim_project_from,
+            p.learned_ablation_ks,
+            p.learned_ablation_penalties,
+            seed,
+        )
+
+
+def _fit_and_select_columns(
+    n_val: int, fit_queries: int | None, select_queries: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validation queries the weights are fitted on (evenly spaced) and, among the others, those the checks
+    are judged on (evenly spaced; none when there are no others or ``select_queries`` is 0)."""
+    fit = query_index(n_val, fit_queries)
+    rest = np.setdiff1d(np.arange(n_val), fit)
+    if not len(rest) or select_queries == 0:
+        return fit, rest[:0]
+    return fit, rest[query_index(len(rest), select_queries)]
+
+
+def _fit(contributions: torch.Tensor, config: GroupWeightConfig, record_at: Sequence[int] = ()):
+    with _one_thread():
+        return fit_weights(contributions, config, record_at)
+
+
+def _check_variants(
+    base: GroupWeightConfig, attributor: str, sizes: StudySizes
+) -> list[tuple[str, str, GroupWeightConfig]]:
+    """``(check, value, config)`` of every row of the checks: each varies one item of ``base``."""
+    short = dataclasses.replace(base, **SHORT_FIT)
+    rows = [("grouping", g, dataclasses.replace(base, grouping=g)) for g in GROUPINGS]
+    rows += [("fit", _fit_text(c), c) for c in (base, short)]
+    if attributor == "trak":
+        rows += [("projection", p, dataclasses.replace(base, projection=p)) for p in PROJECTIONS]
+    rows += [("k", _ablation_text(k), dataclasses.replace(base, k=k)) for k in sizes.ks]
+    rows += [("signal", v, dataclasses.replace(base, signal=v)) for v in SIGNALS]
+    rows += [("labels", v, dataclasses.replace(base, labels=v)) for v in LABELS]
+    rows += [
+        ("weight_penalty", _ablation_text(float(p)), dataclasses.replace(base, weight_penalty=p))
+        for p in sizes.penalties
+    ]
+    return rows
+
+
+def _fit_text(config: GroupWeightConfig) -> str:
+    return f"{config.steps} steps at lr {config.lr:g}"
 
 
 def run_learned_case(
     setting: Setting,
     attributor: str,
-    n_lambdas: int,
-    trak_ensemble: int,
+    sizes: StudySizes,
     truth,
-    n_queries: int | None,
-    fit_queries: int | None,
     config: GroupWeightConfig,
+    checks: bool,
     cache: Cache,
     progress: bool,
     device: torch.device,
-) -> dict[str, list[dict]]:
-    """One (setting, attributor): rows of the record's tables (per_query, groups, picks, timing)."""
-    params = study_params(attributor, trak_ensemble)
-    grid = study_grid(setting, attributor, n_lambdas)
-    columns = query_index(len(setting.data().queries("test")[1]), n_queries)
-    fit_columns = torch.from_numpy(query_index(len(setting.data().queries("val")[1]), fit_queries))
+) -> tuple[dict[str, list[dict]], dict[str, list[dict]]]:
+    """One (setting, attributor): the study's rows (per_query, groups, picks, timing) and, with ``checks``,
+    the checks' rows (per_query, weights) at the λ where uniform weights do best on the test queries."""
+    params = study_params(setting, attributor, sizes)
+    grid = study_grid(setting, attributor, sizes.n_lambdas)
+    data = setting.data()
+    columns = query_index(len(data.queries("test")[1]), sizes.n_queries)
+    fit_columns, select_columns = _fit_and_select_columns(
+        len(data.queries("val")[1]), sizes.fit_queries, sizes.select_queries
+    )
     key = {"setting": setting.name, "attributor": attributor}
     groups = parameter_groups(setting.make_model(), config.grouping)
-
-    # the attributor's own cost: its test scorer on the judged queries and its scores at every λ
+    index = {
+        name: torch.from_numpy(c) for name, c in (("fit", fit_columns), ("select", select_columns), ("test", columns))
+    }
+    requests = {
+        "fit": QuerySet("val", config.labels, index["fit"]),
+        "test": QuerySet("test", "true", index["test"]),
+    }
+    if checks:
+        other = "predicted" if config.labels == "true" else "true"
+        requests["fit_" + other] = QuerySet("val", other, index["fit"])
+        if len(select_columns):
+            requests["select"] = QuerySet("val", "true", index["select"])
+    spectral = attributor != "grad_dot"
+    if spectral:
+        requests["xi"] = QuerySet("val", "true", None)
     started = time.perf_counter()
-    judged = torch.from_numpy(columns)
-    test_scorer = attr.scorer(setting, attributor, params, "test", cache, progress, judged, device)
-    own = [test_scorer.scores(lam) if lam is not None else test_scorer.scores(0.0) for lam in grid]
-    attributor_seconds = time.perf_counter() - started
-    del own
-
-    started = time.perf_counter()
-    val = setting_contributions(setting, attributor, params, "val", config, cache, progress, device)
+    formed = setting_contributions_many(setting, attributor, params, requests, config, cache, progress, device)
     contributions_seconds = time.perf_counter() - started
-    test = setting_contributions(setting, attributor, params, "test", config, cache, progress, device)
-    members = None
-    if attributor != "grad_dot":
-        members = attr.scorer(setting, attributor, params, "val", cache, progress, device=device).members
+    members = (
+        attr.scorer(setting, attributor, params, "val", cache, progress, device=device).members if spectral else None
+    )
 
-    rows: dict[str, list[dict]] = {"per_query": [], "groups": [], "picks": [], "timing": []}
+    study: dict[str, list[dict]] = {"per_query": [], "groups": [], "picks": [], "timing": []}
     fit_seconds, xi_learned = 0.0, []
     for lam in grid:
-        fitted_on = val.at(lam)[:, :, fit_columns].contiguous()
-        with _one_thread():
-            fit = fit_weights(fitted_on, config)
+        fit = _fit(formed["fit"].at(lam), config)
         fit_seconds += fit.seconds
         point = {**key, "regularization": lam}
-        rows["groups"] += [
+        study["groups"] += [
             {**point, "group": g.name, "size": g.size, "weight": float(w)} for g, w in zip(groups, fit.weights)
         ]
-        c_test = test.at(lam)[:, :, columns]
+        c_test = formed["test"].at(lam)
         for weighting, weights in (("uniform", torch.ones(len(groups))), ("learned", fit.weights)):
             per_query = _per_query(weighted_scores(c_test, weights), truth, columns, device)
-            rows["per_query"] += [
+            study["per_query"] += [
                 {**point, "weighting": weighting, "query": int(q), "lds": float(v)} for q, v in zip(columns, per_query)
             ]
         if members is not None:
-            xi_learned.append(float(xi_bar_curve(weighted_members(members, val, fit.weights), [lam])[0]))
+            xi_learned.append(float(xi_bar_curve(weighted_members(members, formed["xi"], fit.weights), [lam])[0]))
     if members is not None:
         for weighting, curve in (("uniform", xi_bar_curve(members, grid)), ("learned", np.asarray(xi_learned))):
             pick = select_on_grid(curve, grid, XI_THRESHOLD)
-            rows["picks"].append(
+            study["picks"].append(
                 {**key, "weighting": weighting, "regularization": pick.regularization, "xi_bar": pick.xi_bar}
             )
-    rows["timing"].append(
+    study["timing"].append(
         {
             **key,
-            "attributor_seconds": attributor_seconds,
             "contributions_seconds": contributions_seconds,
             "fit_seconds": fit_seconds,
             "n_fits": len(grid),
+            "n_fit_queries": len(fit_columns),
+            "n_test_queries": len(columns),
         }
     )
+    if not checks:
+        return study, {}
+    frame = pd.DataFrame(study["per_query"])
+    means = frame[frame.weighting == "uniform"].groupby("regularization", dropna=False).lds.mean()
+    lam = grid[0] if attributor == "grad_dot" else float(means.idxmax())
+    per_group = None
+    if attributor == "trak":
+        started = time.perf_counter()
+        variant = dataclasses.replace(config, projection="per_group")
+        asked = {name: requests[name] for name in ("fit", "select", "test") if name in requests}
+        per_group = setting_contributions_many(setting, attributor, params, asked, variant, cache, progress, device)
+        contributions_seconds += time.perf_counter() - started
+    rows = _check_rows(
+        setting, attributor, lam, formed, per_group, groups, config, sizes, truth, columns, select_columns, device
+    )
+    return study, rows
+
+
+def _check_rows(
+    setting: Setting,
+    attributor: str,
+    lam: float | None,
+    formed: Mapping[str, Any],
+    per_group: Mapping[str, Any] | None,
+    groups: list,
+    base: GroupWeightConfig,
+    sizes: StudySizes,
+    truth,
+    columns: np.ndarray,
+    select_columns: np.ndarray,
+    device: torch.device,
+) -> dict[str, list[dict]]:
+    """Every check's rows at one λ: per-query LDS (test, and validation on the selection queries) of uniform
+    weights and of each variant's learned weights, and each variant's weights."""
+    key = {"setting": setting.name, "attributor": attributor, "regularization": lam}
+    layer_groups = parameter_groups(setting.make_model(), "layer")
+    splits = {"test": ("test", columns)}
+    if len(select_columns):
+        splits["val"] = ("select", select_columns)
+    sets = {"shared": {name: formed[name].at(lam) for name in formed if name != "xi"}}
+    if per_group is not None:
+        sets["per_group"] = {name: value.at(lam) for name, value in per_group.items()}
+    rows: dict[str, list[dict]] = {"per_query": [], "weights": []}
+
+    def judge(check: str, value: str, projection: str, grouping: str, weights: torch.Tensor) -> None:
+        for split, (name, cols) in splits.items():
+            c = sets[projection][name]
+            c = c if grouping == "tensor" else regroup(c, groups, layer_groups)
+            per_query = _per_query(weighted_scores(c, weights), truth, cols, device, split)
+            rows["per_query"] += [
+                {**key, "check": check, "value": value, "split": split, "query": int(q), "lds": float(v)}
+                for q, v in zip(cols, per_query)
+            ]
+
+    for projection in sets:
+        judge(UNIFORM, projection, projection, "tensor", torch.ones(len(groups)))
+    fits: dict[GroupWeightConfig, Any] = {}
+    for check, value, config in _check_variants(base, attributor, sizes):
+        if config not in fits:
+            fitted_on = sets[config.projection]["fit" if config.labels == base.labels else f"fit_{config.labels}"]
+            if config.grouping != "tensor":
+                fitted_on = regroup(fitted_on, groups, layer_groups)
+            trace = [s for s in TRACE_STEPS if s <= config.steps] if config == base else []
+            fits[config] = _fit(fitted_on, config, trace)
+        fit = fits[config]
+        names = groups if config.grouping == "tensor" else layer_groups
+        rows["weights"] += [
+            {**key, "check": check, "value": value, "group": g.name, "weight": float(w)}
+            for g, w in zip(names, fit.weights)
+        ]
+        judge(check, value, config.projection, config.grouping, fit.weights)
+    for step, weights in fits[base].checkpoints.items():
+        judge(TRACE, str(step), "shared", "tensor", weights)
+    for j, group in enumerate(groups):
+        alone = torch.zeros(len(groups))
+        alone[j] = len(groups)  # mean 1, like every other weighting (the LDS is scale free)
+        judge(GROUP, group.name, "shared", "tensor", alone)
     return rows
 
 
@@ -231,7 +362,9 @@ def learned_weights_study(
     progress: bool = False,
     profile: str | None = None,
     device: str | torch.device | None = None,
-) -> LearnedWeightsRecord:
+    sizes: StudySizes | None = None,
+    checks: bool = False,
+) -> LearnedWeightsRecord | tuple[LearnedWeightsRecord, LearnedAblationRecord]:
     """Every (setting, attributor) case: LDS on the test queries over λ with uniform and learned weights.
 
     Args:
@@ -245,238 +378,134 @@ def learned_weights_study(
         left_out: cases ``"<setting> <attributor>"`` not run (kept in the record's config, so a page says so).
         seed: seed of the retraining subsets and models.
         config: how the weights are learned (defaults: spec §4), fixed before any LDS.
+        sizes: every size at once (:meth:`StudySizes.of_profile`); replaces the six size arguments above.
+        checks: also run the checks (:func:`learned_weights_checks`) on the same contributions and return
+            ``(study, checks)``.
     """
     config = config or GroupWeightConfig()
+    sizes = sizes or StudySizes(n_lambdas, trak_ensemble, n_models, n_queries, fit_queries, seed=seed)
     for name in attributors:
         if name not in STUDY_ATTRIBUTORS:
             raise InvalidParameterError("attributor", name, STUDY_ATTRIBUTORS)
-    if not (isinstance(n_lambdas, int) and n_lambdas >= 2):
-        raise InvalidParameterError("n_lambdas", n_lambdas, "an integer >= 2")
-    for label, value in (("n_queries", n_queries), ("fit_queries", fit_queries)):
+    if not (isinstance(sizes.n_lambdas, int) and sizes.n_lambdas >= 2):
+        raise InvalidParameterError("n_lambdas", sizes.n_lambdas, "an integer >= 2")
+    for label in ("n_queries", "fit_queries"):
+        value = getattr(sizes, label)
         if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 2):
             raise InvalidParameterError(label, value, "None (all queries) or an integer >= 2")
+    _check_ks_and_penalties(sizes.ks, sizes.penalties)
     resolved = [get_setting(name) for name in settings]  # unknown names fail before any compute
     for s in resolved:
         if s.name not in STUDY_SETTINGS:
             raise InvalidParameterError("setting", s.name, STUDY_SETTINGS)
+        if checks:
+            for k in sizes.ks:  # k above a training set is refused now, not after the first fits
+                dataclasses.replace(config, k=k).check_n_train(len(s.data().x_train))
     valid_cases = [f"{s.name} {a}" for s in resolved for a in attributors]
     for case in left_out:
         if case not in valid_cases:
             raise InvalidParameterError("left_out", case, valid_cases)
-    truth_config = GroundTruthConfig(n_models=n_models, seed=seed)
+    truth_config = GroundTruthConfig(n_models=sizes.n_models, seed=sizes.seed)
     device = resolve_device(device)
     cache = default_cache() if cache is None else cache
     tables: dict[str, list[dict]] = {"per_query": [], "groups": [], "picks": [], "timing": []}
+    check_tables: dict[str, list[dict]] = {"per_query": [], "weights": []}
+    iffim_dims = {}
     for setting in resolved:
         running = [a for a in attributors if f"{setting.name} {a}" not in left_out]
         if not running:
             continue
+        iffim_dims[setting.name] = _iffim_proj_dim(setting, sizes)
         truth = ground_truth(setting, truth_config, cache, progress, device=device)
         for attributor in running:
-            rows = run_learned_case(
-                setting,
-                attributor,
-                n_lambdas,
-                trak_ensemble,
-                truth,
-                n_queries,
-                fit_queries,
-                config,
-                cache,
-                progress,
-                device,
-            )
-            for part, values in rows.items():
+            study, rows = run_learned_case(setting, attributor, sizes, truth, config, checks, cache, progress, device)
+            for part, values in study.items():
                 tables[part] += values
+            for part, values in rows.items():
+                check_tables[part] += values
     study_config = {
         "settings": [s.name for s in resolved],
         "attributors": list(attributors),
-        "n_lambdas": n_lambdas,
-        "trak_ensemble": trak_ensemble,
-        "n_models": n_models,
-        "n_queries": n_queries,
-        "fit_queries": fit_queries,
+        **{f.name: getattr(sizes, f.name) for f in dataclasses.fields(sizes)},
+        "iffim_proj_dim_by_setting": iffim_dims,
+        "trak_proj_dim": attr.make_params("trak").proj_dim,
         "left_out": list(left_out),
-        "seed": seed,
         "xi_threshold": XI_THRESHOLD,
         "weights": config.as_dict(),
     }
+    study_config["ks"], study_config["penalties"] = list(sizes.ks), [float(p) for p in sizes.penalties]
     frames = {part: pd.DataFrame(rows) for part, rows in tables.items()}
-    return LearnedWeightsRecord.from_per_query(frames, study_config, profile)
+    record = LearnedWeightsRecord.from_per_query(frames, study_config, profile)
+    if not checks:
+        return record
+    return record, LearnedAblationRecord(
+        pd.DataFrame(check_tables["per_query"], columns=[*CHECK_KEY, "split", "query", "lds"]),
+        pd.DataFrame(check_tables["weights"], columns=[*CHECK_KEY, "group", "weight"]),
+        {**study_config, "short_fit": dict(SHORT_FIT), "trace_steps": list(TRACE_STEPS)},
+        profile,
+    )
 
 
-# --------------------------------------------------------------------------------------------
-# Ablations (spec §4, §6): one item of the fit varied at a time, at one λ per case
-
-
-def ablation_variants(
-    base: GroupWeightConfig, ks: Sequence[int], penalties: Sequence[float]
-) -> list[tuple[str, str, GroupWeightConfig]]:
-    """``(ablation, value, config)`` of every variant: k, the signal, the query labels, λ_w; the rest as ``base``."""
-    variants = [("k", _ablation_text(k), dataclasses.replace(base, k=k)) for k in ks]
-    variants += [("signal", v, dataclasses.replace(base, signal=v)) for v in SIGNALS]
-    variants += [("labels", v, dataclasses.replace(base, labels=v)) for v in LABELS]
-    variants += [
-        ("weight_penalty", _ablation_text(float(p)), dataclasses.replace(base, weight_penalty=p)) for p in penalties
-    ]
-    return variants
-
-
-def run_ablation_case(
-    setting: Setting,
-    attributor: str,
-    regularization: float | None,
-    params,
-    truth,
-    columns: np.ndarray,
-    fit_columns: torch.Tensor,
-    base: GroupWeightConfig,
-    ks: Sequence[int],
-    penalties: Sequence[float],
-    cache: Cache,
-    progress: bool,
-    device: torch.device,
-) -> dict[str, list[dict]]:
-    """One case's rows (``per_query``, ``weights``): the reference rows, every variant, every group alone.
-
-    The validation contributions are formed once per label choice and every variant's weights are
-    fitted on them (one fit per distinct configuration: the study's own appears in every ablation);
-    all are judged on the same test contributions, so every row compares paired.
-    """
-    key = {"setting": setting.name, "attributor": attributor}
-    groups = parameter_groups(setting.make_model(), base.grouping)
-    test = setting_contributions(setting, attributor, params, "test", base, cache, progress, device)
-    c_test = test.at(regularization)[:, :, columns]
-    fitted_on: dict[str, torch.Tensor] = {}
-    for labels in LABELS:
-        config = dataclasses.replace(base, labels=labels)
-        val = setting_contributions(setting, attributor, params, "val", config, cache, progress, device)
-        fitted_on[labels] = val.at(regularization)[:, :, fit_columns].contiguous()
-
-    rows: dict[str, list[dict]] = {"per_query": [], "weights": []}
-
-    def judge(ablation: str, value: str, scores: torch.Tensor) -> None:
-        per_query = _per_query(scores, truth, columns, device)
-        rows["per_query"] += [
-            {**key, "ablation": ablation, "value": value, "query": int(q), "lds": float(v)}
-            for q, v in zip(columns, per_query)
-        ]
-
-    fits: dict[GroupWeightConfig, torch.Tensor] = {}
-    judge(REFERENCE, "uniform", weighted_scores(c_test, torch.ones(len(groups))))
-    for ablation, value, config in [(REFERENCE, "learned", base), *ablation_variants(base, ks, penalties)]:
-        if config not in fits:
-            with _one_thread():
-                fits[config] = fit_weights(fitted_on[config.labels], config).weights
-        rows["weights"] += [
-            {**key, "ablation": ablation, "value": value, "group": g.name, "weight": float(w)}
-            for g, w in zip(groups, fits[config])
-        ]
-        judge(ablation, value, weighted_scores(c_test, fits[config]))
-    for j, group in enumerate(groups):
-        judge(GROUP, group.name, c_test[j])
-    return rows
-
-
-def learned_weights_ablations(
-    record: LearnedWeightsRecord,
-    cases: Sequence[str] = ABLATION_CASES,
-    ks: Sequence[int] | None = None,
-    penalties: Sequence[float] | None = None,
+def learned_weights_checks(
+    settings: Sequence[str] = STUDY_SETTINGS,
+    attributors: Sequence[str] = STUDY_ATTRIBUTORS,
+    profile: str = "default",
+    seed: int = 0,
+    left_out: Sequence[str] | None = None,
+    config: GroupWeightConfig | None = None,
     cache: Cache | None = None,
     progress: bool = False,
-    profile: str | None = None,
     device: str | torch.device | None = None,
-) -> LearnedAblationRecord:
-    """The spec's ablations on the study's cheap cases, at the uniform weighting's best λ of ``record``.
+) -> tuple[LearnedWeightsRecord, LearnedAblationRecord]:
+    """The study and its checks (issue 23) at the sizes of ``profile``, from one set of contributions per case.
 
-    Varied one at a time from the study's configuration (``record.config["weights"]``): k over
-    ``ks``, the signal (top-k, or both tails), the query labels the weights are learned with (true,
-    or the model's prediction), λ_w over ``penalties``; plus the LDS of each group's contributions
-    ``C_j`` alone (for IFFIM and TRAK: the group's share of the full attributor's score, not the
-    attributor rerun on that group's parameters). Sizes (queries judged and fitted on, ground truth,
-    TRAK's ensemble) are the study's own, from ``record.config``. A case the study did not run is
-    skipped and listed in the result's ``config["not_run"]``.
-
-    Args:
-        record: the study's record (:func:`learned_weights_study`).
-        cases: ``"<setting> <attributor>"`` of :data:`ABLATION_CASES`.
-        ks: values of k (integers >= 1; None: the default profile's, the spec's 1, 5, 10, 20, 50, 100).
-        penalties: values of λ_w (>= 0; None: the default profile's, the spec's 0, 1e-3, 1e-2).
+    The checks, each at the λ where uniform weights do best on the test queries, each row judged against
+    uniform weights on the same queries: per-layer against per-tensor groups; the short fit
+    (:data:`SHORT_FIT`) against the study's, with the test LDS along the study's fit (:data:`TRACE_STEPS`);
+    for TRAK each group projected on its own against the shared projection; k, the signal, the query labels
+    and λ_w; and each group alone (a diagnostic).
     """
-    default = get_profile("default")
-    ks = default.learned_ablation_ks if ks is None else tuple(ks)
-    penalties = default.learned_ablation_penalties if penalties is None else tuple(penalties)
-    for case in cases:
-        if case not in ABLATION_CASES:
-            raise InvalidParameterError("cases", case, ABLATION_CASES)
+    sizes = StudySizes.of_profile(profile, seed)
+    left_out = get_profile(profile).learned_left_out if left_out is None else left_out
+    return learned_weights_study(
+        settings,
+        attributors,
+        left_out=left_out,
+        config=config,
+        cache=cache,
+        progress=progress,
+        profile=profile,
+        device=device,
+        sizes=sizes,
+        checks=True,
+    )
+
+
+def _check_ks_and_penalties(ks: Sequence[int], penalties: Sequence[float]) -> None:
     for k in ks:
         if not (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
             raise InvalidParameterError("ks", k, "integers >= 1")
     for penalty in penalties:
         if not (isinstance(penalty, (int, float)) and not isinstance(penalty, bool) and penalty >= 0):
             raise InvalidParameterError("penalties", penalty, "numbers >= 0")
-    sizes = record.config
-    missing = [name for name in ("trak_ensemble", "n_models", "seed", "weights") if name not in sizes]
-    if missing:
-        raise InvalidParameterError("record", missing, "a study record whose config has its sizes and weights")
-    base = GroupWeightConfig(**sizes["weights"])
-    ran = {LearnedWeightsRecord.label(s, a) for s, a in record.cases}
-    running = [c for c in cases if c in ran]
-    for case in running:  # k above a training set is refused now, not after the first fits
-        n_train = len(get_setting(case.split(" ")[0]).data().x_train)
-        for k in ks:
-            dataclasses.replace(base, k=k).check_n_train(n_train)
-    truth_config = GroundTruthConfig(n_models=sizes["n_models"], seed=sizes["seed"])
-    device = resolve_device(device)
-    cache = default_cache() if cache is None else cache
-    tables: dict[str, list[dict]] = {"per_query": [], "weights": []}
-    lambdas: dict[str, float | None] = {}
-    truths: dict[str, object] = {}
-    for case in running:
-        name, attributor = case.split(" ")
-        setting = get_setting(name)
-        lam = record.best(name, attributor, "uniform")
-        lambdas[case] = lam
-        if name not in truths:
-            truths[name] = ground_truth(setting, truth_config, cache, progress, device=device)
-        columns = query_index(len(setting.data().queries("test")[1]), sizes.get("n_queries"))
-        fit_columns = torch.from_numpy(query_index(len(setting.data().queries("val")[1]), sizes.get("fit_queries")))
-        rows = run_ablation_case(
-            setting,
-            attributor,
-            lam,
-            study_params(attributor, sizes["trak_ensemble"]),
-            truths[name],
-            columns,
-            fit_columns,
-            base,
-            ks,
-            penalties,
-            cache,
-            progress,
-            device,
-        )
-        for part, values in rows.items():
-            tables[part] += values
-    config = {
-        "cases": list(cases),
-        "not_run": [c for c in cases if c not in ran],
-        "regularization": lambdas,
-        "ks": list(ks),
-        "penalties": [float(p) for p in penalties],
-        "base": base.as_dict(),
-        **{name: sizes.get(name) for name in ("trak_ensemble", "n_models", "n_queries", "fit_queries", "seed")},
-    }
-    key = ["setting", "attributor", "ablation", "value"]
-    frames = {
-        part: pd.DataFrame(rows, columns=[*key, *columns])
-        for (part, rows), columns in zip(tables.items(), (["query", "lds"], ["group", "weight"]))
-    }
-    return LearnedAblationRecord(frames["per_query"], frames["weights"], config, profile)
 
 
-# --------------------------------------------------------------------------------------------
+def _iffim_proj_dim(setting: Setting, sizes: StudySizes) -> int | None:
+    """IFFIM's projection on ``setting``: the sizes' dimension where the setting is large enough, else None."""
+    if sizes.iffim_proj_dim is None or setting.n_params() < sizes.iffim_project_from:
+        return None
+    return min(sizes.iffim_proj_dim, setting.n_params())
+
+
+def study_params(setting: Setting, attributor: str, sizes: StudySizes):
+    """The attributor's defaults, with TRAK's ensemble and IFFIM's projection of ``sizes``."""
+    if attributor == "trak":
+        return attr.make_params("trak", ensemble_size=sizes.trak_ensemble)
+    if attributor == "iffim":
+        return attr.make_params("iffim", proj_dim=_iffim_proj_dim(setting, sizes))
+    return attr.make_params(attributor)
+
+
 # The record
 
 
@@ -584,13 +613,9 @@ class LearnedWeightsRecord:
         return pd.Series(rows.weight.to_numpy(dtype=float), index=rows.group.astype(str).tolist(), name="weight")
 
     def seconds(self, setting: str, attributor: str) -> dict[str, float]:
-        """The attributor's own seconds, and those of forming the validation contributions and of the fits."""
+        """Seconds to form the contributions of a case and to fit its weights (all λ)."""
         row = self.timing[(self.timing.setting == setting) & (self.timing.attributor == attributor)].iloc[0]
-        return {
-            "attributor": float(row.attributor_seconds),
-            "contributions": float(row.contributions_seconds),
-            "fit": float(row.fit_seconds),
-        }
+        return {"contributions": float(row.contributions_seconds), "fit": float(row.fit_seconds)}
 
     def case_headline(self, setting: str, attributor: str) -> dict[str, Any]:
         """One case: each weighting at its own best λ on the grid, their paired difference, the same at
@@ -659,30 +684,46 @@ class LearnedWeightsRecord:
         return cls(**parts, config=meta.get("config", {}), profile=meta.get("profile"), stem=stem)
 
 
-#: Columns of ``learned_weights_ablations.csv``.
-ABLATION_COLUMNS = ("setting", "attributor", "ablation", "value", "lds", "lds_se")
-
-
-#: The reference rows of every ablation case: the attributor itself and the study's learned weights.
-REFERENCE = "weighting"
-
-
-#: The diagnostic rows: the LDS of one group's contributions C_j alone.
+#: Key columns of the checks' per-query rows and weights.
+CHECK_KEY = ("setting", "attributor", "regularization", "check", "value")
+#: Columns of ``learned_weights_ablations.csv``: per (case, check, value) the uniform and learned test LDS, their
+#: paired difference, and the same difference on the validation queries the checks are also judged on.
+ABLATION_COLUMNS = (
+    "setting",
+    "attributor",
+    "regularization",
+    "check",
+    "value",
+    "n_test_queries",
+    "lds_uniform",
+    "lds_uniform_se",
+    "lds_learned",
+    "lds_learned_se",
+    "difference",
+    "difference_se",
+    "val_difference",
+    "val_difference_se",
+)
+#: Rows of uniform weights (value: the projection they are paired with; ``per_group``: TRAK's own check).
+UNIFORM = "uniform"
+#: The test LDS along the study's fit (value: Adam steps taken).
+TRACE = "fit_trace"
+#: The diagnostic rows: the LDS of one group's contributions C_j alone (in the ``learned`` columns).
 GROUP = "group"
+#: The four checks of issue 23 (``k`` also on the MLP's Grad-Dot and IFFIM), then the spec's other ablations.
+CHECKS = ("grouping", "fit", "projection", "k", "signal", "labels", "weight_penalty")
 
 
 @dataclasses.dataclass
 class LearnedAblationRecord:
-    """Ablations of the learned weights at one λ per case (:func:`dahp.experiments.learned.learned_weights_ablations`).
+    """The checks of the learned weights at one λ per case (:func:`learned_weights_checks`).
 
-    ``per_query``: one row per (setting, attributor, ablation, value, query) with the test ``lds``.
-    ``ablation`` is ``weighting`` (values ``uniform``, ``learned``: the reference rows), one of the
-    varied settings of the fit (``k``, ``signal``, ``labels``, ``weight_penalty``; every other
-    setting as in the study), or ``group`` (value: a group's name; the LDS of its ``C_j`` alone, a
-    diagnostic). ``value`` is text (``"10"``, ``"top_and_bottom"``, ``"0.001"``). ``weights``: the
-    fitted weight of every group for every fitted variant. ``config["regularization"]``: the λ of
-    each case (the uniform weighting's best on the study's grid; None for Grad-Dot);
-    ``config["base"]``: the study's configuration, from which one item is varied at a time.
+    ``per_query``: one row per (setting, attributor, regularization, check, value, split, query) with ``lds``
+    (split ``test``, or ``val``: validation queries the weights were not fitted on). ``check`` is
+    :data:`UNIFORM` (value: ``shared`` or ``per_group``, the projection), one of :data:`CHECKS` (value: the
+    varied item's value; every other item as in the study), :data:`TRACE` or :data:`GROUP`. ``weights``: the
+    fitted weight of every group of every varied row. ``config``: the study's sizes and ``weights`` (its own
+    configuration, from which one item is varied at a time).
     """
 
     per_query: pd.DataFrame
@@ -699,70 +740,116 @@ class LearnedAblationRecord:
     def _rows(self, setting: str, attributor: str) -> pd.DataFrame:
         return self.per_query[(self.per_query.setting == setting) & (self.per_query.attributor == attributor)]
 
-    def values(self, setting: str, attributor: str, ablation: str) -> list[str]:
-        """The values one ablation took in a case, in the order they ran."""
+    def values(self, setting: str, attributor: str, check: str) -> list[str]:
+        """The values one check took in a case, in the order they ran."""
         rows = self._rows(setting, attributor)
-        return list(dict.fromkeys(rows[rows.ablation == ablation].value.astype(str)))
+        return list(dict.fromkeys(rows[rows.check == check].value.astype(str)))
 
-    def per_query_at(self, setting: str, attributor: str, ablation: str, value: str) -> np.ndarray:
-        """Per-query test LDS of one row, in query order."""
+    def regularization(self, setting: str, attributor: str) -> float | None:
+        """The λ of a case's checks (None for Grad-Dot)."""
+        return _lam(self._rows(setting, attributor).regularization.iloc[0])
+
+    def per_query_at(self, setting: str, attributor: str, check: str, value: str, split: str = "test") -> np.ndarray:
+        """Per-query LDS of one row, in query order."""
         rows = self._rows(setting, attributor)
-        rows = rows[(rows.ablation == ablation) & (rows.value.astype(str) == str(value))]
+        rows = rows[(rows.check == check) & (rows.value.astype(str) == str(value)) & (rows.split == split)]
         if rows.empty:
-            raise InvalidParameterError("row", (setting, attributor, ablation, value), "a row of the ablations")
+            raise InvalidParameterError("row", (setting, attributor, check, value, split), "a row of the checks")
         return rows.sort_values("query").lds.to_numpy(dtype=float)
 
-    def lds(self, setting: str, attributor: str, ablation: str, value: str) -> Estimate:
-        """Mean test LDS of one row, with its standard error over queries."""
-        return mean_estimate(self.per_query_at(setting, attributor, ablation, value))
+    @staticmethod
+    def baseline(check: str, value: str) -> str:
+        """The uniform row a row is paired with: TRAK's per-group projection has its own."""
+        return "per_group" if (check, value) == ("projection", "per_group") else "shared"
 
-    def difference(self, setting: str, attributor: str, a: tuple[str, str], b: tuple[str, str]) -> Estimate:
-        """LDS of row ``a`` minus row ``b`` (each ``(ablation, value)``), paired over the test queries."""
-        return paired_difference(self.per_query_at(setting, attributor, *a), self.per_query_at(setting, attributor, *b))
+    def row(self, setting: str, attributor: str, check: str, value: str, split: str = "test") -> dict[str, Estimate]:
+        """``uniform``, ``learned`` (the row's weights) and their paired ``difference`` on ``split``."""
+        learned = self.per_query_at(setting, attributor, check, value, split)
+        uniform = self.per_query_at(setting, attributor, UNIFORM, self.baseline(check, value), split)
+        return {
+            "uniform": mean_estimate(uniform),
+            "learned": mean_estimate(learned),
+            "difference": paired_difference(learned, uniform),
+        }
 
-    def weights_of(self, setting: str, attributor: str, ablation: str, value: str) -> pd.Series:
-        """Group -> fitted weight of one variant (mean 1)."""
+    def has_split(self, split: str) -> bool:
+        """Whether the rows were also judged on ``split``."""
+        return bool((self.per_query.split == split).any())
+
+    def weights_of(self, setting: str, attributor: str, check: str, value: str) -> pd.Series:
+        """Group -> fitted weight of one row (mean 1)."""
         rows = self.weights[(self.weights.setting == setting) & (self.weights.attributor == attributor)]
-        rows = rows[(rows.ablation == ablation) & (rows.value.astype(str) == str(value))]
+        rows = rows[(rows.check == check) & (rows.value.astype(str) == str(value))]
         return pd.Series(rows.weight.to_numpy(dtype=float), index=rows.group.astype(str).tolist(), name="weight")
 
     def table(self) -> pd.DataFrame:
-        """``learned_weights_ablations.csv``: one row per (setting, attributor, ablation, value) with the mean LDS and SE."""
-        rows = []
+        """``learned_weights_ablations.csv`` (:data:`ABLATION_COLUMNS`)."""
+        out = []
+        val = self.has_split("val")
         for setting, attributor in self.cases:
-            for ablation in dict.fromkeys(self._rows(setting, attributor).ablation):
-                for value in self.values(setting, attributor, ablation):
-                    estimate = self.lds(setting, attributor, ablation, value)
-                    rows.append((setting, attributor, ablation, value, estimate.value, estimate.se))
-        return pd.DataFrame(rows, columns=list(ABLATION_COLUMNS))
+            lam = self.regularization(setting, attributor)
+            for check in dict.fromkeys(self._rows(setting, attributor).check):
+                if check == UNIFORM:
+                    continue
+                for value in self.values(setting, attributor, check):
+                    r = self.row(setting, attributor, check, value)
+                    v = (
+                        self.row(setting, attributor, check, value, "val")["difference"]
+                        if val
+                        else Estimate(float("nan"))
+                    )
+                    n = len(self.per_query_at(setting, attributor, check, value))
+                    out.append(
+                        (
+                            setting,
+                            attributor,
+                            lam,
+                            check,
+                            value,
+                            n,
+                            r["uniform"].value,
+                            r["uniform"].se,
+                            r["learned"].value,
+                            r["learned"].se,
+                            r["difference"].value,
+                            r["difference"].se,
+                            v.value,
+                            v.se,
+                        )
+                    )
+        return pd.DataFrame(out, columns=list(ABLATION_COLUMNS))
 
     def case_headline(self, setting: str, attributor: str) -> dict[str, Any]:
-        """One case: λ, uniform and learned LDS, each varied item's LDS per value and its paired difference
-        to the study's own value, and the per-group diagnostic (each group alone, and which group is best
-        alone against which gets the largest learned weight)."""
-        base = self.config.get("base", {})
-        label = f"{setting} {attributor}"
-        learned = (REFERENCE, "learned")
-        head: dict[str, Any] = {
-            "regularization": self.config.get("regularization", {}).get(label),
-            "uniform": self.lds(setting, attributor, REFERENCE, "uniform"),
-            "learned": self.lds(setting, attributor, *learned),
-            "learned_minus_uniform": self.difference(setting, attributor, learned, (REFERENCE, "uniform")),
-        }
+        """One case: λ, uniform and the study's learned LDS and their difference; per check and value the
+        row's uniform and learned LDS, their difference (test and validation), and its gap to the study's own
+        learned row (``minus_base``); the LDS along the fit; each group alone against the largest weight."""
+        base = self.config.get("weights", {})
+        reference = ("fit", _fit_text(GroupWeightConfig(**base))) if base else None
         rows = self._rows(setting, attributor)
-        for ablation in dict.fromkeys(rows.ablation):
-            if ablation in (REFERENCE, GROUP):
+        head: dict[str, Any] = {"regularization": self.regularization(setting, attributor)}
+        if reference and reference[1] in self.values(setting, attributor, "fit"):
+            r = self.row(setting, attributor, *reference)
+            head.update(uniform=r["uniform"], learned=r["learned"], learned_minus_uniform=r["difference"])
+        for check in dict.fromkeys(rows.check):
+            if check in (UNIFORM, GROUP):
                 continue
-            values = self.values(setting, attributor, ablation)
-            head[ablation] = {
-                "base": _ablation_text(base.get(ablation)),
-                "lds": {v: self.lds(setting, attributor, ablation, v) for v in values},
-                "minus_base": {v: self.difference(setting, attributor, (ablation, v), learned) for v in values},
-            }
+            values = self.values(setting, attributor, check)
+            entry: dict[str, Any] = {"base": _ablation_text(base.get(check)) if check in base else None}
+            for v in values:
+                r = self.row(setting, attributor, check, v)
+                if self.has_split("val"):
+                    r["val_difference"] = self.row(setting, attributor, check, v, "val")["difference"]
+                entry.setdefault("rows", {})[v] = r
+            if reference:
+                ref = self.per_query_at(setting, attributor, *reference)
+                entry["minus_base"] = {
+                    v: paired_difference(self.per_query_at(setting, attributor, check, v), ref) for v in values
+                }
+            head[check] = entry
         groups = self.values(setting, attributor, GROUP)
         if groups:
-            alone = {g: self.lds(setting, attributor, GROUP, g) for g in groups}
-            weights = self.weights_of(setting, attributor, *learned)
+            alone = {g: mean_estimate(self.per_query_at(setting, attributor, GROUP, g)) for g in groups}
+            weights = self.weights_of(setting, attributor, *reference) if reference else pd.Series(dtype=float)
             head[GROUP] = {
                 "lds": alone,
                 "best_alone": max(alone, key=lambda g: alone[g].value),
@@ -775,21 +862,19 @@ class LearnedAblationRecord:
         return {f"{s} {a}": self.case_headline(s, a) for s, a in self.cases}
 
     def save(self, folder: Path) -> Path:
-        """Write ``learned_weights_ablations.csv`` (setting, attributor, ablation, value, LDS, SE),
-        ``..._per_query.csv``, ``..._weights.csv`` and ``....json``; returns the first."""
+        """Write ``learned_weights_ablations.csv`` (:data:`ABLATION_COLUMNS`), ``..._per_query.csv``,
+        ``..._weights.csv`` and ``....json``; returns the first."""
         path = folder / f"{self.stem}.csv"
         self.table().to_csv(path, index=False)
         self.per_query.to_csv(folder / f"{self.stem}_per_query.csv", index=False)
         self.weights.to_csv(folder / f"{self.stem}_weights.csv", index=False)
-        write_json(
-            folder / f"{self.stem}.json",
-            {
-                "record": "learned_ablations",
-                "profile": self.profile,
-                "config": self.config,
-                "headline": self.headline(),
-            },
-        )
+        meta = {
+            "record": "learned_ablations",
+            "profile": self.profile,
+            "config": self.config,
+            "headline": self.headline(),
+        }
+        write_json(folder / f"{self.stem}.json", meta)
         return path
 
     @classmethod
@@ -800,12 +885,93 @@ class LearnedAblationRecord:
         meta = read_json(folder / f"{stem}.json")
         text = {"value": str, "group": str}  # "0.001" and "10" stay the text the rows were written with
         per_query = pd.read_csv(folder / f"{stem}_per_query.csv", dtype=text)
+        if "check" not in per_query.columns:  # written before the checks of issue 23: not comparable
+            return None
         weights = pd.read_csv(folder / f"{stem}_weights.csv", dtype=text)
         return cls(per_query, weights, meta.get("config", {}), meta.get("profile"), stem)
 
 
 def _ablation_text(value: Any) -> str | None:
-    """A configuration value as the ablation rows write it (``10``, ``top``, ``0.001``)."""
+    """A configuration value as the check rows write it (``10``, ``top``, ``0.001``)."""
     if value is None:
         return None
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+# --------------------------------------------------------------------------------------------
+# C13's verdict, with its scope
+
+
+@dataclasses.dataclass(frozen=True)
+class C13Verdict:
+    """C13 on the judged cases, its scope, and what each check makes of it."""
+
+    verdict: str  #: :data:`C13_RULE` on the study (each weighting at its best λ)
+    cases: list[str]  #: the judged cases
+    scope: str  #: these models, these settings, these choices
+    at_lambda: str  #: the same rule on the checks' reference rows (the study's configuration at the checks' λ)
+    checks: dict[str, str]  #: ``"check=value"`` -> the rule on that row (a case without the check keeps its reference)
+    changed_by: list[str]  #: ``"check=value (its verdict)"`` of the rows whose verdict differs from ``at_lambda``
+    helps_on_validation: list[
+        str
+    ]  #: rows where learned beats uniform by > 2 SE on validation queries in every judged case
+
+    def text(self) -> str:
+        """The verdict, its scope and which check changes it, in one paragraph."""
+        changed = ", ".join(self.changed_by) if self.changed_by else "none"
+        helps = ", ".join(self.helps_on_validation) if self.helps_on_validation else "none"
+        return (
+            f"C13 {self.verdict} ({', '.join(self.cases)}). Scope: {self.scope}. At the checks' λ the study's "
+            f"configuration gives: {self.at_lambda}; checks that change it: {changed}; settings where learned weights "
+            f"beat uniform ones on the validation queries in every judged case: {helps}."
+        )
+
+
+def c13_verdict(
+    record: LearnedWeightsRecord, checks: LearnedAblationRecord | None, excluded_settings: Collection[str] = ()
+) -> C13Verdict:
+    """C13 (:data:`C13_RULE`) on the judged cases of ``record``, scoped, with each check's verdict (the one
+    function behind the page's and the status page's C13)."""
+    cases = record.judged_cases(excluded_settings)
+    labels = [record.label(s, a) for s, a in cases]
+    verdict = record.verdict(cases)
+    c = record.config
+    w = c.get("weights", {})
+    iffim = c.get("iffim_proj_dim_by_setting", {})
+    scope = (
+        f"{' and '.join(c.get('settings', []))} (the embedded MNIST split, {c.get('n_models')} retrained models); "
+        f"{', '.join(sorted({a for _, a in cases}))}; one weight per {w.get('grouping', 'tensor')}, "
+        f"{w.get('steps')} full-batch Adam steps at lr {w.get('lr')}, k = {w.get('k')}, fitted on "
+        f"{c.get('fit_queries') or 'all'} validation queries with {w.get('labels')} labels; TRAK: "
+        f"{c.get('trak_ensemble')} members, one {c.get('trak_proj_dim')}-dimensional projection "
+        f"{'shared by' if w.get('projection', 'shared') == 'shared' else 'per'} group"
+        f"{'s' if w.get('projection', 'shared') == 'shared' else ''}; IFFIM "
+        + ", ".join(f"{s}: {'unprojected' if d is None else f'projected to {d}'}" for s, d in iffim.items())
+        + f"; λ: each weighting's best of {c.get('n_lambdas')} on the test queries"
+    )
+    if checks is None:
+        return C13Verdict(verdict, labels, scope, NOT_RUN, {}, [], [])
+    ran = set(checks.cases)
+    judged = [(s, a) for s, a in cases if (s, a) in ran]
+    reference = ("fit", _fit_text(GroupWeightConfig(**w))) if w else None
+
+    def outcome(setting: str, attributor: str, check: str, value: str, split: str = "test") -> bool | None:
+        if value not in checks.values(setting, attributor, check):
+            return None
+        return checks.row(setting, attributor, check, value, split)["difference"].exceeds(0)
+
+    at_lambda = share_verdict([outcome(s, a, *reference) for s, a in judged]) if reference else NOT_RUN
+    found: dict[str, str] = {}
+    helps: list[str] = []
+    for check in CHECKS:
+        values = dict.fromkeys(v for s, a in judged for v in checks.values(s, a, check))
+        for value in values:
+            per_case = [outcome(s, a, check, value) for s, a in judged]
+            per_case = [o if o is not None else outcome(s, a, *reference) for o, (s, a) in zip(per_case, judged)]
+            found[f"{check}={value}"] = share_verdict(per_case)
+            if checks.has_split("val"):
+                on_val = [outcome(s, a, check, value, "val") for s, a in judged]
+                if on_val and all(o is True for o in on_val):
+                    helps.append(f"{check}={value}")
+    changed = [f"{name} ({v})" for name, v in found.items() if v != at_lambda]
+    return C13Verdict(verdict, labels, scope, at_lambda, found, changed, helps)

@@ -54,6 +54,19 @@ class Profile:
     learned_fit_queries: int | None = option(
         help="validation queries the group weights are fitted on (None: all 500; evenly spaced)"
     )
+    learned_select_queries: int | None = option(
+        help="other validation queries the learned-weights checks are also judged on (None: all the rest; 0: none)"
+    )
+    learned_test_queries: int | None = option(
+        help="test queries the learned-weights study and checks are judged on (None: all 500; evenly spaced)"
+    )
+    learned_trak_ensemble: int = option(help="TRAK ensemble size of the learned-weights study and checks")
+    learned_iffim_proj_dim: int | None = option(
+        help="IFFIM's random projection in the learned-weights study on large settings (None: unprojected)"
+    )
+    learned_iffim_project_from: int = option(
+        help="parameter count from which the learned-weights study projects IFFIM (smaller settings: unprojected)"
+    )
     learned_left_out: tuple[str, ...] = option(
         help="cases '<setting> <attributor>' of the learned-weights study not run at this size (the page lists them)"
     )
@@ -90,7 +103,12 @@ PROFILES = {
         alpha_settings=("mnist_lr",),
         learned_lambdas=3,
         learned_fit_queries=20,
-        learned_left_out=("mnist_mlp grad_dot", "mnist_mlp iffim"),
+        learned_select_queries=20,
+        learned_test_queries=100,
+        learned_trak_ensemble=1,
+        learned_iffim_proj_dim=256,
+        learned_iffim_project_from=0,
+        learned_left_out=(),
         learned_ablation_ks=(5, 10),
         learned_ablation_penalties=(0.0, 1e-2),
         suite="quick",
@@ -114,11 +132,16 @@ PROFILES = {
         removal_seeds=2,
         removal_settings=("mnist_lr",),
         alpha_settings=("mnist_lr",),
-        learned_lambdas=5,
-        learned_fit_queries=None,
+        learned_lambdas=3,
+        learned_fit_queries=100,
+        learned_select_queries=100,
+        learned_test_queries=None,
+        learned_trak_ensemble=1,
+        learned_iffim_proj_dim=512,
+        learned_iffim_project_from=0,
         learned_left_out=(),
-        learned_ablation_ks=(1, 5, 10, 20, 50, 100),
-        learned_ablation_penalties=(0.0, 1e-3, 1e-2),
+        learned_ablation_ks=(1, 10, 100),
+        learned_ablation_penalties=(0.0, 1e-2),
         suite="quick",
         suite_models=12,
         suite_trak_ensemble=2,
@@ -141,7 +164,12 @@ PROFILES = {
         removal_settings=("mnist_lr", "mnist_mlp", "cifar2_resnet9"),
         alpha_settings=("mnist_lr", "mnist_mlp", "cifar2_resnet9", "maestro_mt"),
         learned_lambdas=9,
-        learned_fit_queries=None,
+        learned_fit_queries=250,
+        learned_select_queries=None,
+        learned_test_queries=None,
+        learned_trak_ensemble=10,
+        learned_iffim_proj_dim=None,
+        learned_iffim_project_from=0,
         learned_left_out=(),
         learned_ablation_ks=(1, 5, 10, 20, 50, 100),
         learned_ablation_penalties=(0.0, 1e-3, 1e-2),

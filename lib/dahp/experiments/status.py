@@ -38,7 +38,7 @@ from dahp.experiments.grid import (
     epoch_verdict,
     regularization_verdict,
 )
-from dahp.experiments.learned import C13_RULE, LearnedWeightsRecord
+from dahp.experiments.learned import C13_RULE, LearnedAblationRecord, LearnedWeightsRecord, c13_verdict
 from dahp.experiments.removal import REMOVAL_RULE, RemovalRecord
 from dahp.experiments.theorem import THEOREM_RULE, TheoremRecord
 
@@ -410,27 +410,33 @@ def c13(folder: Path) -> Verdict:
     if record is None or record.per_query.empty:
         return _missing("C13", "learned weights", paper, rule, "Learned weights")
     unjudged = {s: _setting_missing(s) for s, _ in record.cases}
-    cases = record.judged_cases({s for s, reason in unjudged.items() if reason})
+    cases = record.judged_cases(set(_excluded(unjudged)))
     if not cases:
         return _missing("C13", "learned weights", paper, rule, "Learned weights (no TracIn/TRAK case on judged data)")
     head = record.headline()
     keys = [record.label(s, a) for s, a in cases]
+    verdict = c13_verdict(record, LearnedAblationRecord.load(folder), set(_excluded(unjudged)))
     ours = "; ".join(
         f"{key}: uniform {head[key]['lds_uniform'].text(3)}, learned {head[key]['lds_learned'].text(3)}, "
         f"difference {head[key]['learned_minus_uniform'].text(3)}"
         for key in keys
     )
-    reason = "; ".join(r for r in unjudged.values() if r)
+    reason = "; ".join([r for r in unjudged.values() if r] + [verdict.text()])
     return Verdict(
         "C13",
         "learned weights (new measurements on MNIST, not the seed's settings)",
         paper,
         ours,
-        record.verdict(cases),
+        verdict.verdict,
         rule,
         reason,
         _used(record, *keys),
     )
+
+
+def _excluded(unjudged: dict[str, str | None]) -> list[str]:
+    """Settings whose results cannot be judged here."""
+    return [s for s, reason in unjudged.items() if reason]
 
 
 CLAIMS: list[Callable[[Path], Verdict]] = [c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13]

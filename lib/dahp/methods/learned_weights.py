@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -60,7 +60,7 @@ from dahp.attribution.features import (
     task_gradient_rows,
 )
 from dahp.attribution.scales import feature_scale, gram_scale
-from dahp.attribution.spectral import Eigendecomposition, check_regularization, eigendecompose
+from dahp.attribution.spectral import Eigendecomposition, SpectralFactors, check_regularization, eigendecompose
 from dahp.core.cache import Cache, default_cache
 from dahp.core.config import InvalidParameterError, option
 from dahp.core.device import resolve_device
@@ -73,6 +73,10 @@ GROUPINGS = ("tensor", "layer")
 LABELS = ("true", "predicted")
 #: The objective's signal: the mean of the top-k scores (the paper's), or both tails (the reviewers' variant).
 SIGNALS = ("top", "top_and_bottom")
+#: How TRAK's (or projected IFFIM's) gradients are split by group: one projection shared by all groups (a group's
+#: projected share then carries crosstalk from the others' training gradients), or each group projected on its own
+#: (block-diagonal: a group's coordinates meet only its own training coordinates).
+PROJECTIONS = ("shared", "per_group")
 #: Attributors whose per-group contributions are implemented.
 LEARNABLE = ("grad_dot", "tracin", "iffim", "trak")
 #: Attributors a user's ``AttributionTask`` can learn weights for (:func:`learn_group_weights`).
@@ -93,6 +97,11 @@ class GroupWeightConfig:
     init: float = option(0.0, "θ₀: initial value of every logit (0: uniform weights, the baseline)")
     grouping: str = option("tensor", "``tensor`` (one group per parameter tensor) or ``layer`` (per module)")
     labels: str = option("true", "query labels the weights are learned with: ``true`` or ``predicted`` (label-free)")
+    projection: str = option(
+        "shared",
+        "TRAK / projected IFFIM: ``shared`` (one projection of all groups) or ``per_group`` (each group projected on "
+        "its own to min(its size, proj_dim))",
+    )
     signal: str = option(
         "top",
         "``top``: the mean of the top-k scores; ``top_and_bottom``: half the mean of the top-k minus the mean of "
@@ -116,6 +125,8 @@ class GroupWeightConfig:
             raise InvalidParameterError("labels", self.labels, LABELS)
         if self.signal not in SIGNALS:
             raise InvalidParameterError("signal", self.signal, SIGNALS)
+        if self.projection not in PROJECTIONS:
+            raise InvalidParameterError("projection", self.projection, PROJECTIONS)
 
     def check_n_train(self, n_train: int) -> None:
         """``k`` cannot exceed the number of training points ranked per query."""
@@ -172,6 +183,23 @@ def parameter_groups(model: nn.Module, grouping: str) -> list[ParameterGroup]:
             groups.append(ParameterGroup(key, start, stop, (name,)))
         start = stop
     return groups
+
+
+def regroup(
+    contributions: torch.Tensor, fine: Sequence[ParameterGroup], coarse: Sequence[ParameterGroup]
+) -> torch.Tensor:
+    """Contributions of ``coarse`` groups from those of ``fine`` ones (``(M_fine, n, q)`` -> ``(M_coarse, n, q)``).
+
+    The score is linear in the query gradient, so a coarse group's contribution is the sum of those of the
+    fine groups it contains (per-layer from per-tensor); every fine group must lie inside exactly one coarse group.
+    """
+    out = torch.zeros(len(coarse), *contributions.shape[1:], dtype=contributions.dtype)
+    for j, g in enumerate(fine):
+        inside = [c for c, big in enumerate(coarse) if big.start <= g.start and g.stop <= big.stop]
+        if len(inside) != 1:
+            raise InvalidParameterError("coarse", g.name, "groups that each contain whole fine groups")
+        out[inside[0]] += contributions[j]
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -339,11 +367,11 @@ def project_by_group(rows: torch.Tensor, matrix: torch.Tensor, groups: Sequence[
 def _check_learnable(attributor: str, params: Any) -> None:
     if attributor not in LEARNABLE:
         raise InvalidParameterError("attributor", attributor, LEARNABLE)
-    if attributor != "trak" and getattr(params, "proj_dim", None) is not None:
+    if attributor not in ("trak", "iffim") and getattr(params, "proj_dim", None) is not None:
         raise InvalidParameterError(
             "proj_dim",
             params.proj_dim,
-            f"None for {attributor} (per-group contributions of projected features: TRAK only)",
+            f"None for {attributor} (per-group contributions of projected features: TRAK and IFFIM only)",
         )
     if getattr(params, "normalization", False):
         raise InvalidParameterError("normalization", params.normalization, "False (Grad-Cos is not implemented)")
@@ -380,6 +408,186 @@ def _query_rows(
     return per_example_gradients(setting, state, x, y, setting.target, device=device)
 
 
+@dataclasses.dataclass(frozen=True)
+class QuerySet:
+    """Queries whose contributions are formed: those of ``split`` (at ``index``, or all), with true or predicted labels."""
+
+    split: str
+    labels: str = "true"
+    index: torch.Tensor | None = None  #: positions within the split (None: every query)
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupProjector:
+    """A projection of gradient rows that keeps track of the groups (``project(x) = x @ P``, P of shape ``(d, D)``).
+
+    ``shared``: one ``(d, p)`` matrix for every coordinate, a group's part ``x_[j] P_[j]`` lives in the shared
+    ``p`` dimensions; ``per_group``: group ``j`` gets its own block of ``D`` (its own matrix, or its coordinates
+    unchanged when the group is no larger than the dimension), so its part is zero outside that block.
+    """
+
+    groups: tuple[ParameterGroup, ...]
+    matrices: tuple[torch.Tensor | None, ...]  #: per group (``per_group``; None: kept unprojected) or one (``shared``)
+    shared: bool
+
+    @property
+    def blocks(self) -> list[slice]:
+        """Columns of each group's block in the projected features (``per_group`` only)."""
+        out, start = [], 0
+        for g, m in zip(self.groups, self.matrices):
+            width = g.size if m is None else m.shape[1]
+            out.append(slice(start, start + width))
+            start += width
+        return out
+
+    @property
+    def dim(self) -> int:
+        """``D``, the projected dimension."""
+        return self.matrices[0].shape[1] if self.shared else self.blocks[-1].stop
+
+    def _part(self, rows: torch.Tensor, j: int) -> torch.Tensor:
+        g, m = self.groups[j], self.matrices[0] if self.shared else self.matrices[j]
+        sub = rows[:, g.start : g.stop]
+        return sub @ (m[g.start : g.stop] if self.shared else m) if m is not None else sub
+
+    def features(self, rows: torch.Tensor) -> torch.Tensor:
+        """Projected rows ``(n, D)``."""
+        if self.shared:
+            return rows @ self.matrices[0]
+        return torch.cat([self._part(rows, j) for j in range(len(self.groups))], dim=1)
+
+    def by_group(self, rows: torch.Tensor) -> torch.Tensor:
+        """Each group's part ``(M, n, D)``; their sum over groups is :meth:`features`."""
+        if self.shared:
+            return torch.stack([self._part(rows, j) for j in range(len(self.groups))])
+        out = torch.zeros(len(self.groups), len(rows), self.dim, dtype=rows.dtype)
+        for j, block in enumerate(self.blocks):
+            out[j, :, block] = self._part(rows, j)
+        return out
+
+
+def shared_projector(n_params: int, projection: Projection, groups: Sequence[ParameterGroup]) -> GroupProjector:
+    """The attributor's own single projection (the matrix its cached features were projected with)."""
+    return GroupProjector(tuple(groups), (projection_matrix(n_params, projection),), True)
+
+
+#: Seed offset between the groups' own matrices of a ``per_group`` projection (above dattri's block offsets).
+GROUP_SEED_STRIDE = 10_000_000
+
+
+def per_group_projector(
+    groups: Sequence[ParameterGroup], dim: int | None, seed: int = 0, ensemble_id: int = 0
+) -> GroupProjector:
+    """Each group projected on its own to ``min(size, dim)`` (a group no larger than ``dim``, or every group
+    when ``dim`` is None, is kept unprojected), each with its own Gaussian matrix."""
+    matrices = []
+    for j, g in enumerate(groups):
+        if dim is None or g.size <= dim:
+            matrices.append(None)
+        else:
+            own = Projection(dim, seed + GROUP_SEED_STRIDE * (j + 1), ensemble_id)
+            matrices.append(projection_matrix(g.size, own))
+    return GroupProjector(tuple(groups), tuple(matrices), False)
+
+
+def streamed_train_features(
+    setting: Setting,
+    state: dict[str, torch.Tensor],
+    fn,
+    scale: float,
+    consume: Callable[[int, torch.Tensor], None],
+    device: torch.device,
+) -> None:
+    """Hand the training gradients to ``consume(start_row, rows_on_cpu)`` chunk by chunk, never holding them all."""
+    data = setting.data()
+
+    def sink(start: int, rows: torch.Tensor) -> None:
+        consume(start, rows.cpu())
+
+    per_example_gradients(setting, state, data.x_train, data.y_train, fn, scale, sink=sink, device=device)
+
+
+def streamed_dot_contributions(
+    setting: Setting,
+    state: dict[str, torch.Tensor],
+    query_sets: Sequence[torch.Tensor],
+    groups: Sequence[ParameterGroup],
+    sign: float,
+    device: torch.device,
+) -> list[torch.Tensor]:
+    """``sign · G_[:, j] Q_[:, j]ᵀ`` for several query sets in one pass over the training loss gradients.
+
+    The training gradients are formed chunk by chunk and never kept (the MLP's would take 1.75 GB); each
+    product is taken in float32 over one group's coordinates and stored in float64.
+    """
+    n_train = len(setting.data().x_train)
+    outs = [torch.zeros(len(groups), n_train, len(q), dtype=torch.float64) for q in query_sets]
+    together = torch.cat([q.float() for q in query_sets])
+    widths = [len(q) for q in query_sets]
+
+    def consume(start: int, rows: torch.Tensor) -> None:
+        rows = rows.float()
+        for j, g in enumerate(groups):
+            product = (rows[:, g.start : g.stop] @ together[:, g.start : g.stop].T).double()
+            for out, part in zip(outs, product.split(widths, dim=1)):
+                out[j, start : start + len(rows)] = sign * part
+
+    streamed_train_features(setting, state, setting.loss, 1.0, consume, device)
+    return outs
+
+
+def projected_contributions(
+    eig: Eigendecomposition, train: torch.Tensor, parts: torch.Tensor, sign: float = 1.0
+) -> SpectralContributions:
+    """Per-group contributions from projected training features ``train`` ``(n, D)`` and the queries' per-group
+    projected parts ``(M, q, D)`` (summing to the projected queries)."""
+    left = eig.vectors.double() if eig.form == "dual" else train.double() @ eig.vectors.double()
+    return SpectralContributions(left, eig.eigenvalues.double(), projected_rights(eig, train, parts), sign)
+
+
+def _query_inputs(
+    setting: Setting, state: dict[str, torch.Tensor], request: QuerySet, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and labels of a query set (labels: the true class, or the one ``state``'s model predicts)."""
+    x, y = setting.data().queries(request.split)
+    if request.index is not None:
+        x, y = x[request.index], y[request.index]
+    return x, (y if request.labels == "true" else predicted_labels(setting, state, x, device))
+
+
+def _projected_parts(
+    setting: Setting,
+    state: dict[str, torch.Tensor],
+    request: QuerySet,
+    scale: float,
+    projector: GroupProjector,
+    device: torch.device,
+) -> torch.Tensor:
+    """The per-group projected target gradients ``(M, q, D)`` of a query set (the raw rows never all kept)."""
+    x, y = _query_inputs(setting, state, request, device)
+    chunks: list[torch.Tensor] = []
+
+    def sink(_: int, rows: torch.Tensor) -> None:
+        chunks.append(projector.by_group(rows.cpu()))
+
+    per_example_gradients(setting, state, x, y, setting.target, scale, sink=sink, device=device)
+    return torch.cat(chunks, dim=1)
+
+
+def _raw_query_rows(
+    setting: Setting,
+    state: dict[str, torch.Tensor],
+    spec: dict,
+    request: QuerySet,
+    cache: Cache,
+    progress: bool,
+    device: torch.device,
+) -> torch.Tensor:
+    """Raw target gradients of a query set: the split's cached rows (true labels), or computed (predicted)."""
+    rows = _query_rows(setting, state, spec, request.split, request.labels, cache, progress, device)
+    return rows if request.index is None else rows[request.index]
+
+
 def setting_contributions(
     setting: Setting,
     attributor: str,
@@ -389,15 +597,38 @@ def setting_contributions(
     cache: Cache | None = None,
     progress: bool = False,
     device: str | torch.device | None = None,
+    query_index: torch.Tensor | None = None,
 ) -> GroupContributions:
-    """Per-group contributions of ``attributor`` on ``setting``'s queries of ``split``.
+    """Per-group contributions of ``attributor`` on ``setting``'s queries of ``split`` (at ``query_index``, or all).
 
-    Grad-Dot and TracIn: ``-lr · G_[:, j] g_jᵀ`` summed over the selected checkpoints (dattri's
-    TracIn, in this package's sign); IFFIM: the spectral split of ``-G (F + λI)⁻¹ gᵀ`` at the
-    attributed checkpoint, from the same cached features and eigendecomposition as
-    :func:`dahp.attribution.attributors.scorer`; TRAK: see the module docstring. Of ``config`` only ``grouping``,
-    ``labels`` and the bound ``k <= n_train`` matter here; with ``labels == "predicted"`` the query gradients are formed at the
-    classes the attributed model predicts (not cached).
+    One query set of :func:`setting_contributions_many`; ``config.labels`` picks the query labels.
+    """
+    config = config or GroupWeightConfig()
+    request = {split: QuerySet(split, config.labels, query_index)}
+    return setting_contributions_many(setting, attributor, params, request, config, cache, progress, device)[split]
+
+
+def setting_contributions_many(
+    setting: Setting,
+    attributor: str,
+    params: Any,
+    queries: Mapping[str, QuerySet],
+    config: GroupWeightConfig | None = None,
+    cache: Cache | None = None,
+    progress: bool = False,
+    device: str | torch.device | None = None,
+) -> dict[str, GroupContributions]:
+    """Per-group contributions of ``attributor`` for several query sets (name -> :class:`QuerySet`), sharing
+    one pass over the training gradients.
+
+    Grad-Dot and TracIn: ``-lr · G_[:, j] g_jᵀ`` summed over the selected checkpoints (dattri's TracIn, in
+    this package's sign), the training gradients streamed and never stored. IFFIM: the spectral split of
+    ``-G (F + λI)⁻¹ gᵀ`` at the attributed checkpoint from the cached features and eigendecomposition of
+    :func:`dahp.attribution.attributors.scorer` (with ``params.proj_dim``: its projected features, and each
+    query's gradient projected group by group with the same matrix). TRAK: see the module docstring. With
+    ``config.projection == "per_group"`` (projected IFFIM, TRAK) each group is projected on its own instead
+    (:func:`per_group_projector`, not cached). Of ``config`` only ``grouping``, ``projection`` and the bound
+    ``k <= n_train`` matter here; the labels are each query set's.
     """
 
     params = make_params(attributor) if params is None and attributor in LEARNABLE else params
@@ -405,79 +636,120 @@ def setting_contributions(
     check_params(setting, params)
     config = config or GroupWeightConfig()
     config.check_n_train(len(setting.data().x_train))  # the fit will rank these; refuse k > n now
-    labels = config.labels
+    for request in queries.values():
+        if request.labels not in LABELS:
+            raise InvalidParameterError("labels", request.labels, LABELS)
     groups = parameter_groups(setting.make_model(), config.grouping)
     device = resolve_device(device)
     cache = default_cache() if cache is None else cache
-    kw = dict(cache=cache, progress=progress, device=device)
-    if attributor == "iffim":
-        epoch = params.training_epoch or setting.recipe.epochs
-        state, spec = full_data_state(setting, 0, epoch, cache, progress, device)
-        train = gradient_features(setting, state, spec, "train", "loss", (None,), **kw)[None]
-        queries = _query_rows(setting, state, spec, split, labels, cache, progress, device)
-        eig_spec = {**spec, "kind": "loss", "proj_dim": None, "proj_seed": params.proj_seed}
-        eig = _cached_eigendecomposition(cache, eig_spec, train, gram_scale("iffim", len(train)), device)
-        return spectral_contributions(eig, train, queries, groups, sign=-1.0)
-    if attributor == "trak":
-        return _trak_contributions(setting, params, split, labels, groups, cache, progress, device)
+    if attributor in ("iffim", "trak"):
+        return _spectral_contributions(setting, attributor, params, queries, config, groups, cache, progress, device)
 
     checkpoints = train_full(setting, 0, cache, progress, device=device)
-    total = None
+    totals: dict[str, torch.Tensor] = {}
     for epoch in params.epochs(checkpoints.epochs):
         state, spec = full_data_state(setting, 0, epoch, cache, progress, device)
-        train = gradient_features(setting, state, spec, "train", "loss", (None,), **kw)[None]
-        queries = _query_rows(setting, state, spec, split, labels, cache, progress, device)
-        part = dot_contributions(train, queries, groups, sign=-float(setting.recipe.lr))
-        total = part if total is None else total + part
-    return DotContributions(total)
+        rows = [_raw_query_rows(setting, state, spec, r, cache, progress, device) for r in queries.values()]
+        parts = streamed_dot_contributions(setting, state, rows, groups, -float(setting.recipe.lr), device)
+        for name, part in zip(queries, parts):
+            totals[name] = part if name not in totals else totals[name] + part
+    return {name: DotContributions(total) for name, total in totals.items()}
 
 
-def _trak_contributions(
+def _spectral_contributions(
     setting: Setting,
+    attributor: str,
     params: Any,
-    split: str,
-    labels: str,
+    queries: Mapping[str, QuerySet],
+    config: GroupWeightConfig,
     groups: list[ParameterGroup],
     cache: Cache,
     progress: bool,
     device: torch.device,
-) -> GroupContributions:
-    """TRAK's per-group contributions: each member's cached projected training features and
-    eigendecomposition, its query gradients projected group by group with the member's own matrix
-    (not cached), averaged over members and multiplied by the mean ``1 - p_i``, as
-    :func:`dahp.attribution.attributors.trak_scorer` does."""
-
+) -> dict[str, GroupContributions]:
+    """IFFIM (one member, loss features, sign -1) or TRAK (its ensemble, margin features scaled by
+    ``1/sqrt(#params)``, averaged and weighted by the mean ``1 - p_i``), per query set."""
+    trak = attributor == "trak"
     epoch = params.training_epoch or setting.recipe.epochs
-    scale = feature_scale("trak", setting.n_params())
-    x, y = setting.data().queries(split)
-    parts, row_weights = [], []
-    for k in range(params.ensemble_size):
+    kind = "trak" if trak else "loss"
+    train_scale = feature_scale(kind, setting.n_params())
+    query_scale = feature_scale("trak" if trak else "target", setting.n_params())
+    attributor_scale = gram_scale(attributor, len(setting.data().x_train))
+    sign = 1.0 if trak else -1.0
+    proj_dim = params.proj_dim
+    per_group = config.projection == "per_group" and proj_dim is not None
+    parts: dict[str, list[GroupContributions]] = {name: [] for name in queries}
+    row_weights = []
+    for k in range(params.ensemble_size if trak else 1):
         state, spec = full_data_state(setting, k, epoch, cache, progress, device)
         kw = dict(seed=params.proj_seed, ensemble_id=k, cache=cache, progress=progress, device=device)
-        train = gradient_features(setting, state, spec, "train", "trak", (params.proj_dim,), **kw)[params.proj_dim]
-        eig_spec = {**spec, "kind": "trak", "proj_dim": params.proj_dim, "proj_seed": params.proj_seed}
-        eig = _cached_eigendecomposition(
-            cache, {**eig_spec, "ensemble_id": k}, train, gram_scale("trak", len(train)), device
-        )
-        labels_k = y if labels == "true" else predicted_labels(setting, state, x, device)
-        if params.proj_dim is None:
-            queries = per_example_gradients(setting, state, x, labels_k, setting.target, scale, device=device)
-            parts.append(spectral_contributions(eig, train, queries, groups))
-        else:
-            projection = Projection(params.proj_dim, params.proj_seed, k, projection_generator(device))
-            matrix = projection_matrix(setting.n_params(), projection)
+        eig_spec = {**spec, "kind": kind, "proj_dim": proj_dim, "proj_seed": params.proj_seed}
+        if trak:
+            eig_spec["ensemble_id"] = k
+        if per_group:
+            projector = per_group_projector(groups, proj_dim, params.proj_seed, k)
             chunks: list[torch.Tensor] = []
+            fn = setting.target if trak else setting.loss
+            streamed_train_features(
+                setting, state, fn, train_scale, lambda _, rows: chunks.append(projector.features(rows)), device
+            )
+            train = torch.cat(chunks)
+            eig = eigendecompose(train, attributor_scale, device=device)
+        else:
+            train = gradient_features(setting, state, spec, "train", kind, (proj_dim,), **kw)[proj_dim]
+            eig = _cached_eigendecomposition(cache, eig_spec, train, attributor_scale, device)
+            if proj_dim is not None:
+                projection = Projection(proj_dim, params.proj_seed, k, projection_generator(device))
+                projector = shared_projector(setting.n_params(), projection, groups)
+        for name, request in queries.items():
+            if proj_dim is None:
+                if trak:
+                    x, y = _query_inputs(setting, state, request, device)
+                    rows = per_example_gradients(setting, state, x, y, setting.target, query_scale, device=device)
+                else:
+                    rows = _raw_query_rows(setting, state, spec, request, cache, progress, device)
+                parts[name].append(spectral_contributions(eig, train, rows, groups, sign))
+            else:
+                by_group = _projected_parts(setting, state, request, query_scale, projector, device)
+                parts[name].append(projected_contributions(eig, train, by_group, sign))
+        if trak:
+            row_weights.append(one_minus_correct_probability(setting, state, device))
+    out: dict[str, GroupContributions] = {}
+    for name, members in parts.items():
+        if not trak:
+            out[name] = members[0]
+            continue
+        mean = SummedContributions(tuple(members), (1.0 / len(members),) * len(members))
+        out[name] = RowWeightedContributions(mean, torch.stack(row_weights).mean(0))
+    return out
 
-            def sink(_: int, rows: torch.Tensor, matrix: torch.Tensor = matrix, chunks: list = chunks) -> None:
-                chunks.append(project_by_group(rows.cpu(), matrix, groups))
 
-            per_example_gradients(setting, state, x, labels_k, setting.target, scale, sink=sink, device=device)
-            rights = projected_rights(eig, train, torch.cat(chunks, dim=1))
-            left = eig.vectors.double() if eig.form == "dual" else train.double() @ eig.vectors.double()
-            parts.append(SpectralContributions(left, eig.eigenvalues.double(), rights))
-        row_weights.append(one_minus_correct_probability(setting, state, device))
-    mean = SummedContributions(tuple(parts), (1.0 / len(parts),) * len(parts))
-    return RowWeightedContributions(mean, torch.stack(row_weights).mean(0))
+def _spectral_parts(contributions) -> list[SpectralContributions]:
+    """The per-member spectral contributions of IFFIM (one) or TRAK (one per ensemble member)."""
+    if isinstance(contributions, RowWeightedContributions):
+        contributions = contributions.inner
+    if isinstance(contributions, SummedContributions):
+        return list(contributions.parts)
+    return [contributions]
+
+
+def weighted_members(members: Sequence[SpectralFactors], contributions, weights: torch.Tensor) -> list[SpectralFactors]:
+    """The validation scorer's spectral factors with query side ``Σ_j w_j R_j`` (ξ of the weighted attributor).
+
+    Checks that the contributions split exactly these factors (``Σ_j R_j = R`` per member).
+    """
+    parts = _spectral_parts(contributions)
+    if len(parts) != len(members):
+        raise InvalidParameterError("members", len(members), f"{len(parts)} (one per contribution part)")
+    out = []
+    for member, part in zip(members, parts):
+        # TRAK's scorer projects in float32: agreement to float32 rounding of the largest entry
+        gap = float((part.rights.sum(0) - member.right.double()).abs().max())
+        if gap > 1e-5 * float(member.right.abs().max()):
+            raise InvalidParameterError("contributions", "per-group rights", "a split of the scorer's own factors")
+        right = torch.einsum("m,mrq->rq", weights.double(), part.rights)
+        out.append(dataclasses.replace(member, right=right.to(member.right.dtype)))
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -529,18 +801,32 @@ class WeightFit:
     weights: torch.Tensor
     trace: list[float]
     seconds: float  #: wall time of the fit (the contributions already formed)
+    #: step -> the weights after that many steps, for the steps asked for (the fitting trace's checkpoints)
+    checkpoints: dict[int, torch.Tensor] = dataclasses.field(default_factory=dict)
 
 
-def fit_weights(contributions: torch.Tensor, config: GroupWeightConfig | None = None) -> WeightFit:
-    """Adam on θ over the validation contributions ``(M, n_train, n_queries)`` (full batch)."""
+def fit_weights(
+    contributions: torch.Tensor, config: GroupWeightConfig | None = None, record_at: Iterable[int] = ()
+) -> WeightFit:
+    """Adam on θ over the validation contributions ``(M, n_train, n_queries)`` (full batch).
+
+    ``record_at``: steps (0 .. ``config.steps``) after which the weights are also kept (:attr:`WeightFit.checkpoints`).
+    """
     config = config or GroupWeightConfig()
     config.check_n_train(contributions.shape[1])
+    record_at = sorted(set(record_at))
+    for step in record_at:
+        if not (isinstance(step, int) and 0 <= step <= config.steps):
+            raise InvalidParameterError("record_at", step, f"integers in 0..{config.steps} (the fit's steps)")
     start = time.perf_counter()
     contributions = contributions.double()
     theta = torch.full((contributions.shape[0],), float(config.init), dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.Adam([theta], lr=config.lr)
     trace: list[float] = []
-    for _ in range(config.steps):
+    checkpoints: dict[int, torch.Tensor] = {}
+    for step in range(config.steps):
+        if step in record_at:
+            checkpoints[step] = relative_weights(theta.detach().clone())
         optimizer.zero_grad()
         value = objective(theta, contributions, config.k, config.weight_penalty, config.signal)
         trace.append(float(value.detach()))
@@ -549,7 +835,9 @@ def fit_weights(contributions: torch.Tensor, config: GroupWeightConfig | None = 
     with torch.no_grad():
         trace.append(float(objective(theta, contributions, config.k, config.weight_penalty, config.signal)))
         theta = theta.detach().clone()
-        return WeightFit(theta, relative_weights(theta), trace, time.perf_counter() - start)
+        if config.steps in record_at:
+            checkpoints[config.steps] = relative_weights(theta)
+        return WeightFit(theta, relative_weights(theta), trace, time.perf_counter() - start, checkpoints)
 
 
 # --------------------------------------------------------------------------------------------
