@@ -180,9 +180,11 @@ def test_lock_check_detects_a_code_edit(tree, monkeypatch):
     assert "eigh" not in _users("training/train.py")  # untouched kinds are not reported
 
     # the developer bumps checkpoints and rewrites the lock: in order again
-    monkeypatch.setitem(CODE_VERSIONS, "checkpoints", CODE_VERSIONS["checkpoints"] + 1)
+    locked = CODE_VERSIONS["checkpoints"]
+    monkeypatch.setitem(CODE_VERSIONS, "checkpoints", locked + 1)
     assert any(
-        "CODE_VERSIONS['checkpoints'] is 2 but cache_versions.json records 1" in p for p in check_lock(root, lock)
+        f"CODE_VERSIONS['checkpoints'] is {locked + 1} but cache_versions.json records {locked}" in p
+        for p in check_lock(root, lock)
     )
     write_lock(lock, root)
     assert check_lock(root, lock) == []
@@ -253,7 +255,7 @@ def test_command_line_check_and_update_lock(tree, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "cache kind 'ground_truth'" in out and ADVICE.format(kind="ground_truth") in out
     assert main(["--update-lock"]) == 0
-    assert "ground_truth: sources changed, version 1 kept" in capsys.readouterr().out
+    assert f"ground_truth: sources changed, version {CODE_VERSIONS['ground_truth']} kept" in capsys.readouterr().out
     assert main(["--check"]) == 0
     with pytest.raises(SystemExit):
         main([])  # one of --check / --update-lock is required

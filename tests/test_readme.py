@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from dahp.selection.rules import DEFAULT_BUDGET
+
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- readme-example: begin -->", "<!-- readme-example: end -->"
 
@@ -32,6 +34,8 @@ def test_readme_example_runs_in_a_fresh_session(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     lines = run.stdout.splitlines()
     no_retraining = re.fullmatch(r"no retraining: median_xi_recipe λ = (\S+)", lines[0])
-    budget = re.fullmatch(r"with 5 retrainings: budget_span_5 λ = (\S+)", lines[2])
+    # the adaptive default: 3 models first, more while the pick is uncertain, never above max_retrainings (8)
+    budget = re.fullmatch(rf"with (\d+) retrainings: {DEFAULT_BUDGET}_8 λ = (\S+)", lines[2])
     assert no_retraining and budget, run.stdout
-    assert float(no_retraining[1]) > 0 and float(budget[1]) > 0
+    assert 3 <= int(budget[1]) <= 8
+    assert float(no_retraining[1]) > 0 and float(budget[2]) > 0

@@ -77,12 +77,13 @@ def _sha256_of(path: Path, size: int, mtime_ns: int) -> str:
 #: Code version of each kind of entry. Bump a kind when a change alters what its producer computes
 #: (then run ``python -m dahp.core.cache --update-lock``); a kind not listed here is refused.
 CODE_VERSIONS: dict[str, int] = {
-    "checkpoints": 1,  # training.train_full
-    "ground_truth": 1,  # ground_truth.ground_truth, one entry per chunk of subset models
+    # 2: small models train on one CPU thread (dahp.core.device.one_thread_below): last-bit differences
+    "checkpoints": 2,  # training.train_full
+    "ground_truth": 2,  # ground_truth.ground_truth, one entry per chunk of subset models
     "features": 1,  # features.gradient_features
     "eigh": 1,  # attributors._cached_eigendecomposition (spectral.eigendecompose)
     "hessian_eigh": 1,  # attributors._if_explicit (mean_loss_hessian, spectral.curvature_eigendecomposition)
-    "removal": 1,  # experiments.removal.retrained_accuracy
+    "removal": 2,  # experiments.removal.retrained_accuracy
     # 2: picks of every retraining-free rule of dahp.selection.rules.RULES under its registry name, with diagnoses
     "selection_case": 2,  # experiments.cases.selection_study (one entry per case)
     "suite_curves": 1,  # suite.problem_curves (test LDS and ξ̄ over the dense λ grid of one suite case)

@@ -17,7 +17,9 @@ keys of a model with dropout record that stream (:func:`dahp.training.train.drop
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from dahp.core.config import InvalidParameterError
@@ -69,3 +71,34 @@ def describe(device: torch.device) -> str:
         index = device.index if device.index is not None else torch.cuda.current_device()
         return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+#: Models with fewer parameters than this train on one CPU thread (:func:`one_thread_below`).
+ONE_THREAD_BELOW_PARAMS = 1_000_000
+
+
+@contextlib.contextmanager
+def one_cpu_thread(active: bool = True) -> Iterator[None]:
+    """Run the block with torch on one intra-op thread (when ``active``), restoring the count after.
+
+    Why: the operations of a small model are microseconds long, and each one is an OpenMP parallel
+    region that waits for all its threads. On a small machine whose cores are also busy (a test run,
+    papermill's parent, another kernel) one of those threads is often descheduled, and every operation
+    then waits for it: training the book's 12 MLPs took 84 ms per step on two threads and 12 ms on one
+    (measured on 2 shared cores). One thread gives up little when the machine is idle.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    if active:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def one_thread_below(n_parameters: int, device: torch.device) -> contextlib.AbstractContextManager[None]:
+    """:func:`one_cpu_thread` for work on the CPU with a model of fewer than :data:`ONE_THREAD_BELOW_PARAMS`
+    parameters; a no-op for larger models and other devices."""
+    return one_cpu_thread(device.type == "cpu" and n_parameters < ONE_THREAD_BELOW_PARAMS)

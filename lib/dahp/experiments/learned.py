@@ -23,7 +23,6 @@ Book: "Learned parameter-group weights".
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import time
@@ -39,7 +38,7 @@ from dahp.attribution import attributors as attr
 from dahp.attribution.lds import lds
 from dahp.core.cache import Cache, default_cache
 from dahp.core.config import GroundTruthConfig, InvalidParameterError
-from dahp.core.device import resolve_device
+from dahp.core.device import one_cpu_thread, resolve_device
 from dahp.core.results import matches, read_json, write_json
 from dahp.core.statistics import NOT_RUN, Estimate, mean_estimate, paired_difference, share_verdict
 from dahp.data.settings import Setting, get_setting
@@ -94,16 +93,10 @@ def study_grid(setting: Setting, attributor: str, n_lambdas: int) -> list[float 
     return default_grid(setting, attributor, n_lambdas)
 
 
-@contextlib.contextmanager
 def _one_thread():
-    """Run the weight fit on one CPU thread: its tensors are small (groups × n_train × queries), and on a busy
+    """The weight fit on one CPU thread: its tensors are small (groups × n_train × queries), and on a busy
     machine intra-op threads made a 300-step fit 10-80x slower (measured on 2 shared cores: 12 s vs 0.2 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    return one_cpu_thread()
 
 
 def _per_query(

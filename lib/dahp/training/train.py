@@ -32,7 +32,7 @@ from torch.func import functional_call, grad, stack_module_state, vmap
 
 from dahp.core.cache import Cache, default_cache
 from dahp.core.config import InvalidParameterError, TrainingRecipe
-from dahp.core.device import resolve_device
+from dahp.core.device import one_thread_below, resolve_device
 from dahp.core.progress import tqdm
 from dahp.data.settings import Setting
 
@@ -134,17 +134,18 @@ def train_one(
             optimizer, lambda step: schedule_factor(recipe, step, total_steps)
         )
     generator = order_generator(seed)
-    for epoch in range(1, recipe.epochs + 1):
-        order = epoch_orders(indices, generator).to(device)
-        for start in range(0, len(order), recipe.batch_size):
-            batch = order[start : start + recipe.batch_size]
-            optimizer.zero_grad()
-            setting.loss(model(x[batch]), y[batch]).backward()
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, model)
+    with one_thread_below(sum(p.numel() for p in model.parameters()), device):  # as train_many
+        for epoch in range(1, recipe.epochs + 1):
+            order = epoch_orders(indices, generator).to(device)
+            for start in range(0, len(order), recipe.batch_size):
+                batch = order[start : start + recipe.batch_size]
+                optimizer.zero_grad()
+                setting.loss(model(x[batch]), y[batch]).backward()
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, model)
     return model.cpu().eval()
 
 
@@ -220,13 +221,15 @@ def train_many(
     torch.manual_seed(dropout_seed)
     epochs = range(1, recipe.epochs + 1)
     label = progress if isinstance(progress, str) else f"training {len(seeds)} {setting.name} models"
-    for epoch in tqdm(epochs, desc=label, disable=not progress, leave=False):
-        orders = torch.stack([epoch_orders(ix, g) for ix, g in zip(index_sets, generators)]).to(device)
-        for start in range(0, orders.shape[1], recipe.batch_size):
-            batch = orders[:, start : start + recipe.batch_size]
-            optimizer.step(params, batched_grad(params, buffers, x[batch], y[batch]))
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, _on_cpu({**params, **buffers}, names))
+    n_parameters = sum(p.numel() for p in models[0].parameters())
+    with one_thread_below(n_parameters, device):
+        for epoch in tqdm(epochs, desc=label, disable=not progress, leave=False):
+            orders = torch.stack([epoch_orders(ix, g) for ix, g in zip(index_sets, generators)]).to(device)
+            for start in range(0, orders.shape[1], recipe.batch_size):
+                batch = orders[:, start : start + recipe.batch_size]
+                optimizer.step(params, batched_grad(params, buffers, x[batch], y[batch]))
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, _on_cpu({**params, **buffers}, names))
     return _on_cpu({**params, **buffers}, names)
 
 
