@@ -122,7 +122,7 @@ class RulePick:
     diagnosis: str  #: what the rule saw and why it picked this λ, in one line
     trainings: int  #: retrained models the rule used (0 for retraining-free rules)
     seconds: float  #: the rule's own compute time (the shared factorization excluded)
-    #: adaptive budget rule: expected validation LDS(pick) / LDS(best candidate) and its interval
+    #: the expected validation LDS(pick) / LDS(best candidate) and its interval (set by the adaptive budget rule only)
     ratio: tuple[float, float, float] | None = None
 
 
