@@ -353,7 +353,8 @@ def test_bad_task_input_is_refused_before_compute(digits_task, kwargs, parameter
     [
         ("if_cg", {}, "attributor"),
         ("grad_cos", {}, "attributor"),
-        ("iffim", {"params": make_params("iffim", proj_dim=64)}, "proj_dim"),
+        # IFFIM and TRAK may be projected (per-group contributions of projected features); Grad-Dot may not
+        ("grad_dot", {"params": make_params("grad_dot", proj_dim=64)}, "proj_dim"),
         ("grad_dot", {"config": GroupWeightConfig(k=401)}, "k"),
     ],
 )

@@ -11,6 +11,7 @@ from dahp.attribution.spectral import SpectralFactors
 from dahp.core.config import InvalidParameterError, TrainingRecipe
 from dahp.selection.algorithm import mean_xi
 from dahp.selection.rules import (
+    DEFAULT_BUDGET,
     DESIGNED_AFTER,
     FITTED,
     RETRAINING,
@@ -178,9 +179,18 @@ def test_all_picks_skips_rules_without_their_inputs_and_refuses_named_ones():
     full = RuleInput(
         "iffim", inp.members, GRID, RecipeFacts.sgd(0.1, 10, 2, 2), 1e-5, lambda m, lams: np.ones(len(lams))
     )
-    # recipe_gauss_newton converts to TRAK's kernel: for IFFIM it is not applicable
-    assert [p.rule for p in all_picks(full)] == [name for name in RULES if name != "recipe_gauss_newton"]
-    assert [p.rule for p in all_picks(dataclasses.replace(full, attributor="trak"))] == list(RULES)
+    # recipe_gauss_newton converts to TRAK's kernel: for IFFIM it is not applicable; the adaptive budget
+    # rule needs the retrained models' per-model sums, which this input does not have
+    adaptive_rule = f"{DEFAULT_BUDGET}_8"
+    assert adaptive_rule in RULES and not RULES[adaptive_rule].applicable(full)
+    assert [p.rule for p in all_picks(full)] == [
+        name for name in RULES if name not in ("recipe_gauss_newton", adaptive_rule)
+    ]
+    assert [p.rule for p in all_picks(dataclasses.replace(full, attributor="trak"))] == [
+        name for name in RULES if name != adaptive_rule
+    ]
+    with pytest.raises(InvalidParameterError, match="validation_sums"):
+        all_picks(full, [adaptive_rule])
     assert RULES["published_default"](full).regularization == 1e-5
 
 

@@ -709,9 +709,15 @@ def fit_rule(name: str, problems_rows: Iterable[Mapping]) -> dict[str, float]:
 # the registry
 
 #: What a rule may need beyond the trained model: the training's :class:`RecipeFacts`, the attributor's
-#: published λ, or retrained models (``RuleInput.validation_lds``).
-NEEDS = ("recipe", "published_default", "retrained_models")
-_NEEDS_FIELD = {"recipe": "recipe", "published_default": "published_default", "retrained_models": "validation_lds"}
+#: published λ, retrained models (``RuleInput.validation_lds``) or their per-model subset sums
+#: (``RuleInput.validation_sums``, the adaptive budget rule).
+NEEDS = ("recipe", "published_default", "retrained_models", "retrained_sums")
+_NEEDS_FIELD = {
+    "recipe": "recipe",
+    "published_default": "published_default",
+    "retrained_models": "validation_lds",
+    "retrained_sums": "validation_sums",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -774,12 +780,19 @@ def _xi_grid_rule(threshold: float) -> Rule:
     )
 
 
-def _budget_rule(family: str, compute: Callable[..., RulePick], models: int, description: str, **fields) -> Rule:
+def _budget_rule(
+    family: str,
+    compute: Callable[..., RulePick],
+    models: int,
+    description: str,
+    needs: frozenset[str] = frozenset({"retrained_models"}),
+    **fields,
+) -> Rule:
     """A retraining rule of ``family`` that spends ``models`` retrained models (named ``f"{family}_{models}"``)."""
     return Rule(
         f"{family}_{models}",
         functools.partial(compute, models=models),
-        frozenset({"retrained_models"}),
+        needs,
         trainings=models,
         description=description,
         family=family,
@@ -827,6 +840,8 @@ def budget_smooth_rule(models: int = adaptive.MAX_MODELS) -> Rule:
         budget_smooth,
         models,
         f"validation LDS over the whole grid smoothed in log λ, estimates as a soft prior, 3 to {models} models",
+        # the per-model subset sums, not just the validation LDS: it bootstraps and adds models one at a time
+        needs=frozenset({"retrained_models", "retrained_sums"}),
     )
 
 
