@@ -202,6 +202,27 @@ def test_objective_is_scale_invariant_and_shift_invariant_in_theta():
     assert objective(theta + 2.5, c, k=4).item() == pytest.approx(base.item(), rel=1e-12)
 
 
+@pytest.mark.parametrize("signal", ["top", "top_and_bottom"])
+@pytest.mark.parametrize("penalty", [0.0, 0.01])
+def test_fit_objective_equals_the_reference_objective_and_its_gradient(signal, penalty):
+    # the fit's gathered form (top-k columns, per-query Gram) against the definition on the full score matrix
+    from dahp.methods.learned_weights import _FitObjective
+
+    torch.manual_seed(5)
+    c = torch.randn(4, 150, 12, dtype=torch.float64)
+    c[:, :, 3] = 0.0  # a query with no scores at all: L_q = 0, and a finite gradient
+    theta = torch.tensor([0.2, -0.7, 0.4, 1.1], dtype=torch.float64)
+    fast_theta = theta.clone().requires_grad_(True)
+    reference_theta = theta.clone().requires_grad_(True)
+    fast = _FitObjective(c, k=5, weight_penalty=penalty, signal=signal)(fast_theta)
+    reference = objective(reference_theta, c, k=5, weight_penalty=penalty, signal=signal)
+    fast.backward()
+    reference.backward()
+    assert fast.item() == pytest.approx(reference.item(), rel=1e-12)
+    assert torch.isfinite(fast_theta.grad).all()
+    torch.testing.assert_close(fast_theta.grad, reference_theta.grad, rtol=1e-10, atol=1e-14)
+
+
 def test_fit_upweights_the_group_that_carries_the_signal():
     torch.manual_seed(4)
     n, q, k = 200, 20, 10

@@ -1,5 +1,6 @@
 """One eigendecomposition gives the regularized inverse at every λ, in either form."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -67,3 +68,30 @@ def test_bad_regularization(problem, lam):
     f = factorize(*problem)
     with pytest.raises(InvalidParameterError, match="regularization"):
         f.scores(lam)
+
+
+@pytest.mark.parametrize("lam", [1e-3, 1.0])
+def test_summed_factors_give_the_subset_sums_and_the_same_lds(problem, lam):
+    # the LDS grid folds the subsets into the left factor once; it must equal summing the full scores
+    from dahp.attribution.attributors import SpectralScorer
+    from dahp.attribution.lds import lds, lds_of_sums, membership_matrix
+    from dahp.attribution.spectral import Sweepable
+
+    g, q = problem
+    member = factorize(g, q)
+    generator = torch.Generator().manual_seed(7)
+    subsets = torch.stack([torch.randperm(g.shape[0], generator=generator)[: g.shape[0] // 2] for _ in range(9)])
+    membership = membership_matrix(subsets, g.shape[0])
+    assert membership.sum(1).eq(g.shape[0] // 2).all()
+    weights = torch.rand(g.shape[0], generator=generator, dtype=torch.float64)
+    for scorer in (member, SpectralScorer([member, factorize(2 * g, q)], train_weights=weights)):
+        direct = membership @ scorer.scores(lam)
+        torch.testing.assert_close(scorer.summed(membership).scores(lam), direct, rtol=1e-10, atol=1e-12)
+        # the generic path (no closed form): the product at each λ
+        torch.testing.assert_close(Sweepable.summed(scorer, membership).scores(lam), direct, rtol=1e-12, atol=1e-12)
+        targets = direct + torch.randn(direct.shape, generator=generator, dtype=torch.float64)
+        np.testing.assert_allclose(
+            lds_of_sums(scorer.summed(membership).scores(lam), targets).per_query,
+            lds(scorer.scores(lam), targets, subsets).per_query,
+            rtol=1e-12,
+        )

@@ -332,6 +332,12 @@ class SpectralScorer(Sweepable):
             total = total * self.train_weights.double().unsqueeze(1)
         return total
 
+    def summed(self, membership: torch.Tensor) -> SpectralScorer:
+        """Subset sums in closed form: each member's left factor summed once (the training-point weights folded in)."""
+        if self.train_weights is not None:
+            membership = membership.double() * self.train_weights.double().unsqueeze(0)
+        return SpectralScorer([member.summed(membership) for member in self.members])
+
     def restricted(self, query_index: torch.Tensor) -> SpectralScorer:
         """The same scorer for the queries in ``query_index`` only (their columns of every member)."""
         members = [dataclasses.replace(m, right=m.right[:, query_index]) for m in self.members]

@@ -36,6 +36,10 @@ from dahp.training.train import train_full
 
 QUERY_BATCH = 500
 LISSA_QUERY_BATCH = 20
+#: LiSSA samples its training batches from torch's global generator; the solve runs with the generator
+#: seeded to this (and restored after), so a LiSSA score does not depend on what ran before it in the
+#: process (a cold build trains models first, a warm one does not: the samples, and the table, differed).
+LISSA_SAMPLE_SEED = 0
 #: Training points whose per-example gradients the influence functions form at once (the curvature
 #: still sees every training point in one batch). 500 rows of mnist_mlp's gradients are 220 MB;
 #: the whole training set at once (4,000 rows, 1.75 GB, plus vmap's intermediates) peaked at 7 GB.
@@ -173,9 +177,11 @@ def _run(
         )
         # LiSSA vmaps its whole recursion over the query batch: small batches bound the memory. Its
         # solve gives the same bits without autograd recording, which held 5 GB at depth 100.
-        return -_attribute_inner_product(
-            attr, setting, split, query_index=query_index, query_batch=LISSA_QUERY_BATCH, solve_grad=False
-        )
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(LISSA_SAMPLE_SEED)
+            return -_attribute_inner_product(
+                attr, setting, split, query_index=query_index, query_batch=LISSA_QUERY_BATCH, solve_grad=False
+            )
     if attributor == "logra":
         return _logra(setting, state, params, split, query_index, device)
     raise ValueError(f"dattri_bridge.run has no route for attributor {attributor!r}")

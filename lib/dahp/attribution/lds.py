@@ -57,6 +57,12 @@ def subset_sums(scores: ArrayLike, subsets: ArrayLike, device: str | torch.devic
     return membership @ scores
 
 
+def membership_matrix(subsets: ArrayLike, n_train: int) -> torch.Tensor:
+    """``(M, n_train)`` float64 0/1 matrix: row ``j`` marks the training points of subset ``j``."""
+    index = torch.as_tensor(_numpy(subsets).astype(np.int64))
+    return torch.zeros(index.shape[0], n_train, dtype=torch.float64).scatter_(1, index, 1.0)
+
+
 def _subset_sums_torch(scores: ArrayLike, subsets: ArrayLike, device: torch.device) -> np.ndarray:
     """:func:`subset_sums` with torch on ``device`` (the same float64 sums, up to summation order)."""
     values = torch.as_tensor(scores).to(device, torch.float64)
@@ -99,7 +105,16 @@ def lds(
             "subsets.shape[0]", subsets_np.shape[0], f"the number of target rows M={targets_np.shape[0]} (M >= 2)"
         )
     sums = subset_sums(scores if device.type != "cpu" else scores_np, subsets_np, device)
-    per_query = columnwise_spearman(sums, targets_np.astype(np.float64))
+    return lds_of_sums(sums, targets_np)
+
+
+def lds_of_sums(sums: ArrayLike, targets: ArrayLike) -> LDSResult:
+    """:func:`lds` from the subset sums ``(M, n_queries)`` already formed (e.g. by a scorer's
+    :meth:`~dahp.attribution.spectral.Sweepable.summed`) and the targets ``(M, n_queries)``."""
+    sums, targets = _numpy(sums).astype(np.float64), _numpy(targets).astype(np.float64)
+    if sums.shape != targets.shape:
+        raise InvalidParameterError("sums.shape", sums.shape, f"the targets' shape {targets.shape}")
+    per_query = columnwise_spearman(sums, targets)
     valid = per_query[~np.isnan(per_query)]
     sem = float(valid.std(ddof=1) / np.sqrt(len(valid))) if len(valid) > 1 else float("nan")
     return LDSResult(

@@ -44,6 +44,24 @@ class Sweepable:
         for lam in regularizations:
             yield lam, self.scores(lam)
 
+    def summed(self, membership: torch.Tensor) -> Sweepable:
+        """A scorer whose "training points" are the rows of ``membership`` ``(M, n_train)``: its scores at
+        any λ are ``membership @ self.scores(λ)`` (the subset sums the LDS needs). Here the product is
+        formed at each λ; closed forms in λ fold ``membership`` in once (:meth:`SpectralFactors.summed`)."""
+        return _Summed(self, membership)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Summed(Sweepable):
+    """:meth:`Sweepable.summed` of a scorer without a closed form in λ."""
+
+    inner: Sweepable
+    membership: torch.Tensor
+
+    def scores(self, regularization: float) -> torch.Tensor:
+        scores = self.inner.scores(regularization)
+        return self.membership.to(scores.device, torch.float64) @ scores.double()
+
 
 @dataclasses.dataclass(frozen=True)
 class SpectralFactors(Sweepable):
@@ -61,6 +79,11 @@ class SpectralFactors(Sweepable):
         check_regularization(regularization)
         weights = 1.0 / (self.eigenvalues + regularization)
         return self.sign * (self.left @ (weights.unsqueeze(1) * self.right))
+
+    def summed(self, membership: torch.Tensor) -> SpectralFactors:
+        """The factors of the subset sums: ``(membership @ L) diag(1/(e + λ)) R``; the ``(M, r)`` left factor is
+        formed once, so each λ then costs ``M × r × q`` instead of ``n × r × q``."""
+        return dataclasses.replace(self, left=membership.to(self.left.device, self.left.dtype) @ self.left)
 
 
 def check_regularization(regularization: float) -> None:

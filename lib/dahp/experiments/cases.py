@@ -29,7 +29,7 @@ import torch
 
 from dahp.attribution import attributors as attr
 from dahp.attribution import dattri_bridge
-from dahp.attribution.lds import lds
+from dahp.attribution.lds import lds_of_sums, membership_matrix
 from dahp.attribution.scales import CASE_POINTS, case_grid
 from dahp.attribution.spectral import SpectralFactors
 from dahp.core.cache import Cache, default_cache
@@ -187,10 +187,11 @@ def run_case(
     diagnoses = {pick.rule: pick.diagnosis for pick in made}
 
     def per_query(lam: float) -> np.ndarray:
-        return lds(test.scores(lam), truth.targets("test"), truth.subsets, device=device).per_query
+        return lds_of_sums(summed.scores(lam), truth.targets("test")).per_query
 
     started = time.perf_counter()
     truth = ground_truth(setting, truth_config, cache, progress, device=device)
+    summed = test.summed(membership_matrix(truth.subsets, setting.data().n_train))  # subset sums in closed form
     lds_grid = np.stack([per_query(lam) for lam in grid])
     # retraining is timed when it runs (a cached ground truth keeps its recorded training time)
     grid_search_seconds = truth.train_seconds + time.perf_counter() - started - truth.seconds
@@ -282,6 +283,7 @@ def selection_study(
     members = ensemble_size if attributor == "trak" else None
     if attributor == "trak" and members is None:
         members = attr.make_params("trak").ensemble_size
+    _prefetch_projections(settings, cases, attributor, members, configs, n_points, cache, progress, device)
     built = []
     for config in configs:
         for setting, (_, proj_dim) in zip(settings, cases):
@@ -296,10 +298,9 @@ def selection_study(
             if reason:
                 built.append(SelectionCase(**key, status=reason))
                 continue
-            grid = default_grid(setting, attributor, n_points)
-            spec = {**setting.spec(), **key, "grid": grid, "ground_truth": config.as_dict()}
+            spec = _case_spec(setting, key, n_points, config)
 
-            def compute(setting=setting, grid=grid, proj_dim=proj_dim, config=config) -> dict:
+            def compute(setting=setting, grid=spec["grid"], proj_dim=proj_dim, config=config) -> dict:
                 return _to_payload(
                     run_case(setting, attributor, grid, proj_dim, members, config, cache, progress, device)
                 )
@@ -318,6 +319,51 @@ def selection_study(
         "published_defaults": PUBLISHED_DEFAULTS,
     }
     return SelectionStudy(name, built, config, profile)
+
+
+def _case_spec(setting: Setting, key: dict[str, Any], n_points: int, config: GroundTruthConfig) -> dict[str, Any]:
+    """The cache key of one computed case: everything that determines it."""
+    grid = default_grid(setting, attributor=key["attributor"], n_points=n_points)
+    return {**setting.spec(), **key, "grid": grid, "ground_truth": config.as_dict()}
+
+
+def _prefetch_projections(
+    settings: Sequence[Setting],
+    cases: Sequence[tuple[str, int | None]],
+    attributor: str,
+    members: int | None,
+    configs: Sequence[GroundTruthConfig],
+    n_points: int,
+    cache: Cache,
+    progress: bool,
+    device: torch.device,
+) -> None:
+    """Project the gradients of every projection dimension a setting's uncomputed cases need in one pass.
+
+    Cases of one setting that differ only in the projection share their per-example gradients; the
+    projector's matrices are nested (:func:`dahp.attribution.features.project_nested`), so one pass per
+    model and split fills the features of every dimension (each case then finds its own in the cache).
+    """
+    wanted: dict[str, tuple[Setting, set[int]]] = {}
+    for config in configs:
+        for setting, (_, proj_dim) in zip(settings, cases):
+            if proj_dim is None or setting.data_not_supplied():
+                continue
+            key = {
+                "setting": setting.name,
+                "attributor": attributor,
+                "proj_dim": proj_dim,
+                "ensemble_size": members,
+                "alpha": config.alpha,
+            }
+            if not cache.path("selection_case", _case_spec(setting, key, n_points, config)).exists():
+                wanted.setdefault(setting.name, (setting, set()))[1].add(proj_dim)
+    for setting, dims in wanted.values():
+        if len(dims) < 2:
+            continue  # nothing to share
+        params = selection_params(attributor, max(dims), members)
+        for split in ("val", "test"):
+            attr.prefetch_features(setting, attributor, params, sorted(dims), split, cache, progress, device)
 
 
 def case_scores(

@@ -36,7 +36,7 @@ import pandas as pd
 import torch
 
 from dahp.attribution import attributors as attr
-from dahp.attribution.lds import lds
+from dahp.attribution.lds import lds_of_sums, membership_matrix
 from dahp.core.cache import Cache, default_cache
 from dahp.core.config import GroundTruthConfig, InvalidParameterError
 from dahp.core.device import resolve_device
@@ -184,12 +184,13 @@ def run_grid(
         scorer = attr.scorer(
             setting, spec.attributor, params, spec.split, cache, progress=False, query_index=selected, device=device
         )
+        # the LDS needs the subset sums only: a closed form in λ folds the subsets in once
+        summed = scorer.summed(membership_matrix(truth.subsets, setting.data().n_train))
         setup_seconds = time.perf_counter() - started
         for combination in members:
             started = time.perf_counter()
             lam = combination.get("regularization", getattr(params, "regularization", None))
-            scores = scorer.scores(lam if lam is not None else 0.0)
-            result = lds(scores, targets, truth.subsets, device=device)
+            result = lds_of_sums(summed.scores(lam if lam is not None else 0.0), targets)
             rows.append(
                 {
                     "setting": spec.setting,

@@ -731,7 +731,32 @@ class LearnedAblationRecord:
         return list(dict.fromkeys(zip(self.per_query.setting, self.per_query.attributor)))
 
     def _rows(self, setting: str, attributor: str) -> pd.DataFrame:
-        return self.per_query[(self.per_query.setting == setting) & (self.per_query.attributor == attributor)]
+        return self._by_case().get((setting, attributor), self.per_query.iloc[:0])
+
+    def _by_case(self) -> dict[tuple[str, str], pd.DataFrame]:
+        """The rows of each case, split once: the tables and headlines ask for rows over a thousand times,
+        and comparing string columns of the whole frame each time cost seconds per page."""
+        if getattr(self, "_split_rows", None) is None or self._split_rows[0] is not self.per_query:
+            self._split_rows = (
+                self.per_query,
+                {key: rows for key, rows in self.per_query.groupby(["setting", "attributor"], sort=False)},
+            )
+        return self._split_rows[1]
+
+    def _row_lds(self, setting: str, attributor: str) -> dict[tuple[str, str, str], np.ndarray]:
+        """(check, value, split) -> per-query LDS in query order, for one case (formed once per case)."""
+        cache = getattr(self, "_lds_rows", None)
+        if cache is None or cache[0] is not self.per_query:
+            cache = self._lds_rows = (self.per_query, {})
+        if (setting, attributor) not in cache[1]:
+            rows = self._rows(setting, attributor).sort_values("query", kind="stable")
+            cache[1][(setting, attributor)] = {
+                (str(check), str(value), str(split)): group.lds.to_numpy(dtype=float)
+                for (check, value, split), group in rows.groupby(
+                    [rows.check, rows.value.astype(str), rows.split], sort=False
+                )
+            }
+        return cache[1][(setting, attributor)]
 
     def values(self, setting: str, attributor: str, check: str) -> list[str]:
         """The values one check took in a case, in the order they ran."""
@@ -744,11 +769,10 @@ class LearnedAblationRecord:
 
     def per_query_at(self, setting: str, attributor: str, check: str, value: str, split: str = "test") -> np.ndarray:
         """Per-query LDS of one row, in query order."""
-        rows = self._rows(setting, attributor)
-        rows = rows[(rows.check == check) & (rows.value.astype(str) == str(value)) & (rows.split == split)]
-        if rows.empty:
+        found = self._row_lds(setting, attributor).get((str(check), str(value), str(split)))
+        if found is None:
             raise InvalidParameterError("row", (setting, attributor, check, value, split), "a row of the checks")
-        return rows.sort_values("query").lds.to_numpy(dtype=float)
+        return found
 
     @staticmethod
     def baseline(check: str, value: str) -> str:

@@ -793,6 +793,48 @@ def objective(
     return value
 
 
+class _FitObjective:
+    """:func:`objective` for many evaluations over one fixed ``contributions``, at a fraction of the cost.
+
+    The objective is linear in ``w`` once the top-k set is fixed (it is not differentiated):
+    ``Σ_{i ∈ T_k} s_i = w · Σ_{i ∈ T_k} C[:, i, q]`` and ``‖s_q‖² = wᵀ G_q w`` with the per-query Gram
+    ``G_q = C[:, :, q] C[:, :, q]ᵀ`` (``M × M``, formed once). So each step forms the scores without a
+    graph (for the top-k indices only), gathers the ``k`` selected columns, and differentiates a
+    function of ``M`` numbers per query instead of the whole ``(n_train, n_queries)`` score matrix.
+    Same value and gradient as :func:`objective` up to rounding (tested).
+    """
+
+    def __init__(self, contributions: torch.Tensor, k: int, weight_penalty: float = 0.0, signal: str = "top"):
+        if signal not in SIGNALS:
+            raise InvalidParameterError("signal", signal, SIGNALS)
+        # (M, n_queries, n_train), contiguous: the top-k runs along the last, contiguous axis
+        self.by_query = contributions.permute(0, 2, 1).contiguous()
+        self.gram = torch.einsum("mqn,lqn->qml", self.by_query, self.by_query)
+        self.k, self.weight_penalty, self.signal = k, weight_penalty, signal
+
+    def _tail_means(self, scores: torch.Tensor, largest: bool) -> torch.Tensor:
+        """``(M, n_queries)``: each group's contribution averaged over the query's top (or bottom) k."""
+        index = scores.topk(self.k, dim=1, largest=largest).indices  # (n_queries, k)
+        m = self.by_query.shape[0]
+        return self.by_query.gather(2, index.unsqueeze(0).expand(m, -1, -1)).mean(2)
+
+    def __call__(self, theta: torch.Tensor) -> torch.Tensor:
+        weights = relative_weights(theta)
+        with torch.no_grad():
+            scores = torch.einsum("m,mqn->qn", weights.detach(), self.by_query)
+            tails = self._tail_means(scores, largest=True)
+            if self.signal == "top_and_bottom":
+                tails = (tails - self._tail_means(scores, largest=False)) / 2
+        top = weights @ tails
+        square = torch.einsum("m,qml,l->q", weights, self.gram, weights)
+        # a query whose scores are all zero has L_q = 0 (the clamp keeps its gradient finite)
+        norm = square.clamp_min(torch.finfo(square.dtype).tiny).sqrt()
+        value = (-top / norm).mean()
+        if self.weight_penalty:
+            value = value + self.weight_penalty * torch.softmax(theta, dim=0).pow(2).sum()
+        return value
+
+
 @dataclasses.dataclass(frozen=True)
 class WeightFit:
     """The learned logits, the weights (mean 1) and the objective before each step and after the last."""
@@ -822,18 +864,19 @@ def fit_weights(
     contributions = contributions.double()
     theta = torch.full((contributions.shape[0],), float(config.init), dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.Adam([theta], lr=config.lr)
+    fitted = _FitObjective(contributions, config.k, config.weight_penalty, config.signal)
     trace: list[float] = []
     checkpoints: dict[int, torch.Tensor] = {}
     for step in range(config.steps):
         if step in record_at:
             checkpoints[step] = relative_weights(theta.detach().clone())
         optimizer.zero_grad()
-        value = objective(theta, contributions, config.k, config.weight_penalty, config.signal)
+        value = fitted(theta)
         trace.append(float(value.detach()))
         value.backward()
         optimizer.step()
     with torch.no_grad():
-        trace.append(float(objective(theta, contributions, config.k, config.weight_penalty, config.signal)))
+        trace.append(float(fitted(theta)))
         theta = theta.detach().clone()
         if config.steps in record_at:
             checkpoints[config.steps] = relative_weights(theta)
