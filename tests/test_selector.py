@@ -417,8 +417,10 @@ def test_result_repr_summary_and_frame(digits_task):
     spread = np.log10(max(three) / min(three))
     assert result.estimates == ("xi_continuous", "xi_saturation_0.9", "recipe")
     assert result.agreement_decades() == pytest.approx(spread)
-    assert f"{spread:.2f} decades" in summary
-    assert ("agree within" in summary) == (spread <= selector_module.AGREEMENT_DECADES)
+    assert f"span {spread:.2f} decades" in summary
+    # and whether the recipe's estimate supports the ξ̄ bracket: the "don't know" flag, in the same words
+    assert ("supported:" in summary) == (result.dont_know is None)
+    assert ("uncertain:" in summary) == (result.dont_know is not None)
     frame = result.to_frame()
     assert list(frame.columns) == [
         "rule", "regularization", "diagnosis", "trainings", "seconds", "validation_lds", "validation_lds_se", "chosen",

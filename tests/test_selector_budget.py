@@ -87,18 +87,31 @@ def _parts(monkeypatch, *lambdas: float) -> None:
     monkeypatch.setattr(rules, "median_parts", lambda inp: picks)
 
 
-def test_the_dont_know_flag_fires_when_the_estimates_disagree_and_not_when_they_agree(monkeypatch):
-    inp = _input()
+def test_the_dont_know_flag_fires_when_the_recipe_leaves_the_xi_bracket_and_not_when_it_is_inside(monkeypatch):
+    from dahp.selection.recipe import RecipeFacts
+
+    recipe = RecipeFacts(lr=0.1, steps=100, n_train=40, n_params=6)
+    inp = dataclasses.replace(_input(), recipe=recipe)
     curve = np.asarray(rules.xi_bar_curve(inp.members, inp.grid))
     assert curve.min() < 0.7 < curve.max()  # ξ̄ crosses 0.7: only the estimates can raise the flag
-    _parts(monkeypatch, 1e-3, 2e-3, 4e-3)  # 0.6 decades apart
+    # (the ξ̄ crossing, ξ̄'s saturation, the recipe's estimate)
+    _parts(monkeypatch, 1e-4, 1e-2, 3e-3)  # inside the 2-decade bracket: the wide span alone is no reason
+    assert selector.outside_bracket_decades(inp) == 0.0
     assert selector.dont_know(inp, threshold=0.7) is None
-    _parts(monkeypatch, 1e-4, 2e-3, 4e-2)  # 2.6 decades apart
+    _parts(monkeypatch, 1e-4, 1e-2, 1.5e-2)  # 0.18 decades outside: within one grid step
+    assert selector.dont_know(inp, threshold=0.7) is None
+    _parts(monkeypatch, 1e-4, 1e-2, 1e-1)  # a decade above the bracket
+    assert selector.outside_bracket_decades(inp) == pytest.approx(1.0)
     flag = selector.dont_know(inp, threshold=0.7)
-    assert flag is not None and "decades apart" in flag and "retrain=" in flag
+    assert flag is not None and "1.00 decades outside" in flag and "retrain=" in flag
     assert str(selector.BUDGET_TYPICAL_TRAININGS) in flag and "\n" not in flag
+    _parts(monkeypatch, 1e-4, 1e-2, 1e-5)  # and below it
+    assert selector.outside_bracket_decades(inp) == pytest.approx(1.0)
+    # without a recipe there is no independent estimate: only ξ̄ can raise the flag
+    assert selector.outside_bracket_decades(dataclasses.replace(inp, recipe=None)) is None
+    assert selector.dont_know(dataclasses.replace(inp, recipe=None), threshold=0.7) is None
     # ξ̄ never crossing raises it even when the estimates agree
-    _parts(monkeypatch, 1e-3, 2e-3, 4e-3)
+    _parts(monkeypatch, 1e-3, 2e-3, 1.5e-3)
     assert "never crosses 0.3" in selector.dont_know(inp, threshold=0.3)
 
 
