@@ -178,3 +178,44 @@ def test_sealed_rows_are_reported_apart_and_never_fitted_on():
         "below_flagged": 2,
         "flagged": 2,
     }
+
+
+def test_the_stated_interval_includes_the_models_noise():
+    # the same search, the same pick: the interval over models and queries is never narrower here than the
+    # stopping rule's over queries alone, and is clearly wider when the few models disagree
+    widths = []
+    for seed in range(4):
+        models = CountingModels(peak=12, noise=3.0, seed=seed)
+        found = adaptive.adaptive_search(models, GRID, max_models=4)
+        sums, targets = models(found.models, GRID)
+        kernel = adaptive.smoothing_kernel(GRID)
+        penalty = np.zeros(len(GRID))
+        smoothed = adaptive.smooth(adaptive.per_query_statistic(sums, targets), kernel)
+        _, (q_low, q_high) = adaptive.ratio_interval(smoothed, found.index, penalty)
+        low, high = found.ratio_interval
+        assert 0.0 <= low <= found.ratio <= high <= 1.0
+        widths.append((high - low, q_high - q_low))
+    assert all(both >= queries - 1e-12 for both, queries in widths)
+    assert np.mean([both for both, _ in widths]) > 1.5 * np.mean([queries for _, queries in widths])
+
+
+def test_interval_check_counts_the_cases_whose_interval_held_the_test_ratio():
+    import pandas as pd
+
+    table = pd.DataFrame(
+        {
+            "rule": ["budget_smooth_8"] * 3 + ["median_xi_recipe"],
+            "sealed": [False, False, True, False],
+            "lds_over_best": [0.95, 0.70, 0.99, 0.5],
+            "expected_ratio_low": [0.90, 0.80, 0.97, float("nan")],
+            "expected_ratio_high": [1.0, 1.0, 1.0, float("nan")],
+        }
+    )
+    record = robustness.SelectorRobustnessRecord(table, pd.DataFrame(), {}, "default")
+    assert record.interval_check("budget_smooth_8", group="development") == {
+        "cases": 2,
+        "covered": 1,
+        "mean_width": pytest.approx(0.15),
+    }
+    assert record.interval_check("budget_smooth_8", group="sealed")["covered"] == 1
+    assert record.interval_check("median_xi_recipe")["cases"] == 0  # no interval: nothing claimed

@@ -409,6 +409,24 @@ class SelectorRobustnessRecord:
             "flagged": int(rows.flagged.astype(bool).sum()),
         }
 
+    def interval_check(self, rule: str, group: str | None = None) -> dict:
+        """How often ``rule``'s stated interval of LDS(pick) / LDS(best) (budget rules) held the ratio measured
+        on the test queries: cases with an interval, how many it covered, and its mean width."""
+        rows = self.rows_of(group)
+        rows = rows[(rows.rule == rule)]
+        if "expected_ratio_low" not in rows:
+            return {"cases": 0, "covered": 0, "mean_width": float("nan")}
+        rows = rows[rows.expected_ratio_low.notna()]
+        covered = (rows.lds_over_best >= rows.expected_ratio_low - 1e-9) & (
+            rows.lds_over_best <= rows.expected_ratio_high + 1e-9
+        )
+        width = rows.expected_ratio_high - rows.expected_ratio_low
+        return {
+            "cases": len(rows),
+            "covered": int(covered.sum()),
+            "mean_width": float(width.mean()) if len(rows) else float("nan"),
+        }
+
     def worst_cases(self, rule: str, count: int = 3) -> pd.DataFrame:
         """The rows where ``rule`` did worst (lowest LDS / best)."""
         rows = self.table[self.table.rule == rule]

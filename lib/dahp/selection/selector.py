@@ -182,7 +182,7 @@ class SelectorResult:
             if chosen.ratio is not None:
                 ratio = (
                     f"; expected {chosen.ratio[0]:.2f} [{chosen.ratio[1]:.2f}, {chosen.ratio[2]:.2f}] of the best "
-                    "candidate's (bootstrap over validation queries)"
+                    "candidate's (bootstrap over retrained models and validation queries)"
                 )
             return (
                 f"confidence: validation-query LDS at the pick {mean:.3f} ± {se:.3f} (standard error over the "
