@@ -127,3 +127,15 @@ def test_every_parameter_has_a_type_and_a_comment_for_help_notebook(notebook, tm
         assert value_has_type(ast.literal_eval(p["default"]), p["inferred_type_name"]), (where, p)
         if p["inferred_type_name"].startswith(("list", "dict")):
             assert f"-y '{name}: " in p["help"], f"{where}: the comment must show the -y form"
+
+
+def test_profile_scope_keeps_the_profiles_settings_and_names_the_others():
+    from dahp.book.notes import profile_scope
+
+    kept, text = profile_scope(["mnist_lr", "mnist_mlp", "mnist_lr"], ("mnist_lr",), "default", "the α study")
+    assert kept == ["mnist_lr", "mnist_lr"]
+    assert text == (
+        "At the `default` profile this page runs the α study on `mnist_lr` only; `mnist_mlp` run at the "
+        "`paper` profile (`-p profile paper`)."
+    )
+    assert profile_scope(["mnist_lr"], ("mnist_lr", "mnist_mlp"), "paper") == (["mnist_lr"], None)

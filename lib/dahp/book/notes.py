@@ -95,3 +95,20 @@ def stray_warnings(notebook) -> list[str]:
                 if WARNING_TEXT.search(line):
                     found.append(line.strip()[:200])
     return found
+
+
+def profile_scope(
+    settings: list[str], allowed: tuple[str, ...], profile: str, study: str = ""
+) -> tuple[list[str], str | None]:
+    """The ``settings`` a profile runs a page on (those in ``allowed``, a profile field such as
+    ``removal_settings``; in ``settings``' order) and, when some are left to the ``paper`` profile, one
+    sentence for the page that says which (``study``: what runs, e.g. ``"the α study"``)."""
+    kept = [name for name in settings if name in allowed]
+    left_out = list(dict.fromkeys(name for name in settings if name not in allowed))
+    if not left_out:
+        return kept, None
+    listed = ", ".join(f"`{s}`" for s in dict.fromkeys(kept)) or "no setting"
+    return kept, (
+        f"At the `{profile}` profile this page runs {study + ' on ' if study else ''}{listed} only; "
+        f"{', '.join(f'`{s}`' for s in left_out)} run at the `paper` profile (`-p profile paper`)."
+    )
