@@ -20,14 +20,13 @@ from dahp.experiments.learned import (
     run_learned_case,
 )
 from dahp.methods.learned_weights import (
-    GroupWeightConfig,
-    fit_weights,
     group_products,
     parameter_groups,
     per_group_projector,
     regroup,
     shared_projector,
 )
+from dahp.methods.weight_fit import GroupWeightConfig, fit_weights
 from dahp.training.ground_truth import ground_truth
 from helpers import small
 

@@ -20,7 +20,8 @@ from dahp.experiments.learned import (
     learned_weights_study,
 )
 from dahp.experiments.status import c13
-from dahp.methods.learned_weights import GroupWeightConfig, SpectralContributions, weighted_members
+from dahp.methods.learned_weights import SpectralContributions, weighted_members
+from dahp.methods.weight_fit import GroupWeightConfig
 from dahp.selection.algorithm import xi_bar_curve
 from helpers import assert_nested_close
 

@@ -15,18 +15,20 @@ from dahp.attribution.spectral import eigendecompose
 from dahp.core.config import InvalidParameterError
 from dahp.data.targets import correct_class_margin
 from dahp.methods.learned_weights import (
-    GroupWeightConfig,
     ParameterGroup,
-    fit_weights,
     group_products,
     learn_group_weights,
-    objective,
     parameter_groups,
     predicted_labels,
-    query_objective,
-    relative_weights,
     setting_contributions,
     spectral_contributions,
+)
+from dahp.methods.weight_fit import (
+    GroupWeightConfig,
+    fit_weights,
+    objective,
+    query_objective,
+    relative_weights,
     weighted_scores,
 )
 from dahp.training.train import train_full
@@ -206,7 +208,7 @@ def test_objective_is_scale_invariant_and_shift_invariant_in_theta():
 @pytest.mark.parametrize("penalty", [0.0, 0.01])
 def test_fit_objective_equals_the_reference_objective_and_its_gradient(signal, penalty):
     # the fit's gathered form (top-k columns, per-query Gram) against the definition on the full score matrix
-    from dahp.methods.learned_weights import _FitObjective
+    from dahp.methods.weight_fit import _FitObjective
 
     torch.manual_seed(5)
     c = torch.randn(4, 150, 12, dtype=torch.float64)

@@ -46,17 +46,19 @@ from dahp.experiments.cases import default_grid
 from dahp.experiments.grid import query_index
 from dahp.experiments.profiles import get_profile
 from dahp.methods.learned_weights import (
+    QuerySet,
+    parameter_groups,
+    regroup,
+    setting_contributions_many,
+    weighted_members,
+)
+from dahp.methods.weight_fit import (
     GROUPINGS,
     LABELS,
     PROJECTIONS,
     SIGNALS,
     GroupWeightConfig,
-    QuerySet,
     fit_weights,
-    parameter_groups,
-    regroup,
-    setting_contributions_many,
-    weighted_members,
     weighted_scores,
 )
 from dahp.selection import rules
