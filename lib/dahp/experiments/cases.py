@@ -287,13 +287,7 @@ def selection_study(
     built = []
     for config in configs:
         for setting, (_, proj_dim) in zip(settings, cases):
-            key = {
-                "setting": setting.name,
-                "attributor": attributor,
-                "proj_dim": proj_dim,
-                "ensemble_size": members,
-                "alpha": config.alpha,
-            }
+            key = _case_key(setting, attributor, proj_dim, members, config)
             reason = setting.data_not_supplied()
             if reason:
                 built.append(SelectionCase(**key, status=reason))
@@ -319,6 +313,19 @@ def selection_study(
         "published_defaults": PUBLISHED_DEFAULTS,
     }
     return SelectionStudy(name, built, config, profile)
+
+
+def _case_key(
+    setting: Setting, attributor: str, proj_dim: int | None, members: int | None, config: GroundTruthConfig
+) -> dict[str, Any]:
+    """What names one case of a study (the fields of its :class:`SelectionCase` before the results)."""
+    return {
+        "setting": setting.name,
+        "attributor": attributor,
+        "proj_dim": proj_dim,
+        "ensemble_size": members,
+        "alpha": config.alpha,
+    }
 
 
 def _case_spec(setting: Setting, key: dict[str, Any], n_points: int, config: GroundTruthConfig) -> dict[str, Any]:
@@ -349,13 +356,7 @@ def _prefetch_projections(
         for setting, (_, proj_dim) in zip(settings, cases):
             if proj_dim is None or setting.data_not_supplied():
                 continue
-            key = {
-                "setting": setting.name,
-                "attributor": attributor,
-                "proj_dim": proj_dim,
-                "ensemble_size": members,
-                "alpha": config.alpha,
-            }
+            key = _case_key(setting, attributor, proj_dim, members, config)
             if not cache.path("selection_case", _case_spec(setting, key, n_points, config)).exists():
                 wanted.setdefault(setting.name, (setting, set()))[1].add(proj_dim)
     for setting, dims in wanted.values():

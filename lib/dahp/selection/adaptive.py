@@ -155,16 +155,28 @@ def ratio_interval(
     for _ in range(resamples):
         columns = rng.integers(0, q, size=q)
         with np.errstate(invalid="ignore"):
-            mean = np.nanmean(per_query[:, columns], axis=1)
-        best = np.nanmax(np.where(np.isfinite(mean), mean - penalty, -np.inf))
-        top = mean[np.nanargmax(np.where(np.isfinite(mean), mean - penalty, -np.inf))]
-        if not (np.isfinite(best) and top > 0 and np.isfinite(mean[index])):
-            continue
-        ratios.append(min(mean[index] / top, 1.0) if mean[index] > 0 else 0.0)
-    if not ratios:
+            ratios.append(_ratio_to_best(np.nanmean(per_query[:, columns], axis=1), index, penalty))
+    return _mean_and_interval(ratios)
+
+
+def _ratio_to_best(mean: np.ndarray, index: int, penalty: np.ndarray) -> float | None:
+    """One resample's LDS(candidate ``index``) / LDS(its best-scoring candidate), capped at 1 (0 for a
+    non-positive pick); None where the resample has no usable best or pick."""
+    score = np.where(np.isfinite(mean), mean - penalty, -np.inf)
+    if not np.any(np.isfinite(score)):
+        return None
+    top = mean[int(np.argmax(score))]
+    if not (top > 0 and np.isfinite(mean[index])):
+        return None
+    return min(mean[index] / top, 1.0) if mean[index] > 0 else 0.0
+
+
+def _mean_and_interval(ratios: Sequence[float | None]) -> tuple[float, tuple[float, float]]:
+    """The mean and :data:`INTERVAL` percentile interval of the usable bootstrap ratios (NaN without any)."""
+    values = np.asarray([r for r in ratios if r is not None])
+    if not len(values):
         return math.nan, (math.nan, math.nan)
     tail = (1 - INTERVAL) / 2 * 100
-    values = np.asarray(ratios)
     return float(values.mean()), (float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail)))
 
 
@@ -196,19 +208,8 @@ def model_and_query_interval(
         columns = rng.integers(0, q, size=q)
         per_query = per_query_statistic(sums[:, rows][:, :, columns], targets[rows][:, columns], statistic)
         with np.errstate(invalid="ignore"):
-            mean = np.nanmean(smooth(per_query, kernel), axis=1)
-        score = np.where(np.isfinite(mean), mean - penalty, -np.inf)
-        if not np.any(np.isfinite(score)):
-            continue
-        top = mean[int(np.argmax(score))]
-        if not (top > 0 and np.isfinite(mean[index])):
-            continue
-        ratios.append(min(mean[index] / top, 1.0) if mean[index] > 0 else 0.0)
-    if not ratios:
-        return math.nan, (math.nan, math.nan)
-    tail = (1 - INTERVAL) / 2 * 100
-    values = np.asarray(ratios)
-    return float(values.mean()), (float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail)))
+            ratios.append(_ratio_to_best(np.nanmean(smooth(per_query, kernel), axis=1), index, penalty))
+    return _mean_and_interval(ratios)
 
 
 def adaptive_search(
