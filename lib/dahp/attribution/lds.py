@@ -51,10 +51,8 @@ def subset_sums(scores: ArrayLike, subsets: ArrayLike, device: str | torch.devic
     device = resolve_device(device)
     if device.type != "cpu":
         return _subset_sums_torch(scores, subsets, device)
-    scores, subsets = _numpy(scores).astype(np.float64), _numpy(subsets)
-    membership = np.zeros((subsets.shape[0], scores.shape[0]))
-    np.put_along_axis(membership, subsets.astype(np.int64), 1.0, axis=1)
-    return membership @ scores
+    scores = _numpy(scores).astype(np.float64)
+    return membership_matrix(subsets, scores.shape[0]).numpy() @ scores
 
 
 def membership_matrix(subsets: ArrayLike, n_train: int) -> torch.Tensor:
@@ -66,10 +64,7 @@ def membership_matrix(subsets: ArrayLike, n_train: int) -> torch.Tensor:
 def _subset_sums_torch(scores: ArrayLike, subsets: ArrayLike, device: torch.device) -> np.ndarray:
     """:func:`subset_sums` with torch on ``device`` (the same float64 sums, up to summation order)."""
     values = torch.as_tensor(scores).to(device, torch.float64)
-    index = torch.as_tensor(subsets).to(device, torch.int64)
-    membership = torch.zeros(index.shape[0], values.shape[0], dtype=torch.float64, device=device)
-    membership.scatter_(1, index, 1.0)
-    return (membership @ values).cpu().numpy()
+    return (membership_matrix(subsets, values.shape[0]).to(device) @ values).cpu().numpy()
 
 
 def columnwise_spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -95,12 +95,6 @@ def study_grid(setting: Setting, attributor: str, n_lambdas: int) -> list[float 
     return default_grid(setting, attributor, n_lambdas)
 
 
-def _one_thread():
-    """The weight fit on one CPU thread: its tensors are small (groups × n_train × queries), and on a busy
-    machine intra-op threads made a 300-step fit 10-80x slower (measured on 2 shared cores: 12 s vs 0.2 s)."""
-    return one_cpu_thread()
-
-
 def _per_query(
     scores: torch.Tensor, truth, columns: np.ndarray, device: torch.device, split: str = "test"
 ) -> np.ndarray:
@@ -158,7 +152,9 @@ def _fit_and_select_columns(
 
 
 def _fit(contributions: torch.Tensor, config: GroupWeightConfig, record_at: Sequence[int] = ()):
-    with _one_thread():
+    # its tensors are small (groups × n_train × queries): on a busy machine intra-op threads made a
+    # 300-step fit 10-80x slower (measured on 2 shared cores: 12 s vs 0.2 s)
+    with one_cpu_thread():
         return fit_weights(contributions, config, record_at)
 
 

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from dahp.attribution import attributors as attr
-from dahp.attribution.lds import lds_of_sums
+from dahp.attribution.lds import lds_of_sums, membership_matrix
 from dahp.core.cache import Cache
 from dahp.core.config import GroundTruthConfig, InvalidParameterError
 from dahp.core.device import resolve_device
@@ -77,7 +77,7 @@ def real_check(
     factors = test.members[0]
     beta = beta_hat(truth.membership(setting.data().n_train), truth.targets("test"), truth.config.alpha)
     beta = attribution_aligned_beta(factors, beta)
-    summed = test.summed(truth.membership(setting.data().n_train))  # the subset sums in closed form
+    summed = test.summed(membership_matrix(truth.subsets, setting.data().n_train))  # subset sums in closed form
     per_query = np.stack([lds_of_sums(summed.scores(lam), truth.targets("test")).per_query for lam in grid])
     rows = []
     for i, lam in enumerate(grid[:-1]):
