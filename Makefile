@@ -26,8 +26,10 @@ constraints: $(STAMP)
 
 ## The main job: execute the plan's notebooks (default profile) with papermill, then build the HTML.
 PROFILE ?= default
+# pages run at once (empty: 2 on a CPU machine with 2 cores or more, else 1; see `python -m dahp run-plan --help`)
+JOBS ?=
 book: $(STAMP)
-	$(PY) -m dahp run-plan --profile $(PROFILE)
+	$(PY) -m dahp run-plan --profile $(PROFILE) $(if $(JOBS),--jobs $(JOBS))
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
 
 ground-truth: $(STAMP)

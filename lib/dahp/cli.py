@@ -166,13 +166,14 @@ def _cmd_select(args: argparse.Namespace) -> None:
 
 
 def _cmd_run_plan(args: argparse.Namespace) -> None:
-    from dahp.book.plan import NotebookFailed, run_plan
+    from dahp.book.plan import NotebookFailed, default_jobs, run_plan
 
     if args.device_given:
         # the notebooks' ``device = None`` resolves through the environment their kernels inherit
         os.environ[DEVICE_ENV] = str(args.device)
     try:
-        run_plan(args.profile, only=args.only or None, force=args.force, progress=not args.no_progress)
+        jobs = default_jobs(args.device) if args.jobs is None else args.jobs
+        run_plan(args.profile, only=args.only or None, force=args.force, progress=not args.no_progress, jobs=jobs)
     except NotebookFailed as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
@@ -365,6 +366,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-progress",
         action="store_true",
         help="no progress bars: neither papermill's per-cell bar nor the notebooks' own",
+    )
+    plan.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="pages run at once, the cores shared equally (default: 2 on a CPU machine with 2 cores or more, "
+        "else 1); with more than one, pages show no bars, only a line when each starts and ends",
     )
     plan.set_defaults(run=_cmd_run_plan)
 

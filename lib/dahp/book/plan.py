@@ -56,23 +56,24 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from dahp.core.config import InvalidParameterError
-from dahp.core.paths import REPO_ROOT
-from dahp.experiments.profiles import get_profile
-from dahp.data.settings import available_settings, data_dir, get_setting
-from dahp.core.results import RUNS, results_dir
-from dahp.core.progress import ENV, OFF, TERMINAL
 from dahp.book.notes import ROUTE, ROUTE_TAG, stray_warnings
 from dahp.book.records import (
     PROBE,
     PROBE_TAG,
     RECORD_TAG,
+    TRACK,
     duration,
     record_line,
     record_path,
     take_probe,
     write_build_report,
 )
+from dahp.core.config import InvalidParameterError
+from dahp.core.paths import REPO_ROOT
+from dahp.core.progress import ENV, OFF, TERMINAL
+from dahp.core.results import RUNS, results_dir
+from dahp.data.settings import available_settings, data_dir, get_setting
+from dahp.experiments.profiles import get_profile
 
 ROOT = REPO_ROOT
 NOTEBOOKS = ROOT / "notebooks"
@@ -415,6 +416,17 @@ def _environment(**values: str) -> Iterator[None]:
                 os.environ[name] = value
 
 
+def up_to_date(entry: PlanEntry, profile: str, out_dir: Path = EXECUTED) -> bool:
+    """Whether the executed page of ``entry`` exists and nothing it depends on changed since it ran."""
+    stamp = read_stamp(_stamp_path(out_dir, entry.page))
+    key = entry_key(entry, {**entry.parameters, "profile": profile}, out_dir)
+    return (out_dir / f"{entry.page}.ipynb").exists() and stamp is not None and stamp.get("key") == key
+
+
+#: Environment variables that set the thread pools of torch (OpenMP, MKL) and of SciPy's BLAS.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
 def run_entry(
     entry: PlanEntry,
     profile: str,
@@ -423,17 +435,18 @@ def run_entry(
     *,
     progress: bool = True,
     on_start: Callable[[], None] | None = None,
+    threads: int | None = None,
 ) -> bool:
     """Execute one page; returns False when it was up to date and skipped.
 
     ``progress``: papermill's per-cell bar on this process's stderr, and ``DAHP_PROGRESS=terminal``
     for the kernel (``off`` otherwise). ``on_start`` is called just before the page executes.
+    ``threads``: the kernel's number of CPU threads (None: the libraries' own default, one per core).
     """
     import jupytext
     import nbformat
     import papermill
     from papermill.exceptions import PapermillExecutionError
-
 
     parameters = {**entry.parameters, "profile": profile}
     key = entry_key(entry, parameters, out_dir)
@@ -446,7 +459,8 @@ def run_entry(
         on_start()
     out_dir.mkdir(parents=True, exist_ok=True)
     notebook = convert(entry)
-    notebook.cells.insert(0, nbformat.v4.new_code_cell(ROUTE, metadata={"tags": ["remove-cell", ROUTE_TAG]}))
+    first = f"{ROUTE}\n{TRACK}"
+    notebook.cells.insert(0, nbformat.v4.new_code_cell(first, metadata={"tags": ["remove-cell", ROUTE_TAG]}))
     notebook.cells.append(nbformat.v4.new_code_cell(PROBE, metadata={"tags": ["remove-cell", PROBE_TAG]}))
     source = out_dir / f".{entry.page}.source.ipynb"
     jupytext.write(notebook, source)
@@ -454,8 +468,11 @@ def run_entry(
     results = results_dir(profile)
     before = _snapshot(results)
     started = time.perf_counter()
+    environment = {ENV: TERMINAL if progress else OFF}
+    if threads is not None:
+        environment |= {name: str(threads) for name in THREAD_VARIABLES}
     try:
-        with _environment(**{ENV: TERMINAL if progress else OFF}):
+        with _environment(**environment):
             papermill.execute_notebook(
                 str(source),
                 str(output),
@@ -472,11 +489,16 @@ def run_entry(
     finally:
         source.unlink(missing_ok=True)
     wall = time.perf_counter() - started
+    executed = nbformat.read(output, as_version=4)
+    facts = take_probe(executed)
     after = _snapshot(results)
     wrote = {name for name, seen in after.items() if before.get(name) != seen}
+    if (
+        "wrote" in facts
+    ):  # of the files that changed meanwhile, those this page's kernel wrote (not a concurrent page's)
+        wrote &= _relative_to(results, facts.pop("wrote"))
     if previous is not None and previous.get("profile") == profile:
         wrote |= {name for name in previous["wrote"] if name in after}
-    executed = nbformat.read(output, as_version=4)
     for line in stray_warnings(executed):  # the browser check of the book fails on these: say where
         print(f"{entry.page}: warning text in the page's output: {line}", flush=True)
     reader_view(executed, parameters)
@@ -485,8 +507,8 @@ def run_entry(
         "notebook": entry.notebook,
         "profile": profile,
         "wall_s": round(wall, 2),
-        **take_probe(executed),
-        "finished": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        **facts,
+        "finished": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
     end = nbformat.v4.new_markdown_cell(record_line(record), metadata={"tags": [RECORD_TAG]})
     if (executed.get("nbformat"), executed.get("nbformat_minor", 0)) < (4, 5):
@@ -498,23 +520,68 @@ def run_entry(
     return True
 
 
+def _relative_to(folder: Path, paths: list[str]) -> set[str]:
+    """The ``paths`` (absolute) that lie inside ``folder``, relative to it."""
+    inside = set()
+    for path in paths:
+        try:
+            inside.add(Path(path).resolve().relative_to(folder.resolve()).as_posix())
+        except ValueError:
+            continue
+    return inside
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_jobs(device: str | None = None) -> int:
+    """How many pages :func:`run_plan` runs at once by default: two on a CPU machine with two cores or
+    more, one on a GPU (its pages share one device) or a single core.
+
+    Why two: most of the book's work is small models whose every operation is shorter than the time
+    it takes to wake a second thread, so a page on two threads runs hardly faster than on one; two
+    pages on one thread each keep both cores busy (Fig 1a: 90 s alone on two threads, 82 s on one
+    beside Fig 4).
+    """
+    from dahp.core.device import resolve_device
+
+    return 1 if resolve_device(device).type != "cpu" or available_cores() < 2 else 2
+
+
 def run_plan(
-    profile: str, out_dir: Path = EXECUTED, only: list[str] | None = None, force: bool = False, progress: bool = True
+    profile: str,
+    out_dir: Path = EXECUTED,
+    only: list[str] | None = None,
+    force: bool = False,
+    progress: bool = True,
+    jobs: int = 1,
 ) -> list[str]:
     """Execute every page of the plan (or those named in ``only``); returns the pages executed.
 
     Prints each page as it starts and its wall time when it ends (``progress``: with papermill's
-    per-cell bar and the notebooks' own bars on the terminal).
+    per-cell bar and the notebooks' own bars on the terminal). ``jobs`` > 1 runs that many pages at
+    once, each in its own process with an equal share of the cores (:func:`_run_parallel`).
     """
     get_profile(profile)
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise InvalidParameterError("jobs", jobs, "a whole number of pages run at once, 1 or more")
     entries = load_plan()
     pages = [e.page for e in entries]
     for name in only or []:
         if name not in pages:
             raise InvalidParameterError("page", name, pages)
     chosen = [e for e in entries if not only or e.page in only]
-    executed = []
     build_started = time.perf_counter()
+    if jobs > 1:
+        executed = _run_parallel(chosen, profile, out_dir, force, jobs)
+        _report_build(profile, out_dir, pages, len(chosen), executed, build_started)
+        return executed
+    executed = []
     for number, entry in enumerate(chosen, 1):
         label = f"[{profile} {number}/{len(chosen)}] {entry.page}"
         started = time.perf_counter()
@@ -532,10 +599,72 @@ def run_plan(
         )
         if ran:
             executed.append(entry.page)
+    _report_build(profile, out_dir, pages, len(chosen), executed, build_started)
+    return executed
+
+
+def _report_build(
+    profile: str, out_dir: Path, pages: list[str], chosen: int, executed: list[str], started: float
+) -> None:
+    """Write the build report and print the run's one-line summary."""
     report = write_build_report(out_dir, pages)
     print(
-        f"[{profile}] {len(executed)} of {len(chosen)} pages executed, {len(chosen) - len(executed)} up to date, "
-        f"in {duration(time.perf_counter() - build_started)}; build report: {report}",
+        f"[{profile}] {len(executed)} of {chosen} pages executed, {chosen - len(executed)} up to date, "
+        f"in {duration(time.perf_counter() - started)}; build report: {report}",
         flush=True,
     )
+
+
+def _run_parallel(chosen: list[PlanEntry], profile: str, out_dir: Path, force: bool, jobs: int) -> list[str]:
+    """Run the pages ``jobs`` at a time, each in a process of its own whose kernel gets an equal share of
+    the cores; returns the pages executed, in the order they finished.
+
+    A page starts once every page of this run that it ``reads`` has finished (its key depends on their
+    results); otherwise in the plan's order. Pages that need the same cached artifact do not compute it
+    twice: the cache locks a key while one process computes it (:meth:`dahp.core.cache.Cache.get_or_compute`).
+    Bars are off (two pages would draw over each other); each page prints one line when it starts and
+    one when it ends. When a page fails, the pages running finish, no other starts, and the error is raised.
+    """
+    import concurrent.futures
+    import multiprocessing
+
+    threads = max(1, available_cores() // jobs)
+    names = {entry.page for entry in chosen}
+    pending, running, finished, executed = list(chosen), {}, set(), []
+    failure: BaseException | None = None
+    total = len(chosen)
+    print(f"[{profile}] {total} pages, {jobs} at a time, {threads} CPU thread{'s' * (threads != 1)} each", flush=True)
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no state of this one is shared
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        while running or (pending and failure is None):
+            for entry in list(pending):
+                if len(running) >= jobs or failure is not None:
+                    break
+                if any(name in names and name not in finished for name in entry.reads):
+                    continue
+                pending.remove(entry)
+                label = f"[{profile} {total - len(pending)}/{total}] {entry.page}"
+                if not force and up_to_date(entry, profile, out_dir):
+                    print(f"{label}: up to date", flush=True)
+                    finished.add(entry.page)
+                    continue
+                print(f"{label}: started", flush=True)
+                future = pool.submit(run_entry, entry, profile, out_dir, True, progress=False, threads=threads)
+                running[future] = (label, entry.page, time.perf_counter())
+            if not running:
+                continue
+            done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in done:
+                label, page, started = running.pop(future)
+                try:
+                    future.result()
+                except BaseException as error:  # re-raised once the running pages end
+                    print(f"{label}: failed", flush=True)
+                    failure = failure or error
+                    continue
+                finished.add(page)
+                executed.append(page)
+                print(f"{label}: executed in {duration(time.perf_counter() - started)}", flush=True)
+    if failure is not None:
+        raise failure
     return executed

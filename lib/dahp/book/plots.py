@@ -304,17 +304,24 @@ def lds_and_xi_bar(
     return fig
 
 
-def learned_check_differences(checks: LearnedAblationRecord, names: Mapping[str, str], order: Sequence[str]) -> plt.Figure:
+def learned_check_differences(
+    checks: LearnedAblationRecord, names: Mapping[str, str], order: Sequence[str]
+) -> plt.Figure:
     """Learned minus uniform test LDS (± two paired standard errors) of every row of the checks in ``order``
     (check names), one panel per (setting, attributor); the study's own configuration in black.
     ``names``: attributor -> its label."""
     use_style()
     table = checks.table()
     base = checks.config.get("weights", {})
-    own = {("grouping", base.get("grouping")), ("projection", base.get("projection")), ("k", str(base.get("k"))),
-           ("signal", base.get("signal")), ("labels", base.get("labels")),
-           ("fit", f"{base.get('steps')} steps at lr {base.get('lr', 0):g}"),
-           ("weight_penalty", f"{base.get('weight_penalty', 0.0):g}")}
+    own = {
+        ("grouping", base.get("grouping")),
+        ("projection", base.get("projection")),
+        ("k", str(base.get("k"))),
+        ("signal", base.get("signal")),
+        ("labels", base.get("labels")),
+        ("fit", f"{base.get('steps')} steps at lr {base.get('lr', 0):g}"),
+        ("weight_penalty", f"{base.get('weight_penalty', 0.0):g}"),
+    }
     cases = checks.cases
     fig, axes = panel_grid(len(cases), n_columns=3, size=(4.6, 0.28 * 20 + 1.2))
     for ax, (setting, attributor) in zip(axes, cases):
@@ -344,8 +351,15 @@ def learned_fit_trace(checks: LearnedAblationRecord, names: Mapping[str, str], t
             continue
         rows = [checks.row(setting, attributor, trace, str(s))["learned"] for s in steps]
         x = [max(s, 0.5) for s in steps]  # step 0 drawn at 0.5 on the log axis
-        ax.errorbar(x, [e.value for e in rows], yerr=[e.se for e in rows], fmt="o-", markersize=3, capsize=2,
-                    label=f"{setting}, {names[attributor]}")
+        ax.errorbar(
+            x,
+            [e.value for e in rows],
+            yerr=[e.se for e in rows],
+            fmt="o-",
+            markersize=3,
+            capsize=2,
+            label=f"{setting}, {names[attributor]}",
+        )
     ax.set_xscale("log")
     ax.set_xlabel("Adam steps of the fit (0 drawn at 0.5: uniform weights)")
     ax.set_ylabel("test LDS")

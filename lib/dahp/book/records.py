@@ -11,6 +11,7 @@ versions) as one JSON line. After execution the runner takes that line out of th
 from __future__ import annotations
 
 import json
+import os
 import platform
 import resource
 import sys
@@ -28,10 +29,13 @@ RECORD_TAG = "dahp-run-record"
 #: Prefix of the probe's output line.
 MARK = "dahp-run-record:"
 #: The probe cell's source: the notebook's own ``device`` parameter, when it has one, names the device.
-PROBE = (
-    "from dahp.book.records import kernel_facts as _dahp_kernel_facts\n"
-    "_dahp_kernel_facts(globals().get('device'))"
-)
+PROBE = "from dahp.book.records import kernel_facts as _dahp_kernel_facts\n_dahp_kernel_facts(globals().get('device'))"
+#: Source of the line the runner adds to the page's first (hidden) cell: start noting the files the kernel writes.
+TRACK = "from dahp.book.records import track_writes as _dahp_track_writes\n_dahp_track_writes()"
+#: Absolute paths of the files this process opened for writing or renamed into place since :func:`track_writes`.
+WRITTEN: set[str] = set()
+#: ``os.open`` flags that mean writing.
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 #: Name of the build report page under book/executed/.
 REPORT = "build_report"
 
@@ -42,6 +46,31 @@ def _peak_rss_bytes() -> int:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return int(max(own, children) * scale)
+
+
+def _note_write(event: str, args: tuple) -> None:
+    """Audit hook: add to :data:`WRITTEN` the target of an ``open`` for writing or of a rename."""
+    if event == "open":
+        path, mode, flags = args
+        writing = any(c in mode for c in "wax+") if isinstance(mode, str) else bool(flags & _WRITE_FLAGS)
+    elif event == "os.rename":  # os.rename and os.replace: an atomic write's final step
+        path, writing = args[1], True
+    else:
+        return
+    if writing and isinstance(path, (str, os.PathLike)):
+        WRITTEN.add(os.path.abspath(os.fspath(path)))
+
+
+def track_writes() -> None:
+    """In a page's kernel: note every file it writes (:data:`WRITTEN`, reported by :func:`kernel_facts`).
+
+    The plan runs pages two at a time, so a page's results are the files its own kernel wrote, not
+    whatever changed in the results folder while it ran. Python's audit hooks see every ``open`` of
+    pandas, matplotlib and :func:`dahp.core.results.write_json`; one hook per process, added once.
+    """
+    if not getattr(track_writes, "installed", False):
+        sys.addaudithook(_note_write)
+        track_writes.installed = True
 
 
 def kernel_facts(device: str | None = None) -> dict[str, Any]:
@@ -57,6 +86,7 @@ def kernel_facts(device: str | None = None) -> dict[str, Any]:
         "dahp": __version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
+        "wrote": sorted(WRITTEN),
     }
     if resolved.type == "cuda":
         facts["peak_gpu_bytes"] = int(torch.cuda.max_memory_allocated(resolved))

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import functools
 import hashlib
 import io
@@ -41,10 +42,15 @@ import os
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, TypeVar
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 from dahp.core.config import InvalidParameterError
 from dahp.core.paths import data_dir
@@ -206,6 +212,10 @@ def canonical_json(spec: dict[str, Any]) -> str:
     return json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
 
 
+#: Folder of the cache that holds the lock files of :meth:`Cache.get_or_compute`.
+LOCKS = ".locks"
+
+
 class Cache:
     """A directory of keyed, checksummed entries, grouped by kind (one sub-directory each)."""
 
@@ -257,12 +267,48 @@ class Cache:
         return path
 
     def get_or_compute(self, kind: str, spec: dict[str, Any], compute: Callable[[], T]) -> T:
-        """The cached payload of ``spec``, computing and storing it first if needed."""
+        """The cached payload of ``spec``, computing and storing it first if needed.
+
+        Processes that share the cache (the book's pages run two at a time) compute an entry once:
+        the first to miss holds a lock on the key while it computes, the others wait for it and
+        then load its entry instead of repeating the work.
+        """
         payload = self.load(kind, spec)
-        if payload is None:
-            payload = compute()
-            self.save(kind, spec, payload)
+        if payload is not None:
+            return payload
+        with self._computing(kind, spec):
+            payload = self._load_quietly(kind, spec)  # another process may have stored it meanwhile
+            if payload is None:
+                payload = compute()
+                self.save(kind, spec, payload)
         return payload
+
+    def _load_quietly(self, kind: str, spec: dict[str, Any]) -> Any | None:
+        """:meth:`load` without counting a second miss for the same look-up."""
+        if not self.path(kind, spec).exists():
+            return None
+        misses = COUNTS["misses"]
+        payload = self.load(kind, spec)
+        if payload is not None:  # the miss already counted becomes a hit
+            COUNTS["misses"] = misses - 1
+        return payload
+
+    @contextlib.contextmanager
+    def _computing(self, kind: str, spec: dict[str, Any]) -> Iterator[None]:
+        """Hold an exclusive lock on the key of ``spec`` while inside (a file under ``.locks/`` of the cache,
+        so that a kind's folder holds only entries); without ``fcntl`` (Windows) there is no lock and
+        concurrent processes may compute an entry twice."""
+        if fcntl is None:
+            yield
+            return
+        folder = self.root / LOCKS
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f"{kind}-{self.key(kind, spec)}.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # the lock files stay: removing one could race with a waiter
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _encode(payload: Any, spec_json: str) -> bytes:

@@ -92,8 +92,8 @@ from dattri.benchmark.models.MusicTransformer.music_transformer import MusicTran
 from dattri.benchmark.models.MusicTransformer.utilities.constants import TOKEN_END, TOKEN_PAD, VOCAB_SIZE
 from torch import nn
 
-from dahp.core.config import InvalidParameterError, option
 from dahp.core.cache import default_cache
+from dahp.core.config import InvalidParameterError, option
 from dahp.core.paths import data_dir
 from dahp.core.progress import tqdm
 from dahp.data.split import MissingDataError, SplitData
@@ -338,7 +338,6 @@ def encoded_events(path: Path, store: Path | None = None) -> np.ndarray:
     file content and library versions; writes are atomic, a damaged entry is encoded again.
     """
     if store is None:
-
         store = default_cache().root / "maestro_events"
     blob = path.read_bytes()
     entry = store / f"{_encoding_key(blob)}.npy"

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,9 +32,10 @@ from torch import nn
 
 from dahp.core.config import InvalidParameterError, TrainingRecipe
 from dahp.core.paths import data_dir
-from dahp.data.split import MissingDataError, SplitData, as_model_input
 from dahp.data import cifar, fixtures, maestro, wikitext2
 from dahp.data.cifar import CIFAR_DIR, load_cifar2  # CIFAR-2's loader lives in its own module
+from dahp.data.split import MissingDataError, SplitData
+from dahp.data.split import as_model_input as as_model_input  # re-exported: the attributors take it from here
 from dahp.data.targets import correct_class_margin, correct_prediction, cross_entropy
 
 MNIST_SPLIT_SEED = 0

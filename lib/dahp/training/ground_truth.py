@@ -294,11 +294,16 @@ def _chunk_task(
 ) -> bool:
     """One chunk as an independent task (run in this process or on a worker): train it and write its
     entry unless a valid one is there already. Returns whether it trained."""
-    cache = Cache(cache_root)
-    if cache.load("ground_truth", spec) is not None:
-        return False
-    cache.save("ground_truth", spec, _train_chunk(setting, config, start, stop, progress, device))
-    return True
+    trained = []
+
+    def train() -> dict:
+        trained.append(True)
+        return _train_chunk(setting, config, start, stop, progress, device)
+
+    # under the cache's lock on the key: a process training the same chunk (another page of the
+    # book) is waited for, and its entry loaded
+    Cache(cache_root).get_or_compute("ground_truth", spec, train)
+    return bool(trained)
 
 
 def _train_chunk(
