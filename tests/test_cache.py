@@ -5,6 +5,7 @@ import ast
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -267,3 +268,31 @@ def test_module_entry_point_checks_the_real_lock():
     assert done.returncode == (1 if problems else 0), done.stdout + done.stderr
     assert all(problem in done.stdout for problem in problems)
     assert problems or "matches the sources of every cache kind" in done.stdout
+
+
+def test_two_processes_missing_the_same_key_compute_it_once(tmp_path):
+    """The book runs pages in parallel: the second process to miss waits for the first's entry."""
+    import multiprocessing
+
+    from dahp.core.cache import Cache
+
+    marks = tmp_path / "computed"
+    marks.mkdir()
+
+    def fetch(name: str) -> None:
+        def compute():
+            (marks / name).touch()
+            time.sleep(1.5)  # long enough for the other process to miss and wait
+            return {"value": 7}
+
+        assert Cache(tmp_path / "cache").get_or_compute("eigh", {"x": 1}, compute) == {"value": 7}
+
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=fetch, args=(name,)) for name in ("first", "second")]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert [worker.exitcode for worker in workers] == [0, 0]
+    assert len(list(marks.iterdir())) == 1
+    assert len(list((tmp_path / "cache" / "eigh").iterdir())) == 1  # only the entry: the lock lives elsewhere

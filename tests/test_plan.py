@@ -3,9 +3,11 @@
 Fast (a few kernel starts); the full plan runs in tests/test_book.py.
 """
 
+import ast
 import io
 import json
 import os
+import subprocess
 import sys
 
 import nbformat
@@ -359,3 +361,73 @@ def test_a_known_warning_becomes_a_note_without_paths_and_any_other_stays_and_is
     assert "IProgress" not in outputs  # silenced: about notebook widgets, not the results
     assert "RuntimeWarning: something unexpected" in outputs  # not hidden: the browser check fails on it
     assert "warned: warning text in the page's output:" in capsys.readouterr().out
+
+
+def test_pages_run_two_at_a_time_each_owning_only_the_files_its_kernel_wrote(notebooks, tmp_path, capsys):
+    """With ``jobs=2`` the slow writer's run spans the other page's write: the folder changed under it, yet
+    its stamp lists only its own file; and a page that reads it starts only once it has finished."""
+    results = "pathlib.Path(os.environ['DAHP_DATA_DIR'], 'results', profile, 'sub')"
+    parameters = code('profile = "default"  # run sizes', "parameters")
+    write_notebook(
+        notebooks,
+        "slow.md",
+        parameters,
+        code(
+            f"import os, pathlib, time\ntime.sleep(4)\n{results}.mkdir(parents=True, exist_ok=True)\n"
+            f"({results} / 'slow.txt').write_text('slow')"
+        ),
+    )
+    write_notebook(
+        notebooks,
+        "quick.md",
+        parameters,
+        code(
+            f"import os, pathlib, time\ntime.sleep(1)\n{results}.mkdir(parents=True, exist_ok=True)\n"
+            f"({results} / 'quick.txt').write_text('quick')"
+        ),
+    )
+    write_notebook(
+        notebooks, "reader.md", parameters, code(f"import os, pathlib\nprint(({results} / 'slow.txt').read_text())")
+    )
+    (notebooks / "plan.yml").write_text(
+        "- {notebook: slow.md, page: slow}\n- {notebook: reader.md, page: reader, reads: [slow]}\n"
+        "- {notebook: quick.md, page: quick}\n"
+    )
+    out = tmp_path / "out"
+    executed = plan.run_plan("quick", out, progress=False, jobs=2)
+    assert sorted(executed) == ["quick", "reader", "slow"]
+    assert executed.index("reader") > executed.index("slow")
+    printed = capsys.readouterr().out
+    assert "3 pages, 2 at a time" in printed and printed.index("quick: started") < printed.index("reader: started")
+    assert json.loads((out / ".slow.stamp").read_text())["wrote"] == ["sub/slow.txt"]
+    assert json.loads((out / ".quick.stamp").read_text())["wrote"] == ["sub/quick.txt"]
+    assert json.loads((out / ".reader.stamp").read_text())["wrote"] == []
+    assert plan.run_plan("quick", out, progress=False, jobs=2) == []  # all up to date
+
+
+def test_jobs_must_be_a_positive_whole_number(notebooks):
+    for jobs in (0, -1, 1.5, True):
+        with pytest.raises(InvalidParameterError, match="jobs"):
+            plan.run_plan("quick", jobs=jobs)
+
+
+def test_a_kernel_notes_the_files_it_writes_and_not_those_it_only_reads(tmp_path):
+    """What ``track_writes`` sees: pandas' writes, an atomic write's rename, not a read; in a fresh interpreter
+    (an audit hook cannot be removed once added)."""
+    (tmp_path / "read.txt").write_text("x")
+    script = (
+        "import os, pathlib, tempfile, pandas\n"
+        "from dahp.book.records import kernel_facts, track_writes\n"
+        "track_writes(); track_writes()\n"
+        "folder = pathlib.Path(os.environ['FOLDER'])\n"
+        "(folder / 'read.txt').read_text()\n"
+        "pandas.DataFrame({'a': [1]}).to_csv(folder / 'table.csv')\n"
+        "fd, tmp = tempfile.mkstemp(dir=folder)\n"
+        "os.close(fd)\n"
+        "os.replace(tmp, folder / 'atomic.json')\n"
+        "print(sorted(pathlib.Path(p).name for p in kernel_facts()['wrote'] if pathlib.Path(p).parent == folder))\n"
+    )
+    env = {**os.environ, "FOLDER": str(tmp_path), "PYTHONPATH": str(plan.ROOT / "lib")}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    names = ast.literal_eval(done.stdout.strip().splitlines()[-1])
+    assert "table.csv" in names and "atomic.json" in names and "read.txt" not in names

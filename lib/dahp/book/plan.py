@@ -25,6 +25,12 @@ where ``wrote`` lists the files under ``results_dir(profile)`` the page created 
 ran (compared by size and mtime before and after; files recorded by earlier runs are kept while
 they exist, so a result reused from a cache still counts).
 
+Two at a time. With ``jobs`` > 1 (``run-plan``'s default on a CPU machine with two cores or more)
+:func:`run_plan` runs that many pages at once, each in a process of its own whose kernel gets an
+equal share of the cores; a page waits for the pages it ``reads``, the cache computes a shared
+artifact once (a lock per key), and a page's ``wrote`` keeps only the files its own kernel wrote
+(:func:`dahp.book.records.track_writes`), since a concurrent page may change the folder meanwhile.
+
 Progress. :func:`run_plan` prints each page as it starts and its wall time when it ends, shows
 papermill's per-cell bar, and launches every kernel with ``DAHP_PROGRESS=terminal`` so bars made
 with :class:`dahp.core.progress.tqdm` reach the terminal and never the page (``off`` with
@@ -43,12 +49,14 @@ tabulates the records of all the plan's pages (:mod:`dahp.book.records`).
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import datetime
 import functools
 import hashlib
 import json
+import multiprocessing
 import os
 import re
 import time
@@ -69,6 +77,7 @@ from dahp.book.records import (
     write_build_report,
 )
 from dahp.core.config import InvalidParameterError
+from dahp.core.device import resolve_device
 from dahp.core.paths import REPO_ROOT
 from dahp.core.progress import ENV, OFF, TERMINAL
 from dahp.core.results import RUNS, results_dir
@@ -436,12 +445,14 @@ def run_entry(
     progress: bool = True,
     on_start: Callable[[], None] | None = None,
     threads: int | None = None,
+    jobs: int = 1,
 ) -> bool:
     """Execute one page; returns False when it was up to date and skipped.
 
     ``progress``: papermill's per-cell bar on this process's stderr, and ``DAHP_PROGRESS=terminal``
     for the kernel (``off`` otherwise). ``on_start`` is called just before the page executes.
-    ``threads``: the kernel's number of CPU threads (None: the libraries' own default, one per core).
+    ``threads``: the kernel's number of CPU threads (None: the libraries' own default, one per core);
+    ``jobs``: how many pages the plan runs at once (recorded for the build report).
     """
     import jupytext
     import nbformat
@@ -467,7 +478,7 @@ def run_entry(
     stamp.unlink(missing_ok=True)
     results = results_dir(profile)
     before = _snapshot(results)
-    started = time.perf_counter()
+    started, started_unix = time.perf_counter(), time.time()
     environment = {ENV: TERMINAL if progress else OFF}
     if threads is not None:
         environment |= {name: str(threads) for name in THREAD_VARIABLES}
@@ -507,6 +518,8 @@ def run_entry(
         "notebook": entry.notebook,
         "profile": profile,
         "wall_s": round(wall, 2),
+        "started_unix": round(started_unix, 1),
+        "jobs": jobs,
         **facts,
         "finished": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
@@ -548,8 +561,6 @@ def default_jobs(device: str | None = None) -> int:
     pages on one thread each keep both cores busy (Fig 1a: 90 s alone on two threads, 82 s on one
     beside Fig 4).
     """
-    from dahp.core.device import resolve_device
-
     return 1 if resolve_device(device).type != "cpu" or available_cores() < 2 else 2
 
 
@@ -615,6 +626,12 @@ def _report_build(
     )
 
 
+def _read_notebooks_from(folder: Path) -> None:
+    """In a worker process of :func:`_run_parallel`: read the notebooks from the folder the parent reads."""
+    global NOTEBOOKS
+    NOTEBOOKS = folder
+
+
 def _run_parallel(chosen: list[PlanEntry], profile: str, out_dir: Path, force: bool, jobs: int) -> list[str]:
     """Run the pages ``jobs`` at a time, each in a process of its own whose kernel gets an equal share of
     the cores; returns the pages executed, in the order they finished.
@@ -625,9 +642,6 @@ def _run_parallel(chosen: list[PlanEntry], profile: str, out_dir: Path, force: b
     Bars are off (two pages would draw over each other); each page prints one line when it starts and
     one when it ends. When a page fails, the pages running finish, no other starts, and the error is raised.
     """
-    import concurrent.futures
-    import multiprocessing
-
     threads = max(1, available_cores() // jobs)
     names = {entry.page for entry in chosen}
     pending, running, finished, executed = list(chosen), {}, set(), []
@@ -635,7 +649,9 @@ def _run_parallel(chosen: list[PlanEntry], profile: str, out_dir: Path, force: b
     total = len(chosen)
     print(f"[{profile}] {total} pages, {jobs} at a time, {threads} CPU thread{'s' * (threads != 1)} each", flush=True)
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no state of this one is shared
-    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+    with concurrent.futures.ProcessPoolExecutor(
+        max_workers=jobs, mp_context=context, initializer=_read_notebooks_from, initargs=(NOTEBOOKS,)
+    ) as pool:
         while running or (pending and failure is None):
             for entry in list(pending):
                 if len(running) >= jobs or failure is not None:
@@ -649,7 +665,9 @@ def _run_parallel(chosen: list[PlanEntry], profile: str, out_dir: Path, force: b
                     finished.add(entry.page)
                     continue
                 print(f"{label}: started", flush=True)
-                future = pool.submit(run_entry, entry, profile, out_dir, True, progress=False, threads=threads)
+                future = pool.submit(
+                    run_entry, entry, profile, out_dir, True, progress=False, threads=threads, jobs=jobs
+                )
                 running[future] = (label, entry.page, time.perf_counter())
             if not running:
                 continue

@@ -172,6 +172,8 @@ def build_report(out_dir: Path, pages: Sequence[str]) -> str:
     peak = 0
     versions: set[str] = set()
     finished: list[str] = []
+    spans: list[tuple[float, float]] = []
+    jobs: list[int] = []
     for page in pages:
         record = read_record(out_dir, page)
         if record is None:
@@ -181,6 +183,9 @@ def build_report(out_dir: Path, pages: Sequence[str]) -> str:
         peak = max(peak, record.get("peak_rss_bytes") or 0)
         versions.add(f"dahp {record.get('dahp', '?')}, torch {record.get('torch', '?')}")
         finished.append(record["finished"])
+        if "started_unix" in record:
+            spans.append((record["started_unix"], record["started_unix"] + record["wall_s"]))
+            jobs.append(record.get("jobs", 1))
         cached = f"{record['cache_hits']} / {record['cache_misses']}" if "cache_hits" in record else "?"
         lines.append(
             f"| [{page}]({page}) | {record['profile']} | {record.get('device', '?')} | {duration(record['wall_s'])} "
@@ -191,6 +196,18 @@ def build_report(out_dir: Path, pages: Sequence[str]) -> str:
         f"Total wall time of the pages' executions: {duration(total)}; the largest peak memory of one page: "
         f"{memory(peak)}. (The build of the HTML and the install are not included.)",
     ]
+    if spans:
+        at_once = max(jobs)
+        lines += [
+            "",
+            f"The pages ran {'one at a time' if at_once == 1 else f'up to {at_once} at a time'}: from the first "
+            f"start to the last end took {duration(max(b for _, b in spans) - min(a for a, _ in spans))}"
+            + (
+                " (a page's wall time includes waiting for an artifact another page was computing)."
+                if at_once > 1
+                else "."
+            ),
+        ]
     if finished:
         lines += [
             "",
