@@ -431,3 +431,17 @@ def test_a_kernel_notes_the_files_it_writes_and_not_those_it_only_reads(tmp_path
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
     names = ast.literal_eval(done.stdout.strip().splitlines()[-1])
     assert "table.csv" in names and "atomic.json" in names and "read.txt" not in names
+
+
+def test_a_failing_page_among_parallel_ones_is_named_and_the_others_finish(notebooks, tmp_path):
+    parameters = code('profile = "default"  # run sizes', "parameters")
+    write_notebook(notebooks, "broken.md", parameters, code("raise ValueError('on purpose')"))
+    write_notebook(notebooks, "fine.md", parameters, code("import time\ntime.sleep(2)\nprint('done')"))
+    (notebooks / "plan.yml").write_text(
+        "- {notebook: broken.md, page: broken}\n- {notebook: fine.md, page: fine}\n- {notebook: fine.md, page: fine_never}\n"
+    )
+    out = tmp_path / "out"
+    with pytest.raises(plan.NotebookFailed, match=r"broken\.md.*ValueError: on purpose"):
+        plan.run_plan("quick", out, progress=False, jobs=2)
+    assert (out / "fine.ipynb").exists()  # the page running beside it finished
+    assert not (out / "fine_never.ipynb").exists()  # no page starts after a failure

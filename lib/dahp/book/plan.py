@@ -425,11 +425,18 @@ def _environment(**values: str) -> Iterator[None]:
                 os.environ[name] = value
 
 
+def _freshness(entry: PlanEntry, profile: str, out_dir: Path) -> tuple[str, dict[str, Any] | None, bool]:
+    """The page's current key, its stamp (None when absent) and whether the page is up to date: its
+    executed notebook exists and its stamp has that key."""
+    key = entry_key(entry, {**entry.parameters, "profile": profile}, out_dir)
+    stamp = read_stamp(_stamp_path(out_dir, entry.page))
+    fresh = (out_dir / f"{entry.page}.ipynb").exists() and stamp is not None and stamp.get("key") == key
+    return key, stamp, fresh
+
+
 def up_to_date(entry: PlanEntry, profile: str, out_dir: Path = EXECUTED) -> bool:
     """Whether the executed page of ``entry`` exists and nothing it depends on changed since it ran."""
-    stamp = read_stamp(_stamp_path(out_dir, entry.page))
-    key = entry_key(entry, {**entry.parameters, "profile": profile}, out_dir)
-    return (out_dir / f"{entry.page}.ipynb").exists() and stamp is not None and stamp.get("key") == key
+    return _freshness(entry, profile, out_dir)[2]
 
 
 #: Environment variables that set the thread pools of torch (OpenMP, MKL) and of SciPy's BLAS.
@@ -460,12 +467,11 @@ def run_entry(
     from papermill.exceptions import PapermillExecutionError
 
     parameters = {**entry.parameters, "profile": profile}
-    key = entry_key(entry, parameters, out_dir)
+    key, previous, fresh = _freshness(entry, profile, out_dir)
+    if fresh and not force:
+        return False
     output = out_dir / f"{entry.page}.ipynb"
     stamp = _stamp_path(out_dir, entry.page)
-    previous = read_stamp(stamp)
-    if not force and output.exists() and previous is not None and previous.get("key") == key:
-        return False
     if on_start is not None:
         on_start()
     out_dir.mkdir(parents=True, exist_ok=True)
