@@ -268,6 +268,16 @@ def test_a_progress_bar_in_a_notebook_reaches_the_terminal_and_not_the_page(note
     assert "DAHP_PROGRESS" not in os.environ  # restored after the run
 
 
+def test_the_kernel_log_stays_off_the_terminal_and_a_failing_cell_is_still_named(notebooks, tmp_path, capfd):
+    write_notebook(notebooks, "quiet.md", code("print('ran')"))
+    write_notebook(notebooks, "loud.md", code("raise KeyError('named')"))
+    capfd.readouterr()
+    assert run_entry(PlanEntry("quiet.md", "quiet", {}), "quick", tmp_path / "out")
+    assert "IPKernelApp" not in capfd.readouterr().err  # ipykernel 7 warns about TCP at every start
+    with pytest.raises(plan.NotebookFailed, match="KeyError: 'named'"):
+        run_entry(PlanEntry("loud.md", "loud", {}), "quick", tmp_path / "out")
+
+
 def test_progress_tqdm_is_plain_tqdm_unless_asked(monkeypatch, capfd):
     from dahp.core.progress import tqdm
 

@@ -442,6 +442,12 @@ def up_to_date(entry: PlanEntry, profile: str, out_dir: Path = EXECUTED) -> bool
 #: Environment variables that set the thread pools of torch (OpenMP, MKL) and of SciPy's BLAS.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
+#: The kernel's own log (ipykernel's application logger) is kept off the terminal: at every start it warns
+#: that its local TCP sockets are unencrypted, and at every shutdown jupyter_client interrupts it, which it
+#: may log as an error. Neither concerns the page; a failing cell still fails the page with its traceback
+#: (it travels on the iopub channel, not this log) and a kernel that dies still raises DeadKernelError.
+KERNEL_ARGUMENTS = ("--IPKernelApp.log_level=CRITICAL",)
+
 
 def run_entry(
     entry: PlanEntry,
@@ -497,6 +503,7 @@ def run_entry(
                 kernel_name="python3",
                 cwd=str(ROOT),
                 progress_bar=progress,
+                extra_arguments=list(KERNEL_ARGUMENTS),
             )
     except PapermillExecutionError as error:
         raise NotebookFailed(
