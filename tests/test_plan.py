@@ -455,3 +455,19 @@ def test_a_failing_page_among_parallel_ones_is_named_and_the_others_finish(noteb
         plan.run_plan("quick", out, progress=False, jobs=2)
     assert (out / "fine.ipynb").exists()  # the page running beside it finished
     assert not (out / "fine_never.ipynb").exists()  # no page starts after a failure
+
+
+def test_the_build_report_bounds_the_memory_of_pages_that_ran_side_by_side(tmp_path):
+    from dahp.book.records import build_report, largest_simultaneous_peak, record_path
+
+    # a: 0-10 s, 3 GB; b: 2-5 s, 2 GB; c: 5-12 s, 1 GB (b ended as c started); d: 20-21 s alone, 4 GB
+    runs = [(0.0, 10.0, 3), (2.0, 5.0, 2), (5.0, 12.0, 1), (20.0, 21.0, 4)]
+    assert largest_simultaneous_peak(runs) == (5, 2)  # a with b; not a + b + c, b had ended
+    assert largest_simultaneous_peak([(0.0, 1.0, 7)]) == (7, 1)
+    for page, (start, end, peak) in zip("abcd", runs):
+        record = {"profile": "quick", "wall_s": end - start, "started_unix": start, "jobs": 2, "finished": "t"}
+        record_path(tmp_path, page).write_text(json.dumps(record | {"peak_rss_bytes": peak * 10**9}))
+    report = build_report(tmp_path, list("abcd"))
+    assert "from the first start to the last end took 21.0 s" in report
+    assert "held at most 5.00 GB together (the largest sum of the peaks of 2 overlapping pages" in report
+    assert "largest peak memory of one page: 4.00 GB" in report

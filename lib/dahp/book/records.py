@@ -154,6 +154,21 @@ def read_record(out_dir: Path, page: str) -> dict[str, Any] | None:
         return None
 
 
+def largest_simultaneous_peak(runs: Sequence[tuple[float, float, int]]) -> tuple[int, int]:
+    """The largest sum of peak memories of runs that overlap in time, and how many runs make it.
+
+    ``runs``: (start, end, peak bytes) of each run. Pages run side by side may peak at different
+    moments, so the sum is an upper bound of what they held together, not a measurement. The largest
+    overlap of intervals always contains the start of one of them, so it is enough to look at starts.
+    """
+    best, count = 0, 0
+    for start, _, _ in runs:
+        running = [peak for begin, end, peak in runs if begin <= start < end]
+        if sum(running) > best:
+            best, count = sum(running), len(running)
+    return best, count
+
+
 def build_report(out_dir: Path, pages: Sequence[str]) -> str:
     """The markdown of the build report: one row per page of ``pages`` (in order), the totals, and the
     versions and times the records name."""
@@ -172,7 +187,7 @@ def build_report(out_dir: Path, pages: Sequence[str]) -> str:
     peak = 0
     versions: set[str] = set()
     finished: list[str] = []
-    spans: list[tuple[float, float]] = []
+    spans: list[tuple[float, float, int]] = []
     jobs: list[int] = []
     for page in pages:
         record = read_record(out_dir, page)
@@ -184,7 +199,8 @@ def build_report(out_dir: Path, pages: Sequence[str]) -> str:
         versions.add(f"dahp {record.get('dahp', '?')}, torch {record.get('torch', '?')}")
         finished.append(record["finished"])
         if "started_unix" in record:
-            spans.append((record["started_unix"], record["started_unix"] + record["wall_s"]))
+            start = record["started_unix"]
+            spans.append((start, start + record["wall_s"], record.get("peak_rss_bytes") or 0))
             jobs.append(record.get("jobs", 1))
         cached = f"{record['cache_hits']} / {record['cache_misses']}" if "cache_hits" in record else "?"
         lines.append(
@@ -201,13 +217,19 @@ def build_report(out_dir: Path, pages: Sequence[str]) -> str:
         lines += [
             "",
             f"The pages ran {'one at a time' if at_once == 1 else f'up to {at_once} at a time'}: from the first "
-            f"start to the last end took {duration(max(b for _, b in spans) - min(a for a, _ in spans))}"
+            f"start to the last end took {duration(max(b for _, b, _ in spans) - min(a for a, _, _ in spans))}"
             + (
                 " (a page's wall time includes waiting for an artifact another page was computing)."
                 if at_once > 1
                 else "."
             ),
         ]
+        together, count = largest_simultaneous_peak(spans)
+        if count > 1:
+            lines[-1] += (
+                f" Pages running at the same time held at most {memory(together)} together (the largest sum of"
+                f" the peaks of {count} overlapping pages: a bound, since each peaks at its own moment)."
+            )
     if finished:
         lines += [
             "",
