@@ -16,6 +16,7 @@ import pytest
 import dahp.book.plan as plan
 from dahp.book.plan import PlanEntry, entry_key, load_plan, run_entry
 from dahp.core.config import InvalidParameterError
+from helpers import quick, registered
 
 HEADER = """---
 jupytext:
@@ -413,6 +414,18 @@ def test_pages_run_two_at_a_time_each_owning_only_the_files_its_kernel_wrote(not
     assert json.loads((out / ".quick.stamp").read_text())["wrote"] == ["sub/quick.txt"]
     assert json.loads((out / ".reader.stamp").read_text())["wrote"] == []
     assert plan.run_plan("quick", out, progress=False, jobs=2) == []  # all up to date
+
+
+def test_pages_run_in_workers_are_up_to_date_for_the_plan_that_ran_them(notebooks, tmp_path):
+    """A setting registered in the plan's process only (as a user's own model is) is part of every key;
+    the spawned workers do not know it, so the key they stamp must come from the plan's process."""
+    registered(quick("mnist_lr"), "plan_only_here_quick")
+    parameters = code('profile = "default"  # run sizes', "parameters")
+    write_notebook(notebooks, "tiny.md", parameters, code("print('ran')"))
+    (notebooks / "plan.yml").write_text("- {notebook: tiny.md, page: tiny}\n- {notebook: tiny.md, page: tiny_b}\n")
+    out = tmp_path / "out"
+    assert sorted(plan.run_plan("quick", out, progress=False, jobs=2)) == ["tiny", "tiny_b"]
+    assert plan.run_plan("quick", out, progress=False, jobs=2) == []  # both up to date
 
 
 def test_jobs_must_be_a_positive_whole_number(notebooks):

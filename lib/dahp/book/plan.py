@@ -425,10 +425,12 @@ def _environment(**values: str) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def _freshness(entry: PlanEntry, profile: str, out_dir: Path) -> tuple[str, dict[str, Any] | None, bool]:
-    """The page's current key, its stamp (None when absent) and whether the page is up to date: its
-    executed notebook exists and its stamp has that key."""
-    key = entry_key(entry, {**entry.parameters, "profile": profile}, out_dir)
+def _freshness(
+    entry: PlanEntry, profile: str, out_dir: Path, key: str | None = None
+) -> tuple[str, dict[str, Any] | None, bool]:
+    """The page's current key (``key`` when given), its stamp (None when absent) and whether the page
+    is up to date: its executed notebook exists and its stamp has that key."""
+    key = key or entry_key(entry, {**entry.parameters, "profile": profile}, out_dir)
     stamp = read_stamp(_stamp_path(out_dir, entry.page))
     fresh = (out_dir / f"{entry.page}.ipynb").exists() and stamp is not None and stamp.get("key") == key
     return key, stamp, fresh
@@ -459,13 +461,16 @@ def run_entry(
     on_start: Callable[[], None] | None = None,
     threads: int | None = None,
     jobs: int = 1,
+    key: str | None = None,
 ) -> bool:
     """Execute one page; returns False when it was up to date and skipped.
 
     ``progress``: papermill's per-cell bar on this process's stderr, and ``DAHP_PROGRESS=terminal``
     for the kernel (``off`` otherwise). ``on_start`` is called just before the page executes.
     ``threads``: the kernel's number of CPU threads (None: the libraries' own default, one per core);
-    ``jobs``: how many pages the plan runs at once (recorded for the build report).
+    ``jobs``: how many pages the plan runs at once (recorded for the build report). ``key``: the
+    page's key as the plan's process computed it (None: computed here), so that a page executed in a
+    worker process is stamped with the key the plan will check it against.
     """
     import jupytext
     import nbformat
@@ -473,7 +478,7 @@ def run_entry(
     from papermill.exceptions import PapermillExecutionError
 
     parameters = {**entry.parameters, "profile": profile}
-    key, previous, fresh = _freshness(entry, profile, out_dir)
+    key, previous, fresh = _freshness(entry, profile, out_dir, key)
     if fresh and not force:
         return False
     output = out_dir / f"{entry.page}.ipynb"
@@ -673,13 +678,17 @@ def _run_parallel(chosen: list[PlanEntry], profile: str, out_dir: Path, force: b
                     continue
                 pending.remove(entry)
                 label = f"[{profile} {total - len(pending)}/{total}] {entry.page}"
-                if not force and up_to_date(entry, profile, out_dir):
+                # the key is computed here, not in the worker: a spawned interpreter knows only the
+                # settings registered on import, this one also those its caller registered, and the
+                # key covers every registered setting's data
+                key, _, fresh = _freshness(entry, profile, out_dir)
+                if fresh and not force:
                     print(f"{label}: up to date", flush=True)
                     finished.add(entry.page)
                     continue
                 print(f"{label}: started", flush=True)
                 future = pool.submit(
-                    run_entry, entry, profile, out_dir, True, progress=False, threads=threads, jobs=jobs
+                    run_entry, entry, profile, out_dir, True, progress=False, threads=threads, jobs=jobs, key=key
                 )
                 running[future] = (label, entry.page, time.perf_counter())
             if not running:
