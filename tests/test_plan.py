@@ -477,6 +477,8 @@ def test_the_build_report_bounds_the_memory_of_pages_that_ran_side_by_side(tmp_p
     runs = [(0.0, 10.0, 3), (2.0, 5.0, 2), (5.0, 12.0, 1), (20.0, 21.0, 4)]
     assert largest_simultaneous_peak(runs) == (5, 2)  # a with b; not a + b + c, b had ended
     assert largest_simultaneous_peak([(0.0, 1.0, 7)]) == (7, 1)
+    # records round their times: a page that "ends" 0.05 s after the next one in its slot starts did not overlap it
+    assert largest_simultaneous_peak([(0.0, 78.25, 3), (0.2, 169.4, 3), (78.2, 129.7, 2)]) == (6, 2)
     for page, (start, end, peak) in zip("abcd", runs):
         record = {"profile": "quick", "wall_s": end - start, "started_unix": start, "jobs": 2, "finished": "t"}
         record_path(tmp_path, page).write_text(json.dumps(record | {"peak_rss_bytes": peak * 10**9}))
