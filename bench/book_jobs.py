@@ -10,7 +10,7 @@ leaves about two minutes of a 15-minute build to them).
 
     python bench/book_jobs.py [--profile default] [--jobs 2] [--only PAGE ...]
 
-The default profile takes about 25 minutes on two cores (both runs together).
+The default profile takes about 20 minutes on two cores (both runs together: 648 s and 450 s measured).
 """
 
 from __future__ import annotations
