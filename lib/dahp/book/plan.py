@@ -436,11 +436,6 @@ def _freshness(
     return key, stamp, fresh
 
 
-def up_to_date(entry: PlanEntry, profile: str, out_dir: Path = EXECUTED) -> bool:
-    """Whether the executed page of ``entry`` exists and nothing it depends on changed since it ran."""
-    return _freshness(entry, profile, out_dir)[2]
-
-
 #: Environment variables that set the thread pools of torch (OpenMP, MKL) and of SciPy's BLAS.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -522,9 +517,8 @@ def run_entry(
     facts = take_probe(executed)
     after = _snapshot(results)
     wrote = {name for name, seen in after.items() if before.get(name) != seen}
-    if (
-        "wrote" in facts
-    ):  # of the files that changed meanwhile, those this page's kernel wrote (not a concurrent page's)
+    if "wrote" in facts:
+        # of the files that changed meanwhile, those this page's kernel wrote (not a concurrent page's)
         wrote &= _relative_to(results, facts.pop("wrote"))
     if previous is not None and previous.get("profile") == profile:
         wrote |= {name for name in previous["wrote"] if name in after}
